@@ -1,0 +1,104 @@
+package host
+
+import (
+	"errors"
+	"strings"
+)
+
+// Kind classifies a failure so that callers decide with errors.Is and the
+// plugin can name it in the error document (params[0]).
+type Kind string
+
+// The kinds of failure sanvol distinguishes.
+const (
+	KindInvalid     Kind = "InvalidArgument"      // bad device-config or argument
+	KindNotFound    Kind = "NotFound"             // volume, VG, device, target absent
+	KindExists      Kind = "AlreadyExists"        // creating something that is there
+	KindNoSpace     Kind = "NoSpace"              // VG or device too small
+	KindBusy        Kind = "Busy"                 // in use, locked
+	KindNotMaster   Kind = "NotPoolMaster"        // metadata change off the master
+	KindUnsupported Kind = "Unsupported"          // host lacks a kernel feature or tool
+	KindAuth        Kind = "AuthenticationFailed" // CHAP / DH-HMAC-CHAP refused
+	KindUnreachable Kind = "Unreachable"          // no path to the storage
+	KindTimeout     Kind = "Timeout"              // a deadline passed
+	KindNotAttached Kind = "SRNotAttached"        // SR not plugged on this host
+	KindUnimpl      Kind = "Unimplemented"        // method not built yet
+	KindInternal    Kind = "InternalError"        // a bug or an unexpected tool answer
+)
+
+// Error is a failure that tells an admin what failed, where, and what to do.
+type Error struct {
+	Kind Kind
+	Op   string // the step, e.g. "SR.attach: connect 127.0.0.1:4420"
+	Msg  string // what went wrong
+	Fix  string // what the admin should do; may be empty
+	Err  error  // the cause, may be nil
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	if e.Op != "" {
+		b.WriteString(e.Op)
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Msg)
+	if e.Err != nil {
+		if e.Msg != "" {
+			b.WriteString(": ")
+		}
+		b.WriteString(e.Err.Error())
+	}
+	if e.Fix != "" {
+		b.WriteString(". Fix: ")
+		b.WriteString(e.Fix)
+	}
+	return b.String()
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, host.ErrNotFound) and friends work on kinds.
+func (e *Error) Is(target error) bool {
+	var k kindSentinel
+	if errors.As(target, &k) {
+		return Kind(k) == e.Kind
+	}
+	return false
+}
+
+type kindSentinel Kind
+
+func (k kindSentinel) Error() string { return string(k) }
+
+// Sentinels for errors.Is.
+var (
+	ErrInvalid     error = kindSentinel(KindInvalid)
+	ErrNotFound    error = kindSentinel(KindNotFound)
+	ErrExists      error = kindSentinel(KindExists)
+	ErrNoSpace     error = kindSentinel(KindNoSpace)
+	ErrBusy        error = kindSentinel(KindBusy)
+	ErrNotMaster   error = kindSentinel(KindNotMaster)
+	ErrUnsupported error = kindSentinel(KindUnsupported)
+	ErrAuth        error = kindSentinel(KindAuth)
+	ErrUnreachable error = kindSentinel(KindUnreachable)
+	ErrNotAttached error = kindSentinel(KindNotAttached)
+	ErrUnimpl      error = kindSentinel(KindUnimpl)
+)
+
+// Errorf builds an *Error.
+func Errorf(kind Kind, op, msg, fix string, cause error) *Error {
+	return &Error{Kind: kind, Op: op, Msg: msg, Fix: fix, Err: cause}
+}
+
+// KindOf returns the kind of the outermost *Error in the chain, or
+// KindTimeout for a command deadline, or KindInternal.
+func KindOf(err error) Kind {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Kind
+	}
+	if errors.Is(err, ErrTimeout) || errors.Is(err, ErrLockTimeout) {
+		return KindTimeout
+	}
+	return KindInternal
+}

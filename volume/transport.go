@@ -1,0 +1,84 @@
+// Package volume implements the SR.* and Volume.* semantics: an SR is an
+// LVM volume group on one shared LUN or namespace, and every volume is a
+// logical volume in it, with its metadata in LVM tags.
+package volume
+
+import "context"
+
+// Transport connects this host to the storage of one SR type (NVMe/TCP or
+// iSCSI). It is given the SR's device-config and hands back the block
+// device; the engine never sees portals, sessions or controllers.
+type Transport interface {
+	// Type is the SR type as typed in `xe sr-create type=…`.
+	Type() string
+	// ConfigKeys documents every device-config key (Plugin.query's
+	// "configuration" field).
+	ConfigKeys() map[string]string
+	// Prepare validates a create-time device-config and returns the keys
+	// to add to the configuration SR.create hands back to xapi: the stable
+	// identity of the LUN or namespace (WWID, NGUID/UUID), never a device
+	// name. It may connect to look the identity up.
+	Prepare(ctx context.Context, cfg map[string]string) (map[string]string, error)
+	// Attach connects every path, idempotently, and returns the SR's
+	// block device on this host. Partial success is success: the Device
+	// then reports fewer live paths.
+	Attach(ctx context.Context, cfg map[string]string) (Device, error)
+	// Detach releases what Attach made, leaving alone anything another
+	// attached SR on this host still uses. Repeating it succeeds.
+	Detach(ctx context.Context, cfg map[string]string) error
+	// Health reports the state of every path.
+	Health(ctx context.Context, cfg map[string]string) (Health, error)
+	// Probe discovers what a partial configuration can reach. inspect
+	// looks at a connected device for an existing sanvol SR; the transport
+	// calls it for each LUN/namespace it can see and cleans up after.
+	Probe(ctx context.Context, cfg map[string]string, inspect Inspector) ([]Candidate, error)
+	// Diagnostics describes the transport's state on this host as text.
+	Diagnostics(ctx context.Context) string
+}
+
+// Device is the SR's block device on this host.
+type Device struct {
+	// Path is a stable path (by-id or /dev/mapper/<wwid>) that names the
+	// same LUN on every host and across reconnects.
+	Path string
+	// Health at the end of Attach.
+	Health Health
+}
+
+// Health summarises the paths to the SR's storage.
+type Health struct {
+	Total int // paths configured
+	Live  int // paths carrying I/O
+	// Detail names the paths that are not live, e.g.
+	// "1 of 2 paths live: 127.0.0.2:4420 connecting".
+	Detail string
+}
+
+// Degraded reports whether any path is down.
+func (h Health) Degraded() bool { return h.Live < h.Total }
+
+// FoundSR is an existing sanvol SR seen on a device.
+type FoundSR struct {
+	UUID        string
+	Name        string
+	Description string
+	TotalSpace  int64
+	FreeSpace   int64
+}
+
+// Inspector looks at a block device for an existing sanvol SR. It returns
+// nil, nil when the device holds none.
+type Inspector func(ctx context.Context, device string) (*FoundSR, error)
+
+// Candidate is one thing a probe found: a target, a LUN or namespace.
+type Candidate struct {
+	// Configuration is the device-config that reaches it, as complete as
+	// the probe could make it.
+	Configuration map[string]string
+	// Complete is true when Configuration is enough for SR.create.
+	Complete bool
+	// SR is set when the LUN already holds a sanvol SR.
+	SR *FoundSR
+	// Extra carries details for `xe sr-probe-ext` (size, vendor, NGUID…).
+	Extra map[string]string
+}
