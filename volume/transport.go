@@ -23,9 +23,11 @@ type Transport interface {
 	// block device on this host. Partial success is success: the Device
 	// then reports fewer live paths.
 	Attach(ctx context.Context, cfg map[string]string) (Device, error)
-	// Detach releases what Attach made, leaving alone anything another
-	// attached SR on this host still uses. Repeating it succeeds.
-	Detach(ctx context.Context, cfg map[string]string) error
+	// Detach releases what Attach made, leaving alone anything that one
+	// of the other SRs attached on this host (their device-configs are in
+	// others) still uses. The engine has already checked that no volume
+	// of this SR is active. Repeating it succeeds.
+	Detach(ctx context.Context, cfg map[string]string, others []map[string]string) error
 	// Health reports the state of every path.
 	Health(ctx context.Context, cfg map[string]string) (Health, error)
 	// Probe discovers what a partial configuration can reach. inspect
