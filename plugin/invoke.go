@@ -1,0 +1,170 @@
+package plugin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	schema "sanvol/xapi-storage-schema"
+)
+
+// CallError is a method that failed the way xapi-storage-script sees it:
+// either a well-formed error document, or SCRIPT_FAILED with the reason
+// the daemon would give.
+type CallError struct {
+	Script   string
+	ExitCode int
+	Doc      schema.ErrorDoc
+	Stderr   string
+}
+
+func (e *CallError) Error() string {
+	return fmt.Sprintf("%s failed (exit %d): %s %v", filepath.Base(e.Script), e.ExitCode, e.Doc.Code, e.Doc.Params)
+}
+
+// Outcome is everything a call produced, for tests that check the process
+// contract itself (stdout exactly one JSON value, exit codes).
+type Outcome struct {
+	Script   string
+	ExitCode int
+	Stdout   []byte
+	Stderr   []byte
+	Elapsed  time.Duration
+}
+
+// FindMethod looks a method file up in a plugin directory the way the
+// daemon does: case-insensitively, the lexicographically smallest name
+// winning, and it must be an executable regular file after symlinks.
+func FindMethod(dir, method string) (string, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return "", fmt.Errorf("SCRIPT_MISSING: plugin directory %s: %w", dir, err)
+	}
+	for _, e := range entries { // ReadDir sorts by name
+		if strings.EqualFold(e.Name(), method) {
+			p := filepath.Join(dir, e.Name())
+			st, err := os.Stat(p)
+			if err != nil || !st.Mode().IsRegular() {
+				return "", fmt.Errorf("SCRIPT_MISSING: %s is not a regular file", p)
+			}
+			if st.Mode().Perm()&0o111 == 0 {
+				return "", fmt.Errorf("SCRIPT_NOT_EXECUTABLE: %s", p)
+			}
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("SCRIPT_MISSING: no %s in %s", method, dir)
+}
+
+// Run invokes a method file exactly as xapi-storage-script does: argv[0]
+// is the file's path, the only argument is --json, the arguments object is
+// written to stdin which is then closed, and stdout and stderr are read to
+// EOF before the exit status is looked at.
+func Run(ctx context.Context, script string, stdin []byte) (Outcome, error) {
+	cmd := exec.CommandContext(ctx, script, "--json")
+	cmd.Stdin = bytes.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	start := time.Now()
+	err := cmd.Run()
+	out := Outcome{Script: script, Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), Elapsed: time.Since(start)}
+	if cmd.ProcessState != nil {
+		out.ExitCode = cmd.ProcessState.ExitCode()
+	}
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		return out, err
+	}
+	return out, nil
+}
+
+// Decode interprets an outcome as the daemon does: exit 0 with one JSON
+// value is success; non-zero with a complete error document is that error;
+// anything else is SCRIPT_FAILED.
+func Decode(out Outcome) (json.RawMessage, error) {
+	if out.ExitCode == 0 {
+		var v json.RawMessage
+		if err := strictOneValue(out.Stdout, &v); err != nil {
+			return nil, &CallError{Script: out.Script, Doc: scriptFailed(out, "bad json on stdout"), Stderr: string(out.Stderr)}
+		}
+		return v, nil
+	}
+	doc, ok := ParseErrorDoc(out.Stdout)
+	if !ok {
+		return nil, &CallError{Script: out.Script, ExitCode: out.ExitCode, Doc: scriptFailed(out, "non-zero exit and bad json on stdout"), Stderr: string(out.Stderr)}
+	}
+	return nil, &CallError{Script: out.Script, ExitCode: out.ExitCode, Doc: doc, Stderr: string(out.Stderr)}
+}
+
+func scriptFailed(out Outcome, why string) schema.ErrorDoc {
+	return schema.ErrorDoc{Code: "SCRIPT_FAILED", Params: []string{out.Script, why, fmt.Sprint(out.ExitCode), string(out.Stdout)}}
+}
+
+func strictOneValue(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	var extra json.RawMessage
+	if err := dec.Decode(&extra); err == nil {
+		return fmt.Errorf("more than one JSON value on stdout")
+	}
+	return nil
+}
+
+// ParseErrorDoc checks that stdout holds a complete error document with
+// every mandatory key of the right type, as the daemon requires.
+func ParseErrorDoc(b []byte) (schema.ErrorDoc, bool) {
+	var raw struct {
+		Code      *string   `json:"code"`
+		Params    *[]string `json:"params"`
+		Backtrace *struct {
+			Error *string   `json:"error"`
+			Files *[]string `json:"files"`
+			Lines *[]int    `json:"lines"`
+		} `json:"backtrace"`
+	}
+	if err := strictOneValue(b, &raw); err != nil {
+		return schema.ErrorDoc{}, false
+	}
+	if raw.Code == nil || raw.Params == nil || raw.Backtrace == nil ||
+		raw.Backtrace.Error == nil || raw.Backtrace.Files == nil || raw.Backtrace.Lines == nil {
+		return schema.ErrorDoc{}, false
+	}
+	return schema.ErrorDoc{Code: *raw.Code, Params: *raw.Params, Backtrace: schema.Backtrace{
+		Error: *raw.Backtrace.Error, Files: *raw.Backtrace.Files, Lines: *raw.Backtrace.Lines}}, true
+}
+
+// Invoke finds method in dir, runs it with args and decodes the result
+// into result (which may be nil). A failed call returns a *CallError.
+func Invoke(ctx context.Context, dir, method string, args any, result any) error {
+	script, err := FindMethod(dir, method)
+	if err != nil {
+		return err
+	}
+	stdin, err := json.Marshal(args)
+	if err != nil {
+		return err
+	}
+	out, err := Run(ctx, script, stdin)
+	if err != nil {
+		return err
+	}
+	raw, err := Decode(out)
+	if err != nil {
+		return err
+	}
+	if result == nil {
+		return nil
+	}
+	return json.Unmarshal(raw, result)
+}
