@@ -1,0 +1,226 @@
+package plugin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"sanvol/host"
+)
+
+// Directory names of the plugins (spec §2.2, §2.3).
+const (
+	VolumePrefix = "org.xen.xapi.storage."
+	TypeNVMeTCP  = "nvmetcp"
+	TypeISCSI    = "iscsi-ng"
+	// DatapathScheme names the datapath directory and is the URI scheme
+	// of every volume sanvol returns.
+	DatapathScheme = "sanvol"
+)
+
+// Kind of plugin directory.
+type Kind int
+
+// The two kinds of plugin directory.
+const (
+	VolumePlugin Kind = iota
+	DatapathPlugin
+)
+
+// Target is what a method file's path resolves to.
+type Target struct {
+	Kind   Kind
+	SRType string // volume plugins only
+	Dir    string // the plugin directory's name
+	Method *Method
+}
+
+// Method is one wire method: its name, its arguments and its handler.
+type Method struct {
+	Name string
+	Args []argSpec
+	Run  func(ctx context.Context, c *Call) (any, error)
+}
+
+// Call is one invocation: the decoded arguments and what serves them.
+type Call struct {
+	Target Target
+	Args   Args
+	Deps   *Deps
+	Log    *zap.Logger
+}
+
+// VolumeMethods and DatapathMethods are the method tables; every method
+// xapi may call is here so that every method file exists and answers.
+func VolumeMethods() []*Method { return volumeMethods }
+
+// DatapathMethods lists the datapath plugin's methods.
+func DatapathMethods() []*Method { return datapathMethods }
+
+// SRTypes lists the volume plugins sanvol provides.
+func SRTypes() []string { return []string{TypeNVMeTCP, TypeISCSI} }
+
+// PluginDirs returns the plugin directories relative to the
+// xapi-storage-script root, each with its method names.
+func PluginDirs() map[string][]string {
+	names := func(ms []*Method) []string {
+		out := make([]string, len(ms))
+		for i, m := range ms {
+			out[i] = m.Name
+		}
+		sort.Strings(out)
+		return out
+	}
+	dirs := map[string][]string{}
+	for _, t := range SRTypes() {
+		dirs[filepath.Join("volume", VolumePrefix+t)] = names(volumeMethods)
+	}
+	dirs[filepath.Join("datapath", DatapathScheme)] = names(datapathMethods)
+	return dirs
+}
+
+// Resolve maps argv[0] to a plugin and method, case-insensitively for
+// both, as the daemon looks method files up case-insensitively.
+func Resolve(argv0 string) (Target, error) {
+	dir := filepath.Base(filepath.Dir(argv0))
+	file := filepath.Base(argv0)
+	ldir := strings.ToLower(dir)
+	var t Target
+	var table []*Method
+	switch {
+	case ldir == DatapathScheme:
+		t = Target{Kind: DatapathPlugin, Dir: dir}
+		table = datapathMethods
+	case strings.HasPrefix(ldir, VolumePrefix):
+		typ := strings.TrimPrefix(ldir, VolumePrefix)
+		known := false
+		for _, s := range SRTypes() {
+			known = known || s == typ
+		}
+		if !known {
+			return t, host.Errorf(host.KindInvalid, file, fmt.Sprintf("unknown plugin directory %q", dir),
+				fmt.Sprintf("sanvol serves %s%s, %s%s and datapath/%s; reinstall with `sanvol install`", VolumePrefix, TypeNVMeTCP, VolumePrefix, TypeISCSI, DatapathScheme), nil)
+		}
+		t = Target{Kind: VolumePlugin, SRType: typ, Dir: dir}
+		table = volumeMethods
+	default:
+		return t, host.Errorf(host.KindInvalid, file, fmt.Sprintf("unknown plugin directory %q", dir),
+			"method files must live in volume/"+VolumePrefix+"<type>/ or datapath/"+DatapathScheme+"/ under /usr/libexec/xapi-storage-script; reinstall with `sanvol install`", nil)
+	}
+	for _, m := range table {
+		if strings.EqualFold(m.Name, file) {
+			t.Method = m
+			return t, nil
+		}
+	}
+	return t, host.Errorf(host.KindInvalid, file, fmt.Sprintf("unknown method %q in plugin directory %s", file, dir),
+		"this file is not a method sanvol implements; remove it or reinstall with `sanvol install`", nil)
+}
+
+// Serve runs one method call: it reads the request from stdin, prints
+// exactly one JSON value on stdout and returns the exit code.
+func Serve(ctx context.Context, argv []string, stdin io.Reader, stdout, stderr io.Writer, deps *Deps) int {
+	log := deps.Log
+	method := filepath.Base(argv[0])
+	fail := func(err error) int {
+		log.Warn("call failed", zap.String("method", method), zap.Error(err))
+		writeJSON(stdout, ErrorDocument(method, err))
+		return 1
+	}
+	if len(argv) < 2 || argv[1] != "--json" {
+		return fail(host.Errorf(host.KindInvalid, method, "expected the single argument --json",
+			"method files are run by xapi-storage-script as `<file> --json` with the arguments on stdin; use `sanvol call` by hand", nil))
+	}
+	t, err := Resolve(argv[0])
+	if err != nil {
+		return fail(err)
+	}
+	method = t.Method.Name
+	raw, err := ReadRequest(stdin)
+	if err != nil {
+		return fail(badRequest(method, err.Error()))
+	}
+	args, err := DecodeArgs(method, raw, t.Method.Args)
+	if err != nil {
+		return fail(err)
+	}
+	log = log.With(zap.String("dbg", args.Str("dbg")), zap.String("method", method), zap.String("plugin", t.Dir))
+	call := &Call{Target: t, Args: args, Deps: deps, Log: log}
+	log.Debug("call")
+	res, err := t.Method.Run(ctx, call)
+	if err != nil {
+		log.Warn("call failed", zap.Error(err))
+		writeJSON(stdout, ErrorDocument(method, err))
+		return 1
+	}
+	log.Debug("call ok")
+	writeJSON(stdout, res)
+	return 0
+}
+
+func writeJSON(w io.Writer, v any) {
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		// Only a bug in a result type gets here; still honour the contract.
+		_ = enc.Encode(ErrorDocument("", host.Errorf(host.KindInternal, "encode result", err.Error(), "report this as a sanvol bug", nil)))
+	}
+}
+
+func unimplemented(ctx context.Context, c *Call) (any, error) {
+	return nil, host.Errorf(host.KindUnimpl, c.Target.Method.Name,
+		fmt.Sprintf("%s is not implemented by sanvol %s yet", c.Target.Method.Name, c.Deps.Version),
+		"see the status table in the sanvol README for what works", nil)
+}
+
+var (
+	aDbg         = argSpec{"dbg", tString}
+	aSR          = argSpec{"sr", tString}
+	aKey         = argSpec{"key", tString}
+	aURI         = argSpec{"uri", tString}
+	aDomain      = argSpec{"domain", tString}
+	aConfig      = argSpec{"configuration", tDict}
+	aName        = argSpec{"name", tString}
+	aDescription = argSpec{"description", tString}
+)
+
+var volumeMethods = []*Method{
+	{Name: "Plugin.Query", Args: []argSpec{aDbg}, Run: pluginQuery},
+	{Name: "Plugin.diagnostics", Args: []argSpec{aDbg}, Run: pluginDiagnostics},
+	{Name: "SR.probe", Args: []argSpec{aDbg, aConfig}, Run: srProbe},
+	{Name: "SR.create", Args: []argSpec{aDbg, {"uuid", tString}, aConfig, aName, aDescription}, Run: srCreate},
+	{Name: "SR.attach", Args: []argSpec{aDbg, aConfig}, Run: srAttach},
+	{Name: "SR.detach", Args: []argSpec{aDbg, aSR}, Run: srDetach},
+	{Name: "SR.destroy", Args: []argSpec{aDbg, aSR}, Run: srDestroy},
+	{Name: "SR.stat", Args: []argSpec{aDbg, aSR}, Run: srStat},
+	{Name: "SR.ls", Args: []argSpec{aDbg, aSR}, Run: srLs},
+	{Name: "SR.set_name", Args: []argSpec{aDbg, aSR, {"new_name", tString}}, Run: srSetName},
+	{Name: "SR.set_description", Args: []argSpec{aDbg, aSR, {"new_description", tString}}, Run: srSetDescription},
+	{Name: "Volume.create", Args: []argSpec{aDbg, aSR, aName, aDescription, {"size", tInt64}, {"sharable", tBool}}, Run: volumeCreate},
+	{Name: "Volume.destroy", Args: []argSpec{aDbg, aSR, aKey}, Run: volumeDestroy},
+	{Name: "Volume.resize", Args: []argSpec{aDbg, aSR, aKey, {"new_size", tInt64}}, Run: volumeResize},
+	{Name: "Volume.stat", Args: []argSpec{aDbg, aSR, aKey}, Run: volumeStat},
+	{Name: "Volume.set", Args: []argSpec{aDbg, aSR, aKey, {"k", tString}, {"v", tString}}, Run: volumeSet},
+	{Name: "Volume.unset", Args: []argSpec{aDbg, aSR, aKey, {"k", tString}}, Run: volumeUnset},
+	{Name: "Volume.set_name", Args: []argSpec{aDbg, aSR, aKey, {"new_name", tString}}, Run: volumeSetName},
+	{Name: "Volume.set_description", Args: []argSpec{aDbg, aSR, aKey, {"new_description", tString}}, Run: volumeSetDescription},
+	{Name: "Volume.snapshot", Args: []argSpec{aDbg, aSR, aKey}, Run: unimplemented},
+	{Name: "Volume.clone", Args: []argSpec{aDbg, aSR, aKey}, Run: unimplemented},
+}
+
+var datapathMethods = []*Method{
+	{Name: "Plugin.Query", Args: []argSpec{aDbg}, Run: pluginQuery},
+	{Name: "Plugin.diagnostics", Args: []argSpec{aDbg}, Run: pluginDiagnostics},
+	{Name: "Datapath.open", Args: []argSpec{aDbg, aURI, {"persistent", tBool}}, Run: datapathOpen},
+	{Name: "Datapath.attach", Args: []argSpec{aDbg, aURI, aDomain}, Run: datapathAttach},
+	{Name: "Datapath.activate", Args: []argSpec{aDbg, aURI, aDomain}, Run: datapathActivate},
+	{Name: "Datapath.deactivate", Args: []argSpec{aDbg, aURI, aDomain}, Run: datapathDeactivate},
+	{Name: "Datapath.detach", Args: []argSpec{aDbg, aURI, aDomain}, Run: datapathDetach},
+	{Name: "Datapath.close", Args: []argSpec{aDbg, aURI}, Run: datapathClose},
+}

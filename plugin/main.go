@@ -1,0 +1,30 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+)
+
+// Main is the whole program: a method call when argv[0] is a method file
+// in a plugin directory, the admin CLI when the binary runs under its own
+// name. It returns the exit code.
+func Main(version string, argv []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	verbose := false
+	deps := NewDeps(version, stderr, verbose)
+	defer deps.Log.Sync() //nolint:errcheck // nothing useful to do on a failed flush
+	ctx := context.Background()
+	if strings.EqualFold(filepath.Base(argv[0]), "sanvol") {
+		cli := CLI(deps, stdout, stderr)
+		cli.SetArgs(argv[1:])
+		cli.SetIn(stdin)
+		if err := cli.ExecuteContext(ctx); err != nil {
+			fmt.Fprintln(stderr, "sanvol:", err)
+			return 1
+		}
+		return 0
+	}
+	return Serve(ctx, argv, stdin, stdout, stderr, deps)
+}
