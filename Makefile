@@ -1,0 +1,60 @@
+# sanvol — see README.md. Every target works on a fresh Debian 12 machine as
+# root; the lab installs its own packages (qemu, debootstrap) when missing.
+
+VERSION     := $(shell cat VERSION)
+GO          ?= go
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+BIN         := bin/sanvol
+DESTDIR     ?= /
+
+export CGO_ENABLED := 0
+export PATH := $(PATH):/usr/local/go/bin
+
+.PHONY: all build install uninstall test unit conformance lab lint demo bench fuzz lab-image clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags "-X main.version=$(VERSION)" -o $(BIN) ./cmd/sanvol
+
+# make install DESTDIR=<root>: the same as `sanvol install --root <root>`.
+install: build
+	./$(BIN) install --root $(DESTDIR)
+
+uninstall: build
+	./$(BIN) uninstall --root $(DESTDIR)
+
+# The README's test command: lint, unit tests, conformance, then the lab
+# (real NVMe/TCP, iSCSI, multipath and LVM in a qemu guest).
+test: lint unit conformance lab
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+unit:
+	$(GO) test -race=false $$($(GO) list ./... | grep -v /tests/)
+
+conformance:
+	$(GO) test -count=1 ./tests/conformance/
+
+lab:
+	tests/lab/run.sh test
+
+# The main job: boot the lab and run a whole SR lifecycle, narrated as the
+# xe commands an admin would type.
+demo:
+	tests/lab/run.sh demo
+
+lab-image:
+	tests/lab/run.sh image
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime=200x ./tests/conformance/
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecodeArgs -fuzztime 10m -parallel 1 ./plugin/
+
+clean:
+	rm -rf bin

@@ -1,0 +1,161 @@
+package plugin
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// snapshot records everything an install could change, including inode
+// numbers and mtimes, so that "changes nothing" is checked literally.
+func snapshot(t *testing.T, root string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		st, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		sys := st.Sys().(*syscall.Stat_t)
+		v := fmt.Sprintf("%s ino=%d mtime=%s", st.Mode(), sys.Ino, st.ModTime())
+		if st.Mode()&fs.ModeSymlink != 0 {
+			l, _ := os.Readlink(p)
+			v += " -> " + l
+		}
+		rel, _ := filepath.Rel(root, p)
+		out[rel] = v
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func fakeBinary(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "sanvol")
+	if err := os.WriteFile(p, []byte("#!/bin/sh\necho fake\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestInstallLayoutAndIdempotence(t *testing.T) {
+	root := t.TempDir()
+	bin := fakeBinary(t)
+	rep, err := Install(InstallOptions{Root: root, Binary: bin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Changed) != 4 || len(rep.Kept) != 0 {
+		t.Fatalf("first install: %+v", rep)
+	}
+	for rel, methods := range PluginDirs() {
+		for _, m := range methods {
+			p := filepath.Join(root, ScriptRoot, rel, m)
+			real, err := filepath.EvalSymlinks(p)
+			if err != nil {
+				t.Fatalf("%s: %v", p, err)
+			}
+			if real != filepath.Join(root, BinaryPath) {
+				t.Fatalf("%s resolves to %s", p, real)
+			}
+		}
+	}
+	// Nothing but the plugin directories under volume/ and datapath/:
+	// the daemon registers every entry there.
+	for _, sub := range []string{"volume", "datapath"} {
+		entries, _ := os.ReadDir(filepath.Join(root, ScriptRoot, sub))
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), ".") {
+				t.Errorf("leftover %s/%s", sub, e.Name())
+			}
+		}
+	}
+	before := snapshot(t, root)
+	rep, err = Install(InstallOptions{Root: root, Binary: bin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Changed) != 0 {
+		t.Fatalf("second install changed %v", rep.Changed)
+	}
+	if diff := cmp.Diff(before, snapshot(t, root)); diff != "" {
+		t.Fatalf("second install changed the tree:\n%s", diff)
+	}
+}
+
+func TestInstallRepairsAndSwapsWholeDirectories(t *testing.T) {
+	root := t.TempDir()
+	bin := fakeBinary(t)
+	if _, err := Install(InstallOptions{Root: root, Binary: bin}); err != nil {
+		t.Fatal(err)
+	}
+	dp := filepath.Join(root, ScriptRoot, "datapath", DatapathScheme)
+	if err := os.Remove(filepath.Join(dp, "Datapath.detach")); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Install(InstallOptions{Root: root, Binary: bin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{filepath.Join(ScriptRoot, "datapath", DatapathScheme)}, rep.Changed); diff != "" {
+		t.Fatal(diff)
+	}
+	if _, err := os.Stat(filepath.Join(dp, "Datapath.detach")); err != nil {
+		t.Fatal(err)
+	}
+	leftovers, _ := filepath.Glob(filepath.Join(root, ScriptRoot, ".sanvol-*"))
+	if len(leftovers) != 0 {
+		t.Fatalf("leftovers: %v", leftovers)
+	}
+}
+
+func TestInstallObserverShims(t *testing.T) {
+	root := t.TempDir()
+	if _, err := Install(InstallOptions{Root: root, Binary: fakeBinary(t), ObserverShims: true, ShimTarget: "/opt/x/sanvol"}); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(root, ScriptRoot, "volume", VolumePrefix+TypeISCSI, "SR.attach")
+	st, err := os.Lstat(p)
+	if err != nil || !st.Mode().IsRegular() || st.Mode().Perm() != 0o755 {
+		t.Fatalf("shim %s: %v %v", p, st, err)
+	}
+	b, _ := os.ReadFile(p)
+	if !strings.HasPrefix(string(b), "#!/usr/bin/python3\n") || !strings.Contains(string(b), `os.execv("/opt/x/sanvol"`) {
+		t.Fatalf("shim content:\n%s", b)
+	}
+}
+
+func TestUninstall(t *testing.T) {
+	root := t.TempDir()
+	if _, err := Install(InstallOptions{Root: root, Binary: fakeBinary(t)}); err != nil {
+		t.Fatal(err)
+	}
+	removed, err := Uninstall(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 4 {
+		t.Fatalf("removed %v", removed)
+	}
+	for _, sub := range []string{"volume", "datapath"} {
+		entries, err := os.ReadDir(filepath.Join(root, ScriptRoot, sub))
+		if err != nil || len(entries) != 0 {
+			t.Fatalf("%s: %v %v (the daemon needs the directory to stay, empty)", sub, entries, err)
+		}
+	}
+	if again, err := Uninstall(root); err != nil || len(again) != 0 {
+		t.Fatalf("second uninstall: %v %v", again, err)
+	}
+}
