@@ -1,0 +1,283 @@
+package nvme
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tidwall/gjson"
+
+	"sanvol/host"
+)
+
+const nvmeCmd = "nvme"
+
+// connectArgs builds `nvme connect` with long options only: they are the
+// same in nvme-cli 1.16 and 2.x, while short ones drifted (-f was
+// fast_io_fail_tmo in 1.16 and is host-iface in 2.x).
+func connectArgs(c Config, p Portal, id Identity) []string {
+	args := []string{"connect",
+		"--transport=tcp",
+		"--traddr=" + p.TrAddr(),
+		"--trsvcid=" + strconv.Itoa(p.Port),
+		"--nqn=" + c.NQN,
+		"--hostnqn=" + id.HostNQN,
+		"--hostid=" + id.HostID,
+		"--ctrl-loss-tmo=" + strconv.Itoa(c.CtrlLossTmo),
+		"--reconnect-delay=" + strconv.Itoa(c.ReconnectDelay),
+	}
+	if p.Iface != "" {
+		args = append(args, "--host-iface="+p.Iface)
+	}
+	if c.KeepAliveTmo > 0 {
+		args = append(args, "--keep-alive-tmo="+strconv.Itoa(c.KeepAliveTmo))
+	}
+	if c.NrIOQueues > 0 {
+		args = append(args, "--nr-io-queues="+strconv.Itoa(c.NrIOQueues))
+	}
+	if c.DHCHAP != "" {
+		args = append(args, "--dhchap-secret="+c.DHCHAP)
+	}
+	if c.DHCHAPCtrl != "" {
+		args = append(args, "--dhchap-ctrl-secret="+c.DHCHAPCtrl)
+	}
+	return args
+}
+
+// connectOutcome classifies what `nvme connect` did.
+type connectOutcome int
+
+const (
+	connected connectOutcome = iota
+	alreadyConnected
+)
+
+// alreadyConnected recognises both generations of nvme-cli: 1.x exits
+// 114 (EALREADY) or 70 with "Operation already in progress", 2.x exits 1
+// with "already connected" on stderr.
+func isAlreadyConnected(err error) bool {
+	var ee *host.ExitError
+	if !errors.As(err, &ee) {
+		return false
+	}
+	text := strings.ToLower(ee.Stderr + " " + ee.Stdout)
+	if strings.Contains(text, "already connected") || strings.Contains(text, "operation already in progress") {
+		return true
+	}
+	return ee.Code == 114 || ee.Code == 70
+}
+
+// classifyConnect turns a failed `nvme connect` into a host.Error with
+// the portal and a fix. The kernel's errno text is the most reliable
+// signal nvme-cli passes on.
+func classifyConnect(op string, p Portal, c Config, err error) error {
+	var ce *host.CmdError
+	if errors.As(err, &ce) {
+		switch {
+		case errors.Is(err, host.ErrNotInstalled):
+			return host.Errorf(host.KindUnsupported, op, "nvme-cli is not installed", "install it: yum install nvme-cli (XCP-ng) or apt-get install nvme-cli", err)
+		case errors.Is(err, host.ErrTimeout):
+			return host.Errorf(host.KindUnreachable, op, "no answer from portal "+p.String(),
+				"check that the portal address and port are right and reachable from this host (ping, nc -zv "+p.TrAddr()+" "+strconv.Itoa(p.Port)+")", err)
+		}
+		return host.Errorf(host.KindInternal, op, "could not run nvme connect", "", err)
+	}
+	var ee *host.ExitError
+	text := ""
+	if errors.As(err, &ee) {
+		text = strings.ToLower(ee.Stderr + " " + ee.Stdout)
+	}
+	switch {
+	case strings.Contains(text, "key was rejected"), strings.Contains(text, "authentication"),
+		strings.Contains(text, "permission denied"), strings.Contains(text, "access denied"):
+		fix := "the target requires DH-HMAC-CHAP: set device-config:dhchap-password to the host key the target has for this host's NQN"
+		if c.Auth() {
+			fix = "check that dhchap-password is the key the target holds for this host's NQN (and dhchap-ctrl-password the controller key); update the XenAPI secret and re-plug"
+		}
+		return host.Errorf(host.KindAuth, op, "portal "+p.String()+" refused DH-HMAC-CHAP authentication", fix, err)
+	case strings.Contains(text, "connection refused"), strings.Contains(text, "no route to host"),
+		strings.Contains(text, "network is unreachable"), strings.Contains(text, "timed out"),
+		strings.Contains(text, "host is down"), strings.Contains(text, "cannot assign requested address"):
+		return host.Errorf(host.KindUnreachable, op, "cannot reach portal "+p.String(),
+			"check that the target listens on "+p.String()+" and that this host has a route to it", err)
+	case strings.Contains(text, "no such device"):
+		if p.Iface != "" {
+			return host.Errorf(host.KindInvalid, op, "host interface "+p.Iface+" does not exist on this host", "fix device-config:host-iface", err)
+		}
+	case strings.Contains(text, "invalid argument"), strings.Contains(text, "unrecognized option"):
+		return host.Errorf(host.KindUnsupported, op, "the kernel or nvme-cli refused the connect options for "+p.String(),
+			"check the kernel log (dmesg | grep nvme); host-iface needs Linux 5.14+, dhchap keys need nvme-cli 2.0+", err)
+	}
+	return host.Errorf(host.KindUnreachable, op, "cannot connect to subsystem "+c.NQN+" at portal "+p.String(),
+		"check the NQN and that the target exports it on this portal to this host's NQN (dmesg | grep nvme shows the kernel's reason)", err)
+}
+
+// DiscoveryRecord is one entry of a discovery log page.
+type DiscoveryRecord struct {
+	TrType  string
+	AdrFam  string
+	SubType string
+	TrAddr  string
+	TrSvcID string
+	SubNQN  string
+	PortID  int64
+}
+
+// IsNVMSubsystem reports whether the record names an I/O subsystem (not
+// a referral to another discovery controller).
+func (r DiscoveryRecord) IsNVMSubsystem() bool {
+	return strings.Contains(r.SubType, "nvme subsystem")
+}
+
+// ParseDiscovery reads `nvme discover -o json`. nvme-cli 1.x adds a
+// "device" key; 2.0–2.2 print eflags as a number and 2.3+ as a string;
+// both put the entries in "records". An empty output means an empty log.
+func ParseDiscovery(b []byte) ([]DiscoveryRecord, error) {
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return nil, nil
+	}
+	if !gjson.Valid(s) {
+		return nil, fmt.Errorf("nvme discover printed invalid JSON: %.200q", s)
+	}
+	root := gjson.Parse(s)
+	if !root.IsObject() {
+		return nil, fmt.Errorf("nvme discover printed %s, expected an object with \"records\"", root.Type)
+	}
+	var out []DiscoveryRecord
+	for _, r := range root.Get("records").Array() {
+		out = append(out, DiscoveryRecord{
+			TrType:  strings.TrimSpace(r.Get("trtype").String()),
+			AdrFam:  strings.TrimSpace(r.Get("adrfam").String()),
+			SubType: strings.TrimSpace(r.Get("subtype").String()),
+			TrAddr:  strings.TrimSpace(r.Get("traddr").String()),
+			TrSvcID: strings.TrimSpace(r.Get("trsvcid").String()),
+			SubNQN:  strings.TrimSpace(r.Get("subnqn").String()),
+			PortID:  r.Get("portid").Int(),
+		})
+	}
+	return out, nil
+}
+
+// ListedPath is one controller in `nvme list-subsys` output.
+type ListedPath struct {
+	Name      string
+	Transport string
+	Address   map[string]string
+	State     string
+}
+
+// ListedSubsystem is one subsystem in `nvme list-subsys` output.
+type ListedSubsystem struct {
+	HostNQN  string
+	Name     string
+	NQN      string
+	IOPolicy string // only some 2.x versions print it; sysfs is authoritative
+	Paths    []ListedPath
+}
+
+// ParseListSubsys reads `nvme list-subsys -o json` in every shape seen:
+// 1.x `{"Subsystems":[…]}` (key omitted when empty), 2.x `[{"HostNQN",
+// "Subsystems":[…]}]`, the bare host object some builds print, and "{}".
+func ParseListSubsys(b []byte) ([]ListedSubsystem, error) {
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return nil, nil
+	}
+	if !gjson.Valid(s) {
+		return nil, fmt.Errorf("nvme list-subsys printed invalid JSON: %.200q", s)
+	}
+	root := gjson.Parse(s)
+	var hosts []gjson.Result
+	switch {
+	case root.IsArray():
+		hosts = root.Array()
+	case root.IsObject():
+		hosts = []gjson.Result{root}
+	default:
+		return nil, fmt.Errorf("nvme list-subsys printed %s, expected an object or array", root.Type)
+	}
+	var out []ListedSubsystem
+	for _, h := range hosts {
+		for _, sub := range h.Get("Subsystems").Array() {
+			ls := ListedSubsystem{
+				HostNQN:  h.Get("HostNQN").String(),
+				Name:     sub.Get("Name").String(),
+				NQN:      sub.Get("NQN").String(),
+				IOPolicy: sub.Get("IOPolicy").String(),
+			}
+			for _, p := range sub.Get("Paths").Array() {
+				ls.Paths = append(ls.Paths, ListedPath{
+					Name:      p.Get("Name").String(),
+					Transport: p.Get("Transport").String(),
+					Address:   parseAddress(p.Get("Address").String()),
+					State:     p.Get("State").String(),
+				})
+			}
+			out = append(out, ls)
+		}
+	}
+	return out, nil
+}
+
+// parseVersion reads the first line of `nvme version`: "nvme version 2.3
+// (git 2.3)" or "nvme version 1.16".
+func parseVersion(b []byte) string {
+	line, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+	f := strings.Fields(line)
+	if len(f) >= 3 && f[0] == "nvme" && f[1] == "version" {
+		return f[2]
+	}
+	return strings.TrimSpace(line)
+}
+
+// Timeouts bound every step; xapi has none of its own.
+type Timeouts struct {
+	Connect    time.Duration // one `nvme connect`
+	Disconnect time.Duration // one `nvme disconnect`
+	Discover   time.Duration // one `nvme discover`
+	Modprobe   time.Duration
+	Namespace  time.Duration // wait for the namespace head after connecting
+	Lock       time.Duration // wait for another attach of the same subsystem
+	Poll       time.Duration // sysfs polling interval
+}
+
+// DefaultTimeouts make a failed attach end within 30 s when every portal is
+// unreachable: connects run in parallel, each bounded by Connect, and the
+// wrong-NQN hint adds one Discover at most.
+func DefaultTimeouts() Timeouts {
+	return Timeouts{
+		Connect:    20 * time.Second,
+		Disconnect: 30 * time.Second,
+		Discover:   8 * time.Second,
+		Modprobe:   15 * time.Second,
+		Namespace:  20 * time.Second,
+		Lock:       90 * time.Second,
+		Poll:       100 * time.Millisecond,
+	}
+}
+
+func (t Timeouts) withDefaults() Timeouts {
+	d := DefaultTimeouts()
+	set := func(v *time.Duration, def time.Duration) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	set(&t.Connect, d.Connect)
+	set(&t.Disconnect, d.Disconnect)
+	set(&t.Discover, d.Discover)
+	set(&t.Modprobe, d.Modprobe)
+	set(&t.Namespace, d.Namespace)
+	set(&t.Lock, d.Lock)
+	set(&t.Poll, d.Poll)
+	return t
+}
+
+// runNVMe runs nvme-cli with the secrets of c redacted.
+func runNVMe(ctx context.Context, r host.Runner, timeout time.Duration, c Config, args ...string) (host.Result, error) {
+	return r.Run(ctx, host.Cmd{Name: nvmeCmd, Args: args, Timeout: timeout, Secrets: []string{c.DHCHAP, c.DHCHAPCtrl}})
+}
