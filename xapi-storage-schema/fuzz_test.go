@@ -1,0 +1,61 @@
+package schema
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+)
+
+// fuzzSchema uses every keyword the validator implements, so that the
+// fuzzer can mutate a schema as well as a document.
+const fuzzSchema = `{"$defs":{
+	"int": {"type":"integer","minimum":-9223372036854775808,"maximum":9223372036854775807},
+	"v": {"oneOf":[
+		{"type":"array","prefixItems":[{"const":"A"},{"$ref":"#/$defs/int"}],"items":false,"minItems":2},
+		{"type":"array","prefixItems":[{"const":"B"},{"type":"object","required":["p"],"properties":{"p":{"type":"string"}},"additionalProperties":false}],"items":false,"minItems":2}]},
+	"t": {"type":["object","null"],"required":["v"],"properties":{"v":{"$ref":"#/$defs/v"},"e":{"enum":["x",1,null]},"n":{"type":"number","maximum":1.5}},
+		"additionalProperties":{"type":"array","items":{"$ref":"#/$defs/t"}}}
+}}`
+
+// FuzzValidate: the validator and the schema loader never panic or hang,
+// whatever the document and schema, and they only ever fail with their
+// own error types.
+func FuzzValidate(f *testing.F) {
+	for _, ex := range loadExamples(f) {
+		f.Add(ex.doc, []byte(fuzzSchema))
+	}
+	for _, doc := range []string{`{"v":["A",1]}`, `{"v":["B",{"p":""}],"x":[null,{"v":["A",-0]}]}`, `[1e999999999]`, `{"a":{"a":{}}}`, "\"\\ud800\"", `"\u00e9"`} {
+		f.Add([]byte(doc), []byte(fuzzSchema))
+	}
+	f.Add([]byte(`null`), []byte(`{"$defs":{"a":{"$ref":"#/$defs/b"},"b":{"oneOf":[{"$ref":"#/$defs/a"}]}}}`))
+	ours := Ours()
+	f.Fuzz(func(t *testing.T, doc, schemaDoc []byte) {
+		validateAll(t, ours, doc)
+		s, err := Load(schemaDoc)
+		var se *SchemaError
+		if err != nil && !errors.As(err, &se) {
+			t.Fatalf("Load returned %T: %v", err, err)
+		}
+		if err == nil {
+			validateAll(t, s, doc)
+		}
+	})
+}
+
+func validateAll(t *testing.T, s *Schema, doc []byte) {
+	for _, d := range s.Defs() {
+		err := s.Validate(d, doc)
+		if err == nil {
+			// Anything accepted must be JSON that encoding/json accepts too.
+			if !json.Valid(doc) {
+				t.Fatalf("%s accepted invalid JSON %q", d, doc)
+			}
+			continue
+		}
+		var ve *ValidationError
+		if !errors.As(err, &ve) || ve.Def != d || !strings.HasPrefix(ve.Path, "$") || ve.Msg == "" {
+			t.Fatalf("%s: malformed error %T %v", d, err, err)
+		}
+	}
+}
