@@ -1,0 +1,108 @@
+package lvm
+
+import (
+	"errors"
+	"strings"
+
+	"sanvol/host"
+)
+
+// LVM's exit codes are coarse (5 = "failed" for nearly everything), so the
+// kind of failure is read from the message. Messages are matched in the C
+// locale (the runner sets LC_ALL=C) and lower-cased; each list holds the
+// wording of lvm2 2.02 and 2.03.
+var (
+	notFoundText = []string{
+		"not found",            // Volume group "x" not found; ... logical volume(s) not found
+		"failed to find",       // Failed to find logical volume "vg/lv"; ... physical volume
+		"no pv found",          // 2.03 pvremove on a non-PV
+		"no pv label found",    // 2.02 pvremove on a non-PV
+		"cannot find",          //
+		"couldn't find device", //
+	}
+	existsText = []string{
+		"already exists",
+		"already in volume group",
+	}
+	noSpaceText = []string{
+		"insufficient free space",
+		"insufficient suitable",
+		"exceeds maximum metadata size",
+		"too large for circular buffer",
+		"no space for",
+		"not enough space",
+		"insufficient free extents",
+	}
+	busyText = []string{
+		"in use",
+		"can't get lock",
+		"device or resource busy",
+		"is open",
+		"open logical volume",
+		"unable to deactivate",
+	}
+	readOnlyText = []string{
+		"metadata_read_only", // "Operation prohibited while global/metadata_read_only is set."
+	}
+	// checksumText is what a reader sees when it reads the metadata area
+	// while the master rewrites it (xapi-project/sm#561, CA-356102). The
+	// read is retried; sm's lvmretry does the same.
+	checksumText = []string{
+		"incorrect checksum in metadata area header",
+		"incorrect metadata area header checksum",
+		"checksum error",
+	}
+)
+
+func containsAny(s string, subs []string) bool {
+	for _, sub := range subs {
+		if strings.Contains(s, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+func stderrOf(err error) string {
+	var ee *host.ExitError
+	if errors.As(err, &ee) {
+		if ee.Stderr != "" {
+			return ee.Stderr
+		}
+		return ee.Stdout
+	}
+	return ""
+}
+
+func isChecksumError(err error) bool {
+	return containsAny(strings.ToLower(stderrOf(err)), checksumText)
+}
+
+// classify turns a failed LVM command into a typed error that names the
+// step, what LVM said and what to do.
+func classify(op string, err error) error {
+	var ce *host.CmdError
+	if errors.As(err, &ce) {
+		switch {
+		case errors.Is(err, host.ErrNotInstalled):
+			return host.Errorf(host.KindUnsupported, op, "lvm2 is not installed on this host", "install the lvm2 package", err)
+		case errors.Is(err, host.ErrTimeout):
+			return host.Errorf(host.KindTimeout, op, "LVM did not answer in time", "check that the SR's storage answers (paths live, no hung I/O: dmesg, nvme list-subsys / multipath -ll) and retry", err)
+		}
+		return host.Errorf(host.KindInternal, op, "could not run LVM", "", err)
+	}
+	msg := strings.ToLower(stderrOf(err))
+	switch {
+	case containsAny(msg, readOnlyText):
+		return host.Errorf(host.KindNotMaster, op, "LVM refused to change metadata on a host that is not the pool master", "run the operation on the pool master", err)
+	case containsAny(msg, existsText):
+		return host.Errorf(host.KindExists, op, "already exists", "", err)
+	case containsAny(msg, noSpaceText):
+		return host.Errorf(host.KindNoSpace, op, "not enough space in the SR", "free space (destroy unused disks) or grow the LUN/namespace", err)
+	case containsAny(msg, busyText):
+		return host.Errorf(host.KindBusy, op, "in use", "stop what uses it (a VM or a dom0 attach on this host) and retry", err)
+	case containsAny(msg, notFoundText):
+		return host.Errorf(host.KindNotFound, op, "not found", "", err)
+	}
+	return host.Errorf(host.KindInternal, op, "LVM command failed", "", err)
+}

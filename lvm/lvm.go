@@ -1,0 +1,124 @@
+// Package lvm drives lvm2 for sanvol. Every LVM command of the product
+// goes through Client.exec: one process per question, a deadline, the C
+// locale, -qq, JSON reports in bytes, and a --config that admits only the
+// SR's device and forbids metadata writes on hosts that are not the pool
+// master. It works with lvm2 2.02.180 (XCP-ng 8.x dom0) and 2.03.
+package lvm
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"sanvol/host"
+)
+
+// Client runs LVM commands. It is safe for concurrent use.
+type Client struct {
+	run host.Runner
+	log *zap.Logger
+
+	// ReadTimeout bounds a report; WriteTimeout a metadata change, which
+	// rewrites the whole VG metadata (megabytes at 10,000 volumes).
+	ReadTimeout  time.Duration
+	WriteTimeout time.Duration
+	// ReadRetries is how often a report is repeated after a metadata
+	// checksum error, RetryDelay the pause before each repeat.
+	ReadRetries int
+	RetryDelay  time.Duration
+
+	mu  sync.Mutex
+	ver *Version
+}
+
+// New returns a client with production timeouts.
+func New(run host.Runner, log *zap.Logger) *Client {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Client{
+		run:          run,
+		log:          log,
+		ReadTimeout:  60 * time.Second,
+		WriteTimeout: 120 * time.Second,
+		ReadRetries:  10,
+		RetryDelay:   200 * time.Millisecond,
+	}
+}
+
+// Version returns the host's lvm2 release, asking `lvm version` once per
+// client (that is, once per plugin process).
+func (c *Client) Version(ctx context.Context) (Version, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ver != nil {
+		return *c.ver, nil
+	}
+	res, err := c.run.Run(ctx, host.Cmd{Name: "lvm", Args: []string{"version"}, Timeout: c.ReadTimeout})
+	if err != nil {
+		return Version{}, classify("lvm version", err)
+	}
+	v, err := ParseVersion(string(res.Stdout))
+	if err != nil {
+		return Version{}, host.Errorf(host.KindUnsupported, "lvm version", "cannot tell which lvm2 this host has", "check that `lvm version` works", err)
+	}
+	c.ver = &v
+	c.log.Debug("lvm version", zap.Stringer("version", v))
+	return v, nil
+}
+
+// mode says how a command may be run: whether repeating it after a
+// metadata checksum error is safe, and which deadline applies.
+type mode int
+
+const (
+	// repeatable: reports and activation changes, which write no metadata.
+	repeatable mode = iota
+	// once: metadata changes.
+	once
+)
+
+// exec runs `lvm <sub> -qq --config <cfg> <args...>`. Repeatable commands
+// are retried on metadata checksum errors, which a reader sees while the
+// master rewrites the metadata; metadata changes are never retried here,
+// because only the caller knows whether repeating one is safe.
+func (c *Client) exec(ctx context.Context, s Scope, m mode, sub string, args ...string) ([]byte, error) {
+	v, err := c.Version(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := BuildConfig(v, s)
+	if err != nil {
+		return nil, host.Errorf(host.KindInvalid, "lvm "+sub, "bad LVM scope", "", err)
+	}
+	argv := append([]string{sub, "-qq", "--config", cfg}, args...)
+	timeout := c.ReadTimeout
+	if m == once {
+		timeout = c.WriteTimeout
+	}
+	// The last argument names the object (VG, LV or device); the whole
+	// command line, with every tag, is in the cause.
+	op := "lvm " + sub
+	if len(args) > 0 && !strings.HasPrefix(args[len(args)-1], "-") {
+		op += " " + args[len(args)-1]
+	}
+	for attempt := 0; ; attempt++ {
+		res, err := c.run.Run(ctx, host.Cmd{Name: "lvm", Args: argv, Timeout: timeout})
+		if err == nil {
+			return res.Stdout, nil
+		}
+		if m == repeatable && attempt < c.ReadRetries && isChecksumError(err) {
+			c.log.Info("LVM metadata changed under a reader; retrying", zap.String("cmd", op), zap.Int("attempt", attempt+1))
+			select {
+			case <-ctx.Done():
+				return nil, classify(op, err)
+			case <-time.After(c.RetryDelay):
+			}
+			continue
+		}
+		return nil, classify(op, err)
+	}
+}

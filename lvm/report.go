@@ -1,0 +1,228 @@
+package lvm
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+
+	"github.com/tidwall/gjson"
+
+	"sanvol/host"
+)
+
+// VG is one row of `vgs`.
+type VG struct {
+	Name       string
+	UUID       string
+	Size       int64
+	Free       int64
+	ExtentSize int64
+	Tags       []string
+	MDASize    int64 // smallest metadata area of the VG
+	MDAFree    int64 // free space in it
+	LVCount    int
+	PVCount    int
+}
+
+// LV is one row of `lvs`.
+type LV struct {
+	Name string
+	VG   string
+	UUID string
+	Size int64
+	Tags []string
+	// Attr is lv_attr, e.g. "-wi-a-----": the fifth character is 'a'
+	// when the LV is active on this host, the sixth 'o' when it is open.
+	Attr string
+}
+
+// Active reports whether the LV is active on this host.
+func (l LV) Active() bool { return len(l.Attr) > 4 && l.Attr[4] == 'a' }
+
+// Open reports whether something holds the LV's device open on this host.
+func (l LV) Open() bool { return len(l.Attr) > 5 && l.Attr[5] == 'o' }
+
+// PV is one row of `pvs`, with the tags of its VG (empty for an orphan).
+type PV struct {
+	Name    string
+	VG      string
+	UUID    string
+	Size    int64
+	MDASize int64
+	VGTags  []string
+}
+
+// The fields asked for. All exist in lvm2 2.02.180 and 2.03.
+const (
+	vgFields = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_tags,vg_mda_size,vg_mda_free,lv_count,pv_count"
+	lvFields = "lv_name,vg_name,lv_uuid,lv_size,lv_tags,lv_attr"
+	pvFields = "pv_name,vg_name,pv_uuid,pv_size,pv_mda_size,vg_tags"
+)
+
+// reportArgs are common to every report: JSON with every value a string of
+// bytes and no unit suffix.
+func reportArgs(fields string) []string {
+	return []string{"--reportformat", "json", "--units", "b", "--nosuffix", "-o", fields}
+}
+
+// rows returns the rows of the named section of an LVM JSON report:
+// {"report":[{"vg":[{...},...]}]}.
+func rows(out []byte, section string) ([]gjson.Result, error) {
+	if !gjson.ValidBytes(out) {
+		return nil, fmt.Errorf("LVM report is not JSON: %.200q", out)
+	}
+	var rs []gjson.Result
+	for _, r := range gjson.GetBytes(out, "report").Array() {
+		rs = append(rs, r.Get(section).Array()...)
+	}
+	return rs, nil
+}
+
+// num parses a numeric report value; LVM prints "" for values that do not
+// apply (e.g. pv_mda_size of a device without metadata area).
+func num(r gjson.Result, field string) (int64, error) {
+	s := r.Get(field).String()
+	if s == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("report field %s=%q is not a number", field, s)
+	}
+	return n, nil
+}
+
+type numField struct {
+	name string
+	dst  *int64
+}
+
+func nums(r gjson.Result, fs ...numField) error {
+	for _, f := range fs {
+		n, err := num(r, f.name)
+		if err != nil {
+			return err
+		}
+		*f.dst = n
+	}
+	return nil
+}
+
+// ParseVGs decodes a `vgs` JSON report asked with the VG fields.
+func ParseVGs(out []byte) ([]VG, error) {
+	rs, err := rows(out, "vg")
+	if err != nil {
+		return nil, err
+	}
+	vgs := make([]VG, 0, len(rs))
+	for _, r := range rs {
+		v := VG{Name: r.Get("vg_name").String(), UUID: r.Get("vg_uuid").String(), Tags: SplitTags(r.Get("vg_tags").String())}
+		var lvc, pvc int64
+		if err := nums(r, numField{"vg_size", &v.Size}, numField{"vg_free", &v.Free}, numField{"vg_extent_size", &v.ExtentSize},
+			numField{"vg_mda_size", &v.MDASize}, numField{"vg_mda_free", &v.MDAFree}, numField{"lv_count", &lvc}, numField{"pv_count", &pvc}); err != nil {
+			return nil, err
+		}
+		v.LVCount, v.PVCount = int(lvc), int(pvc)
+		vgs = append(vgs, v)
+	}
+	return vgs, nil
+}
+
+// ParseLVs decodes an `lvs` JSON report asked with the LV fields.
+func ParseLVs(out []byte) ([]LV, error) {
+	rs, err := rows(out, "lv")
+	if err != nil {
+		return nil, err
+	}
+	lvs := make([]LV, 0, len(rs))
+	for _, r := range rs {
+		l := LV{Name: r.Get("lv_name").String(), VG: r.Get("vg_name").String(), UUID: r.Get("lv_uuid").String(),
+			Tags: SplitTags(r.Get("lv_tags").String()), Attr: r.Get("lv_attr").String()}
+		if err := nums(r, numField{"lv_size", &l.Size}); err != nil {
+			return nil, err
+		}
+		lvs = append(lvs, l)
+	}
+	return lvs, nil
+}
+
+// ParsePVs decodes a `pvs` JSON report asked with the PV fields.
+func ParsePVs(out []byte) ([]PV, error) {
+	rs, err := rows(out, "pv")
+	if err != nil {
+		return nil, err
+	}
+	pvs := make([]PV, 0, len(rs))
+	for _, r := range rs {
+		p := PV{Name: r.Get("pv_name").String(), VG: r.Get("vg_name").String(), UUID: r.Get("pv_uuid").String(),
+			VGTags: SplitTags(r.Get("vg_tags").String())}
+		if err := nums(r, numField{"pv_size", &p.Size}, numField{"pv_mda_size", &p.MDASize}); err != nil {
+			return nil, err
+		}
+		pvs = append(pvs, p)
+	}
+	return pvs, nil
+}
+
+func badReport(op string, err error) error {
+	return host.Errorf(host.KindInternal, op, "unexpected LVM report", "report this as a sanvol bug with `lvm version`", err)
+}
+
+// VGs lists the VGs on the scope's devices (all of them if names is
+// empty), in one `vgs` process.
+func (c *Client) VGs(ctx context.Context, s Scope, names ...string) ([]VG, error) {
+	out, err := c.exec(ctx, s, repeatable, "vgs", append(reportArgs(vgFields), names...)...)
+	if err != nil {
+		return nil, err
+	}
+	vgs, err := ParseVGs(out)
+	if err != nil {
+		return nil, badReport("lvm vgs", err)
+	}
+	return vgs, nil
+}
+
+// LVs lists every LV of a VG in one `lvs` process, whatever their number.
+func (c *Client) LVs(ctx context.Context, s Scope, vg string) ([]LV, error) {
+	out, err := c.exec(ctx, s, repeatable, "lvs", append(reportArgs(lvFields), vg)...)
+	if err != nil {
+		return nil, err
+	}
+	lvs, err := ParseLVs(out)
+	if err != nil {
+		return nil, badReport("lvm lvs", err)
+	}
+	return lvs, nil
+}
+
+// LV reads one LV. A missing LV is a host.KindNotFound error.
+func (c *Client) LV(ctx context.Context, s Scope, vg, lv string) (LV, error) {
+	out, err := c.exec(ctx, s, repeatable, "lvs", append(reportArgs(lvFields), vg+"/"+lv)...)
+	if err != nil {
+		return LV{}, err
+	}
+	lvs, err := ParseLVs(out)
+	if err != nil {
+		return LV{}, badReport("lvm lvs", err)
+	}
+	for _, l := range lvs {
+		if l.Name == lv {
+			return l, nil
+		}
+	}
+	// lvm2 2.02 can exit 0 with an empty report for a missing LV.
+	return LV{}, host.Errorf(host.KindNotFound, "lvm lvs "+vg+"/"+lv, "not found", "", nil)
+}
+
+// PVs lists the PVs on the scope's devices with their VG's tags.
+func (c *Client) PVs(ctx context.Context, s Scope) ([]PV, error) {
+	out, err := c.exec(ctx, s, repeatable, "pvs", reportArgs(pvFields)...)
+	if err != nil {
+		return nil, err
+	}
+	pvs, err := ParsePVs(out)
+	if err != nil {
+		return nil, badReport("lvm pvs", err)
+	}
+	return pvs, nil
+}

@@ -1,0 +1,228 @@
+package volume
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"sanvol/host"
+	"sanvol/lvm"
+)
+
+// FaultHook is called after every step of the operations that change
+// metadata, with the step's name (see FaultSteps). Tests kill the process
+// there to prove that a crash at any point leaves a consistent SR.
+type FaultHook func(step string)
+
+// The steps a FaultHook sees, in the order each operation runs them.
+const (
+	StepSRCreateAttach    = "SR.create:attach"
+	StepSRCreateWipe      = "SR.create:wipe"
+	StepSRCreatePVCreate  = "SR.create:pvcreate"
+	StepSRCreateVGCreate  = "SR.create:vgcreate"
+	StepSRSetTags         = "SR.set:vgchange"
+	StepSRDestroyGC       = "SR.destroy:gc"
+	StepSRDestroyVGRemove = "SR.destroy:vgremove"
+	StepSRDestroyPVRemove = "SR.destroy:pvremove"
+	StepSRDestroyDetach   = "SR.destroy:detach"
+	StepSRDetachTransport = "SR.detach:transport"
+
+	StepVolumeCreateLVCreate   = "Volume.create:lvcreate"
+	StepVolumeCreateZero       = "Volume.create:zero"
+	StepVolumeCreateDeactivate = "Volume.create:deactivate"
+	StepVolumeCreateCommit     = "Volume.create:commit"
+	StepVolumeDestroyLVRemove  = "Volume.destroy:lvremove"
+	StepVolumeResizeMark       = "Volume.resize:mark"
+	StepVolumeResizeLVExtend   = "Volume.resize:lvextend"
+	StepVolumeResizeZero       = "Volume.resize:zero"
+	StepVolumeResizeDeactivate = "Volume.resize:deactivate"
+	StepVolumeResizeCommit     = "Volume.resize:commit"
+	StepVolumeSetTags          = "Volume.set:lvchange"
+)
+
+// FaultSteps lists every step name a FaultHook can see.
+func FaultSteps() []string {
+	return []string{
+		StepSRCreateAttach, StepSRCreateWipe, StepSRCreatePVCreate, StepSRCreateVGCreate,
+		StepSRSetTags,
+		StepSRDestroyGC, StepSRDestroyVGRemove, StepSRDestroyPVRemove, StepSRDestroyDetach,
+		StepSRDetachTransport,
+		StepVolumeCreateLVCreate, StepVolumeCreateZero, StepVolumeCreateDeactivate, StepVolumeCreateCommit,
+		StepVolumeDestroyLVRemove,
+		StepVolumeResizeMark, StepVolumeResizeLVExtend, StepVolumeResizeZero, StepVolumeResizeDeactivate, StepVolumeResizeCommit,
+		StepVolumeSetTags,
+	}
+}
+
+// Options are the engine's dependencies.
+type Options struct {
+	LVM       *lvm.Client
+	Transport Transport
+	// Runner runs the non-LVM tools: blkid, wipefs, blkdiscard, dd.
+	Runner host.Runner
+	Locker host.Locker
+	Root   host.Root
+	// Role is this host's pool role (host.ReadRole): only the master
+	// changes metadata.
+	Role host.Role
+	Log  *zap.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Fault is the crash-injection hook; nil in production.
+	Fault FaultHook
+	// Version is sanvol's version, recorded in the VG of every new SR.
+	Version string
+	// LockWait bounds the wait for the per-SR lock; 0 means 5 minutes.
+	LockWait time.Duration
+}
+
+// Engine implements SR.* and Volume.* for one SR type (one Transport).
+type Engine struct {
+	lvm      *lvm.Client
+	t        Transport
+	run      host.Runner
+	locker   host.Locker
+	root     host.Root
+	role     host.Role
+	log      *zap.Logger
+	now      func() time.Time
+	fault    FaultHook
+	version  string
+	lockWait time.Duration
+}
+
+// New builds an engine.
+func New(o Options) (*Engine, error) {
+	if o.LVM == nil || o.Transport == nil || o.Runner == nil || o.Locker == nil {
+		return nil, fmt.Errorf("volume.New: LVM, Transport, Runner and Locker are required")
+	}
+	e := &Engine{lvm: o.LVM, t: o.Transport, run: o.Runner, locker: o.Locker, root: o.Root, role: o.Role,
+		log: o.Log, now: o.Now, fault: o.Fault, version: o.Version, lockWait: o.LockWait}
+	if e.log == nil {
+		e.log = zap.NewNop()
+	}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	if e.lockWait == 0 {
+		e.lockWait = 5 * time.Minute
+	}
+	if e.version == "" {
+		e.version = "unknown"
+	}
+	return e, nil
+}
+
+func (e *Engine) step(name string) {
+	e.log.Debug("step done", zap.String("step", name))
+	if e.fault != nil {
+		e.fault(name)
+	}
+}
+
+// requireMaster refuses a metadata change on a pool member: two writers of
+// one VG's metadata is the classic way to lose a shared LVM SR.
+func (e *Engine) requireMaster(op string) error {
+	if e.role.Master {
+		return nil
+	}
+	return host.Errorf(host.KindNotMaster, op,
+		fmt.Sprintf("this host is a pool member; only the pool master (%s) changes SR metadata", e.role.MasterAddr),
+		fmt.Sprintf("run it on the pool master %s (xapi sends SR and VDI operations there; check /etc/xensource/pool.conf if this is unexpected)", e.role.MasterAddr), nil)
+}
+
+// lock takes a host-wide lock, bounded by LockWait.
+func (e *Engine) lock(ctx context.Context, op, name string) (func(), error) {
+	lctx, cancel := context.WithTimeout(ctx, e.lockWait)
+	defer cancel()
+	unlock, err := e.locker.Lock(lctx, name)
+	if err != nil {
+		return nil, host.Errorf(host.KindBusy, op, "another sanvol call holds lock "+name+" on this host",
+			"wait for it to finish (see the sanvol log) and retry", err)
+	}
+	return unlock, nil
+}
+
+// begin starts a metadata change of an attached SR: on the master only,
+// under the SR lock. The caller must call unlock.
+func (e *Engine) begin(ctx context.Context, op, sr string) (a Attached, unlock func(), err error) {
+	if err := e.requireMaster(op); err != nil {
+		return Attached{}, nil, err
+	}
+	if a, err = e.attached(sr); err != nil {
+		return Attached{}, nil, err
+	}
+	if unlock, err = e.lock(ctx, op, srLock(a.UUID)); err != nil {
+		return Attached{}, nil, err
+	}
+	return a, unlock, nil
+}
+
+// tryLock takes a lock only if it is free now.
+func (e *Engine) tryLock(ctx context.Context, name string) (func(), bool) {
+	lctx, cancel := context.WithCancel(ctx)
+	cancel()
+	unlock, err := e.locker.Lock(lctx, name)
+	if err != nil {
+		return nil, false
+	}
+	return unlock, true
+}
+
+func srLock(uuid string) string       { return "sr-" + uuid }
+func initLock(key string) string      { return "volinit-" + key }
+func vgName(uuid string) string       { return "VG_sanvol-" + uuid }
+func lvName(key string) string        { return "v-" + key }
+func volumeURI(sr, key string) string { return "sanvol://" + sr + "/" + key }
+
+// keyOfLV returns the volume key of a sanvol LV name.
+func keyOfLV(name string) (string, bool) {
+	if len(name) != 2+36 || name[:2] != "v-" || !IsUUID(name[2:]) {
+		return "", false
+	}
+	return name[2:], true
+}
+
+// newUUID makes a random (version 4) UUID.
+func newUUID() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16]), nil
+}
+
+// scope is what LVM may see for an attached SR: its stable device path
+// and, when it is a symlink, the kernel device it points to now.
+func (e *Engine) scope(dev string) lvm.Scope {
+	s := lvm.Scope{Devices: []string{dev}, ReadOnly: !e.role.Master}
+	if real, err := e.root.EvalSymlinks(dev); err == nil && real != dev {
+		s.Devices = append(s.Devices, real)
+	}
+	return s
+}
+
+// attached loads the attach record behind an SR handle.
+func (e *Engine) attached(sr string) (Attached, error) {
+	typ, uuid, err := ParseHandle(sr)
+	if err != nil {
+		return Attached{}, err
+	}
+	if typ != e.t.Type() {
+		return Attached{}, host.Errorf(host.KindInvalid, "SR "+sr, fmt.Sprintf("handle is for SR type %q, this plugin serves %q", typ, e.t.Type()), "", nil)
+	}
+	return LoadAttached(e.root, uuid)
+}
+
+// roundUp returns the number of extents that hold size bytes (at least one).
+func roundUp(size, extent int64) int64 {
+	if size <= 0 {
+		return 1
+	}
+	return (size + extent - 1) / extent
+}

@@ -1,0 +1,506 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"sanvol/host"
+	"sanvol/lvm"
+)
+
+// Sizing of a new SR's PV.
+const (
+	// ExtentMiB is the LVM extent size: volumes are multiples of it.
+	ExtentMiB = 4
+	// MetadataAreaMiB is the PV metadata area. LVM writes the new
+	// metadata next to the old copy in this ring buffer, so it must hold
+	// twice the VG's text metadata. Measured in the lab (see
+	// docs/benchmarks.md) at about MetadataBytesPerVolume bytes per
+	// volume with a short name and a few keys, 256 MiB leaves room for
+	// 20,000 volumes with long names and descriptions.
+	MetadataAreaMiB = 256
+)
+
+// configSRUUID is the configuration key SR.create adds: SR.attach is not
+// given the SR uuid otherwise.
+const configSRUUID = "sr_uuid"
+
+// configForce lets SR.create erase a device that holds data.
+const configForce = "force"
+
+// srInfo is the VG of an SR as found on its device.
+type srInfo struct {
+	vg   lvm.VG
+	meta srMeta
+}
+
+// findSR looks for the VG of SR uuid among the VGs on the scope's device.
+// It returns nil, nil if there is none. The VG is recognised by its uuid
+// tag, never by its name.
+func (e *Engine) findSR(ctx context.Context, s lvm.Scope, uuid string) (*srInfo, error) {
+	vgs, err := e.lvm.VGs(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	for _, vg := range vgs {
+		if m, ok := decodeSRTags(vg.Tags); ok && strings.EqualFold(m.UUID, uuid) {
+			return &srInfo{vg: vg, meta: m}, nil
+		}
+	}
+	return nil, nil
+}
+
+func (e *Engine) otherConfigs(uuid string) ([]map[string]string, error) {
+	all, err := ListAttached(e.root)
+	if err != nil {
+		return nil, err
+	}
+	var others []map[string]string
+	for _, a := range all {
+		if a.UUID != uuid {
+			others = append(others, a.Configuration)
+		}
+	}
+	return others, nil
+}
+
+// SRCreate makes a new SR on the LUN or namespace the configuration names
+// and returns the configuration every host's SR.attach will get: the
+// input, the transport's stable identity of the device, and sr_uuid.
+// A device that holds any data is refused unless force=true. Repeating the
+// call for the same SR on the same device succeeds.
+func (e *Engine) SRCreate(ctx context.Context, uuid string, cfg map[string]string, name, description string) (map[string]string, error) {
+	const op = "SR.create"
+	if err := e.requireMaster(op); err != nil {
+		return nil, err
+	}
+	if !IsUUID(uuid) {
+		return nil, host.Errorf(host.KindInvalid, op, fmt.Sprintf("SR uuid %q is not a UUID", uuid), "", nil)
+	}
+	uuid = strings.ToLower(uuid)
+	ids, err := e.t.Prepare(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	out := maps.Clone(cfg)
+	if out == nil {
+		out = map[string]string{}
+	}
+	maps.Copy(out, ids)
+	force := out[configForce] == "true"
+	// force is a one-time order for this call; it must not stay in the
+	// PBDs' device-config.
+	delete(out, configForce)
+	out[configSRUUID] = uuid
+
+	unlock, err := e.lock(ctx, op, srLock(uuid))
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	dev, err := e.t.Attach(ctx, out)
+	if err != nil {
+		return nil, err
+	}
+	e.step(StepSRCreateAttach)
+	err = e.createOn(ctx, uuid, dev.Path, name, description, force)
+	// The SR is not attached until PBD.plug: release what Attach made.
+	if others, lerr := e.otherConfigs(uuid); lerr != nil {
+		e.log.Warn("cannot list attached SRs; leaving the device connected", zap.Error(lerr))
+	} else if derr := e.t.Detach(ctx, out, others); derr != nil {
+		e.log.Warn("could not release the device after SR.create", zap.String("sr", uuid), zap.Error(derr))
+	}
+	if err != nil {
+		return nil, err
+	}
+	e.log.Info("SR created", zap.String("sr", uuid), zap.String("device", dev.Path))
+	return out, nil
+}
+
+func (e *Engine) createOn(ctx context.Context, uuid, dev, name, description string, force bool) error {
+	const op = "SR.create"
+	s := e.scope(dev)
+	sigs, err := e.signatures(ctx, op, dev)
+	if err != nil {
+		return err
+	}
+	needPV := true
+	if len(sigs) == 1 && sigs[0] == "TYPE=LVM2_member" {
+		pvs, err := e.lvm.PVs(ctx, s)
+		if err != nil {
+			return err
+		}
+		for _, pv := range pvs {
+			if m, ok := decodeSRTags(pv.VGTags); ok && pv.VG != "" && strings.EqualFold(m.UUID, uuid) {
+				e.log.Info("the device already holds this SR", zap.String("sr", uuid), zap.String("vg", pv.VG))
+				return nil
+			}
+			// An orphan PV with our metadata area is what a create
+			// that died between pvcreate and vgcreate leaves; a PV
+			// without VG holds no volume, so it is no data to lose.
+			if pv.VG == "" && pv.MDASize >= MetadataAreaMiB*mib {
+				needPV = false
+				sigs = nil
+			}
+		}
+	}
+	if len(sigs) > 0 {
+		if !force {
+			return host.Errorf(host.KindExists, op,
+				fmt.Sprintf("device %s already holds data (%s); SR.create never overwrites it", dev, strings.Join(sigs, ", ")),
+				"check that the configuration names the right LUN/namespace; to erase it, repeat with device-config:force=true", nil)
+		}
+		e.log.Warn("erasing existing signatures (force=true)", zap.String("device", dev), zap.Strings("signatures", sigs))
+		if err := e.wipe(ctx, op, dev); err != nil {
+			return err
+		}
+		e.step(StepSRCreateWipe)
+	}
+	if needPV {
+		if err := e.lvm.PVCreate(ctx, s, dev, MetadataAreaMiB); err != nil {
+			return err
+		}
+		e.step(StepSRCreatePVCreate)
+	}
+	tags := lvm.EncodeFields(map[string]string{
+		srFieldUUID: uuid, srFieldName: name, srFieldDescription: description,
+		srFieldType: e.t.Type(), srFieldVersion: e.version,
+	})
+	if err := e.lvm.VGCreate(ctx, s, vgName(uuid), dev, ExtentMiB, tags); err != nil {
+		return err
+	}
+	e.step(StepSRCreateVGCreate)
+	return nil
+}
+
+// SRAttach connects this host to the SR and returns its handle. It is
+// idempotent: xapi repeats it after toolstack restarts and reboots.
+func (e *Engine) SRAttach(ctx context.Context, cfg map[string]string) (string, error) {
+	const op = "SR.attach"
+	uuid := strings.ToLower(cfg[configSRUUID])
+	if !IsUUID(uuid) {
+		return "", host.Errorf(host.KindInvalid, op, "device-config has no valid sr_uuid",
+			"SR.create adds sr_uuid; was this SR created by sanvol? Re-create the PBD with the device-config of the other hosts", nil)
+	}
+	unlock, err := e.lock(ctx, op, srLock(uuid))
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	dev, err := e.t.Attach(ctx, cfg)
+	if err != nil {
+		return "", err
+	}
+	s := e.scope(dev.Path)
+	info, err := e.findSR(ctx, s, uuid)
+	if err != nil {
+		return "", err
+	}
+	if info == nil {
+		return "", host.Errorf(host.KindNotFound, op,
+			fmt.Sprintf("no sanvol SR %s on %s", uuid, dev.Path),
+			"check that the device-config names the LUN/namespace the SR was created on; if the SR was being destroyed, the destroy completed: xe sr-forget", nil)
+	}
+	a := Attached{Type: e.t.Type(), UUID: uuid, Configuration: cfg, Device: dev.Path,
+		VG: info.vg.Name, VGUUID: info.vg.UUID, ExtentSize: info.vg.ExtentSize}
+	if err := saveAttached(e.root, a); err != nil {
+		return "", host.Errorf(host.KindInternal, op, "cannot write the attach record", "check that /run is writable", err)
+	}
+	e.log.Info("SR attached", zap.String("sr", uuid), zap.String("device", dev.Path), zap.String("vg", a.VG))
+	return a.Handle(), nil
+}
+
+// SRDetach releases the SR on this host. It succeeds when repeated and
+// refuses while a volume of the SR is active here.
+func (e *Engine) SRDetach(ctx context.Context, sr string) error {
+	const op = "SR.detach"
+	a, err := e.attached(sr)
+	if host.KindOf(err) == host.KindNotAttached {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	unlock, err := e.lock(ctx, op, srLock(a.UUID))
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return e.detach(ctx, op, a, StepSRDetachTransport)
+}
+
+func (e *Engine) detach(ctx context.Context, op string, a Attached, step string) error {
+	active, err := e.activeLVs(a.VGUUID)
+	if err != nil {
+		return host.Errorf(host.KindInternal, op, "cannot list active volumes in /sys/block", "", err)
+	}
+	if len(active) > 0 {
+		return host.Errorf(host.KindBusy, op,
+			fmt.Sprintf("%d volume(s) of SR %s are active on this host: %s", len(active), a.UUID, strings.Join(active, ", ")),
+			"shut down or migrate the VMs using them and unplug their VBDs first", nil)
+	}
+	others, err := e.otherConfigs(a.UUID)
+	if err != nil {
+		return err
+	}
+	if err := e.t.Detach(ctx, a.Configuration, others); err != nil {
+		return err
+	}
+	e.step(step)
+	if err := removeAttached(e.root, a.UUID); err != nil {
+		return host.Errorf(host.KindInternal, op, "cannot remove the attach record", "", err)
+	}
+	e.log.Info("SR detached", zap.String("sr", a.UUID))
+	return nil
+}
+
+// SRDestroy removes the SR from its device (VG and PV label) and undoes
+// the attach. An SR that still holds volumes is refused.
+func (e *Engine) SRDestroy(ctx context.Context, sr string) error {
+	const op = "SR.destroy"
+	a, unlock, err := e.begin(ctx, op, sr)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	s := e.scope(a.Device)
+	lvs, err := e.lvm.LVs(ctx, s, a.VG)
+	vgGone := errors.Is(err, host.ErrNotFound)
+	if err != nil && !vgGone {
+		return err
+	}
+	if !vgGone {
+		var keys []string
+		var stale []lvm.LV
+		for _, l := range lvs {
+			if m, err := decodeVolumeTags(l.Tags); err == nil && m.Initializing {
+				stale = append(stale, l)
+				continue
+			}
+			keys = append(keys, l.Name)
+		}
+		if len(keys) > 0 {
+			return host.Errorf(host.KindBusy, op,
+				fmt.Sprintf("SR %s still holds %d volume(s) (%s)", a.UUID, len(keys), strings.Join(first(keys, 5), ", ")),
+				"destroy its VDIs first (xe vdi-destroy), or xe sr-forget to keep the data", nil)
+		}
+		if err := e.collect(ctx, a, s, stale); err != nil {
+			return err
+		}
+		e.step(StepSRDestroyGC)
+		if err := e.lvm.VGRemove(ctx, s, a.VG); err != nil && !errors.Is(err, host.ErrNotFound) {
+			return err
+		}
+		e.step(StepSRDestroyVGRemove)
+	}
+	if err := e.lvm.PVRemove(ctx, s, a.Device); err != nil && !errors.Is(err, host.ErrNotFound) {
+		return err
+	}
+	e.step(StepSRDestroyPVRemove)
+	if err := e.detach(ctx, op, a, StepSRDestroyDetach); err != nil {
+		return err
+	}
+	e.log.Info("SR destroyed", zap.String("sr", a.UUID))
+	return nil
+}
+
+func first(s []string, n int) []string {
+	if len(s) > n {
+		return append(s[:n:n], "…")
+	}
+	return s
+}
+
+// SRStat reports the SR's size, free space and health. It works on every
+// host: one LVM report, read-only off the master.
+func (e *Engine) SRStat(ctx context.Context, sr string) (SRStat, error) {
+	a, err := e.attached(sr)
+	if err != nil {
+		return SRStat{}, err
+	}
+	vgs, err := e.lvm.VGs(ctx, e.scope(a.Device), a.VG)
+	if err != nil {
+		return SRStat{}, err
+	}
+	if len(vgs) != 1 {
+		return SRStat{}, host.Errorf(host.KindNotFound, "SR.stat", fmt.Sprintf("VG %s of SR %s not found on %s", a.VG, a.UUID, a.Device), "unplug and plug the PBD", nil)
+	}
+	m, _ := decodeSRTags(vgs[0].Tags)
+	st := SRStat{SR: a.Handle(), UUID: a.UUID, Name: m.Name, Description: m.Description,
+		TotalSpace: vgs[0].Size, FreeSpace: vgs[0].Free, Health: Healthy}
+	h, err := e.t.Health(ctx, a.Configuration)
+	switch {
+	case err != nil:
+		// The VG answered, so I/O works; only the path view is missing.
+		st.Health, st.HealthDetail = Recovering, "path state unknown: "+err.Error()
+	case h.Degraded():
+		st.Health, st.HealthDetail, st.Paths = Recovering, h.Detail, h
+	default:
+		st.Paths = h
+	}
+	return st, nil
+}
+
+// SRLs lists every volume of the SR in one LVM report. On the master it
+// also removes what creates that died half-way left behind.
+func (e *Engine) SRLs(ctx context.Context, sr string) ([]Volume, error) {
+	a, err := e.attached(sr)
+	if err != nil {
+		return nil, err
+	}
+	s := e.scope(a.Device)
+	lvs, err := e.lvm.LVs(ctx, s, a.VG)
+	if err != nil {
+		return nil, err
+	}
+	vols := make([]Volume, 0, len(lvs))
+	var stale []lvm.LV
+	for _, l := range lvs {
+		v, m, ok := e.volumeOf(a, l)
+		if !ok {
+			continue
+		}
+		if m.Initializing {
+			stale = append(stale, l)
+			continue
+		}
+		vols = append(vols, v)
+	}
+	if len(stale) > 0 && e.role.Master {
+		if unlock, ok := e.tryLock(ctx, srLock(a.UUID)); ok {
+			if err := e.collect(ctx, a, s, stale); err != nil {
+				e.log.Warn("could not remove unfinished volumes", zap.Error(err))
+			}
+			unlock()
+		}
+	}
+	return vols, nil
+}
+
+// collect removes LVs whose create died before it finished. An LV whose
+// creator still runs (its volinit lock is held) is left alone. The caller
+// holds the SR lock.
+func (e *Engine) collect(ctx context.Context, a Attached, s lvm.Scope, stale []lvm.LV) error {
+	for _, l := range stale {
+		key, _ := keyOfLV(l.Name)
+		unlock, ok := e.tryLock(ctx, initLock(key))
+		if !ok {
+			continue
+		}
+		err := e.lvm.LVRemove(ctx, s, a.VG, l.Name)
+		unlock()
+		if err != nil && !errors.Is(err, host.ErrNotFound) {
+			return err
+		}
+		e.log.Info("removed a volume whose create did not finish", zap.String("sr", a.UUID), zap.String("lv", l.Name))
+	}
+	return nil
+}
+
+// SRSetName renames the SR.
+func (e *Engine) SRSetName(ctx context.Context, sr, name string) error {
+	return e.setSRField(ctx, "SR.set_name", sr, srFieldName, name)
+}
+
+// SRSetDescription changes the SR's description.
+func (e *Engine) SRSetDescription(ctx context.Context, sr, description string) error {
+	return e.setSRField(ctx, "SR.set_description", sr, srFieldDescription, description)
+}
+
+func (e *Engine) setSRField(ctx context.Context, op, sr, field, value string) error {
+	a, unlock, err := e.begin(ctx, op, sr)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	s := e.scope(a.Device)
+	vgs, err := e.lvm.VGs(ctx, s, a.VG)
+	if err != nil {
+		return err
+	}
+	if len(vgs) != 1 {
+		return host.Errorf(host.KindNotFound, op, "VG "+a.VG+" not found", "unplug and plug the PBD", nil)
+	}
+	del, add := diffTags(lvm.FieldTags(vgs[0].Tags, field), lvm.EncodeField(field, value))
+	if len(del)+len(add) == 0 {
+		return nil
+	}
+	if err := e.lvm.VGChangeTags(ctx, s, a.VG, del, add); err != nil {
+		return err
+	}
+	e.step(StepSRSetTags)
+	return nil
+}
+
+// diffTags returns what to delete from old and add to reach new; tags in
+// both are left alone, so one lvchange/vgchange does the whole change.
+func diffTags(old, new []string) (del, add []string) {
+	in := map[string]bool{}
+	for _, t := range new {
+		in[t] = true
+	}
+	had := map[string]bool{}
+	for _, t := range old {
+		had[t] = true
+		if !in[t] {
+			del = append(del, t)
+		}
+	}
+	for _, t := range new {
+		if !had[t] {
+			add = append(add, t)
+		}
+	}
+	return del, add
+}
+
+// SRProbe reports what the configuration reaches and which sanvol SRs are
+// on it, without attaching.
+func (e *Engine) SRProbe(ctx context.Context, cfg map[string]string) ([]ProbeResult, error) {
+	cands, err := e.t.Probe(ctx, cfg, e.inspect)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]ProbeResult, 0, len(cands))
+	for _, c := range cands {
+		r := ProbeResult{Configuration: maps.Clone(c.Configuration), Complete: c.Complete, ExtraInfo: maps.Clone(c.Extra)}
+		if r.Configuration == nil {
+			r.Configuration = map[string]string{}
+		}
+		if r.ExtraInfo == nil {
+			r.ExtraInfo = map[string]string{}
+		}
+		if c.SR != nil {
+			r.Configuration[configSRUUID] = c.SR.UUID
+			r.Complete = true
+			r.SR = &SRStat{SR: MakeHandle(e.t.Type(), c.SR.UUID), UUID: c.SR.UUID, Name: c.SR.Name, Description: c.SR.Description,
+				TotalSpace: c.SR.TotalSpace, FreeSpace: c.SR.FreeSpace, Health: Healthy}
+		} else {
+			// sr_uuid would claim an SR that is not there, and force
+			// complete=true (the daemon's rule 1).
+			delete(r.Configuration, configSRUUID)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// inspect is the Inspector given to Transport.Probe.
+func (e *Engine) inspect(ctx context.Context, dev string) (*FoundSR, error) {
+	vgs, err := e.lvm.VGs(ctx, e.scope(dev))
+	if err != nil {
+		return nil, err
+	}
+	for _, vg := range vgs {
+		if m, ok := decodeSRTags(vg.Tags); ok {
+			return &FoundSR{UUID: m.UUID, Name: m.Name, Description: m.Description, TotalSpace: vg.Size, FreeSpace: vg.Free}, nil
+		}
+	}
+	return nil, nil
+}

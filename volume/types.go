@@ -1,0 +1,62 @@
+package volume
+
+// Volume is one virtual disk as SR.ls, Volume.stat and Volume.create
+// report it (the fields of the contract's `volume` record).
+type Volume struct {
+	Key                 string
+	UUID                string
+	Name                string
+	Description         string
+	ReadWrite           bool
+	Sharable            bool
+	VirtualSize         int64
+	PhysicalUtilisation int64
+	URI                 []string
+	// Keys are the Volume.set pairs, verbatim.
+	Keys map[string]string
+}
+
+// HealthState is the SR health constructor sent to xapi. Only the two
+// constructors every xapi-storage-script generation can decode exist here.
+type HealthState string
+
+// The health states sanvol reports.
+const (
+	Healthy    HealthState = "Healthy"
+	Recovering HealthState = "Recovering"
+)
+
+// SRStat is the answer of SR.stat (the contract's `sr_stat`).
+type SRStat struct {
+	SR          string // the handle
+	UUID        string
+	Name        string
+	Description string
+	TotalSpace  int64
+	FreeSpace   int64
+	Health      HealthState
+	// HealthDetail is the message of the health variant, e.g.
+	// "1 of 2 paths live: 127.0.0.2:4420 connecting"; empty when healthy.
+	HealthDetail string
+	// Paths is the transport's view the health was derived from.
+	Paths Health
+}
+
+// ProbeResult is one entry of SR.probe's answer (the contract's
+// `probe_result`). The engine keeps the daemon's consistency rules: SR is
+// set only with Configuration["sr_uuid"], and sr_uuid implies Complete.
+type ProbeResult struct {
+	Configuration map[string]string
+	Complete      bool
+	SR            *SRStat
+	ExtraInfo     map[string]string
+}
+
+// Features lists the Plugin.query features the engine implements for
+// real. VDI_DESTROY is the name to declare (the daemon renames it to
+// VDI_DELETE). Snapshots and clones are not implemented, so VDI_SNAPSHOT
+// and VDI_CLONE are absent; SR_STATS is avoided on purpose (it would make
+// xapi create an RRD VDI on the SR).
+func Features() []string {
+	return []string{"SR_PROBE", "SR_UPDATE", "VDI_CREATE", "VDI_DESTROY", "VDI_RESIZE", "VDI_UPDATE"}
+}
