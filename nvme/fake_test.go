@@ -1,0 +1,356 @@
+package nvme
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"sanvol/host"
+)
+
+// fakeKernel is a host.Runner that behaves like nvme-cli on a kernel with
+// nvmet targets behind it: connect creates controllers, subsystems and
+// namespace heads in a temporary sysfs tree, disconnect removes them. It
+// records every command.
+type fakeKernel struct {
+	t    *testing.T
+	dir  string
+	root host.Root
+
+	mu    sync.Mutex
+	calls []host.Cmd
+	next  int // next controller instance
+
+	// targets: nqn -> namespaces it exports.
+	targets map[string][]fakeNS
+	// down portals ("addr:port") refuse connections.
+	down map[string]bool
+	// authKernel creates dhchap_secret attributes (CONFIG_NVME_AUTH).
+	authKernel bool
+	// targetKeys: nqn -> the host key the target requires ("" = none).
+	targetKeys map[string]string
+	// cli116 answers a duplicate connect like nvme-cli 1.16 (exit 114).
+	cli116 bool
+	// discovery is the JSON `nvme discover` prints.
+	discovery string
+	// connectDelay slows each connect, to widen races.
+	connectDelay time.Duration
+}
+
+type fakeNS struct {
+	nsid  int
+	wwid  string
+	nguid string // dashed, as the kernel prints it
+	size  int64  // sectors
+}
+
+const (
+	testNQN     = "nqn.2024-01.org.sanvol:lab"
+	testHostNQN = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-4333-8444-555555555555"
+	testHostID  = "11111111-2222-4333-8444-555555555555"
+	testUUID    = "6a8e4f5c-1b2d-4e3f-9a0b-1c2d3e4f5a6b"
+	testKey     = "DHHC-1:00:ZmFrZWtleWZha2VrZXlmYWtla2V5ZmFrZWtleTEyMzQ=:"
+)
+
+func newFakeKernel(t *testing.T) *fakeKernel {
+	t.Helper()
+	dir := t.TempDir()
+	k := &fakeKernel{
+		t: t, dir: dir, root: host.NewRoot(dir),
+		targets: map[string][]fakeNS{
+			testNQN: {{nsid: 1, wwid: "uuid." + testUUID, size: 2097152}},
+		},
+		down:       map[string]bool{},
+		targetKeys: map[string]string{},
+	}
+	k.write("/sys/module/nvme_tcp/parameters/so_priority", "0")
+	k.write("/sys/module/nvme_core/parameters/multipath", "Y")
+	k.write("/dev/nvme-fabrics", "instance=-1,cntlid=-1,transport=%s,traddr=%s,trsvcid=%s,nqn=%s,queue_size=%d,nr_io_queues=%d,reconnect_delay=%d,ctrl_loss_tmo=%d,keep_alive_tmo=%d,hostnqn=%s,host_traddr=%s,host_iface=%s,hostid=%s,duplicate_connect,disable_sqflow,hdr_digest,data_digest,nr_write_queues=%d,nr_poll_queues=%d,tos=%d,fast_io_fail_tmo=%d,discovery,dhchap_secret=%s,dhchap_ctrl_secret=%s\n")
+	k.write("/proc/sys/kernel/osrelease", "6.1.0-test-amd64")
+	k.write(HostNQNFile, testHostNQN)
+	k.write(HostIDFile, testHostID)
+	if err := os.MkdirAll(filepath.Join(dir, "sys/class/nvme"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func (k *fakeKernel) write(p, content string) {
+	k.t.Helper()
+	real := k.root.Path(p)
+	if err := os.MkdirAll(filepath.Dir(real), 0o755); err != nil {
+		k.t.Fatal(err)
+	}
+	if err := os.WriteFile(real, []byte(content+"\n"), 0o644); err != nil {
+		k.t.Fatal(err)
+	}
+}
+
+func (k *fakeKernel) read(p string) string {
+	s, _ := k.root.ReadString(p)
+	return s
+}
+
+// addController puts a controller in sysfs as the kernel would.
+func (k *fakeKernel) addController(nqn, traddr, trsvcid, iface, hostnqn, state, key string) string {
+	name := "nvme" + strconv.Itoa(k.next)
+	k.next++
+	dir := "/sys/class/nvme/" + name
+	addr := "traddr=" + traddr + ",trsvcid=" + trsvcid
+	if iface != "" {
+		addr += ",host_iface=" + iface
+	}
+	k.write(dir+"/address", addr+",src_addr=127.0.0.1")
+	k.write(dir+"/state", state)
+	k.write(dir+"/subsysnqn", nqn)
+	k.write(dir+"/transport", "tcp")
+	k.write(dir+"/hostnqn", hostnqn)
+	k.write(dir+"/hostid", testHostID)
+	k.write(dir+"/ctrl_loss_tmo", "1800")
+	if k.authKernel {
+		if key == "" {
+			key = "none"
+		}
+		k.write(dir+"/dhchap_secret", key)
+	}
+	sub := k.subsysFor(nqn)
+	k.write("/sys/class/nvme-subsystem/"+sub+"/"+name+"/state", state)
+	for i, ns := range k.targets[nqn] {
+		head := fmt.Sprintf("nvme%sn%d", strings.TrimPrefix(sub, "nvme-subsys"), ns.nsid)
+		if k.root.Exists("/sys/block/" + head) {
+			continue
+		}
+		_ = i
+		k.write("/sys/class/nvme-subsystem/"+sub+"/"+head+"/dev", "259:0")
+		k.write("/sys/block/"+head+"/wwid", ns.wwid)
+		k.write("/sys/block/"+head+"/nsid", strconv.Itoa(ns.nsid))
+		k.write("/sys/block/"+head+"/size", strconv.FormatInt(ns.size, 10))
+		if ns.nguid != "" {
+			k.write("/sys/block/"+head+"/nguid", ns.nguid)
+		}
+		if err := os.MkdirAll(k.root.Path("/sys/block/"+head+"/holders"), 0o755); err != nil {
+			k.t.Fatal(err)
+		}
+		k.write("/dev/"+head, "")
+		link := k.root.Path("/dev/disk/by-id/nvme-" + ns.wwid)
+		_ = os.MkdirAll(filepath.Dir(link), 0o755)
+		_ = os.Symlink("../../"+head, link)
+	}
+	return name
+}
+
+// subsysFor returns the subsystem of nqn, creating it.
+func (k *fakeKernel) subsysFor(nqn string) string {
+	ents, _ := os.ReadDir(k.root.Path("/sys/class/nvme-subsystem"))
+	for _, e := range ents {
+		if k.read("/sys/class/nvme-subsystem/"+e.Name()+"/subsysnqn") == nqn {
+			return e.Name()
+		}
+	}
+	name := "nvme-subsys" + strconv.Itoa(len(ents))
+	k.write("/sys/class/nvme-subsystem/"+name+"/subsysnqn", nqn)
+	k.write("/sys/class/nvme-subsystem/"+name+"/iopolicy", "numa")
+	k.write("/sys/class/nvme-subsystem/"+name+"/model", "Linux")
+	return name
+}
+
+// removeController deletes a controller, and its subsystem with the
+// heads when it was the last path, as the kernel does.
+func (k *fakeKernel) removeController(name string) bool {
+	dir := k.root.Path("/sys/class/nvme/" + name)
+	if _, err := os.Stat(dir); err != nil {
+		return false
+	}
+	nqn := k.read("/sys/class/nvme/" + name + "/subsysnqn")
+	os.RemoveAll(dir)
+	sub := k.subsysFor(nqn)
+	subDir := k.root.Path("/sys/class/nvme-subsystem/" + sub)
+	os.RemoveAll(filepath.Join(subDir, name))
+	ents, _ := os.ReadDir(subDir)
+	for _, e := range ents {
+		if ctrlNameRe.MatchString(e.Name()) {
+			return true
+		}
+	}
+	for _, e := range ents {
+		if headNameRe.MatchString(e.Name()) {
+			os.RemoveAll(k.root.Path("/sys/block/" + e.Name()))
+			os.Remove(k.root.Path("/dev/" + e.Name()))
+		}
+	}
+	links, _ := filepath.Glob(k.root.Path("/dev/disk/by-id/nvme-*"))
+	for _, l := range links {
+		if _, err := os.Stat(l); err != nil {
+			os.Remove(l)
+		}
+	}
+	os.RemoveAll(subDir)
+	return true
+}
+
+func (k *fakeKernel) controllerNames() []string {
+	ents, _ := os.ReadDir(k.root.Path("/sys/class/nvme"))
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
+func opts(args []string) map[string]string {
+	m := map[string]string{}
+	for _, a := range args {
+		if k, v, ok := strings.Cut(strings.TrimPrefix(a, "--"), "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+func exitErr(c host.Cmd, code int, stderr string) error {
+	return &host.ExitError{Cmd: c.String(), Code: code, Stderr: host.Redact(stderr, c.Secrets)}
+}
+
+func (k *fakeKernel) Run(ctx context.Context, c host.Cmd) (host.Result, error) {
+	if c.Timeout <= 0 {
+		k.t.Errorf("command without a timeout: %s", c)
+	}
+	k.mu.Lock()
+	k.calls = append(k.calls, c)
+	k.mu.Unlock()
+	switch c.Name {
+	case "modprobe", "udevadm":
+		return host.Result{}, nil
+	case nvmeCmd:
+	default:
+		return host.Result{}, &host.CmdError{Cmd: c.String(), Err: host.ErrNotInstalled}
+	}
+	if len(c.Args) == 0 {
+		return host.Result{}, exitErr(c, 1, "usage")
+	}
+	o := opts(c.Args)
+	switch c.Args[0] {
+	case "version":
+		return host.Result{Stdout: []byte("nvme version 2.3 (git 2.3)\nlibnvme version 1.3 (git 1.3)\n")}, nil
+	case "discover":
+		if k.down[o["traddr"]+":"+o["trsvcid"]] {
+			return host.Result{}, exitErr(c, 1, "Failed to write to /dev/nvme-fabrics: Connection refused\nfailed to add controller, error failed to write to nvme-fabrics device")
+		}
+		return host.Result{Stdout: []byte(k.discovery)}, nil
+	case "disconnect":
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		if !k.removeController(o["device"]) {
+			return host.Result{}, exitErr(c, 1, "Failed to scan topology: No such file or directory")
+		}
+		return host.Result{Stdout: []byte("NQN:" + testNQN + " disconnected 1 controller(s)\n")}, nil
+	case "connect":
+		return k.connect(c, o)
+	}
+	return host.Result{}, exitErr(c, 1, "unknown command "+c.Args[0])
+}
+
+func (k *fakeKernel) connect(c host.Cmd, o map[string]string) (host.Result, error) {
+	time.Sleep(k.connectDelay)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	portal := o["traddr"] + ":" + o["trsvcid"]
+	if a, err := netip.ParseAddr(o["traddr"]); err == nil && a.Is6() {
+		portal = "[" + o["traddr"] + "]:" + o["trsvcid"]
+	}
+	if k.down[portal] {
+		return host.Result{}, exitErr(c, 1, "Failed to write to /dev/nvme-fabrics: Connection refused\ncould not add new controller: failed to write to nvme-fabrics device")
+	}
+	if _, ok := k.targets[o["nqn"]]; !ok {
+		return host.Result{}, exitErr(c, 1, "Failed to write to /dev/nvme-fabrics: Input/output error\ncould not add new controller: failed to write to nvme-fabrics device")
+	}
+	if want := k.targetKeys[o["nqn"]]; want != "" && k.authKernel && o["dhchap-secret"] != want {
+		return host.Result{}, exitErr(c, 1, "Failed to write to /dev/nvme-fabrics: Key was rejected by service\ncould not add new controller: failed to write to nvme-fabrics device")
+	}
+	// The kernel's duplicate check (nvmf_ip_options_match).
+	for _, name := range k.controllerNames() {
+		d := "/sys/class/nvme/" + name
+		addr := parseAddress(k.read(d + "/address"))
+		if k.read(d+"/subsysnqn") == o["nqn"] && addr["traddr"] == o["traddr"] && addr["trsvcid"] == o["trsvcid"] &&
+			addr["host_iface"] == o["host-iface"] && !strings.HasPrefix(k.read(d+"/state"), "deleting") {
+			if k.cli116 {
+				return host.Result{}, exitErr(c, 114, "Failed to write to /dev/nvme-fabrics: Operation already in progress")
+			}
+			return host.Result{}, exitErr(c, 1, "Failed to write to /dev/nvme-fabrics: Operation already in progress\nalready connected")
+		}
+	}
+	k.addController(o["nqn"], o["traddr"], o["trsvcid"], o["host-iface"], o["hostnqn"], "live", o["dhchap-secret"])
+	return host.Result{}, nil
+}
+
+// connects returns the argv of every `nvme connect`.
+func (k *fakeKernel) connects() [][]string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var out [][]string
+	for _, c := range k.calls {
+		if c.Name == nvmeCmd && len(c.Args) > 0 && c.Args[0] == "connect" {
+			out = append(out, c.Args)
+		}
+	}
+	return out
+}
+
+func (k *fakeKernel) ran(sub string) int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	n := 0
+	for _, c := range k.calls {
+		if strings.Contains(strings.Join(append([]string{c.Name}, c.Args...), " "), sub) {
+			n++
+		}
+	}
+	return n
+}
+
+type fakeRouter map[string]string
+
+func (r fakeRouter) InterfaceFor(a netip.Addr) (string, error) {
+	if n, ok := r[a.String()]; ok {
+		return n, nil
+	}
+	return "", fmt.Errorf("no route to %s", a)
+}
+
+type fakeSecrets map[string]string
+
+func (s fakeSecrets) Secret(_ context.Context, uuid string) (string, error) {
+	if v, ok := s[uuid]; ok {
+		return v, nil
+	}
+	return "", fmt.Errorf("SECRET not found: %s", uuid)
+}
+
+func (k *fakeKernel) transport(secrets host.SecretResolver) *Transport {
+	return New(Deps{
+		Runner:  k,
+		Root:    k.root,
+		Locker:  host.FileLocker{Root: k.root},
+		Secrets: secrets,
+		Router:  fakeRouter{"127.0.0.1": "lo", "127.0.0.2": "lo", "127.0.0.3": "lo"},
+		Timeouts: Timeouts{
+			Namespace: 500 * time.Millisecond,
+			Poll:      5 * time.Millisecond,
+			Lock:      5 * time.Second,
+		},
+	})
+}
+
+func baseCfg() map[string]string {
+	return map[string]string{
+		KeyTarget: "127.0.0.1,127.0.0.2",
+		KeyNQN:    testNQN,
+	}
+}

@@ -1,0 +1,431 @@
+package nvme
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"sanvol/host"
+	"sanvol/volume"
+)
+
+func TestAttachConnectsEveryPortalWithExplicitOptions(t *testing.T) {
+	k := newFakeKernel(t)
+	tr := k.transport(nil)
+	dev, err := tr.Attach(context.Background(), baseCfg())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "/dev/disk/by-id/nvme-uuid." + testUUID; dev.Path != want {
+		t.Errorf("Path = %s, want %s", dev.Path, want)
+	}
+	if diff := cmp.Diff(volume.Health{Total: 2, Live: 2, Detail: "2 of 2 paths live"}, dev.Health); diff != "" {
+		t.Errorf("health (-want +got):\n%s", diff)
+	}
+	got := k.connects()
+	want := [][]string{}
+	for _, a := range []string{"127.0.0.1", "127.0.0.2"} {
+		want = append(want, []string{"connect", "--transport=tcp", "--traddr=" + a, "--trsvcid=4420", "--nqn=" + testNQN,
+			"--hostnqn=" + testHostNQN, "--hostid=" + testHostID, "--ctrl-loss-tmo=1800", "--reconnect-delay=10", "--host-iface=lo"})
+	}
+	sortArgv(got)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("connect argv (-want +got):\n%s", diff)
+	}
+	if p := k.read("/sys/class/nvme-subsystem/nvme-subsys0/iopolicy"); p != "round-robin" {
+		t.Errorf("iopolicy = %q", p)
+	}
+}
+
+func sortArgv(a [][]string) {
+	for i := range a {
+		for j := i + 1; j < len(a); j++ {
+			if strings.Join(a[j], " ") < strings.Join(a[i], " ") {
+				a[i], a[j] = a[j], a[i]
+			}
+		}
+	}
+}
+
+func TestAttachSkipsLivePathsAndIsIdempotent(t *testing.T) {
+	k := newFakeKernel(t)
+	// An existing unbound path to the first portal, e.g. from an earlier
+	// attach on a kernel without host_iface: a derived interface must not
+	// make it look like a different path.
+	k.addController(testNQN, "127.0.0.1", "4420", "", testHostNQN, "live", "")
+	tr := k.transport(nil)
+	if _, err := tr.Attach(context.Background(), baseCfg()); err != nil {
+		t.Fatal(err)
+	}
+	c := k.connects()
+	if len(c) != 1 || opts(c[0])["traddr"] != "127.0.0.2" {
+		t.Fatalf("connects = %v, want only 127.0.0.2", c)
+	}
+	if _, err := tr.Attach(context.Background(), baseCfg()); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(k.connects()); n != 1 {
+		t.Fatalf("second attach ran connect again (%d connects)", n)
+	}
+	if n := len(k.controllerNames()); n != 2 {
+		t.Fatalf("%d controllers, want 2", n)
+	}
+}
+
+func TestAttachExplicitIfaceDoesNotReuseOtherBinding(t *testing.T) {
+	k := newFakeKernel(t)
+	k.addController(testNQN, "127.0.0.1", "4420", "", testHostNQN, "live", "")
+	cfg := baseCfg()
+	cfg[KeyHostIface] = "eth1,eth2"
+	if _, err := k.transport(nil).Attach(context.Background(), cfg); err != nil {
+		t.Fatal(err)
+	}
+	var ifaces []string
+	for _, c := range k.connects() {
+		ifaces = append(ifaces, opts(c)["host-iface"])
+	}
+	if diff := cmp.Diff([]string{"eth1", "eth2"}, sortedCopy(ifaces)); diff != "" {
+		t.Errorf("host-iface (-want +got):\n%s", diff)
+	}
+}
+
+func sortedCopy(s []string) []string {
+	out := append([]string(nil), s...)
+	for i := range out {
+		for j := i + 1; j < len(out); j++ {
+			if out[j] < out[i] {
+				out[i], out[j] = out[j], out[i]
+			}
+		}
+	}
+	return out
+}
+
+func TestAlreadyConnectedAnswers(t *testing.T) {
+	cases := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"nvme-cli 1.16 EALREADY", &host.ExitError{Code: 114}, true},
+		{"nvme-cli 1.16 70", &host.ExitError{Code: 70, Stderr: "Failed to write to /dev/nvme-fabrics: Operation already in progress"}, true},
+		{"nvme-cli 2.x", &host.ExitError{Code: 1, Stderr: "Failed to write to /dev/nvme-fabrics: Operation already in progress\nalready connected"}, true},
+		{"refused", &host.ExitError{Code: 1, Stderr: "Failed to write to /dev/nvme-fabrics: Connection refused"}, false},
+		{"timeout", &host.CmdError{Cmd: "nvme connect", Err: host.ErrTimeout}, false},
+	}
+	for _, c := range cases {
+		if got := isAlreadyConnected(c.err); got != c.want {
+			t.Errorf("%s: isAlreadyConnected = %t, want %t", c.name, got, c.want)
+		}
+	}
+}
+
+// nvme-cli 1.16 answers a duplicate with exit 114: when sysfs shows no
+// match (here a controller of an older nvme-cli with another iface that
+// the kernel still counts as a duplicate), attach must still succeed.
+func TestAttachAccepts116AlreadyConnected(t *testing.T) {
+	k := newFakeKernel(t)
+	k.cli116 = true
+	k.addController(testNQN, "127.0.0.2", "4420", "lo", "", "live", "")
+	tr := k.transport(nil)
+	dev, err := tr.Attach(context.Background(), baseCfg())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dev.Health.Live != 2 {
+		t.Errorf("health = %+v", dev.Health)
+	}
+}
+
+func TestAttachPartialSuccessIsDegraded(t *testing.T) {
+	k := newFakeKernel(t)
+	k.down["127.0.0.2:4420"] = true
+	dev, err := k.transport(nil).Attach(context.Background(), baseCfg())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !dev.Health.Degraded() || dev.Health.Live != 1 || dev.Health.Total != 2 {
+		t.Fatalf("health = %+v", dev.Health)
+	}
+	if want := "1 of 2 paths live: 127.0.0.2:4420 not connected (cannot reach portal 127.0.0.2:4420)"; dev.Health.Detail != want {
+		t.Errorf("detail = %q, want %q", dev.Health.Detail, want)
+	}
+}
+
+func TestAttachAllPortalsDownFails(t *testing.T) {
+	k := newFakeKernel(t)
+	k.down["127.0.0.1:4420"] = true
+	k.down["127.0.0.2:4420"] = true
+	_, err := k.transport(nil).Attach(context.Background(), baseCfg())
+	if !errors.Is(err, host.ErrUnreachable) {
+		t.Fatalf("err = %v, want Unreachable", err)
+	}
+	for _, s := range []string{"127.0.0.1:4420", "127.0.0.2:4420", "Connection refused", testNQN} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("error does not mention %q: %v", s, err)
+		}
+	}
+	if k.ran("discover") != 0 {
+		t.Error("ran discovery although every portal refused the TCP connection")
+	}
+}
+
+func TestAttachWrongNQNNamesWhatThePortalOffers(t *testing.T) {
+	k := newFakeKernel(t)
+	k.discovery = readFixture(t, "synthetic-nvme-discover-1.16.json")
+	cfg := baseCfg()
+	cfg[KeyNQN] = "nqn.2024-01.org.sanvol:wrong"
+	_, err := k.transport(nil).Attach(context.Background(), cfg)
+	if !errors.Is(err, host.ErrNotFound) {
+		t.Fatalf("err = %v, want NotFound", err)
+	}
+	if !strings.Contains(err.Error(), "does not offer subsystem nqn.2024-01.org.sanvol:wrong") || !strings.Contains(err.Error(), testNQN) {
+		t.Errorf("error = %v", err)
+	}
+	if n := len(k.controllerNames()); n != 0 {
+		t.Errorf("%d controllers left", n)
+	}
+}
+
+func TestParallelAttachConnectsEachPathOnce(t *testing.T) {
+	k := newFakeKernel(t)
+	// Without the subsystem lock both attaches would see no path and
+	// connect; nvme-cli 1.16 older than the kernel's duplicate check
+	// would then make two controllers per portal (nvme-cli#176).
+	k.connectDelay = 20e6
+	tr := k.transport(nil)
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	for i := range errs {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			_, errs[i] = tr.Attach(context.Background(), baseCfg())
+		}(i)
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(k.connects()); n != 2 {
+		t.Errorf("%d connects, want 2 (one per portal)", n)
+	}
+	if n := len(k.controllerNames()); n != 2 {
+		t.Errorf("%d controllers, want 2", n)
+	}
+}
+
+func TestHealthReportsConnectingPath(t *testing.T) {
+	k := newFakeKernel(t)
+	k.addController(testNQN, "127.0.0.1", "4420", "lo", testHostNQN, "live", "")
+	k.addController(testNQN, "127.0.0.2", "4420", "lo", testHostNQN, "connecting", "")
+	h, err := k.transport(nil).Health(context.Background(), baseCfg())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := volume.Health{Total: 2, Live: 1, Detail: "1 of 2 paths live: 127.0.0.2:4420 connecting"}
+	if diff := cmp.Diff(want, h); diff != "" {
+		t.Errorf("health (-want +got):\n%s", diff)
+	}
+	if k.ran("") != 0 {
+		t.Error("Health ran a command; it must only read sysfs")
+	}
+}
+
+func TestHealthIgnoresOtherHostIdentity(t *testing.T) {
+	k := newFakeKernel(t)
+	k.addController(testNQN, "127.0.0.1", "4420", "", "nqn.2014-08.org.nvmexpress:uuid:other", "live", "")
+	h, err := k.transport(nil).Health(context.Background(), baseCfg())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Live != 0 || h.Detail != "0 of 2 paths live: 127.0.0.1:4420 not connected, 127.0.0.2:4420 not connected" {
+		t.Errorf("health = %+v", h)
+	}
+}
+
+func TestDetachLeavesSubsystemUsedByAnotherSR(t *testing.T) {
+	k := newFakeKernel(t)
+	tr := k.transport(nil)
+	if _, err := tr.Attach(context.Background(), baseCfg()); err != nil {
+		t.Fatal(err)
+	}
+	other := map[string]string{KeyTarget: "127.0.0.1", KeyNQN: testNQN, KeyNamespace: "2"}
+	unrelated := map[string]string{KeyTarget: "127.0.0.1", KeyNQN: "nqn.2024-01.org.sanvol:other"}
+	if err := tr.Detach(context.Background(), baseCfg(), []map[string]string{unrelated, other}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(k.controllerNames()); n != 2 || k.ran("disconnect") != 0 {
+		t.Fatalf("controllers = %d, disconnects = %d; want the subsystem left alone", n, k.ran("disconnect"))
+	}
+	if err := tr.Detach(context.Background(), baseCfg(), []map[string]string{unrelated}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(k.controllerNames()); n != 0 {
+		t.Fatalf("%d controllers left after detach", n)
+	}
+	if k.root.Exists("/sys/class/nvme-subsystem/nvme-subsys0") {
+		t.Error("subsystem left after detach")
+	}
+	before := k.ran("")
+	if err := tr.Detach(context.Background(), baseCfg(), nil); err != nil {
+		t.Fatalf("second detach: %v", err)
+	}
+	if k.ran("") != before {
+		t.Error("second detach ran commands")
+	}
+}
+
+func TestDetachRefusesWhileNamespaceIsHeld(t *testing.T) {
+	k := newFakeKernel(t)
+	tr := k.transport(nil)
+	if _, err := tr.Attach(context.Background(), baseCfg()); err != nil {
+		t.Fatal(err)
+	}
+	k.write("/sys/block/nvme0n1/holders/dm-3/dev", "253:3")
+	err := tr.Detach(context.Background(), baseCfg(), nil)
+	if !errors.Is(err, host.ErrBusy) || !strings.Contains(err.Error(), "dm-3") {
+		t.Fatalf("err = %v, want Busy naming dm-3", err)
+	}
+	if k.ran("disconnect") != 0 {
+		t.Error("disconnected a held namespace")
+	}
+}
+
+func TestKernelWithoutNVMeTCP(t *testing.T) {
+	k := newFakeKernel(t)
+	_ = k.root.Remove("/sys/module/nvme_tcp/parameters/so_priority")
+	_ = k.root.Remove("/sys/module/nvme_tcp/parameters")
+	_ = k.root.Remove("/sys/module/nvme_tcp")
+	k.write("/proc/sys/kernel/osrelease", "4.19.0+1")
+	tr := New(Deps{Runner: modprobeFails{k}, Root: k.root, Locker: host.FileLocker{Root: k.root}})
+	_, err := tr.Attach(context.Background(), baseCfg())
+	if !errors.Is(err, host.ErrUnsupported) {
+		t.Fatalf("err = %v, want Unsupported", err)
+	}
+	for _, s := range []string{"4.19.0+1", "XCP-ng 8.3", "CONFIG_NVME_TCP", "modprobe nvme-tcp"} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("error does not mention %q: %v", s, err)
+		}
+	}
+	if len(k.connects()) != 0 {
+		t.Error("connected without nvme-tcp")
+	}
+}
+
+type modprobeFails struct{ *fakeKernel }
+
+func (m modprobeFails) Run(ctx context.Context, c host.Cmd) (host.Result, error) {
+	if c.Name == "modprobe" {
+		return host.Result{}, &host.ExitError{Cmd: c.String(), Code: 1, Stderr: "modprobe: FATAL: Module nvme-tcp not found in directory /lib/modules/4.19.0+1"}
+	}
+	return m.fakeKernel.Run(ctx, c)
+}
+
+func TestKernelWithoutNativeMultipath(t *testing.T) {
+	k := newFakeKernel(t)
+	k.write("/sys/module/nvme_core/parameters/multipath", "N")
+	_, err := k.transport(nil).Attach(context.Background(), baseCfg())
+	if !errors.Is(err, host.ErrUnsupported) {
+		t.Fatalf("err = %v", err)
+	}
+	for _, s := range []string{"options nvme_core multipath=Y", "reboot"} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("error does not mention %q: %v", s, err)
+		}
+	}
+}
+
+func TestNamespaceSelection(t *testing.T) {
+	nguid := "0123456789abcdef0123456789abcdef"
+	k := newFakeKernel(t)
+	k.targets[testNQN] = []fakeNS{
+		{nsid: 1, wwid: "uuid." + testUUID, size: 2048},
+		{nsid: 2, wwid: "eui." + nguid, nguid: "01234567-89ab-cdef-0123-456789abcdef", size: 4096},
+	}
+	tr := k.transport(nil)
+	for _, c := range []struct{ ns, dev string }{
+		{"2", "/dev/disk/by-id/nvme-eui." + nguid},
+		{nguid, "/dev/disk/by-id/nvme-eui." + nguid},
+		{"01234567-89AB-CDEF-0123-456789ABCDEF", "/dev/disk/by-id/nvme-eui." + nguid},
+		{"uuid." + testUUID, "/dev/disk/by-id/nvme-uuid." + testUUID},
+		{testUUID, "/dev/disk/by-id/nvme-uuid." + testUUID},
+	} {
+		cfg := baseCfg()
+		cfg[KeyNamespace] = c.ns
+		dev, err := tr.Attach(context.Background(), cfg)
+		if err != nil {
+			t.Fatalf("namespace=%s: %v", c.ns, err)
+		}
+		if dev.Path != c.dev {
+			t.Errorf("namespace=%s: path %s, want %s", c.ns, dev.Path, c.dev)
+		}
+	}
+	cfg := baseCfg()
+	cfg[KeyNamespace] = "7"
+	if _, err := tr.Attach(context.Background(), cfg); !errors.Is(err, host.ErrNotFound) || !strings.Contains(err.Error(), "nsid 7") {
+		t.Errorf("namespace=7: err = %v, want NotFound", err)
+	}
+	if _, err := tr.Attach(context.Background(), baseCfg()); !errors.Is(err, host.ErrInvalid) || !strings.Contains(err.Error(), "2 namespaces") {
+		t.Errorf("no namespace, two exported: err = %v, want Invalid", err)
+	}
+}
+
+func TestAttachWithoutByIDLinkUsesHead(t *testing.T) {
+	k := newFakeKernel(t)
+	k.targets[testNQN] = []fakeNS{{nsid: 1, wwid: "nvme.1b36-3132-51454d55-00000001", size: 2048}}
+	dev, err := k.transport(nil).Attach(context.Background(), baseCfg())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dev.Path != "/dev/nvme0n1" {
+		t.Errorf("path = %s", dev.Path)
+	}
+}
+
+func TestNamespaceNotFoundRollsBackConnects(t *testing.T) {
+	k := newFakeKernel(t)
+	cfg := baseCfg()
+	cfg[KeyNamespace] = "uuid.00000000-0000-4000-8000-000000000001"
+	_, err := k.transport(nil).Attach(context.Background(), cfg)
+	if !errors.Is(err, host.ErrNotFound) {
+		t.Fatalf("err = %v", err)
+	}
+	if !strings.Contains(err.Error(), "uuid."+testUUID) {
+		t.Errorf("error does not list the namespaces the subsystem has: %v", err)
+	}
+	if n := len(k.controllerNames()); n != 0 {
+		t.Errorf("%d controllers left after a failed attach", n)
+	}
+}
+
+func TestPrepareStoresStableIdentityAndLeavesNoPaths(t *testing.T) {
+	k := newFakeKernel(t)
+	cfg := baseCfg()
+	cfg[KeyNamespace] = "1"
+	got, err := k.transport(nil).Prepare(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(map[string]string{KeyNamespace: "uuid." + testUUID}, got); diff != "" {
+		t.Errorf("Prepare (-want +got):\n%s", diff)
+	}
+	if n := len(k.controllerNames()); n != 0 {
+		t.Errorf("%d controllers left", n)
+	}
+}
+
+func TestPrepareRefusesNamespaceWithoutGlobalID(t *testing.T) {
+	k := newFakeKernel(t)
+	k.targets[testNQN] = []fakeNS{{nsid: 1, wwid: "nvme.1b36-3132-51454d55-00000001", size: 2048}}
+	_, err := k.transport(nil).Prepare(context.Background(), baseCfg())
+	if !errors.Is(err, host.ErrUnsupported) || !strings.Contains(err.Error(), "device_uuid") {
+		t.Fatalf("err = %v", err)
+	}
+}
