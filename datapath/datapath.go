@@ -1,0 +1,372 @@
+// Package datapath implements the Datapath.* methods: it turns a volume
+// URI into an active LV on this host and hands its device to blkback. It
+// counts references per (uri, domain), because xapi attaches a volume
+// once per datapath (a VM disk and a dom0 copy of the same volume are two)
+// and a live migration attaches on the destination while the source is
+// still active.
+package datapath
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/url"
+	"regexp"
+	"sort"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"sanvol/host"
+	"sanvol/lvm"
+)
+
+// Scheme is the URI scheme and the datapath directory's name.
+const Scheme = "sanvol"
+
+// StateDir keeps the reference counts. /run is right: a reboot ends
+// every attachment along with the reference counts.
+const StateDir = "/run/sanvol/dp"
+
+// SR is what the datapath needs of an SR attached on this host.
+type SR struct {
+	UUID   string
+	VG     string
+	Device string
+}
+
+// LVM is the part of the lvm client the datapath uses.
+type LVM interface {
+	LV(ctx context.Context, s lvm.Scope, vg, lv string) (lvm.LV, error)
+	Activate(ctx context.Context, s lvm.Scope, vg, lv string) error
+	Deactivate(ctx context.Context, s lvm.Scope, vg, lv string) error
+	Refresh(ctx context.Context, s lvm.Scope, vg, lv string) error
+}
+
+// Deps are the datapath's dependencies.
+type Deps struct {
+	LVM    LVM
+	Root   host.Root
+	Locker host.Locker
+	Log    *zap.Logger
+	// Lookup finds an SR attached on this host by uuid; it fails with
+	// host.KindNotAttached when the PBD is not plugged here.
+	Lookup func(uuid string) (SR, error)
+	// LVName maps a volume key to its LV name (the engine's naming).
+	LVName func(key string) string
+	// Role is this host's pool role: LVM runs read-only off the master.
+	Role host.Role
+}
+
+// Datapath serves the Datapath.* methods.
+type Datapath struct{ d Deps }
+
+// New returns a Datapath.
+func New(d Deps) *Datapath {
+	if d.Log == nil {
+		d.Log = zap.NewNop()
+	}
+	return &Datapath{d: d}
+}
+
+// Backend is what attach hands to xapi: the device for blkback and for
+// dom0 users, the same stable path in both.
+type Backend struct {
+	Device string
+}
+
+// Target is a parsed volume URI: sanvol://<sr-uuid>/<key>.
+type Target struct {
+	SR  string
+	Key string
+}
+
+var uuidRe = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// ParseURI parses a volume URI. The URI is self-contained because the
+// datapath is given nothing else about the volume.
+func ParseURI(op, uri string) (Target, error) {
+	u, err := url.Parse(uri)
+	bad := func(why string) (Target, error) {
+		return Target{}, host.Errorf(host.KindInvalid, op, fmt.Sprintf("volume URI %q %s", uri, why),
+			"sanvol URIs look like sanvol://<sr-uuid>/<key>; rescan the SR (xe sr-scan) so that the VDI carries a current URI", nil)
+	}
+	if err != nil {
+		return bad("does not parse: " + err.Error())
+	}
+	if !strings.EqualFold(u.Scheme, Scheme) {
+		return bad("is not a " + Scheme + ":// URI")
+	}
+	key := strings.TrimPrefix(u.Path, "/")
+	if !uuidRe.MatchString(u.Host) {
+		return bad("does not name an SR uuid")
+	}
+	if key == "" || strings.Contains(key, "/") || !lvm.IsLVMName(key) {
+		return bad("does not name a volume key")
+	}
+	return Target{SR: strings.ToLower(u.Host), Key: key}, nil
+}
+
+// URI builds the URI of a volume.
+func URI(srUUID, key string) string { return Scheme + "://" + srUUID + "/" + key }
+
+// refs is the per-volume reference record: domain -> active.
+type refs struct {
+	Domains map[string]bool `json:"domains"`
+}
+
+func statePath(t Target) string { return StateDir + "/" + t.SR + "/" + t.Key + ".json" }
+
+func (p *Datapath) load(t Target) (refs, error) {
+	r := refs{Domains: map[string]bool{}}
+	b, err := p.d.Root.ReadFile(statePath(t))
+	if errors.Is(err, fs.ErrNotExist) {
+		return r, nil
+	}
+	if err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return refs{Domains: map[string]bool{}}, fmt.Errorf("reference counts %s are corrupt: %w", statePath(t), err)
+	}
+	if r.Domains == nil {
+		r.Domains = map[string]bool{}
+	}
+	return r, nil
+}
+
+func (p *Datapath) save(t Target, r refs) error {
+	if len(r.Domains) == 0 {
+		return p.d.Root.Remove(statePath(t))
+	}
+	b, _ := json.Marshal(r)
+	return p.d.Root.WriteFileAtomic(statePath(t), b, 0o600)
+}
+
+// lock serialises every datapath call on one volume on this host; calls
+// run in parallel processes on newer xapi.
+func (p *Datapath) lock(ctx context.Context, t Target) (func(), error) {
+	return p.d.Locker.Lock(ctx, "dp-"+t.SR+"-"+t.Key)
+}
+
+func (p *Datapath) scope(sr SR) lvm.Scope {
+	return lvm.Scope{Devices: []string{sr.Device}, ReadOnly: !p.d.Role.Master}
+}
+
+// ensureActive activates the LV, or refreshes it when it is already
+// active, so that a resize done on the master since it was activated here
+// becomes visible at this host's next datapath call.
+func (p *Datapath) ensureActive(ctx context.Context, op string, sr SR, t Target) (string, error) {
+	lv := p.d.LVName(t.Key)
+	s := p.scope(sr)
+	info, err := p.d.LVM.LV(ctx, s, sr.VG, lv)
+	if err != nil {
+		if errors.Is(err, host.ErrNotFound) {
+			return "", host.Errorf(host.KindNotFound, op, fmt.Sprintf("volume %s does not exist in SR %s", t.Key, t.SR),
+				"the VDI was destroyed or never created; rescan the SR (xe sr-scan uuid="+t.SR+")", err)
+		}
+		return "", err
+	}
+	if info.Active() {
+		if err := p.d.LVM.Refresh(ctx, s, sr.VG, lv); err != nil {
+			return "", err
+		}
+	} else if err := p.d.LVM.Activate(ctx, s, sr.VG, lv); err != nil {
+		return "", err
+	}
+	return lvm.DevicePath(sr.VG, lv), nil
+}
+
+func (p *Datapath) lookup(op string, t Target) (SR, error) {
+	sr, err := p.d.Lookup(t.SR)
+	if err != nil {
+		if errors.Is(err, host.ErrNotAttached) {
+			return sr, host.Errorf(host.KindNotAttached, op, fmt.Sprintf("SR %s is not attached on this host", t.SR),
+				"plug the SR's PBD on this host first (xe pbd-plug uuid=<pbd>; find it with xe pbd-list sr-uuid="+t.SR+" host-uuid=<this host>)", err)
+		}
+		return sr, err
+	}
+	return sr, nil
+}
+
+// Attach makes the volume's device exist on this host for domain.
+func (p *Datapath) Attach(ctx context.Context, uri, domain string) (Backend, error) {
+	const op = "Datapath.attach"
+	t, err := ParseURI(op, uri)
+	if err != nil {
+		return Backend{}, err
+	}
+	sr, err := p.lookup(op, t)
+	if err != nil {
+		return Backend{}, err
+	}
+	unlock, err := p.lock(ctx, t)
+	if err != nil {
+		return Backend{}, err
+	}
+	defer unlock()
+	r, err := p.load(t)
+	if err != nil {
+		return Backend{}, err
+	}
+	dev, err := p.ensureActive(ctx, op, sr, t)
+	if err != nil {
+		return Backend{}, err
+	}
+	if _, ok := r.Domains[domain]; !ok {
+		r.Domains[domain] = false
+	}
+	if err := p.save(t, r); err != nil {
+		return Backend{}, err
+	}
+	p.d.Log.Info("attached", zap.String("uri", uri), zap.String("domain", domain), zap.String("device", dev), zap.Strings("domains", sortedKeys(r.Domains)))
+	return Backend{Device: dev}, nil
+}
+
+// Activate marks the volume in use by domain; idempotent.
+func (p *Datapath) Activate(ctx context.Context, uri, domain string) error {
+	const op = "Datapath.activate"
+	t, err := ParseURI(op, uri)
+	if err != nil {
+		return err
+	}
+	sr, err := p.lookup(op, t)
+	if err != nil {
+		return err
+	}
+	unlock, err := p.lock(ctx, t)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	r, err := p.load(t)
+	if err != nil {
+		return err
+	}
+	// The LV may have been deactivated under us (a manual lvchange, a
+	// crash between attach and activate); activation is cheap to ensure.
+	if _, err := p.ensureActive(ctx, op, sr, t); err != nil {
+		return err
+	}
+	r.Domains[domain] = true
+	return p.save(t, r)
+}
+
+// Deactivate marks the volume no longer in use by domain. It is called
+// twice by newer xapi; both succeed. The LV stays active until detach,
+// because attach (not activate) is what made the device exist.
+func (p *Datapath) Deactivate(ctx context.Context, uri, domain string) error {
+	const op = "Datapath.deactivate"
+	t, err := ParseURI(op, uri)
+	if err != nil {
+		return err
+	}
+	unlock, err := p.lock(ctx, t)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	r, err := p.load(t)
+	if err != nil {
+		return err
+	}
+	if d, ok := matchDomain(r, domain); ok {
+		r.Domains[d] = false
+	}
+	return p.save(t, r)
+}
+
+// Detach drops domain's reference and deactivates the LV when it was the
+// last. It never fails (spec §6.4): xapi has no way to retry a detach,
+// so problems are logged and the call succeeds.
+func (p *Datapath) Detach(ctx context.Context, uri, domain string) error {
+	const op = "Datapath.detach"
+	log := p.d.Log.With(zap.String("uri", uri), zap.String("domain", domain))
+	t, err := ParseURI(op, uri)
+	if err != nil {
+		log.Warn("detach of an unparsable URI; nothing to do", zap.Error(err))
+		return nil
+	}
+	unlock, err := p.lock(ctx, t)
+	if err != nil {
+		log.Error("detach could not take the volume lock; leaving the LV as it is", zap.Error(err))
+		return nil
+	}
+	defer unlock()
+	r, err := p.load(t)
+	if err != nil {
+		log.Error("unreadable reference counts; treating the volume as unreferenced", zap.Error(err))
+		r = refs{Domains: map[string]bool{}}
+	}
+	if d, ok := matchDomain(r, domain); ok {
+		delete(r.Domains, d)
+	} else {
+		log.Info("detach of a domain that is not attached (repeated call?)")
+	}
+	if err := p.save(t, r); err != nil {
+		log.Error("cannot save reference counts", zap.Error(err))
+	}
+	if len(r.Domains) > 0 {
+		log.Info("volume still attached for other domains", zap.Strings("domains", sortedKeys(r.Domains)))
+		return nil
+	}
+	sr, err := p.d.Lookup(t.SR)
+	if err != nil {
+		log.Info("SR not attached here; no LV to deactivate", zap.Error(err))
+		return nil
+	}
+	if err := p.d.LVM.Deactivate(ctx, p.scope(sr), sr.VG, p.d.LVName(t.Key)); err != nil {
+		if errors.Is(err, host.ErrNotFound) {
+			log.Info("LV already gone")
+			return nil
+		}
+		log.Error("cannot deactivate the LV; it stays active until the next detach or SR detach", zap.Error(err))
+		return nil
+	}
+	log.Info("detached; LV deactivated")
+	return nil
+}
+
+// matchDomain finds the reference a domain token names. xapi sends ""
+// on teardown when the guest domain is already gone; then the one guest
+// (numeric domid) reference is meant, if there is exactly one.
+func matchDomain(r refs, domain string) (string, bool) {
+	if _, ok := r.Domains[domain]; ok {
+		return domain, true
+	}
+	if domain != "" {
+		return "", false
+	}
+	var guests []string
+	for d := range r.Domains {
+		if d != "0" && d != "" && strings.Trim(d, "0123456789") == "" {
+			guests = append(guests, d)
+		}
+	}
+	if len(guests) == 1 {
+		return guests[0], true
+	}
+	return "", false
+}
+
+// Refs reports the domains holding a volume on this host and whether
+// each is active; for status and tests.
+func (p *Datapath) Refs(uri string) (map[string]bool, error) {
+	t, err := ParseURI("refs", uri)
+	if err != nil {
+		return nil, err
+	}
+	r, err := p.load(t)
+	return r.Domains, err
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
