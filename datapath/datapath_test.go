@@ -341,4 +341,3 @@ func TestConcurrentHoldersKeepDevice(t *testing.T) {
 		}
 	}
 }
-
