@@ -52,11 +52,11 @@ type PV struct {
 	VGTags  []string
 }
 
-// The fields asked for. All exist in lvm2 2.02.180 and 2.03.
+// The report fields sanvol asks for. All exist in lvm2 2.02.180 and 2.03.
 const (
-	vgFields = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_tags,vg_mda_size,vg_mda_free,lv_count,pv_count"
-	lvFields = "lv_name,vg_name,lv_uuid,lv_size,lv_tags,lv_attr"
-	pvFields = "pv_name,vg_name,pv_uuid,pv_size,pv_mda_size,vg_tags"
+	VGFields = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_tags,vg_mda_size,vg_mda_free,lv_count,pv_count"
+	LVFields = "lv_name,vg_name,lv_uuid,lv_size,lv_tags,lv_attr"
+	PVFields = "pv_name,vg_name,pv_uuid,pv_size,pv_mda_size,vg_tags"
 )
 
 // reportArgs are common to every report: JSON with every value a string of
@@ -171,7 +171,7 @@ func badReport(op string, err error) error {
 // VGs lists the VGs on the scope's devices (all of them if names is
 // empty), in one `vgs` process.
 func (c *Client) VGs(ctx context.Context, s Scope, names ...string) ([]VG, error) {
-	out, err := c.exec(ctx, s, repeatable, "vgs", append(reportArgs(vgFields), names...)...)
+	out, err := c.exec(ctx, s, repeatable, "vgs", append(reportArgs(VGFields), names...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -184,7 +184,7 @@ func (c *Client) VGs(ctx context.Context, s Scope, names ...string) ([]VG, error
 
 // LVs lists every LV of a VG in one `lvs` process, whatever their number.
 func (c *Client) LVs(ctx context.Context, s Scope, vg string) ([]LV, error) {
-	out, err := c.exec(ctx, s, repeatable, "lvs", append(reportArgs(lvFields), vg)...)
+	out, err := c.exec(ctx, s, repeatable, "lvs", append(reportArgs(LVFields), vg)...)
 	if err != nil {
 		return nil, err
 	}
@@ -197,7 +197,7 @@ func (c *Client) LVs(ctx context.Context, s Scope, vg string) ([]LV, error) {
 
 // LV reads one LV. A missing LV is a host.KindNotFound error.
 func (c *Client) LV(ctx context.Context, s Scope, vg, lv string) (LV, error) {
-	out, err := c.exec(ctx, s, repeatable, "lvs", append(reportArgs(lvFields), vg+"/"+lv)...)
+	out, err := c.exec(ctx, s, repeatable, "lvs", append(reportArgs(LVFields), vg+"/"+lv)...)
 	if err != nil {
 		return LV{}, err
 	}
@@ -216,7 +216,7 @@ func (c *Client) LV(ctx context.Context, s Scope, vg, lv string) (LV, error) {
 
 // PVs lists the PVs on the scope's devices with their VG's tags.
 func (c *Client) PVs(ctx context.Context, s Scope) ([]PV, error) {
-	out, err := c.exec(ctx, s, repeatable, "pvs", reportArgs(pvFields)...)
+	out, err := c.exec(ctx, s, repeatable, "pvs", reportArgs(PVFields)...)
 	if err != nil {
 		return nil, err
 	}
