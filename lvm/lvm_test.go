@@ -70,7 +70,7 @@ func TestConfigRefusesUnsafePaths(t *testing.T) {
 func TestParseVersion(t *testing.T) {
 	for out, want := range map[string]lvm.Version{
 		"  LVM version:     2.03.16(2) (2022-05-18)\n  Library version: 1.02.185 (2022-05-18)\n": {2, 3, 16},
-		"  LVM version:     2.02.180(2)-RHEL7 (2018-07-20)\n":                                 {2, 2, 180},
+		"  LVM version:     2.02.180(2)-RHEL7 (2018-07-20)\n":                                    {2, 2, 180},
 	} {
 		v, err := lvm.ParseVersion(out)
 		if err != nil || v != want {

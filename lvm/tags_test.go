@@ -58,7 +58,7 @@ func TestTagCodecRoundTripsHardValues(t *testing.T) {
 		"Q":  `a "quoted" \ back\slash, comma, and 'single'`,
 		"U":  "🙂👍🏽 emoji and 日本語",
 		"B":  string([]byte{0, 0xff, 0xfe, '&', '4', '1'}), // not UTF-8
-		"A":  "&41", // looks like an escape
+		"A":  "&41",                                        // looks like an escape
 		"k1": strings.Repeat("x", 1000),
 	})
 }
