@@ -148,8 +148,11 @@ Arguments: --arg k=v passes a string; --arg k:=JSON passes any JSON value
 			err := Invoke(ctx, dir, pos[1], args, &res)
 			if err != nil {
 				if ce, ok := err.(*CallError); ok {
-					pretty, _ := json.MarshalIndent(ce.Doc, "", "  ")
-					fmt.Fprintf(cmd.ErrOrStderr(), "%s failed with exit status %d:\n%s\n", pos[1], ce.ExitCode, pretty)
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s failed with exit status %d:\n", pos[1], ce.ExitCode)
+					enc := json.NewEncoder(cmd.ErrOrStderr())
+					enc.SetEscapeHTML(false)
+					enc.SetIndent("", "  ")
+					_ = enc.Encode(ce.Doc)
 					if ce.Stderr != "" {
 						fmt.Fprintf(cmd.ErrOrStderr(), "stderr:\n%s", ce.Stderr)
 					}
@@ -161,9 +164,10 @@ Arguments: --arg k=v passes a string; --arg k:=JSON passes any JSON value
 			if err := json.Unmarshal(res, &v); err != nil {
 				return err
 			}
-			pretty, _ := json.MarshalIndent(v, "", "  ")
-			fmt.Fprintln(cmd.OutOrStdout(), string(pretty))
-			return nil
+			enc := json.NewEncoder(cmd.OutOrStdout())
+			enc.SetEscapeHTML(false)
+			enc.SetIndent("", "  ")
+			return enc.Encode(v)
 		},
 	}
 	cmd.Flags().StringVar(&root, "root", "/", "install root where the plugin directories live")

@@ -173,12 +173,6 @@ func writeJSON(w io.Writer, v any) {
 	}
 }
 
-func unimplemented(ctx context.Context, c *Call) (any, error) {
-	return nil, host.Errorf(host.KindUnimpl, c.Target.Method.Name,
-		fmt.Sprintf("%s is not implemented by sanvol %s yet", c.Target.Method.Name, c.Deps.Version),
-		"see the status table in the sanvol README for what works", nil)
-}
-
 var (
 	aDbg         = argSpec{"dbg", tString}
 	aSR          = argSpec{"sr", tString}
@@ -210,8 +204,8 @@ var volumeMethods = []*Method{
 	{Name: "Volume.unset", Args: []argSpec{aDbg, aSR, aKey, {"k", tString}}, Run: volumeUnset},
 	{Name: "Volume.set_name", Args: []argSpec{aDbg, aSR, aKey, {"new_name", tString}}, Run: volumeSetName},
 	{Name: "Volume.set_description", Args: []argSpec{aDbg, aSR, aKey, {"new_description", tString}}, Run: volumeSetDescription},
-	{Name: "Volume.snapshot", Args: []argSpec{aDbg, aSR, aKey}, Run: unimplemented},
-	{Name: "Volume.clone", Args: []argSpec{aDbg, aSR, aKey}, Run: unimplemented},
+	{Name: "Volume.snapshot", Args: []argSpec{aDbg, aSR, aKey}, Run: volumeSnapshot},
+	{Name: "Volume.clone", Args: []argSpec{aDbg, aSR, aKey}, Run: volumeClone},
 }
 
 var datapathMethods = []*Method{

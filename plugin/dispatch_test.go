@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"sanvol/datapath"
 	"sanvol/host"
 	schema "sanvol/xapi-storage-schema"
 )
@@ -58,16 +59,17 @@ func TestEveryMethodHasADbgArgument(t *testing.T) {
 	}
 }
 
-func testDeps() *Deps {
-	d := &Deps{Version: "test", Log: zap.NewNop(), Root: host.NewRoot("/nonexistent-root")}
+func testDeps(t *testing.T) *Deps {
+	d := &Deps{Version: "test", Log: zap.NewNop(), Root: host.NewRoot(t.TempDir()), Runner: host.NewExecRunner(nil)}
 	d.Services = func(srType string) (Services, error) { return newServices(d, srType) }
+	d.Datapath = func() (*datapath.Datapath, error) { return newDatapath(d) }
 	return d
 }
 
 func serve(t *testing.T, argv0, stdin string) (int, []byte) {
 	t.Helper()
 	var out, errb bytes.Buffer
-	rc := Serve(context.Background(), []string{argv0, "--json"}, strings.NewReader(stdin), &out, &errb, testDeps())
+	rc := Serve(context.Background(), []string{argv0, "--json"}, strings.NewReader(stdin), &out, &errb, testDeps(t))
 	return rc, out.Bytes()
 }
 
@@ -127,7 +129,7 @@ func TestServeFailuresPrintCompleteErrorDocument(t *testing.T) {
 
 func TestServeRequiresJSONFlag(t *testing.T) {
 	var out bytes.Buffer
-	rc := Serve(context.Background(), []string{"/x/datapath/sanvol/Plugin.Query"}, strings.NewReader(`{"dbg":"d"}`), &out, &bytes.Buffer{}, testDeps())
+	rc := Serve(context.Background(), []string{"/x/datapath/sanvol/Plugin.Query"}, strings.NewReader(`{"dbg":"d"}`), &out, &bytes.Buffer{}, testDeps(t))
 	if _, ok := ParseErrorDoc(out.Bytes()); rc == 0 || !ok {
 		t.Fatalf("rc %d, out %s", rc, out.String())
 	}

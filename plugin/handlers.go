@@ -10,7 +10,9 @@ import (
 
 	"go.uber.org/zap"
 
+	"sanvol/datapath"
 	"sanvol/host"
+	"sanvol/volume"
 	schema "sanvol/xapi-storage-schema"
 )
 
@@ -21,19 +23,22 @@ type Deps struct {
 	Log     *zap.Logger
 	Root    host.Root
 	Runner  host.Runner
-	// Services builds what serves the SR and Volume methods of an SR type
-	// and the datapath methods. Built lazily: Plugin.Query must not pay
-	// for connecting to XenAPI or probing the kernel.
+	// Services builds what serves an SR type. Built lazily: Plugin.Query
+	// must not pay for reading the pool role or probing the kernel.
 	Services func(srType string) (Services, error)
+	// Datapath builds the datapath plugin's implementation.
+	Datapath func() (*datapath.Datapath, error)
 }
 
-// Services is what the SR, Volume and Datapath methods are served by.
+// Services is what the SR and Volume methods of one SR type are served by.
 type Services interface {
 	// Describe says what the SR type is and which device-config keys it
 	// takes, for Plugin.query.
 	Describe() Description
-	// Diagnostics dumps the state of this host for bug reports.
+	// Diagnostics dumps the transport's state on this host.
 	Diagnostics(ctx context.Context) string
+	// Engine builds the SR engine.
+	Engine() (*volume.Engine, error)
 }
 
 // Description is the per-SR-type part of Plugin.query.
@@ -92,6 +97,12 @@ func pluginDiagnostics(ctx context.Context, c *Call) (any, error) {
 	if k, err := c.Deps.Root.ReadString("/proc/sys/kernel/osrelease"); err == nil {
 		fmt.Fprintf(&b, "kernel: %s\n", k)
 	}
+	if srs, err := volume.ListAttached(c.Deps.Root); err == nil {
+		fmt.Fprintf(&b, "attached SRs: %d\n", len(srs))
+		for _, a := range srs {
+			fmt.Fprintf(&b, "  %s  device %s  vg %s\n", a.Handle(), a.Device, a.VG)
+		}
+	}
 	types := SRTypes()
 	if c.Target.Kind == VolumePlugin {
 		types = []string{c.Target.SRType}
@@ -108,28 +119,230 @@ func pluginDiagnostics(ctx context.Context, c *Call) (any, error) {
 	return b.String(), nil
 }
 
-var (
-	srProbe              = unimplemented
-	srCreate             = unimplemented
-	srAttach             = unimplemented
-	srDetach             = unimplemented
-	srDestroy            = unimplemented
-	srStat               = unimplemented
-	srLs                 = unimplemented
-	srSetName            = unimplemented
-	srSetDescription     = unimplemented
-	volumeCreate         = unimplemented
-	volumeDestroy        = unimplemented
-	volumeResize         = unimplemented
-	volumeStat           = unimplemented
-	volumeSet            = unimplemented
-	volumeUnset          = unimplemented
-	volumeSetName        = unimplemented
-	volumeSetDescription = unimplemented
-	datapathOpen         = unimplemented
-	datapathAttach       = unimplemented
-	datapathActivate     = unimplemented
-	datapathDeactivate   = unimplemented
-	datapathDetach       = unimplemented
-	datapathClose        = unimplemented
-)
+// withEngine runs f with the engine of the call's SR type.
+func withEngine[T any](c *Call, f func(e *volume.Engine) (T, error)) (any, error) {
+	svc, err := c.Deps.Services(c.Target.SRType)
+	if err != nil {
+		return nil, err
+	}
+	e, err := svc.Engine()
+	if err != nil {
+		return nil, err
+	}
+	return f(e)
+}
+
+// unit wraps a method that returns nothing: the contract wants null.
+func unit(err error) (any, error) { return nil, err }
+
+func toVolume(v volume.Volume) schema.Volume {
+	return schema.Volume{
+		Key: v.Key, UUID: v.UUID, Name: v.Name, Description: v.Description,
+		ReadWrite: v.ReadWrite, Sharable: v.Sharable,
+		VirtualSize: v.VirtualSize, PhysicalUtilisation: v.PhysicalUtilisation,
+		URI: v.URI, Keys: v.Keys,
+	}
+}
+
+func toSRStat(s volume.SRStat) schema.SRStat {
+	h := schema.Health{State: schema.Healthy, Message: s.HealthDetail}
+	if s.Health == volume.Recovering {
+		h.State = schema.Recovering
+	}
+	return schema.SRStat{
+		SR: s.SR, Name: s.Name, UUID: s.UUID, Description: s.Description,
+		FreeSpace: s.FreeSpace, TotalSpace: s.TotalSpace,
+		Datasources: []string{}, Clustered: false, Health: h,
+	}
+}
+
+func srProbe(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) ([]schema.ProbeResult, error) {
+		res, err := e.SRProbe(ctx, c.Args.Dict("configuration"))
+		if err != nil {
+			return nil, err
+		}
+		out := make([]schema.ProbeResult, 0, len(res))
+		for _, r := range res {
+			p := schema.ProbeResult{Configuration: r.Configuration, Complete: r.Complete, ExtraInfo: r.ExtraInfo}
+			if r.SR != nil {
+				st := toSRStat(*r.SR)
+				p.SR = &st
+			}
+			// The daemon turns a whole probe into SCRIPT_FAILED if one
+			// result breaks its rules; refuse to print such a result.
+			if err := p.Check(); err != nil {
+				return nil, host.Errorf(host.KindInternal, "SR.probe", err.Error(), "report this as a sanvol bug", nil)
+			}
+			out = append(out, p)
+		}
+		return out, nil
+	})
+}
+
+func srCreate(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (map[string]string, error) {
+		return e.SRCreate(ctx, c.Args.Str("uuid"), c.Args.Dict("configuration"), c.Args.Str("name"), c.Args.Str("description"))
+	})
+}
+
+func srAttach(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (string, error) {
+		return e.SRAttach(ctx, c.Args.Dict("configuration"))
+	})
+}
+
+func srDetach(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (any, error) { return unit(e.SRDetach(ctx, c.Args.Str("sr"))) })
+}
+
+func srDestroy(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (any, error) { return unit(e.SRDestroy(ctx, c.Args.Str("sr"))) })
+}
+
+func srStat(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (schema.SRStat, error) {
+		s, err := e.SRStat(ctx, c.Args.Str("sr"))
+		return toSRStat(s), err
+	})
+}
+
+func srLs(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) ([]schema.Volume, error) {
+		vs, err := e.SRLs(ctx, c.Args.Str("sr"))
+		if err != nil {
+			return nil, err
+		}
+		out := make([]schema.Volume, 0, len(vs))
+		for _, v := range vs {
+			out = append(out, toVolume(v))
+		}
+		return out, nil
+	})
+}
+
+func srSetName(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (any, error) {
+		return unit(e.SRSetName(ctx, c.Args.Str("sr"), c.Args.Str("new_name")))
+	})
+}
+
+func srSetDescription(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (any, error) {
+		return unit(e.SRSetDescription(ctx, c.Args.Str("sr"), c.Args.Str("new_description")))
+	})
+}
+
+func volumeResult(v volume.Volume, err error) (schema.Volume, error) { return toVolume(v), err }
+
+func volumeCreate(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (schema.Volume, error) {
+		return volumeResult(e.VolumeCreate(ctx, c.Args.Str("sr"), c.Args.Str("name"), c.Args.Str("description"), c.Args.Int("size"), c.Args.Bool("sharable")))
+	})
+}
+
+func volumeStat(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (schema.Volume, error) {
+		return volumeResult(e.VolumeStat(ctx, c.Args.Str("sr"), c.Args.Str("key")))
+	})
+}
+
+func volumeSnapshot(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (schema.Volume, error) {
+		return volumeResult(e.VolumeSnapshot(ctx, c.Args.Str("sr"), c.Args.Str("key")))
+	})
+}
+
+func volumeClone(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (schema.Volume, error) {
+		return volumeResult(e.VolumeClone(ctx, c.Args.Str("sr"), c.Args.Str("key")))
+	})
+}
+
+func volumeDestroy(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (any, error) {
+		return unit(e.VolumeDestroy(ctx, c.Args.Str("sr"), c.Args.Str("key")))
+	})
+}
+
+func volumeResize(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (any, error) {
+		return unit(e.VolumeResize(ctx, c.Args.Str("sr"), c.Args.Str("key"), c.Args.Int("new_size")))
+	})
+}
+
+func volumeSet(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (any, error) {
+		return unit(e.VolumeSet(ctx, c.Args.Str("sr"), c.Args.Str("key"), c.Args.Str("k"), c.Args.Str("v")))
+	})
+}
+
+func volumeUnset(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (any, error) {
+		return unit(e.VolumeUnset(ctx, c.Args.Str("sr"), c.Args.Str("key"), c.Args.Str("k")))
+	})
+}
+
+func volumeSetName(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (any, error) {
+		return unit(e.VolumeSetName(ctx, c.Args.Str("sr"), c.Args.Str("key"), c.Args.Str("new_name")))
+	})
+}
+
+func volumeSetDescription(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (any, error) {
+		return unit(e.VolumeSetDescription(ctx, c.Args.Str("sr"), c.Args.Str("key"), c.Args.Str("new_description")))
+	})
+}
+
+// withDatapath runs f with the datapath implementation.
+func withDatapath(c *Call, f func(p *datapath.Datapath) (any, error)) (any, error) {
+	p, err := c.Deps.Datapath()
+	if err != nil {
+		return nil, err
+	}
+	return f(p)
+}
+
+// Datapath.open and close are only called for datapaths that declare
+// NONPERSISTENT, which sanvol does not: nothing to do.
+func datapathOpen(ctx context.Context, c *Call) (any, error)  { return nil, nil }
+func datapathClose(ctx context.Context, c *Call) (any, error) { return nil, nil }
+
+func datapathAttach(ctx context.Context, c *Call) (any, error) {
+	return withDatapath(c, func(p *datapath.Datapath) (any, error) {
+		b, err := p.Attach(ctx, c.Args.Str("uri"), c.Args.Str("domain"))
+		if err != nil {
+			return nil, err
+		}
+		// blkback for guests needs the XenDisk; dom0 users take the
+		// BlockDevice path. Both name the same stable device.
+		return schema.Backend{Implementations: []schema.Implementation{
+			{XenDisk: &schema.XenDisk{Params: b.Device, Extra: map[string]string{}, BackendType: "vbd"}},
+			{BlockDevice: b.Device},
+		}}, nil
+	})
+}
+
+func datapathActivate(ctx context.Context, c *Call) (any, error) {
+	return withDatapath(c, func(p *datapath.Datapath) (any, error) {
+		return unit(p.Activate(ctx, c.Args.Str("uri"), c.Args.Str("domain")))
+	})
+}
+
+func datapathDeactivate(ctx context.Context, c *Call) (any, error) {
+	return withDatapath(c, func(p *datapath.Datapath) (any, error) {
+		return unit(p.Deactivate(ctx, c.Args.Str("uri"), c.Args.Str("domain")))
+	})
+}
+
+func datapathDetach(ctx context.Context, c *Call) (any, error) {
+	p, err := c.Deps.Datapath()
+	if err != nil {
+		// Detach must never fail; without a datapath there is nothing
+		// this host could release.
+		c.Log.Error("datapath unavailable for detach; nothing released", zap.Error(err))
+		return nil, nil
+	}
+	return unit(p.Detach(ctx, c.Args.Str("uri"), c.Args.Str("domain")))
+}

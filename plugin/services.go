@@ -3,39 +3,122 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"os"
+	"slices"
+	"syscall"
 
+	"sanvol/datapath"
 	"sanvol/host"
+	"sanvol/lvm"
+	"sanvol/nvme"
+	"sanvol/volume"
 )
+
+// CrashEnv names the fault-injection hook used by the lab's crash tests:
+// when set to one of volume.FaultSteps(), the process kills itself with
+// SIGKILL right after that step, as a power cut or OOM kill would.
+const CrashEnv = "SANVOL_TEST_CRASH_AT"
 
 // srServices serves one SR type on this host.
 type srServices struct {
-	deps   *Deps
-	srType string
+	deps      *Deps
+	srType    string
+	transport volume.Transport
 }
 
-func newServices(d *Deps, srType string) (Services, error) {
-	switch srType {
-	case TypeNVMeTCP, TypeISCSI:
-		return &srServices{deps: d, srType: srType}, nil
+// Engine builds the SR engine; it reads the pool role, so it is built
+// only for the calls that need it.
+func (s *srServices) Engine() (*volume.Engine, error) {
+	role, err := host.ReadRole(s.deps.Root)
+	if err != nil {
+		return nil, host.Errorf(host.KindInternal, "read pool role", err.Error(),
+			"check "+host.PoolConf+" (it should hold \"master\" or \"slave:<master address>\")", err)
 	}
-	return nil, host.Errorf(host.KindInvalid, "", fmt.Sprintf("unknown SR type %q", srType), "use nvmetcp or iscsi-ng", nil)
+	return volume.New(volume.Options{
+		LVM:       lvm.New(s.deps.Runner, s.deps.Log),
+		Transport: s.transport,
+		Runner:    s.deps.Runner,
+		Locker:    host.FileLocker{Root: s.deps.Root},
+		Root:      s.deps.Root,
+		Role:      role,
+		Log:       s.deps.Log,
+		Fault:     crashHook(),
+		Version:   s.deps.Version,
+	})
+}
+
+func crashHook() volume.FaultHook {
+	at := os.Getenv(CrashEnv)
+	if at == "" || !slices.Contains(volume.FaultSteps(), at) {
+		return nil
+	}
+	return func(step string) {
+		if step == at {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {} // SIGKILL is not instantaneous; never run past the step
+		}
+	}
+}
+
+func newServices(d *Deps, srType string) (*srServices, error) {
+	var t volume.Transport
+	switch srType {
+	case TypeNVMeTCP:
+		t = nvme.New(nvme.Deps{
+			Runner:  d.Runner,
+			Root:    d.Root,
+			Locker:  host.FileLocker{Root: d.Root},
+			Secrets: host.NewXenAPI(d.Root),
+			Router:  nvme.NetlinkRouter{},
+			Log:     d.Log,
+		})
+	case TypeISCSI:
+		t = newISCSI(d)
+	default:
+		return nil, host.Errorf(host.KindInvalid, "", fmt.Sprintf("unknown SR type %q", srType), "use nvmetcp or iscsi-ng", nil)
+	}
+	return &srServices{deps: d, srType: srType, transport: t}, nil
 }
 
 func (s *srServices) Describe() Description {
+	d := Description{Features: volume.Features(), Configuration: s.transport.ConfigKeys()}
+	if _, pending := s.transport.(pendingTransport); pending {
+		d.Features = nil
+	}
 	switch s.srType {
 	case TypeNVMeTCP:
-		return Description{
-			Name:        "sanvol NVMe/TCP shared SR",
-			Description: "Shared SR on an NVMe/TCP namespace with native NVMe multipath; every VDI is an LVM logical volume.",
-		}
+		d.Name = "sanvol NVMe/TCP shared SR"
+		d.Description = "Shared SR on an NVMe/TCP namespace with native NVMe multipath; every VDI is an LVM logical volume."
 	default:
-		return Description{
-			Name:        "sanvol iSCSI shared SR",
-			Description: "Shared SR on an iSCSI LUN with dm-multipath; every VDI is an LVM logical volume.",
-		}
+		d.Name = "sanvol iSCSI shared SR"
+		d.Description = "Shared SR on an iSCSI LUN with dm-multipath; every VDI is an LVM logical volume."
 	}
+	return d
 }
 
 func (s *srServices) Diagnostics(ctx context.Context) string {
-	return "transport diagnostics are not built yet\n"
+	return s.transport.Diagnostics(ctx)
+}
+
+// newDatapath builds the datapath plugin's implementation.
+func newDatapath(d *Deps) (*datapath.Datapath, error) {
+	role, err := host.ReadRole(d.Root)
+	if err != nil {
+		return nil, err
+	}
+	return datapath.New(datapath.Deps{
+		LVM:    lvm.New(d.Runner, d.Log),
+		Root:   d.Root,
+		Locker: host.FileLocker{Root: d.Root},
+		Log:    d.Log,
+		Lookup: func(uuid string) (datapath.SR, error) {
+			a, err := volume.LoadAttached(d.Root, uuid)
+			if err != nil {
+				return datapath.SR{}, err
+			}
+			return datapath.SR{UUID: a.UUID, VG: a.VG, Device: a.Device}, nil
+		},
+		LVName: volume.LVName,
+		Role:   role,
+	}), nil
 }

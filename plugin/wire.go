@@ -3,6 +3,7 @@ package plugin
 import (
 	"io"
 
+	"sanvol/datapath"
 	"sanvol/host"
 )
 
@@ -17,5 +18,6 @@ func NewDeps(version string, stderr io.Writer, verbose bool) *Deps {
 		Runner:  host.NewExecRunner(log),
 	}
 	d.Services = func(srType string) (Services, error) { return newServices(d, srType) }
+	d.Datapath = func() (*datapath.Datapath, error) { return newDatapath(d) }
 	return d
 }
