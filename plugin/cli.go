@@ -23,7 +23,7 @@ func CLI(deps *Deps, stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(versionCmd(deps), installCmd(), uninstallCmd(), callCmd())
+	root.AddCommand(versionCmd(deps), installCmd(), uninstallCmd(), callCmd(), probeCmd(deps))
 	return root
 }
 
@@ -175,4 +175,10 @@ Arguments: --arg k=v passes a string; --arg k:=JSON passes any JSON value
 	cmd.Flags().StringVar(&jsonFile, "json-args", "", "file holding the arguments object")
 	cmd.Flags().DurationVar(&timeout, "timeout", 10*time.Minute, "give up after this long")
 	return cmd
+}
+
+const defaultCLITimeout = 5 * time.Minute
+
+func contextWithTimeout(cmd *cobra.Command, d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(cmd.Context(), d)
 }
