@@ -14,6 +14,11 @@ type Volume struct {
 	URI                 []string
 	// Keys are the Volume.set pairs, verbatim.
 	Keys map[string]string
+	// Incomplete is non-empty when a resize of the volume did not finish
+	// (the process died): the grown part may not be zeroed yet. The
+	// datapath must refuse to attach such a volume; repeating the resize
+	// (xe vdi-resize) finishes it.
+	Incomplete string
 }
 
 // HealthState is the SR health constructor sent to xapi. Only the two

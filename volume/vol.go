@@ -26,8 +26,13 @@ func (e *Engine) volumeOf(a Attached, l lvm.LV) (Volume, volumeMeta, bool) {
 		e.log.Warn("volume metadata unreadable", zap.String("sr", a.UUID), zap.String("lv", l.Name), zap.Error(err))
 		m = volumeMeta{Name: l.Name, Description: "sanvol cannot decode this volume's tags: " + err.Error(), Keys: map[string]string{}}
 	}
+	var incomplete string
+	if m.Grow {
+		incomplete = fmt.Sprintf("a resize did not finish: the volume is zeroed up to byte %d of %d; repeat the resize (xe vdi-resize) before using it", m.GrowFrom, l.Size)
+	}
 	return Volume{
-		Key: key, UUID: key, Name: m.Name, Description: m.Description,
+		Incomplete: incomplete,
+		Key:        key, UUID: key, Name: m.Name, Description: m.Description,
 		ReadWrite: true, Sharable: m.Sharable,
 		VirtualSize: l.Size, PhysicalUtilisation: l.Size,
 		URI:  []string{volumeURI(a.UUID, key)},
