@@ -249,8 +249,10 @@ func (e *Engine) VolumeResize(ctx context.Context, sr, key string, newSize int64
 		}
 		e.step(StepVolumeResizeLVExtend)
 	}
-	wasActive := l.Active()
-	if !wasActive {
+	// An LV that a crashed resize left active (active, not open, marked)
+	// is deactivated at the end like one this call activates.
+	wasActive := l.Active() && (l.Open() || !m.Grow)
+	if !l.Active() {
 		if err := e.lvm.Activate(ctx, s, a.VG, lv); err != nil {
 			return err
 		}
