@@ -600,14 +600,18 @@ func TestDestroy(t *testing.T) {
 		t.Fatal("a refused destroy removed the VG")
 	}
 	must(t, v.e.VolumeDestroy(ctx, sr, vol.Key))
-	if err := v.e.SRDestroy(ctx, sr); err != nil {
-		t.Fatal(err)
-	}
+	must(t, v.e.SRDestroy(ctx, sr))
+	v.destroyed()
+}
+
+// destroyed checks that nothing of the SR is left: VG, PV label, attach.
+func (v *env) destroyed() {
+	v.t.Helper()
 	if v.sim.HasVG() || v.sim.HasPV() {
-		t.Fatal("VG or PV label left")
+		v.t.Fatal("VG or PV label left")
 	}
 	if _, err := volume.LoadAttached(v.root, srUUID); !errors.Is(err, host.ErrNotAttached) {
-		t.Fatal("destroy did not undo the attach")
+		v.t.Fatal("destroy did not undo the attach")
 	}
 }
 

@@ -167,7 +167,9 @@ func (s *Sim) Run(ctx context.Context, c host.Cmd) (host.Result, error) {
 	return res, nil
 }
 
-func fail(format string, a ...any) Reply { return Reply{Code: 5, Stderr: "  " + fmt.Sprintf(format, a...)} }
+func fail(format string, a ...any) Reply {
+	return Reply{Code: 5, Stderr: "  " + fmt.Sprintf(format, a...)}
+}
 
 func (s *Sim) do(c host.Cmd) Reply {
 	switch c.Name {
