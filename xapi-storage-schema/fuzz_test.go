@@ -1,10 +1,12 @@
 package schema
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // fuzzSchema uses every keyword the validator implements, so that the
@@ -31,6 +33,7 @@ func FuzzValidate(f *testing.F) {
 	f.Add([]byte(`null`), []byte(`{"$defs":{"a":{"$ref":"#/$defs/b"},"b":{"oneOf":[{"$ref":"#/$defs/a"}]}}}`))
 	ours := Ours()
 	f.Fuzz(func(t *testing.T, doc, schemaDoc []byte) {
+		sameAsEncodingJSON(t, doc)
 		validateAll(t, ours, doc)
 		s, err := Load(schemaDoc)
 		var se *SchemaError
@@ -58,4 +61,49 @@ func validateAll(t *testing.T, s *Schema, doc []byte) {
 			t.Fatalf("%s: malformed error %T %v", d, err, err)
 		}
 	}
+}
+
+// sameAsEncodingJSON: our parser reads every document exactly as
+// encoding/json does, except that it also refuses duplicate members and
+// invalid UTF-8.
+func sameAsEncodingJSON(t *testing.T, doc []byte) {
+	ours, err := parseJSON(doc)
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec.UseNumber()
+	var std any
+	stdErr := dec.Decode(&std)
+	if stdErr == nil && dec.More() {
+		stdErr = errors.New("trailing data")
+	}
+	if err != nil {
+		if stdErr == nil && utf8.Valid(doc) && !strings.Contains(err.Error(), "duplicate member") && !strings.Contains(err.Error(), "nested deeper") {
+			t.Fatalf("parseJSON refused %q that encoding/json reads: %v", doc, err)
+		}
+		return
+	}
+	if stdErr != nil {
+		t.Fatalf("parseJSON accepted %q that encoding/json refuses: %v", doc, stdErr)
+	}
+	if !jsonEqual(ours, fromStd(std)) {
+		t.Fatalf("parseJSON and encoding/json read %q differently", doc)
+	}
+}
+
+func fromStd(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		o := &object{vals: map[string]any{}}
+		for k, e := range x {
+			o.keys = append(o.keys, k)
+			o.vals[k] = fromStd(e)
+		}
+		return o
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = fromStd(e)
+		}
+		return out
+	}
+	return v
 }
