@@ -2,6 +2,7 @@ package schema
 
 import (
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -260,7 +261,7 @@ func compareShape(a, b *node, at string, depth int) []string {
 		if va == nil || vb == nil {
 			return []string{at + ": a variant on one side only"}
 		}
-		ka, kb := sortedKeys(va), sortedKeys(vb)
+		ka, kb := slices.Sorted(maps.Keys(va)), slices.Sorted(maps.Keys(vb))
 		if !slices.Equal(ka, kb) {
 			return []string{at + ": constructors " + strings.Join(ka, ",") + " vs reference " + strings.Join(kb, ",")}
 		}
@@ -275,7 +276,7 @@ func compareShape(a, b *node, at string, depth int) []string {
 	if ra, rb := sortedCopy(a.required), sortedCopy(b.required); !slices.Equal(ra, rb) {
 		diffs = append(diffs, at+": required "+strings.Join(ra, ",")+" vs reference "+strings.Join(rb, ","))
 	}
-	pa, pb := sortedKeys(a.props), sortedKeys(b.props)
+	pa, pb := slices.Sorted(maps.Keys(a.props)), slices.Sorted(maps.Keys(b.props))
 	if !slices.Equal(pa, pb) {
 		diffs = append(diffs, at+": properties "+strings.Join(pa, ",")+" vs reference "+strings.Join(pb, ","))
 	}
@@ -297,13 +298,4 @@ func compareShape(a, b *node, at string, depth int) []string {
 		diffs = append(diffs, at+": integer range differs from the reference")
 	}
 	return diffs
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
