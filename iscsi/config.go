@@ -1,0 +1,423 @@
+package iscsi
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+
+	"sanvol/host"
+)
+
+// The device-config keys of an iscsi-ng SR.
+const (
+	keyTarget             = "target"
+	keyPort               = "port"
+	keyTargetIQN          = "targetIQN"
+	keySCSIid             = "SCSIid"
+	keyChapUser           = "chapuser"
+	keyChapPassword       = "chappassword"
+	keyIncomingUser       = "incoming_chapuser"
+	keyIncomingPassword   = "incoming_chappassword"
+	keyIface              = "iface"
+	keyReplacementTimeout = "replacement-timeout"
+	keyPathLossPolicy     = "path-loss-policy"
+	secretSuffix          = "_secret"
+)
+
+// Defaults and limits of the tunable keys.
+const (
+	defaultPort = 3260
+	// defaultReplacementTimeout follows the NexentaStor guide: a dead
+	// session hands its I/O to dm-multipath after 10 s instead of the
+	// open-iscsi default of 120 s, which would stall every write for
+	// two minutes when one portal goes away.
+	defaultReplacementTimeout = 10
+	maxReplacementTimeout     = 600
+	// defaultQueueSeconds is how long the map queues I/O when every path
+	// is down (docs/iscsi-ng.md, "path-loss-policy", gives the reasons).
+	defaultQueueSeconds = 60
+	maxQueueSeconds     = 3600
+	// wildcardIQN asks for every IQN the portals return, for arrays that
+	// expose one IQN per portal (Citrix multipathing guide).
+	wildcardIQN = "*"
+)
+
+// ConfigKeys documents every device-config key for Plugin.query.
+func (t *Transport) ConfigKeys() map[string]string {
+	return map[string]string{
+		keyTarget: "Portal addresses of the array, comma-separated: IPv4, IPv6 (bare or [addr]:port) or host names, " +
+			"each optionally with :port. One iSCSI session is made per portal (and per iface binding).",
+		keyPort: fmt.Sprintf("TCP port of the portals that do not name one (default %d).", defaultPort),
+		keyTargetIQN: "Target IQN, as listed by sr-probe. '*' logs in to every IQN that each portal returns at its own " +
+			"address, for arrays that expose one IQN per portal.",
+		keySCSIid: "SCSI WWID of the LUN that holds the SR (page 0x83 identifier as multipath names it, e.g. 36001405...); " +
+			"sr-probe lists them. The LUN is found by this identity on every host, never by device name.",
+		keyChapUser:     "CHAP user name the initiator presents, for discovery and login (optional).",
+		keyChapPassword: "CHAP secret for chapuser; xapi stores it as a secret and passes chappassword_secret.",
+		keyIncomingUser: "Mutual CHAP: user name the target must present back (optional, needs chapuser).",
+		keyIncomingPassword: "Mutual CHAP secret for incoming_chapuser; xapi passes it as " +
+			"incoming_chappassword_secret.",
+		keyIface: "Optional NIC bindings, comma-separated. 'eth1' sends every portal through eth1 (one session per " +
+			"NIC and portal); 'eth1=10.0.1.10' binds one portal to one NIC. sanvol creates iscsiadm iface records " +
+			"named sanvol-<nic>.",
+		keyReplacementTimeout: fmt.Sprintf("Seconds a failed session holds I/O before failing it to dm-multipath "+
+			"(node.session.timeo.replacement_timeout of this SR's node records only; default %d).",
+			defaultReplacementTimeout),
+		keyPathLossPolicy: fmt.Sprintf("What the multipath map does when every path is down: 'queue' (default: "+
+			"queue I/O for %d s, then fail it), 'queue:<seconds>' (queue for that long, up to %d) or 'fail' "+
+			"(fail I/O at once). Applies to this SR's map only.", defaultQueueSeconds, maxQueueSeconds),
+	}
+}
+
+// Portal is one iSCSI portal: an IP address and a TCP port.
+type Portal struct {
+	Addr string // an IP address, never bracketed
+	Port int
+}
+
+// String is the portal as iscsiadm -p takes it and as sysfs and the
+// discovery output print it: a.b.c.d:port or [v6]:port.
+func (p Portal) String() string {
+	return net.JoinHostPort(p.Addr, strconv.Itoa(p.Port))
+}
+
+// chap is one direction of CHAP.
+type chap struct {
+	user     string
+	password string
+}
+
+// binding sends a portal (or every portal when portal is empty) through one
+// NIC.
+type binding struct {
+	nic    string
+	portal string // as written in the target key, "" for all portals
+}
+
+// ifaceName is the iscsiadm iface record sanvol keeps for a NIC.
+func ifaceName(nic string) string { return "sanvol-" + nic }
+
+// config is a parsed and validated device-config.
+type config struct {
+	portals []Portal
+	// portalText is what the admin wrote for each portal, for messages
+	// and for matching iface bindings.
+	portalText         []string
+	iqn                string // "", "*" or an IQN
+	wwid               string // normalised, "" when not given
+	chap               *chap
+	mutual             *chap
+	bindings           []binding
+	replacementTimeout int
+	// queueSeconds is the path-loss-policy: 0 fails I/O at once when no
+	// path is left, N > 0 queues it for N seconds.
+	queueSeconds int
+}
+
+// parseNeeds says which keys a caller requires and whether secrets must be
+// resolved (detach and health never need the CHAP passwords).
+type parseNeeds struct {
+	iqn     bool
+	wwid    bool
+	secrets bool
+}
+
+var (
+	iqnRE  = regexp.MustCompile(`^(iqn\.\d{4}-\d{2}\.[^\s,]+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$`)
+	wwidRE = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z_.:-]{3,254}$`)
+	nicRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}$`)
+)
+
+// parseConfig validates a device-config. lookup resolves host names in the
+// target key.
+func (t *Transport) parseConfig(ctx context.Context, op string, cfg map[string]string, need parseNeeds) (*config, error) {
+	bad := func(key, msg, fix string) error {
+		return host.Errorf(host.KindInvalid, op, fmt.Sprintf("device-config:%s %s", key, msg), fix, nil)
+	}
+	c := &config{replacementTimeout: defaultReplacementTimeout, queueSeconds: defaultQueueSeconds}
+
+	port := defaultPort
+	if s := strings.TrimSpace(cfg[keyPort]); s != "" {
+		p, err := strconv.Atoi(s)
+		if err != nil || p < 1 || p > 65535 {
+			return nil, bad(keyPort, fmt.Sprintf("is %q, not a TCP port", s), "give a number from 1 to 65535 (iSCSI uses 3260)")
+		}
+		port = p
+	}
+
+	target := strings.TrimSpace(cfg[keyTarget])
+	if target == "" {
+		return nil, bad(keyTarget, "is missing", "give the array's portal addresses, e.g. device-config:target=10.0.1.10,10.0.2.10")
+	}
+	seen := map[Portal]bool{}
+	for _, raw := range strings.Split(target, ",") {
+		raw = strings.TrimSpace(raw)
+		if raw == "" {
+			continue
+		}
+		p, err := t.parsePortal(ctx, raw, port)
+		if err != nil {
+			return nil, bad(keyTarget, fmt.Sprintf("has %q: %v", raw, err), "give IPv4 or IPv6 addresses or resolvable host names, optionally with :port ([v6]:port)")
+		}
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		c.portals = append(c.portals, p)
+		c.portalText = append(c.portalText, raw)
+	}
+	if len(c.portals) == 0 {
+		return nil, bad(keyTarget, "names no portal", "give at least one portal address")
+	}
+
+	c.iqn = strings.TrimSpace(cfg[keyTargetIQN])
+	switch {
+	case c.iqn == "" && need.iqn:
+		return nil, bad(keyTargetIQN, "is missing", "run xe sr-probe-ext with the target to list the IQNs, then give one (or '*')")
+	case c.iqn != "" && c.iqn != wildcardIQN && !iqnRE.MatchString(c.iqn):
+		return nil, bad(keyTargetIQN, fmt.Sprintf("is %q, not an iSCSI name", c.iqn), "copy the IQN exactly as sr-probe lists it (iqn.YYYY-MM.reversed.domain:name), or '*'")
+	}
+
+	if s := strings.TrimSpace(cfg[keySCSIid]); s != "" {
+		w := normaliseWWID(s)
+		if !wwidRE.MatchString(w) {
+			return nil, bad(keySCSIid, fmt.Sprintf("is %q, not a SCSI WWID", s), "copy the SCSIid exactly as sr-probe lists it")
+		}
+		c.wwid = w
+	} else if need.wwid {
+		return nil, bad(keySCSIid, "is missing", "run xe sr-probe-ext with target and targetIQN to list the LUNs, then give the SCSIid of one")
+	}
+
+	var err error
+	if c.chap, err = t.parseCHAP(ctx, op, cfg, keyChapUser, keyChapPassword, need.secrets); err != nil {
+		return nil, err
+	}
+	if c.mutual, err = t.parseCHAP(ctx, op, cfg, keyIncomingUser, keyIncomingPassword, need.secrets); err != nil {
+		return nil, err
+	}
+	if c.mutual != nil && c.chap == nil {
+		return nil, bad(keyIncomingUser, "is set without chapuser", "mutual CHAP needs one-way CHAP too: also give chapuser and chappassword")
+	}
+
+	if s := strings.TrimSpace(cfg[keyIface]); s != "" {
+		if c.bindings, err = parseBindings(s, c); err != nil {
+			return nil, bad(keyIface, err.Error(), "give NIC names (eth1,eth2) or NIC=portal pairs (eth1=10.0.1.10)")
+		}
+	}
+
+	if s := strings.TrimSpace(cfg[keyReplacementTimeout]); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > maxReplacementTimeout {
+			return nil, bad(keyReplacementTimeout, fmt.Sprintf("is %q", s), fmt.Sprintf("give whole seconds from 1 to %d (default %d)", maxReplacementTimeout, defaultReplacementTimeout))
+		}
+		c.replacementTimeout = n
+	}
+
+	if s := strings.TrimSpace(cfg[keyPathLossPolicy]); s != "" {
+		if c.queueSeconds, err = parsePolicy(s); err != nil {
+			return nil, bad(keyPathLossPolicy, fmt.Sprintf("is %q: %v", s, err), fmt.Sprintf("give 'queue' (%d s), 'queue:<seconds>' (1 to %d) or 'fail'", defaultQueueSeconds, maxQueueSeconds))
+		}
+	}
+	return c, nil
+}
+
+// parsePortal reads one entry of the target key.
+func (t *Transport) parsePortal(ctx context.Context, raw string, port int) (Portal, error) {
+	hostPart := raw
+	switch {
+	case strings.HasPrefix(raw, "["):
+		h, p, err := net.SplitHostPort(raw)
+		if err != nil {
+			h = strings.TrimSuffix(strings.TrimPrefix(raw, "["), "]")
+		} else {
+			if port, err = parsePort(p); err != nil {
+				return Portal{}, err
+			}
+		}
+		hostPart = h
+	case strings.Count(raw, ":") == 1:
+		h, p, err := net.SplitHostPort(raw)
+		if err != nil {
+			return Portal{}, err
+		}
+		if port, err = parsePort(p); err != nil {
+			return Portal{}, err
+		}
+		hostPart = h
+	}
+	if a, err := netip.ParseAddr(hostPart); err == nil {
+		if a.Zone() != "" {
+			return Portal{}, fmt.Errorf("zoned IPv6 addresses are not supported")
+		}
+		return Portal{Addr: a.Unmap().String(), Port: port}, nil
+	}
+	if strings.ContainsAny(hostPart, ": /") {
+		return Portal{}, fmt.Errorf("not an address")
+	}
+	addrs, err := t.lookup(ctx, hostPart)
+	if err != nil {
+		return Portal{}, fmt.Errorf("cannot resolve %s: %v", hostPart, err)
+	}
+	// Prefer IPv4 so that the session address matches what the
+	// resolver gives first on a typical storage network.
+	sort.SliceStable(addrs, func(i, j int) bool { return strings.Contains(addrs[i], ".") && !strings.Contains(addrs[j], ".") })
+	for _, s := range addrs {
+		if a, err := netip.ParseAddr(s); err == nil {
+			return Portal{Addr: a.Unmap().String(), Port: port}, nil
+		}
+	}
+	return Portal{}, fmt.Errorf("%s resolves to no address", hostPart)
+}
+
+func parsePort(s string) (int, error) {
+	p, err := strconv.Atoi(s)
+	if err != nil || p < 1 || p > 65535 {
+		return 0, fmt.Errorf("port %q is not a TCP port", s)
+	}
+	return p, nil
+}
+
+// parseCHAP reads a user and its password, which xapi hands over as
+// <key>_secret (a secret uuid); a plain password is accepted for the CLI.
+func (t *Transport) parseCHAP(ctx context.Context, op string, cfg map[string]string, userKey, passKey string, resolve bool) (*chap, error) {
+	user := strings.TrimSpace(cfg[userKey])
+	pass := cfg[passKey]
+	secretUUID := strings.TrimSpace(cfg[passKey+secretSuffix])
+	if user == "" {
+		if pass != "" || secretUUID != "" {
+			return nil, host.Errorf(host.KindInvalid, op, fmt.Sprintf("device-config:%s is set without %s", passKey, userKey), "give both the CHAP user and its password, or neither", nil)
+		}
+		return nil, nil
+	}
+	if pass == "" && secretUUID == "" {
+		return nil, host.Errorf(host.KindInvalid, op, fmt.Sprintf("device-config:%s is set without %s", userKey, passKey), "give the CHAP password too", nil)
+	}
+	if pass == "" && resolve {
+		if t.secrets == nil {
+			return nil, host.Errorf(host.KindInternal, op, "no XenAPI secret resolver to read "+passKey+secretSuffix, "", nil)
+		}
+		v, err := t.secrets.Secret(ctx, secretUUID)
+		if err != nil {
+			return nil, host.Errorf(host.KindInvalid, op, fmt.Sprintf("cannot read the secret %s (device-config:%s%s)", secretUUID, passKey, secretSuffix), "check that the secret exists: xe secret-list uuid="+secretUUID, err)
+		}
+		pass = v
+	}
+	return &chap{user: user, password: pass}, nil
+}
+
+func parseBindings(s string, c *config) ([]binding, error) {
+	var out []binding
+	for _, e := range strings.Split(s, ",") {
+		e = strings.TrimSpace(e)
+		if e == "" {
+			continue
+		}
+		nic, portal, _ := strings.Cut(e, "=")
+		nic = strings.TrimSpace(nic)
+		portal = strings.TrimSpace(portal)
+		if !nicRE.MatchString(nic) {
+			return nil, fmt.Errorf("has %q, not a NIC name", nic)
+		}
+		if portal != "" && portalIndex(c, portal) < 0 {
+			return nil, fmt.Errorf("binds %s to %q, which is not in device-config:target", nic, portal)
+		}
+		out = append(out, binding{nic: nic, portal: portal})
+	}
+	return out, nil
+}
+
+// portalIndex finds a portal by the text the admin wrote or by its address.
+func portalIndex(c *config, s string) int {
+	for i, p := range c.portals {
+		if c.portalText[i] == s || p.Addr == s || p.String() == s {
+			return i
+		}
+	}
+	return -1
+}
+
+func parsePolicy(s string) (int, error) {
+	switch {
+	case s == "fail":
+		return 0, nil
+	case s == "queue":
+		return defaultQueueSeconds, nil
+	case strings.HasPrefix(s, "queue:"):
+		n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(s, "queue:"), "s"))
+		if err != nil || n < 1 || n > maxQueueSeconds {
+			return 0, fmt.Errorf("the queue time must be whole seconds from 1 to %d", maxQueueSeconds)
+		}
+		return n, nil
+	default:
+		return 0, fmt.Errorf("unknown policy (queueing for ever is not offered: it hangs every process that touches the SR)")
+	}
+}
+
+// policyString is the path-loss-policy in the form the admin writes it.
+func policyString(queueSeconds int) string {
+	if queueSeconds == 0 {
+		return "fail"
+	}
+	return fmt.Sprintf("queue:%d", queueSeconds)
+}
+
+// ifacesFor lists the iface records that carry a portal: the NICs bound to
+// it or to every portal, or "default" when none is.
+func (c *config) ifacesFor(i int) []string {
+	var out []string
+	for _, b := range c.bindings {
+		if b.portal == "" || portalIndex(c, b.portal) == i {
+			out = append(out, ifaceName(b.nic))
+		}
+	}
+	if len(out) == 0 {
+		out = []string{defaultIface}
+	}
+	return out
+}
+
+// nics lists the distinct NICs of the bindings.
+func (c *config) nics() []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, b := range c.bindings {
+		if !seen[b.nic] {
+			seen[b.nic] = true
+			out = append(out, b.nic)
+		}
+	}
+	return out
+}
+
+// normaliseWWID turns a LUN identity into the form multipath names the map
+// with (scsi_id -g -u): "naa.6001405…" from sysfs becomes "36001405…",
+// "eui.…" becomes "2…", "t10.…" becomes "1…" with blanks as underscores.
+func normaliseWWID(s string) string {
+	s = strings.TrimSpace(s)
+	lower := strings.ToLower(s)
+	switch {
+	case strings.HasPrefix(lower, "naa."):
+		return "3" + lower[4:]
+	case strings.HasPrefix(lower, "eui."):
+		return "2" + lower[4:]
+	case strings.HasPrefix(lower, "t10."):
+		return "1" + strings.Join(strings.Fields(s[4:]), "_")
+	case isHex(s) && (s[0] == '3' || s[0] == '2'):
+		return lower
+	}
+	return s
+}
+
+func isHex(s string) bool {
+	for _, r := range s {
+		if !strings.ContainsRune("0123456789abcdefABCDEF", r) {
+			return false
+		}
+	}
+	return s != ""
+}
