@@ -1,0 +1,278 @@
+//go:build lab
+
+// Package e2e holds the end-to-end scenarios. They run inside the lab
+// guest (tests/lab/run.sh boots it), as root, against real kernel targets
+// and initiators; on any other machine they refuse to run.
+//
+// Shared helpers live in this file: where the lab keeps things, how to
+// install the freshly built sanvol, running commands, waiting for
+// conditions, and an O_DIRECT writer that proves I/O survives a path cut.
+package e2e
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"sanvol/tests/labtarget"
+)
+
+func TestMain(m *testing.M) {
+	if os.Getenv("SANVOL_LAB") != "1" {
+		fmt.Println("e2e: these tests run only inside the lab guest; use tests/lab/run.sh test")
+		os.Exit(0)
+	}
+	// A previous binary in this boot may have died half-way; the next
+	// scenario must not inherit its targets.
+	if err := labtarget.CleanNVMet(); err != nil {
+		fmt.Println("e2e: cleaning nvmet:", err)
+	}
+	if err := labtarget.CleanLIO(); err != nil {
+		fmt.Println("e2e: cleaning LIO:", err)
+	}
+	os.Exit(m.Run())
+}
+
+// LabDir is the 9p share with the host: the built binaries come in
+// through it and the results go out through it.
+func LabDir() string {
+	if d := os.Getenv("SANVOL_LAB_DIR"); d != "" {
+		return d
+	}
+	return "/lab"
+}
+
+// SrvDir is the guest tmpfs that holds target backing files.
+func SrvDir() string {
+	if d := os.Getenv("SANVOL_LAB_SRV"); d != "" {
+		return d
+	}
+	return labtarget.DefaultBackingDir
+}
+
+// SanvolBinary is the sanvol built for this run, or "" if the tree had no
+// cmd/sanvol to build.
+func SanvolBinary() string {
+	p := filepath.Join(LabDir(), "sanvol")
+	if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() {
+		return p
+	}
+	return ""
+}
+
+// installSanvol installs the guest copy of the binary into the guest's
+// root exactly as an admin would on an XCP-ng host.
+func installSanvol(t testing.TB) {
+	t.Helper()
+	bin := SanvolBinary()
+	if bin == "" {
+		t.Fatalf("no sanvol binary in %s: run.sh builds it from ./cmd/sanvol", LabDir())
+	}
+	mustRun(t, bin, "install", "--root", "/")
+}
+
+// run runs a command with the default deadline and returns its combined
+// output.
+func run(name string, args ...string) (string, error) {
+	return labtarget.Run(context.Background(), name, args...)
+}
+
+// mustRun runs a command and fails the test if it fails.
+func mustRun(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := run(name, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// waitFor polls cond until it holds or the deadline passes; cond returns a
+// description of the current state for the failure message.
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() (bool, string)) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var state string
+	for {
+		var ok bool
+		ok, state = cond()
+		if ok {
+			return time.Since(start)
+		}
+		if time.Since(start) > timeout {
+			t.Fatalf("waited %s for %s; last state: %s", timeout, what, state)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// readSys reads a sysfs attribute, trimmed; "" if it cannot be read.
+func readSys(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// dmesgSince returns the kernel log lines after mark (a line count from an
+// earlier call with mark 0) and the new mark.
+func dmesgSince(mark int) ([]string, int) {
+	out, err := exec.Command("dmesg").Output()
+	if err != nil {
+		return nil, mark
+	}
+	lines := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
+	if mark > len(lines) {
+		mark = 0 // the ring buffer wrapped
+	}
+	return lines[mark:], len(lines)
+}
+
+const ioChunk = 1 << 20
+
+// IOLoad writes 1 MiB O_DIRECT chunks round and round a region of a block
+// device until stopped, recording errors and the worst chunk latency, so a
+// scenario can cut a path underneath it and then prove nothing was lost.
+type IOLoad struct {
+	dev     string
+	f       *os.File
+	buf     []byte
+	chunks  int
+	written []uint32 // pass that last wrote each chunk, 0 = never
+	stop    atomic.Bool
+	done    chan struct{}
+
+	mu         sync.Mutex
+	errs       []error
+	maxLatency time.Duration
+	writes     int
+}
+
+// IOStats is what a finished load saw.
+type IOStats struct {
+	Writes     int
+	Errors     []error
+	MaxLatency time.Duration
+}
+
+// StartIO begins writing to the first span bytes of dev.
+func StartIO(t testing.TB, dev string, span int64) *IOLoad {
+	t.Helper()
+	f, err := os.OpenFile(dev, os.O_RDWR|syscall.O_DIRECT, 0)
+	if err != nil {
+		t.Fatalf("open %s O_DIRECT: %v", dev, err)
+	}
+	// O_DIRECT needs an aligned buffer; an anonymous mapping is page aligned.
+	buf, err := syscall.Mmap(-1, 0, ioChunk, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	if err != nil {
+		f.Close()
+		t.Fatalf("mmap I/O buffer: %v", err)
+	}
+	l := &IOLoad{dev: dev, f: f, buf: buf, chunks: int(span / ioChunk), done: make(chan struct{})}
+	l.written = make([]uint32, l.chunks)
+	go l.loop()
+	t.Cleanup(func() {
+		if !l.stop.Load() {
+			l.Stop()
+		}
+	})
+	return l
+}
+
+func fillChunk(buf []byte, pass uint32, chunk int) {
+	seed := uint64(pass)<<40 | uint64(chunk)<<20
+	for i := 0; i < len(buf); i += 8 {
+		binary.LittleEndian.PutUint64(buf[i:], seed|uint64(i))
+	}
+}
+
+func (l *IOLoad) loop() {
+	defer close(l.done)
+	for pass := uint32(1); ; pass++ {
+		for c := 0; c < l.chunks; c++ {
+			if l.stop.Load() {
+				return
+			}
+			fillChunk(l.buf, pass, c)
+			start := time.Now()
+			_, err := l.f.WriteAt(l.buf, int64(c)*ioChunk)
+			lat := time.Since(start)
+			l.mu.Lock()
+			l.writes++
+			if lat > l.maxLatency {
+				l.maxLatency = lat
+			}
+			if err != nil {
+				l.errs = append(l.errs, fmt.Errorf("chunk %d pass %d after %s: %w", c, pass, lat, err))
+			} else {
+				l.written[c] = pass
+			}
+			l.mu.Unlock()
+		}
+	}
+}
+
+// Writes is how many chunks have been written so far.
+func (l *IOLoad) Writes() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.writes
+}
+
+// Stop ends the load and returns its statistics.
+func (l *IOLoad) Stop() IOStats {
+	l.stop.Store(true)
+	<-l.done
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return IOStats{Writes: l.writes, Errors: append([]error(nil), l.errs...), MaxLatency: l.maxLatency}
+}
+
+// Verify reads every chunk back with O_DIRECT and checks it holds the last
+// pass written to it. Call after Stop.
+func (l *IOLoad) Verify() error {
+	defer func() {
+		_ = syscall.Munmap(l.buf)
+		l.f.Close()
+	}()
+	want := make([]byte, ioChunk)
+	var bad []string
+	for c, pass := range l.written {
+		if pass == 0 {
+			continue
+		}
+		if _, err := l.f.ReadAt(l.buf, int64(c)*ioChunk); err != nil {
+			return fmt.Errorf("read back chunk %d of %s: %w", c, l.dev, err)
+		}
+		fillChunk(want, pass, c)
+		if string(want) != string(l.buf) {
+			bad = append(bad, fmt.Sprint(c))
+		}
+	}
+	if len(bad) > 0 {
+		return errors.New("data read back differs in chunks " + strings.Join(bad, ","))
+	}
+	return nil
+}
+
+// waitWrites waits until the load has made progress of n more chunks,
+// proving I/O flows (e.g. over the remaining path).
+func (l *IOLoad) waitWrites(t testing.TB, n int, timeout time.Duration) {
+	t.Helper()
+	base := l.Writes()
+	waitFor(t, fmt.Sprintf("%d more writes to %s", n, l.dev), timeout, func() (bool, string) {
+		w := l.Writes()
+		return w >= base+n, fmt.Sprintf("%d writes", w-base)
+	})
+}

@@ -1,0 +1,240 @@
+#!/bin/bash
+# The lab's host entry point: builds the guest image, boots it under qemu and
+# runs the end-to-end tests inside. See tests/lab/README.md.
+#
+#   run.sh image   [--kernel bookworm|backports]
+#   run.sh test    [--kernel K] [-run REGEX] [--timeout S] [--keep]
+#   run.sh demo    [--kernel K]
+#   run.sh capture [--kernel K]
+#   run.sh shell   [--kernel K]      interactive guest, for debugging
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+cache=${SANVOL_LAB_CACHE:-/var/cache/sanvol-lab}
+export PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
+
+die() { echo "lab: $*" >&2; exit 1; }
+say() { echo "lab: $*"; }
+
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+
+# Installs the host tools on a fresh Debian 12 (CI) when they are missing.
+ensure_tools() {
+	local missing=()
+	command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+	command -v debootstrap >/dev/null || missing+=(debootstrap)
+	command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
+	command -v flock >/dev/null || missing+=(util-linux)
+	if [ ${#missing[@]} -gt 0 ]; then
+		[ "$(id -u)" = 0 ] || die "need root to install ${missing[*]}"
+		say "installing ${missing[*]}"
+		apt-get update -q >/dev/null
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+	fi
+	command -v go >/dev/null || die "go is not on PATH (expected /usr/local/go/bin)"
+}
+
+# The Debian mirror this machine already uses, read from its apt sources so
+# that no mirror host is ever written into the repository.
+mirror() {
+	if [ -n "${SANVOL_LAB_MIRROR:-}" ]; then echo "$SANVOL_LAB_MIRROR"; return; fi
+	local m=""
+	shopt -s nullglob
+	local f
+	for f in /etc/apt/sources.list.d/*.sources; do
+		m=$(awk 'BEGIN{RS="";FS="\n"} {
+			uris=""; suites=""; deb=0
+			for (i=1;i<=NF;i++) {
+				if ($i ~ /^URIs:/) { sub(/^URIs:[ \t]*/,"",$i); uris=$i }
+				if ($i ~ /^Suites:/) { sub(/^Suites:[ \t]*/,"",$i); suites=" " $i " " }
+				if ($i ~ /^Types:.*(^|[ \t])deb([ \t]|$)/) deb=1
+			}
+			if (deb && suites ~ / bookworm /) { split(uris,u," "); print u[1]; exit }
+		}' "$f")
+		[ -n "$m" ] && break
+	done
+	if [ -z "$m" ]; then
+		for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+			m=$(awk '$1=="deb" { i=2; if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ } if ($(i+1)=="bookworm") { print $i; exit } }' "$f")
+			[ -n "$m" ] && break
+		done
+	fi
+	[ -n "$m" ] || die "no bookworm mirror in /etc/apt/sources* (set SANVOL_LAB_MIRROR)"
+	echo "${m%/}"
+}
+
+# image_dir KERNEL: prints the cache directory of that image, building it
+# first if needed. The key hashes everything that goes into the image.
+image_dir() {
+	local kernel=$1 key dir
+	key=$( { cat "$here/build-image.sh" "$here/guest/lab-init"; echo "kernel=$kernel"; } | sha256sum | cut -c1-16)
+	dir=$cache/$kernel-$key
+	if [ -f "$dir/rootfs.img" ]; then echo "$dir"; return; fi
+	mkdir -p "$cache"
+	# Other checkouts on this machine may build the same image at once.
+	exec 8>"$cache/.lock-$kernel-$key"
+	flock 8
+	if [ ! -f "$dir/rootfs.img" ]; then
+		local m t0=$SECONDS tmp
+		m=$(mirror)
+		tmp=$(mktemp -d "$cache/.build-$kernel-$key.XXXXXX")
+		say "building the $kernel guest image (one time, ~1-3 min) into $dir" >&2
+		if ! "$here/build-image.sh" "$tmp" "$kernel" "$m" >&2; then
+			rm -rf "$tmp"
+			die "image build failed (logs were printed above)"
+		fi
+		mv "$tmp" "$dir"
+		say "image built in $((SECONDS - t0)) s" >&2
+	fi
+	exec 8>&-
+	echo "$dir"
+}
+
+# build RUNDIR: the binaries that go into the guest, static so that the
+# guest's libc does not matter.
+build() {
+	local rundir=$1
+	(
+		cd "$repo"
+		if compgen -G "cmd/sanvol/*.go" >/dev/null; then
+			CGO_ENABLED=0 go build -o "$rundir/sanvol" ./cmd/sanvol
+		fi
+		CGO_ENABLED=0 go test -c -tags lab -o "$rundir/e2e.test" ./tests/e2e
+	)
+}
+
+new_rundir() {
+	local d
+	d=$(mktemp -d /var/tmp/sanvol-lab-run.XXXXXX)
+	install -m 0644 "$here/guest/init.sh" "$d/init.sh"
+	mkdir -p "$d/out"
+	echo "$d"
+}
+
+# boot IMAGE RUNDIR LIMIT: boots the guest on the run dir and streams its
+# console. The guest powers itself off; the host timeout is the backstop.
+boot() {
+	local img=$1 rundir=$2 limit=$3 accel=${SANVOL_LAB_ACCEL:-tcg,thread=multi}
+	local interactive=${4:-}
+	local args=(
+		-machine pc -accel "$accel" -cpu max -smp 2 -m 3072
+		-no-reboot -nic none
+		-kernel "$img/vmlinuz" -initrd "$img/initrd.img"
+		-append "console=ttyS0 root=/dev/vda rw rootfstype=ext4 init=/sbin/lab-init panic=1 quiet cryptomgr.notests"
+		-drive "file=$img/rootfs.img,if=virtio,format=raw,snapshot=on,cache=unsafe"
+		-virtfs "local,path=$rundir,mount_tag=lab,security_model=none"
+	)
+	if [ -n "$interactive" ]; then
+		timeout -k 10 "$limit" qemu-system-x86_64 -nographic "${args[@]}"
+		return
+	fi
+	# Serial console only: no monitor on stdio, stdin closed (pitfall 1).
+	set +e
+	timeout -k 10 "$limit" qemu-system-x86_64 -display none -monitor none -serial stdio "${args[@]}" \
+		</dev/null 2>"$rundir/qemu.err" | tr -d '\r' | tee "$rundir/console.log"
+	local rc=${PIPESTATUS[0]}
+	set -e
+	[ "$rc" = 124 ] && say "qemu ran out of its ${limit}s and was killed"
+	return 0
+}
+
+summary() {
+	local rundir=$1 rc=$2 log=$1/out/test.log
+	local pass fail skip
+	pass=$(grep -cE '^--- PASS: ' "$log" 2>/dev/null || true)
+	fail=$(grep -cE '^--- FAIL: ' "$log" 2>/dev/null || true)
+	skip=$(grep -cE '^--- SKIP: ' "$log" 2>/dev/null || true)
+	echo
+	echo "================ lab summary ================"
+	grep -E '^--- (PASS|FAIL|SKIP): ' "$log" 2>/dev/null || true
+	if [ "$rc" != 0 ]; then
+		echo "---------------- failing tests --------------"
+		local t
+		for t in $(sed -nE 's/^--- FAIL: ([^ ]+) .*/\1/p' "$log"); do
+			echo "## $t"
+			awk -v t="$t" '$0 == "=== RUN   " t {p=1} p {print} p && index($0, "--- FAIL: " t " ")==1 {exit}' "$log"
+		done
+		if [ "$fail" = 0 ]; then
+			echo "(no test reported FAIL: the run timed out, panicked or never started; its last lines:)"
+			tail -40 "$log" 2>/dev/null || tail -40 "$rundir/console.log"
+		fi
+		echo "---------------- guest dmesg (tail) ---------"
+		tail -60 "$rundir/out/dmesg.txt" 2>/dev/null || echo "(no dmesg: the guest did not finish)"
+		[ -s "$rundir/qemu.err" ] && { echo "---------------- qemu stderr --------"; cat "$rundir/qemu.err"; }
+		echo "run dir kept for debugging: $rundir"
+	fi
+	echo "lab: $pass passed, $fail failed, $skip skipped"
+}
+
+# run_guest KERNEL RUNDIR LIMIT CMD: boots once and runs CMD in the guest;
+# sets guest_rc (125 when the guest never reported one).
+run_guest() {
+	local kernel=$1 rundir=$2 limit=$3 cmd=$4 img
+	img=$(image_dir "$kernel")
+	printf '%s\n' "$cmd" >"$rundir/cmd"
+	echo "$limit" >"$rundir/timeout"
+	# boot (~15 s) and poweroff on top of the guest's own limit
+	boot "$img" "$rundir" $((limit + 120))
+	guest_rc=$(cat "$rundir/out/rc" 2>/dev/null || echo 125)
+}
+
+kernel=bookworm run=. limit=1200 keep=
+sub=${1:-}; [ -n "$sub" ] || usage; shift
+while [ $# -gt 0 ]; do
+	case $1 in
+	--kernel) kernel=$2; shift 2 ;;
+	-run | --run) run=$2; shift 2 ;;
+	--timeout) limit=$2; shift 2 ;;
+	--keep) keep=1; shift ;;
+	*) usage ;;
+	esac
+done
+case $kernel in bookworm | backports) ;; *) die "--kernel must be bookworm or backports" ;; esac
+
+t0=$SECONDS
+ensure_tools
+case $sub in
+image)
+	dir=$(image_dir "$kernel")
+	say "image: $dir ($(tr '\n' ' ' <"$dir/versions.txt"))"
+	;;
+test | demo)
+	[ "$sub" = demo ] && run='^TestDemo$'
+	rundir=$(new_rundir)
+	build "$rundir"
+	run_guest "$kernel" "$rundir" "$limit" \
+		"/lab/e2e.test -test.v -test.count=1 -test.timeout $((limit - 30))s -test.run '$run'"
+	rc=$guest_rc
+	summary "$rundir" "$rc"
+	say "$sub finished in $((SECONDS - t0)) s with exit $rc"
+	[ "$rc" = 0 ] && [ -z "$keep" ] && rm -rf "$rundir"
+	exit "$rc"
+	;;
+capture)
+	rundir=$(new_rundir)
+	build "$rundir"
+	run_guest "$kernel" "$rundir" "$limit" \
+		"SANVOL_LAB_CAPTURE=/lab/out/capture /lab/e2e.test -test.v -test.count=1 -test.run '^TestCaptureFixtures\$'"
+	rc=$guest_rc
+	summary "$rundir" "$rc"
+	[ "$rc" = 0 ] || exit "$rc"
+	for pkg in nvme iscsi lvm; do
+		if [ -d "$rundir/out/capture/$pkg" ]; then
+			mkdir -p "$repo/$pkg/testdata"
+			cp -r "$rundir/out/capture/$pkg/." "$repo/$pkg/testdata/"
+			say "fixtures -> $pkg/testdata: $(cd "$rundir/out/capture/$pkg" && find . -maxdepth 1 | sed 1d | tr '\n' ' ')"
+		fi
+	done
+	rm -rf "$rundir"
+	;;
+shell)
+	rundir=$(new_rundir)
+	[ -d "$repo/cmd/sanvol" ] && build "$rundir" || true
+	echo 'exec sh -i </dev/console >/dev/console 2>&1' >"$rundir/cmd"
+	echo 86400 >"$rundir/timeout"
+	say "guest shell; /lab is $rundir; 'exit' powers off"
+	boot "$(image_dir "$kernel")" "$rundir" 86400 interactive
+	;;
+*) usage ;;
+esac
