@@ -17,8 +17,8 @@ import (
 	"sanvol/lvm"
 	"sanvol/nvme"
 	"sanvol/plugin"
-	schema "sanvol/xapi-storage-schema"
 	"sanvol/volume"
+	schema "sanvol/xapi-storage-schema"
 )
 
 // The SR engine as xapi-storage-script drives it: every call is a process

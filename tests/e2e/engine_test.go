@@ -35,8 +35,10 @@ type labTransport struct {
 	health volume.Health
 }
 
-func (l *labTransport) Type() string                  { return "nvmetcp" }
-func (l *labTransport) ConfigKeys() map[string]string { return map[string]string{"device": "pre-connected namespace"} }
+func (l *labTransport) Type() string { return "nvmetcp" }
+func (l *labTransport) ConfigKeys() map[string]string {
+	return map[string]string{"device": "pre-connected namespace"}
+}
 func (l *labTransport) Prepare(context.Context, map[string]string) (map[string]string, error) {
 	return map[string]string{"device": l.dev}, nil
 }
