@@ -32,7 +32,7 @@ func (v *env) crashAt(step string, f func() error) {
 	v.mu.Lock()
 	v.crash = step
 	v.mu.Unlock()
-	err, at := v.run(f)
+	at, err := v.run(f)
 	v.mu.Lock()
 	v.crash = ""
 	v.mu.Unlock()

@@ -116,7 +116,7 @@ func (v *env) engine(role host.Role) *volume.Engine {
 // run calls f and turns a crash at the fault hook into a result, as if the
 // process had been killed: deferred unlocks run, like the kernel releasing
 // a dead process's flocks.
-func (v *env) run(f func() error) (err error, crashedAt string) {
+func (v *env) run(f func() error) (crashedAt string, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			c, ok := r.(crashed)
@@ -126,7 +126,7 @@ func (v *env) run(f func() error) (err error, crashedAt string) {
 			crashedAt = c.step
 		}
 	}()
-	return f(), ""
+	return "", f()
 }
 
 func (v *env) createSR() string {
