@@ -413,10 +413,18 @@ func (t *Transport) allFailed(ctx context.Context, op string, s *session) error 
 			first = err
 		}
 		kinds[host.KindOf(err)]++
-		parts = append(parts, err.Error())
+		parts = append(parts, p.String()+": "+shortReason(err))
 	}
 	if kinds[host.KindAuth] > 0 {
-		return host.Errorf(host.KindAuth, op, "no path to subsystem "+s.cfg.NQN+" could be authenticated", "", errors.New(strings.Join(parts, "; ")))
+		fix := ""
+		for _, err := range s.failures {
+			var he *host.Error
+			if errors.As(err, &he) && he.Kind == host.KindAuth {
+				fix = he.Fix
+				break
+			}
+		}
+		return host.Errorf(host.KindAuth, op, "the portals refused DH-HMAC-CHAP authentication for subsystem "+s.cfg.NQN+" (hostnqn "+s.id.HostNQN+")", fix, errors.New(strings.Join(parts, "; ")))
 	}
 	if kinds[host.KindUnsupported] > 0 || kinds[host.KindInvalid] > 0 {
 		return first
@@ -679,6 +687,18 @@ func pathHealth(c Config, id Identity, ctrls []Controller, failures map[string]e
 		h.Detail += ": " + strings.Join(bad, ", ")
 	}
 	return h
+}
+
+// shortReason is the kernel's own words for a failed nvme-cli call (its
+// first stderr line, "Failed to write to /dev/nvme-fabrics: Connection
+// timed out"), or our message when there are none.
+func shortReason(err error) string {
+	var ee *host.ExitError
+	if errors.As(err, &ee) && ee.Stderr != "" {
+		line, _, _ := strings.Cut(ee.Stderr, "\n")
+		return line
+	}
+	return reason(err)
 }
 
 func reason(err error) string {

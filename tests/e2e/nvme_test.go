@@ -367,7 +367,9 @@ func TestNVMeProbe(t *testing.T) {
 	ns, _ := tg.Namespace(1)
 	tr := newNVMeTransport(t, nil)
 	var inspected []string
-	cands, err := tr.Probe(context.Background(), map[string]string{nvme.KeyTarget: labtarget.Addr1}, func(_ context.Context, dev string) (*volume.FoundSR, error) {
+	// nvmet's discovery log lists only the port it is read from, so both
+	// portals are probed to get both into the suggested target.
+	cands, err := tr.Probe(context.Background(), map[string]string{nvme.KeyTarget: labtarget.Addr1 + "," + labtarget.Addr2}, func(_ context.Context, dev string) (*volume.FoundSR, error) {
 		inspected = append(inspected, dev)
 		return nil, nil
 	})
@@ -388,7 +390,7 @@ func TestNVMeProbe(t *testing.T) {
 		t.Errorf("candidate %+v (namespace %+v)", mine, ns)
 	}
 	if mine.Configuration[nvme.KeyTarget] != labtarget.Addr1+":4420,"+labtarget.Addr2+":4420" {
-		t.Errorf("target %q, want both portals from the discovery log", mine.Configuration[nvme.KeyTarget])
+		t.Errorf("target %q, want both portals", mine.Configuration[nvme.KeyTarget])
 	}
 	if len(inspected) == 0 {
 		t.Error("the inspector was not called")
