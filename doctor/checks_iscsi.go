@@ -1,0 +1,437 @@
+package doctor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	pathpkg "path"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"sanvol/host"
+)
+
+const (
+	initiatorFile  = "/etc/iscsi/initiatorname.iscsi"
+	scopeISCSIHost = "this host (iscsi-ng)"
+	// The iscsi-ng defaults (docs/iscsi-ng.md): 10 s before a dead
+	// session fails its I/O over to dm-multipath (NexentaStor guide; the
+	// open-iscsi default is 120 s), and 60 s of queueing when every path
+	// is down.
+	defaultReplacementTimeout = 10
+	defaultQueueSeconds       = 60
+	// defaultPollingInterval is multipathd's checker interval when the
+	// configuration sets none (multipath-tools 0.4.9 and 0.9.x).
+	defaultPollingInterval = 5
+	// dropIn is where the iscsi-ng transport writes its multipath stanzas.
+	dropIn = "/etc/multipath/conf.d/sanvol.conf"
+)
+
+func (r *run) checkISCSIHost(ctx context.Context) {
+	r.checkDaemon(chkISCSId, "iscsid", "systemctl enable --now iscsid")
+	r.checkDaemon(chkMultipathd, "multipathd", "systemctl enable --now multipathd")
+	local := r.checkInitiatorIQN()
+	r.checkPoolIQN(ctx, local)
+}
+
+// running finds a process by name in /proc, which works with or without
+// systemd.
+func (r *run) running(name string) []string {
+	comms, _ := r.d.Root.Glob("/proc/[0-9]*/comm")
+	var pids []string
+	for _, c := range comms {
+		if v, err := r.d.Root.ReadString(c); err == nil && v == name {
+			pids = append(pids, pathpkg.Base(pathpkg.Dir(c)))
+		}
+	}
+	return pids
+}
+
+func (r *run) checkDaemon(id, name, fix string) {
+	if pids := r.running(name); len(pids) > 0 {
+		r.add(result(id, scopeISCSIHost, Pass, name+" is running (pid "+strings.Join(pids, ",")+")", nil, ""))
+		return
+	}
+	r.add(result(id, scopeISCSIHost, Fail, name+" is not running", []string{"no process named " + name + " in /proc"}, fix))
+}
+
+// distroIQNs are the prefixes distribution packages generate initiator
+// names with at install time: every machine cloned from that install (a
+// template, an image) carries the same name.
+var distroIQNs = []string{
+	"iqn.1993-08.org.debian:", "iqn.2004-10.com.ubuntu:", "iqn.1994-05.com.redhat:",
+	"iqn.1996-04.de.suse:", "iqn.2005-03.org.open-iscsi:", "iqn.2016-04.com.open-iscsi:",
+}
+
+var placeholderIQN = regexp.MustCompile(`(?i)(:default|:changeme|:unknown|:)$`)
+
+// readInitiator returns the InitiatorName of /etc/iscsi/initiatorname.iscsi.
+func readInitiator(root host.Root) (string, error) {
+	b, err := root.ReadFile(initiatorFile)
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		if v, ok := strings.CutPrefix(line, "InitiatorName="); ok {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", nil
+}
+
+func (r *run) iqnFix() string {
+	name := strings.ReplaceAll(hostname(r.d.Root), " ", "-")
+	iqn := "iqn." + r.rep.Time.Format("2006-01") + ".<your reversed domain>:" + name
+	if onXCPng(r.d.Root) {
+		return fmt.Sprintf("xe host-param-set uuid=%s iscsi_iqn=%s   # xapi rewrites %s and restarts iscsid\n# then allow the new IQN on the array and re-plug the iscsi-ng SRs on this host", r.thisHost(), iqn, initiatorFile)
+	}
+	return fmt.Sprintf("echo 'InitiatorName=%s' > %s && systemctl restart iscsid\n# then allow the new IQN on the array and re-plug the iscsi-ng SRs on this host", iqn, initiatorFile)
+}
+
+func (r *run) checkInitiatorIQN() string {
+	iqn, err := readInitiator(r.d.Root)
+	switch {
+	case err != nil:
+		r.add(result(chkIQN, scopeISCSIHost, Fail, "no initiator name: "+initiatorFile+" is unreadable", []string{err.Error()}, r.iqnFix()))
+		return ""
+	case iqn == "":
+		r.add(result(chkIQN, scopeISCSIHost, Fail, "no InitiatorName in "+initiatorFile, nil, r.iqnFix()))
+		return ""
+	case !strings.HasPrefix(iqn, "iqn.") && !strings.HasPrefix(iqn, "eui."):
+		r.add(result(chkIQN, scopeISCSIHost, Fail, fmt.Sprintf("InitiatorName %q is not an iSCSI name", iqn), nil, r.iqnFix()))
+		return iqn
+	case placeholderIQN.MatchString(iqn):
+		r.add(result(chkIQN, scopeISCSIHost, Fail, fmt.Sprintf("InitiatorName %s is a placeholder", iqn), nil, r.iqnFix()))
+		return iqn
+	}
+	for _, p := range distroIQNs {
+		if strings.HasPrefix(iqn, p) {
+			r.add(result(chkIQN, scopeISCSIHost, Warn,
+				fmt.Sprintf("InitiatorName %s is the one the distribution package generated: hosts installed from one image share it", iqn),
+				[]string{initiatorFile + ": InitiatorName=" + iqn}, r.iqnFix()))
+			return iqn
+		}
+	}
+	r.add(result(chkIQN, scopeISCSIHost, Pass, "InitiatorName "+iqn, nil, ""))
+	return iqn
+}
+
+func (r *run) checkPoolIQN(ctx context.Context, local string) {
+	if local == "" {
+		r.add(result(chkPoolIQN, "pool", Warn, "cannot check pool-wide uniqueness: this host has no initiator name", nil, r.iqnFix()))
+		return
+	}
+	hosts, self, ok := r.poolHosts(ctx, chkPoolIQN)
+	if !ok {
+		return
+	}
+	var ev []string
+	if me := findHost(hosts, self); me.IQN != "" && me.IQN != local {
+		ev = append(ev, fmt.Sprintf("xapi records iscsi_iqn=%s for this host but %s says %s: xapi writes its record back to the file when it changes", me.IQN, initiatorFile, local))
+	}
+	r.uniqueInPool(chkPoolIQN, "initiator IQN", local, hosts, self, func(h PoolHost) string { return h.IQN }, ev, r.iqnFix(),
+		"set an IQN on each host listed: xe host-param-set uuid=<host> iscsi_iqn=<unique IQN>")
+}
+
+// nodeRecord runs `iscsiadm -m node` for one record and parses it.
+func (r *run) nodeRecord(ctx context.Context, iqn string, p portal, iface string) (map[string]string, error) {
+	res, err := r.d.Runner.Run(ctx, host.Cmd{Name: "iscsiadm", Args: []string{"-m", "node", "-T", iqn, "-p", p.String(), "-I", iface}, Timeout: 15 * time.Second})
+	if err != nil {
+		return nil, err
+	}
+	rec := map[string]string{}
+	for _, line := range strings.Split(string(res.Stdout), "\n") {
+		k, v, ok := strings.Cut(line, " = ")
+		if ok {
+			rec[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	return rec, nil
+}
+
+// noRecord is iscsiadm's ISCSI_ERR_NO_OBJS_FOUND.
+func noRecord(err error) bool {
+	var ee *host.ExitError
+	return errors.As(err, &ee) && ee.Code == 21
+}
+
+func wantedTimeout(cfg map[string]string) int {
+	if n, err := strconv.Atoi(strings.TrimSpace(cfg[keyReplacement])); err == nil && n > 0 {
+		return n
+	}
+	return defaultReplacementTimeout
+}
+
+// session is a live iSCSI session, from sysfs.
+type session struct {
+	ID          string
+	Target      string
+	Addr        string
+	RecoveryTmo int
+}
+
+func (r *run) sessions() []session {
+	dirs, _ := r.d.Root.Glob("/sys/class/iscsi_session/session*")
+	var out []session
+	for _, d := range dirs {
+		id := strings.TrimPrefix(pathpkg.Base(d), "session")
+		s := session{ID: id}
+		s.Target, _ = r.d.Root.ReadString(d + "/targetname")
+		s.Addr, _ = r.d.Root.ReadString("/sys/class/iscsi_connection/connection" + id + ":0/persistent_address")
+		if v, err := r.d.Root.ReadString(d + "/recovery_tmo"); err == nil {
+			s.RecoveryTmo, _ = strconv.Atoi(v)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// checkNodeRecords compares the SR's node records (read at every login)
+// and its live sessions (recovery_tmo) with the replacement timeout the
+// SR asks for.
+func (r *run) checkNodeRecords(ctx context.Context, s *subject, paths []path) {
+	want := wantedTimeout(s.Config)
+	iqn := strings.TrimSpace(s.Config[keyTargetIQN])
+	addrs := map[string]bool{}
+	for _, p := range s.Portals {
+		addrs[p.Addr.String()] = true
+	}
+	sess := r.sessions()
+	var targets []string
+	if iqn == "" || iqn == "*" {
+		for _, se := range sess {
+			if addrs[se.Addr] {
+				targets = append(targets, se.Target)
+			}
+		}
+		targets = dedupSorted(targets)
+	} else {
+		targets = []string{iqn}
+	}
+	if len(targets) == 0 {
+		r.add(result(chkNodeRecords, s.scope(), Skip, "no target IQN known and no session yet: sanvol writes the node records when it attaches the SR", nil, ""))
+		return
+	}
+	var ev, bad, fix []string
+	seen := 0
+	for _, t := range targets {
+		for _, p := range paths {
+			iface := "default"
+			if p.Bound != "" {
+				iface = "sanvol-" + p.Bound
+			}
+			rec, err := r.nodeRecord(ctx, t, p.Portal, iface)
+			sel := fmt.Sprintf("-T %s -p %s -I %s", t, p.Portal, iface)
+			switch {
+			case noRecord(err):
+				ev = append(ev, "no node record "+sel)
+				continue
+			case errors.Is(err, host.ErrNotInstalled):
+				r.add(result(chkNodeRecords, s.scope(), Fail, "iscsiadm is not installed", []string{err.Error()}, "yum install -y iscsi-initiator-utils"))
+				return
+			case err != nil:
+				ev = append(ev, "iscsiadm -m node "+sel+": "+err.Error())
+				bad = append(bad, "node record "+sel+" unreadable")
+				continue
+			}
+			seen++
+			got := rec["node.session.timeo.replacement_timeout"]
+			ev = append(ev, fmt.Sprintf("node %s: replacement_timeout=%s startup=%s", sel, got, rec["node.startup"]))
+			if got != strconv.Itoa(want) {
+				bad = append(bad, fmt.Sprintf("node %s has replacement_timeout=%s, want %d", sel, got, want))
+				fix = append(fix, fmt.Sprintf("iscsiadm -m node %s -o update -n node.session.timeo.replacement_timeout -v %d", sel, want))
+			}
+			if st := rec["node.startup"]; st != "" && st != "manual" {
+				bad = append(bad, fmt.Sprintf("node %s logs in at boot (node.startup=%s): sessions appear before xapi plugs the SR", sel, st))
+				fix = append(fix, fmt.Sprintf("iscsiadm -m node %s -o update -n node.startup -v manual", sel))
+			}
+		}
+	}
+	for _, se := range sess {
+		if !addrs[se.Addr] || !contains(targets, se.Target) {
+			continue
+		}
+		ev = append(ev, fmt.Sprintf("session %s to %s at %s: recovery_tmo=%d", se.ID, se.Target, se.Addr, se.RecoveryTmo))
+		if se.RecoveryTmo != want {
+			bad = append(bad, fmt.Sprintf("session %s has recovery_tmo=%d, want %d", se.ID, se.RecoveryTmo, want))
+			fix = append(fix, fmt.Sprintf("echo %d > /sys/class/iscsi_session/session%s/recovery_tmo", want, se.ID))
+		}
+	}
+	switch {
+	case len(bad) > 0:
+		r.add(result(chkNodeRecords, s.scope(), Fail, strings.Join(bad, "; "), ev, strings.Join(fix, "\n")))
+	case seen == 0 && s.SR != "":
+		r.add(result(chkNodeRecords, s.scope(), Fail, "the attached SR has no node records", ev,
+			"re-plug the SR on this host, which rewrites them: xe pbd-unplug uuid=<PBD> && xe pbd-plug uuid=<PBD>"))
+	case seen == 0:
+		r.add(result(chkNodeRecords, s.scope(), Skip, "no node records yet: sanvol writes them when it attaches the SR", ev, ""))
+	default:
+		r.add(result(chkNodeRecords, s.scope(), Pass, fmt.Sprintf("replacement_timeout=%d on every node record and session", want), ev, ""))
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// wantedQueue is the path-loss-policy in seconds of queueing (0: fail).
+func wantedQueue(cfg map[string]string) int {
+	v := strings.TrimSpace(cfg[keyPathLoss])
+	switch {
+	case v == "fail":
+		return 0
+	case strings.HasPrefix(v, "queue:"):
+		if n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(v, "queue:"), "s")); err == nil && n > 0 {
+			return n
+		}
+	}
+	return defaultQueueSeconds
+}
+
+// normaliseWWID turns a SCSIid into the name multipath gives the map.
+func normaliseWWID(s string) string {
+	s = strings.TrimSpace(s)
+	low := strings.ToLower(s)
+	switch {
+	case strings.HasPrefix(low, "naa."):
+		return "3" + low[4:]
+	case strings.HasPrefix(low, "eui."):
+		return "2" + low[4:]
+	}
+	return s
+}
+
+var (
+	pollingRE = regexp.MustCompile(`^\s*polling_interval\s+"?(\d+)"?`)
+	wwidRE    = regexp.MustCompile(`^\s*wwid\s+"?([^"\s]+)"?`)
+	nprRE     = regexp.MustCompile(`^\s*no_path_retry\s+"?([^"\s]+)"?`)
+)
+
+// runningStanza reads multipathd's running configuration: the checker
+// interval and the no_path_retry of the WWID's multipaths stanza ("" when
+// the daemon has none: the drop-in was not loaded).
+func runningStanza(conf, wwid string) (interval int, npr string) {
+	interval = defaultPollingInterval
+	inStanza, section := false, ""
+	depth := 0
+	for _, line := range strings.Split(conf, "\n") {
+		t := strings.TrimSpace(line)
+		if depth == 0 && strings.HasSuffix(t, "{") {
+			section = strings.TrimSpace(strings.TrimSuffix(t, "{"))
+		}
+		if strings.HasSuffix(t, "{") {
+			depth++
+			if section == "multipaths" && depth == 2 {
+				inStanza = false
+			}
+			continue
+		}
+		if t == "}" {
+			depth--
+			continue
+		}
+		if section == "defaults" && depth == 1 {
+			if m := pollingRE.FindStringSubmatch(line); m != nil {
+				interval, _ = strconv.Atoi(m[1])
+			}
+		}
+		if section == "multipaths" && depth == 2 {
+			if m := wwidRE.FindStringSubmatch(line); m != nil {
+				inStanza = m[1] == wwid
+			}
+			if m := nprRE.FindStringSubmatch(line); m != nil && inStanza {
+				npr = m[1]
+			}
+		}
+	}
+	return interval, npr
+}
+
+// checkMap verifies what the iscsi-ng transport applies to the SR's
+// dm-multipath map: the stanza is loaded by multipathd with the
+// no_path_retry of the SR's path-loss-policy, and the map's table queues
+// (or fails) I/O accordingly.
+func (r *run) checkMap(ctx context.Context, s *subject) {
+	wwid := normaliseWWID(s.Config[keySCSIid])
+	if wwid == "" {
+		r.add(result(chkMap, s.scope(), Skip, "no SCSIid in the device-config yet", nil, ""))
+		return
+	}
+	var ev []string
+	mapName := ""
+	uuids, _ := r.d.Root.Glob("/sys/block/dm-*/dm/uuid")
+	for _, u := range uuids {
+		if v, _ := r.d.Root.ReadString(u); v == "mpath-"+wwid {
+			mapName, _ = r.d.Root.ReadString(pathpkg.Dir(u) + "/name")
+			ev = append(ev, fmt.Sprintf("map %s (%s)", mapName, pathpkg.Base(pathpkg.Dir(pathpkg.Dir(u)))))
+		}
+	}
+	if mapName == "" {
+		if s.SR == "" {
+			r.add(result(chkMap, s.scope(), Skip, "no multipath map for "+wwid+" yet: sanvol builds it when it attaches the SR", nil, ""))
+		} else {
+			r.add(result(chkMap, s.scope(), Fail, "the attached SR has no multipath map for "+wwid, nil,
+				"multipathd -k\"add map "+wwid+"\"   # or re-plug the SR: xe pbd-unplug uuid=<PBD> && xe pbd-plug uuid=<PBD>"))
+		}
+		return
+	}
+	queue := wantedQueue(s.Config)
+	res, err := r.d.Runner.Run(ctx, host.Cmd{Name: "multipathd", Args: []string{"-kshow config"}, Timeout: 15 * time.Second})
+	if err != nil {
+		r.add(result(chkMap, s.scope(), Fail, "cannot read multipathd's configuration", []string{err.Error()}, "systemctl restart multipathd"))
+		return
+	}
+	interval, npr := runningStanza(string(res.Stdout), wwid)
+	want := "fail"
+	if queue > 0 {
+		want = strconv.Itoa(max((queue+interval-1)/interval, 1))
+	}
+	ev = append(ev, fmt.Sprintf("path-loss-policy %s → no_path_retry %s (polling_interval %d)", policyText(queue), want, interval))
+	var bad, fix []string
+	switch npr {
+	case "":
+		bad = append(bad, "multipathd has no stanza for "+wwid)
+		fix = append(fix, "grep -A4 "+wwid+" "+dropIn+"   # the stanza sanvol wrote", "multipathd -k\"reconfigure\"")
+	case want:
+		ev = append(ev, "multipathd: no_path_retry "+npr)
+	default:
+		bad = append(bad, fmt.Sprintf("multipathd runs no_path_retry %s for %s, want %s", npr, wwid, want))
+		fix = append(fix, "multipathd -k\"reconfigure\"   # or re-plug the SR, which rewrites "+dropIn)
+	}
+	tab, err := r.d.Runner.Run(ctx, host.Cmd{Name: "dmsetup", Args: []string{"table", mapName}, Timeout: 15 * time.Second})
+	if err != nil {
+		bad = append(bad, "cannot read the map's table: "+err.Error())
+	} else {
+		line := strings.TrimSpace(string(tab.Stdout))
+		ev = append(ev, "dmsetup table "+mapName+": "+line)
+		queues := strings.Contains(line, "queue_if_no_path")
+		switch {
+		case queue > 0 && !queues:
+			bad = append(bad, "the map does not queue I/O when every path is down (no queue_if_no_path)")
+			fix = append(fix, fmt.Sprintf("dmsetup message %s 0 queue_if_no_path", mapName))
+		case queue == 0 && queues:
+			bad = append(bad, "the map queues I/O when every path is down (queue_if_no_path), the SR's policy is to fail it")
+			fix = append(fix, fmt.Sprintf("dmsetup message %s 0 fail_if_no_path", mapName))
+		}
+	}
+	if len(bad) > 0 {
+		r.add(result(chkMap, s.scope(), Fail, strings.Join(bad, "; "), ev, strings.Join(fix, "\n")))
+		return
+	}
+	r.add(result(chkMap, s.scope(), Pass, fmt.Sprintf("map %s: no_path_retry %s, %s", mapName, want, policyText(queue)), ev, ""))
+}
+
+func policyText(queue int) string {
+	if queue == 0 {
+		return "fail I/O when every path is down"
+	}
+	return fmt.Sprintf("queue I/O for %d s when every path is down", queue)
+}
