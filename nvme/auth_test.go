@@ -197,7 +197,8 @@ func TestDiagnosticsDescribesPaths(t *testing.T) {
 	d := tr.Diagnostics(context.Background())
 	for _, s := range []string{"kernel: 6.1.0-test-amd64", "nvme-cli: 2.3", "native multipath (nvme_core.multipath): Y",
 		"subsystem nvme-subsys0 nqn=" + testNQN + " iopolicy=round-robin", "tcp 127.0.0.1:4420 state=live host_iface=lo",
-		"namespace /dev/nvme0n1 nsid=1 wwid=uuid." + testUUID + " size=1073741824"} {
+		"namespace /dev/nvme0n1 nsid=1 wwid=uuid." + testUUID + " size=1073741824",
+		"nvme-cli sees nvme-subsys0 " + testNQN + ": nvme0 127.0.0.", " live"} {
 		if !strings.Contains(d, s) {
 			t.Errorf("diagnostics lack %q:\n%s", s, d)
 		}

@@ -47,15 +47,7 @@ func connectArgs(c Config, p Portal, id Identity) []string {
 	return args
 }
 
-// connectOutcome classifies what `nvme connect` did.
-type connectOutcome int
-
-const (
-	connected connectOutcome = iota
-	alreadyConnected
-)
-
-// alreadyConnected recognises both generations of nvme-cli: 1.x exits
+// isAlreadyConnected recognises both generations of nvme-cli: 1.x exits
 // 114 (EALREADY) or 70 with "Operation already in progress", 2.x exits 1
 // with "already connected" on stderr.
 func isAlreadyConnected(err error) bool {

@@ -277,3 +277,38 @@ func TestParseVersion(t *testing.T) {
 		}
 	}
 }
+
+func TestParseRealNVMeCLI23Output(t *testing.T) {
+	recs, err := ParseDiscovery([]byte(readFixture(t, "nvme-discover-2.3.json")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []DiscoveryRecord{
+		{TrType: "tcp", AdrFam: "ipv4", SubType: "current discovery subsystem", TrAddr: "127.0.0.1", TrSvcID: "4420", SubNQN: "nqn.2014-08.org.nvmexpress.discovery", PortID: 1},
+		{TrType: "tcp", AdrFam: "ipv4", SubType: "nvme subsystem", TrAddr: "127.0.0.1", TrSvcID: "4420", SubNQN: "nqn.2024-01.org.sanvol:explore", PortID: 1},
+	}
+	if diff := cmp.Diff(want, recs); diff != "" {
+		t.Errorf("discovery (-want +got):\n%s", diff)
+	}
+	if recs[0].IsNVMSubsystem() || !recs[1].IsNVMSubsystem() {
+		t.Error("a discovery subsystem entry counts as an NVM subsystem")
+	}
+
+	subs, err := ParseListSubsys([]byte(readFixture(t, "nvme-list-subsys-2.3.json")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantSubs := []ListedSubsystem{{
+		HostNQN: "nqn.2014-08.org.nvmexpress:uuid:4254d4f7-ff24-4304-a13e-c493a4d62523",
+		Name:    "nvme-subsys0", NQN: "nqn.2024-01.org.sanvol:explore",
+		Paths: []ListedPath{
+			{Name: "nvme0", Transport: "tcp", State: "live",
+				Address: map[string]string{"traddr": "127.0.0.1", "trsvcid": "4420", "host_iface": "lo", "src_addr": "127.0.0.1"}},
+			{Name: "nvme1", Transport: "tcp", State: "live",
+				Address: map[string]string{"traddr": "127.0.0.2", "trsvcid": "4420", "src_addr": "127.0.0.1"}},
+		},
+	}}
+	if diff := cmp.Diff(wantSubs, subs); diff != "" {
+		t.Errorf("list-subsys (-want +got):\n%s", diff)
+	}
+}

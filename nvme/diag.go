@@ -81,6 +81,21 @@ func (t *Transport) Diagnostics(ctx context.Context) string {
 			w("  namespace /dev/%s nsid=%d wwid=%s size=%d holders=[%s]", ns.Name, ns.NSID, ns.WWID, ns.Size, strings.Join(ns.Holders, " "))
 		}
 	}
+	// nvme-cli's own view, which is what an admin following a vendor
+	// guide looks at; a disagreement with sysfs above is itself a clue.
+	if res, err := t.run.Run(ctx, host.Cmd{Name: nvmeCmd, Args: []string{"list-subsys", "--output-format=json"}, Timeout: 10 * time.Second}); err != nil {
+		w("nvme list-subsys: %v", err)
+	} else if listed, err := ParseListSubsys(res.Stdout); err != nil {
+		w("nvme list-subsys: %v", err)
+	} else {
+		for _, s := range listed {
+			var paths []string
+			for _, p := range s.Paths {
+				paths = append(paths, p.Name+" "+p.Address["traddr"]+":"+p.Address["trsvcid"]+" "+p.State)
+			}
+			w("nvme-cli sees %s %s: %s", s.Name, s.NQN, strings.Join(paths, ", "))
+		}
+	}
 	return b.String()
 }
 

@@ -244,6 +244,8 @@ func (k *fakeKernel) Run(ctx context.Context, c host.Cmd) (host.Result, error) {
 			return host.Result{}, exitErr(c, 1, "Failed to write to /dev/nvme-fabrics: Connection refused\nfailed to add controller, error failed to write to nvme-fabrics device")
 		}
 		return host.Result{Stdout: []byte(k.discovery)}, nil
+	case "list-subsys":
+		return host.Result{Stdout: []byte(k.listSubsys())}, nil
 	case "disconnect":
 		k.mu.Lock()
 		defer k.mu.Unlock()
@@ -288,6 +290,27 @@ func (k *fakeKernel) connect(c host.Cmd, o map[string]string) (host.Result, erro
 	}
 	k.addController(o["nqn"], o["traddr"], o["trsvcid"], o["host-iface"], o["hostnqn"], "live", o["dhchap-secret"])
 	return host.Result{}, nil
+}
+
+// listSubsys prints the sysfs state the way nvme-cli 2.x does.
+func (k *fakeKernel) listSubsys() string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var subs []string
+	ents, _ := os.ReadDir(k.root.Path("/sys/class/nvme-subsystem"))
+	for _, e := range ents {
+		d := "/sys/class/nvme-subsystem/" + e.Name()
+		var paths []string
+		cs, _ := os.ReadDir(k.root.Path(d))
+		for _, c := range cs {
+			if ctrlNameRe.MatchString(c.Name()) {
+				cd := "/sys/class/nvme/" + c.Name()
+				paths = append(paths, fmt.Sprintf(`{"Name":%q,"Transport":"tcp","Address":%q,"State":%q}`, c.Name(), k.read(cd+"/address"), k.read(cd+"/state")))
+			}
+		}
+		subs = append(subs, fmt.Sprintf(`{"Name":%q,"NQN":%q,"Paths":[%s]}`, e.Name(), k.read(d+"/subsysnqn"), strings.Join(paths, ",")))
+	}
+	return fmt.Sprintf(`[{"HostNQN":%q,"Subsystems":[%s]}]`, testHostNQN, strings.Join(subs, ","))
 }
 
 // connects returns the argv of every `nvme connect`.
