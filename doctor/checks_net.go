@@ -115,11 +115,8 @@ func (r *run) checkRPFilter(s *subject, paths []path) {
 		v, line := r.effective(p.Bound, "rp_filter")
 		back := r.net.name(p.Unbound.LinkIndex)
 		ev = append(ev, fmt.Sprintf("%s bound to %s, route back via %s; %s", p.Portal, p.Bound, back, line))
-		if v != 1 {
-			continue
-		}
-		fixIfaces = append(fixIfaces, p.Bound)
-		if back != p.Bound {
+		if v == 1 && back != p.Bound {
+			fixIfaces = append(fixIfaces, p.Bound)
 			worst, summary = Fail, fmt.Sprintf("strict rp_filter on %s drops replies from %s, whose route back leaves via %s", p.Bound, p.Portal.Addr, back)
 		}
 	}

@@ -1,0 +1,203 @@
+package doctor
+
+import (
+	"strings"
+	"testing"
+)
+
+func iscsiRun(h *fakeHost) Report {
+	h.attach(TypeISCSI, iscsiConfig())
+	return h.doctor(Options{})
+}
+
+func TestDaemonsNotRunning(t *testing.T) {
+	h := newFakeHost(t)
+	h.remove("/proc/101")
+	h.remove("/proc/102")
+	rep := iscsiRun(h)
+	expect(t, rep, chkISCSId, Fail, "iscsid is not running", "systemctl enable --now iscsid")
+	expect(t, rep, chkMultipathd, Fail, "multipathd is not running", "systemctl enable --now multipathd")
+}
+
+func TestNodeRecordTimeout(t *testing.T) {
+	h := newFakeHost(t)
+	h.node(targetIQN, "10.0.2.10:3260", "default", "120")
+	h.write("/sys/class/iscsi_session/session2/recovery_tmo", "120")
+	r := expect(t, iscsiRun(h), chkNodeRecords, Fail,
+		"node -T "+targetIQN+" -p 10.0.2.10:3260 -I default has replacement_timeout=120, want 10; session 2 has recovery_tmo=120, want 10",
+		"iscsiadm -m node -T "+targetIQN+" -p 10.0.2.10:3260 -I default -o update -n node.session.timeo.replacement_timeout -v 10")
+	if !strings.Contains(r.Fix, "echo 10 > /sys/class/iscsi_session/session2/recovery_tmo") {
+		t.Errorf("fix %q", r.Fix)
+	}
+}
+
+func TestNodeRecordTimeoutFromDeviceConfig(t *testing.T) {
+	h := newFakeHost(t)
+	cfg := iscsiConfig()
+	cfg["replacement-timeout"] = "15"
+	h.attach(TypeISCSI, cfg)
+	expect(t, h.doctor(Options{}), chkNodeRecords, Fail, "replacement_timeout=10, want 15", "-v 15")
+}
+
+func TestNodeRecordStartsAtBoot(t *testing.T) {
+	h := newFakeHost(t)
+	h.run.on("iscsiadm -m node -T "+targetIQN+" -p 10.0.1.10:3260 -I default",
+		"node.startup = automatic\nnode.session.timeo.replacement_timeout = 10\n", nil)
+	expect(t, iscsiRun(h), chkNodeRecords, Fail, "logs in at boot (node.startup=automatic)", "-o update -n node.startup -v manual")
+}
+
+// Bound paths use sanvol's iface records.
+func TestNodeRecordsOfBoundPaths(t *testing.T) {
+	h := newFakeHost(t)
+	h.node(targetIQN, "10.0.1.10:3260", "sanvol-eth1", "10")
+	h.node(targetIQN, "10.0.2.10:3260", "sanvol-eth2", "10")
+	cfg := iscsiConfig()
+	cfg["iface"] = "eth1=10.0.1.10,eth2=10.0.2.10"
+	h.attach(TypeISCSI, cfg)
+	r := expect(t, h.doctor(Options{}), chkNodeRecords, Pass, "replacement_timeout=10", "")
+	if !strings.Contains(strings.Join(r.Evidence, "\n"), "-I sanvol-eth2: replacement_timeout=10") {
+		t.Errorf("evidence %q", r.Evidence)
+	}
+}
+
+func TestNodeRecordsMissing(t *testing.T) {
+	h := newFakeHost(t)
+	h.run.off("iscsiadm -m node -T " + targetIQN + " -p 10.0.1.10:3260 -I default")
+	h.run.off("iscsiadm -m node -T " + targetIQN + " -p 10.0.2.10:3260 -I default")
+	h.run.on("iscsiadm -m node", "", exitErr(21, "iscsiadm: No records found"))
+	h.remove("/sys/class/iscsi_session")
+	expect(t, iscsiRun(h), chkNodeRecords, Fail, "the attached SR has no node records", "xe pbd-plug")
+}
+
+// With targetIQN=* the targets come from the sessions to the portals.
+func TestNodeRecordsWildcard(t *testing.T) {
+	h := newFakeHost(t)
+	cfg := iscsiConfig()
+	cfg["targetIQN"] = "*"
+	h.attach(TypeISCSI, cfg)
+	h.write("/sys/class/iscsi_session/session2/recovery_tmo", "5")
+	expect(t, h.doctor(Options{}), chkNodeRecords, Fail, "session 2 has recovery_tmo=5, want 10", "session2/recovery_tmo")
+}
+
+func TestMapStanzaNotLoaded(t *testing.T) {
+	h := newFakeHost(t)
+	h.run.on("multipathd -kshow config", "defaults {\n\tpolling_interval 5\n}\nmultipaths {\n}\n", nil)
+	expect(t, iscsiRun(h), chkMap, Fail, "multipathd has no stanza for "+lunWWID, `multipathd -k"reconfigure"`)
+}
+
+func TestMapNoPathRetry(t *testing.T) {
+	h := newFakeHost(t)
+	cfg := iscsiConfig()
+	cfg["path-loss-policy"] = "queue:30"
+	h.attach(TypeISCSI, cfg)
+	// 30 s at a 10 s polling interval is 3 checks; multipathd runs 12.
+	h.run.on("multipathd -kshow config", "defaults {\n\tpolling_interval 10\n}\nmultipaths {\n\tmultipath {\n\t\twwid "+lunWWID+"\n\t\tno_path_retry 12\n\t}\n}\n", nil)
+	expect(t, h.doctor(Options{}), chkMap, Fail, "multipathd runs no_path_retry 12 for "+lunWWID+", want 3", "reconfigure")
+}
+
+func TestMapDoesNotQueue(t *testing.T) {
+	h := newFakeHost(t)
+	h.run.on("dmsetup table "+lunWWID, "0 2097152 multipath 0 1 alua 1 1 service-time 0 2 1 8:16 1 8:32 1\n", nil)
+	expect(t, iscsiRun(h), chkMap, Fail, "does not queue I/O", "dmsetup message "+lunWWID+" 0 queue_if_no_path")
+}
+
+func TestMapFailPolicy(t *testing.T) {
+	h := newFakeHost(t)
+	cfg := iscsiConfig()
+	cfg["path-loss-policy"] = "fail"
+	h.attach(TypeISCSI, cfg)
+	h.run.on("multipathd -kshow config", "multipaths {\n\tmultipath {\n\t\twwid \""+lunWWID+"\"\n\t\tno_path_retry \"fail\"\n\t}\n}\n", nil)
+	expect(t, h.doctor(Options{}), chkMap, Fail, "the map queues I/O when every path is down", "dmsetup message "+lunWWID+" 0 fail_if_no_path")
+	h.run.on("dmsetup table "+lunWWID, "0 2097152 multipath 0 1 alua 1 1 service-time 0 2 1 8:16 1 8:32 1\n", nil)
+	expect(t, h.doctor(Options{}), chkMap, Pass, "no_path_retry fail", "")
+}
+
+func TestMapMissing(t *testing.T) {
+	h := newFakeHost(t)
+	h.remove("/sys/block/dm-3")
+	expect(t, iscsiRun(h), chkMap, Fail, "no multipath map for "+lunWWID, `multipathd -k"add map `+lunWWID+`"`)
+}
+
+func TestInitiatorIQN(t *testing.T) {
+	for _, c := range []struct {
+		name, file string
+		st         Status
+		summary    string
+	}{
+		{"missing", "", Fail, "unreadable"},
+		{"generate", "GenerateName=yes", Fail, "no InitiatorName"},
+		{"placeholder", "InitiatorName=iqn.1994-05.com.redhat:", Fail, "placeholder"},
+		{"not a name", "InitiatorName=host1", Fail, "not an iSCSI name"},
+		{"ubuntu", "InitiatorName=iqn.2004-10.com.ubuntu:01:1a2b3c4d5e6f", Warn, "the distribution package generated"},
+		{"debian", "InitiatorName=iqn.1993-08.org.debian:01:8b7c1d2e3f40", Warn, "the distribution package generated"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			h := newFakeHost(t)
+			if c.file == "" {
+				h.remove(initiatorFile)
+			} else {
+				h.write(initiatorFile, c.file)
+			}
+			expect(t, iscsiRun(h), chkIQN, c.st, c.summary, "xe host-param-set uuid="+selfUUID+" iscsi_iqn=iqn.")
+		})
+	}
+	h := newFakeHost(t)
+	h.remove(inventoryPath)
+	h.write(initiatorFile, "InitiatorName=iqn.2004-10.com.ubuntu:01:1a2b3c4d5e6f")
+	expect(t, iscsiRun(h), chkIQN, Warn, "", "echo 'InitiatorName=iqn.")
+}
+
+func TestIQNDuplicateInPool(t *testing.T) {
+	h := newFakeHost(t)
+	h.pool.hosts[1].IQN = localIQN
+	r := expect(t, iscsiRun(h), chkPoolIQN, Fail, "initiator IQN "+localIQN+" is also used by xcp2", "xe host-param-set uuid="+selfUUID+" iscsi_iqn=")
+	if !strings.Contains(r.Summary, "corrupt") {
+		t.Errorf("summary %q", r.Summary)
+	}
+}
+
+func TestIQNRecordDiffersFromFile(t *testing.T) {
+	h := newFakeHost(t)
+	h.pool.hosts[0].IQN = "iqn.2024-01.com.example:old"
+	r := expect(t, iscsiRun(h), chkPoolIQN, Pass, "unique", "")
+	if !strings.Contains(r.Evidence[0], "xapi records iscsi_iqn=iqn.2024-01.com.example:old for this host") {
+		t.Errorf("evidence %q", r.Evidence)
+	}
+}
+
+func TestIQNPoolUnreachable(t *testing.T) {
+	h := newFakeHost(t)
+	h.deps.Pool = nil
+	expect(t, iscsiRun(h), chkPoolIQN, Warn, "cannot check pool-wide uniqueness", "systemctl status xapi")
+}
+
+func TestRunningStanza(t *testing.T) {
+	conf := `defaults {
+	verbosity 2
+	polling_interval 7
+}
+devices {
+	device {
+		vendor "LIO-ORG"
+		no_path_retry 99
+	}
+}
+multipaths {
+	multipath {
+		wwid "36001405other"
+		no_path_retry 4
+	}
+	multipath {
+		wwid "` + lunWWID + `"
+		alias "` + lunWWID + `"
+		no_path_retry 9
+	}
+}`
+	iv, npr := runningStanza(conf, lunWWID)
+	if iv != 7 || npr != "9" {
+		t.Fatalf("interval %d npr %q", iv, npr)
+	}
+	if _, npr := runningStanza(conf, "36001405none"); npr != "" {
+		t.Fatalf("unknown wwid: %q", npr)
+	}
+}
