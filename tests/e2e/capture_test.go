@@ -178,7 +178,7 @@ func (c *capturer) snapshot(pkg, tree string, follow []string, globs ...string) 
 	if _, err := os.Stat(s.dst); err != nil {
 		c.t.Fatalf("sysfs snapshot %s captured nothing from %v", tree, globs)
 	}
-	c.index[pkg] = append(c.index[pkg], tree+"/: sysfs of "+strings.Join(globs, " "))
+	c.index[pkg] = append(c.index[pkg], tree+": sysfs of "+strings.Join(globs, " "))
 }
 
 // versionOf extracts the first dotted version number of a tool's output.

@@ -5,7 +5,7 @@
 #   run.sh image   [--kernel bookworm|backports]
 #   run.sh test    [--kernel K] [-run REGEX] [--timeout S] [--keep]
 #   run.sh demo    [--kernel K]
-#   run.sh capture [--kernel K]
+#   run.sh capture [--kernel K] [--force]
 #   run.sh shell   [--kernel K]      interactive guest, for debugging
 set -euo pipefail
 
@@ -179,7 +179,42 @@ run_guest() {
 	guest_rc=$(cat "$rundir/out/rc" 2>/dev/null || echo 125)
 }
 
-kernel=bookworm run=. limit=1200 keep=
+# copy_fixtures SRC DST: copies captured fixtures into a package's testdata.
+# Files that already exist are kept (another helper may have captured them
+# by hand and written tests on their exact content) unless --force; the
+# FIXTURES.txt index keeps its lines for those.
+copy_fixtures() {
+	local src=$1 dst=$2 f copied=() kept=()
+	mkdir -p "$dst"
+	for f in $(cd "$src" && ls -A); do
+		[ "$f" = FIXTURES.txt ] && continue
+		if [ -e "$dst/$f" ] && [ -z "$force" ]; then
+			kept+=("$f")
+			continue
+		fi
+		rm -rf "${dst:?}/$f"
+		cp -r "$src/$f" "$dst/"
+		copied+=("$f")
+	done
+	# index lines are "<file>: <command>"; old lines survive for files not
+	# rewritten now, new lines are taken for files written now
+	pick() { # pick in|out LIST FILE
+		awk -v mode="$1" -v list="$2" 'BEGIN { n = split(list, a, "\n"); for (i = 1; i <= n; i++) if (a[i] != "") l[a[i]] = 1 }
+			NR == 1, /^$/ { next }
+			{ f = $0; sub(/: .*/, "", f); if ((f in l) == (mode == "in")) print }' "$3"
+	}
+	{
+		sed '/^$/q' "$src/FIXTURES.txt"
+		{
+			[ -f "$dst/FIXTURES.txt" ] && pick out "$(printf '%s\n' "${copied[@]}")" "$dst/FIXTURES.txt"
+			pick in "$(printf '%s\n' "${copied[@]}")" "$src/FIXTURES.txt"
+		} | sort
+	} >"$dst/FIXTURES.txt.new"
+	mv "$dst/FIXTURES.txt.new" "$dst/FIXTURES.txt"
+	say "fixtures -> ${dst#"$repo"/}: ${#copied[@]} written${kept:+, kept existing: ${kept[*]} (--force replaces them)}"
+}
+
+kernel=bookworm run=. limit=1200 keep= force=
 sub=${1:-}; [ -n "$sub" ] || usage; shift
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -187,6 +222,7 @@ while [ $# -gt 0 ]; do
 	-run | --run) run=$2; shift 2 ;;
 	--timeout) limit=$2; shift 2 ;;
 	--keep) keep=1; shift ;;
+	--force) force=1; shift ;;
 	*) usage ;;
 	esac
 done
@@ -220,11 +256,7 @@ capture)
 	summary "$rundir" "$rc"
 	[ "$rc" = 0 ] || exit "$rc"
 	for pkg in nvme iscsi lvm; do
-		if [ -d "$rundir/out/capture/$pkg" ]; then
-			mkdir -p "$repo/$pkg/testdata"
-			cp -r "$rundir/out/capture/$pkg/." "$repo/$pkg/testdata/"
-			say "fixtures -> $pkg/testdata: $(cd "$rundir/out/capture/$pkg" && find . -maxdepth 1 | sed 1d | tr '\n' ' ')"
-		fi
+		[ -d "$rundir/out/capture/$pkg" ] && copy_fixtures "$rundir/out/capture/$pkg" "$repo/$pkg/testdata"
 	done
 	rm -rf "$rundir"
 	;;
