@@ -92,20 +92,20 @@ func (c *Client) LVChangeTags(ctx context.Context, s Scope, vg, lv string, del, 
 // Activate activates an LV on this host, in spite of its activation-skip
 // flag. It changes no metadata, so it works on every host.
 func (c *Client) Activate(ctx context.Context, s Scope, vg, lv string) error {
-	_, err := c.exec(ctx, s, repeatable, "lvchange", "--activate", "y", "--ignoreactivationskip", vg+"/"+lv)
+	_, err := c.exec(ctx, s, activation, "lvchange", "--activate", "y", "--ignoreactivationskip", vg+"/"+lv)
 	return err
 }
 
 // Deactivate deactivates an LV on this host.
 func (c *Client) Deactivate(ctx context.Context, s Scope, vg, lv string) error {
-	_, err := c.exec(ctx, s, repeatable, "lvchange", "--activate", "n", vg+"/"+lv)
+	_, err := c.exec(ctx, s, activation, "lvchange", "--activate", "n", vg+"/"+lv)
 	return err
 }
 
 // Refresh reloads an active LV's mapping from the metadata, after the
 // master resized it.
 func (c *Client) Refresh(ctx context.Context, s Scope, vg, lv string) error {
-	_, err := c.exec(ctx, s, repeatable, "lvchange", "--refresh", vg+"/"+lv)
+	_, err := c.exec(ctx, s, activation, "lvchange", "--refresh", vg+"/"+lv)
 	return err
 }
 

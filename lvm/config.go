@@ -47,10 +47,23 @@ type Scope struct {
 	// by its stable path, and optionally the kernel name it resolves to
 	// now. LVM matches filters against every alias of a device.
 	Devices []string
-	// ReadOnly forbids any metadata change (metadata_read_only=1). It is
-	// set on every host that is not the pool master, so that a reader
-	// never "repairs" metadata the master is writing.
+	// ReadOnly forbids any metadata change. It is set on every host that
+	// is not the pool master, so that a reader never writes or "repairs"
+	// metadata the master is writing. The client refuses metadata-changing
+	// commands itself (host.KindNotMaster), and the config carries
+	// metadata_read_only=1, which lvm2 2.02 enforces. lvm2 2.03.16 does
+	// not: the lab showed lvchange --addtag, vgchange --addtag and
+	// lvcreate succeeding with it set, both through --config and through
+	// an lvm.conf in LVM_SYSTEM_DIR ("File locking settings: ...
+	// global/metadata_read_only:0" in -vvvv).
 	ReadOnly bool
+	// Unlocked runs reports with --readonly (lvm2 >= 2.02.118): no LVM
+	// locks, no device-mapper, and no way to write anything. It suits a
+	// pool member reading metadata the master changes (a host-local lock
+	// protects nothing there; a torn read is retried). Reports then do
+	// not show activation state (LV.Active is false), so callers that
+	// need it leave Unlocked off.
+	Unlocked bool
 }
 
 // filterRegex anchors a path and quotes every byte that LVM's regex

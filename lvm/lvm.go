@@ -75,8 +75,10 @@ func (c *Client) Version(ctx context.Context) (Version, error) {
 type mode int
 
 const (
-	// repeatable: reports and activation changes, which write no metadata.
-	repeatable mode = iota
+	// report: reports, which write nothing.
+	report mode = iota
+	// activation: activation changes, which write no metadata.
+	activation
 	// once: metadata changes.
 	once
 )
@@ -94,7 +96,16 @@ func (c *Client) exec(ctx context.Context, s Scope, m mode, sub string, args ...
 	if err != nil {
 		return nil, host.Errorf(host.KindInvalid, "lvm "+sub, "bad LVM scope", "", err)
 	}
-	argv := append([]string{sub, "-qq", "--config", cfg}, args...)
+	if m == once && s.ReadOnly {
+		// The last line of defence: lvm2 2.03 ignores metadata_read_only.
+		return nil, host.Errorf(host.KindNotMaster, "lvm "+sub, "refusing an LVM metadata change on a host that is not the pool master",
+			"run the operation on the pool master", nil)
+	}
+	argv := []string{sub, "-qq", "--config", cfg}
+	if m == report && s.Unlocked {
+		argv = append(argv, "--readonly")
+	}
+	argv = append(argv, args...)
 	timeout := c.ReadTimeout
 	if m == once {
 		timeout = c.WriteTimeout
@@ -110,7 +121,7 @@ func (c *Client) exec(ctx context.Context, s Scope, m mode, sub string, args ...
 		if err == nil {
 			return res.Stdout, nil
 		}
-		if m == repeatable && attempt < c.ReadRetries && isChecksumError(err) {
+		if m != once && attempt < c.ReadRetries && isChecksumError(err) {
 			c.log.Info("LVM metadata changed under a reader; retrying", zap.String("cmd", op), zap.Int("attempt", attempt+1))
 			select {
 			case <-ctx.Done():

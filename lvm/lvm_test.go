@@ -238,3 +238,37 @@ func TestCreateCommands(t *testing.T) {
 		}
 	}
 }
+
+func TestReadOnlyScope(t *testing.T) {
+	r := &lvmtest.Runner{}
+	r.On(lvmtest.LVM("version"), lvmtest.Version("2.03.16"))
+	r.On(lvmtest.LVM("lvs"), lvmtest.LVs())
+	r.On(lvmtest.LVM("lvchange"), lvmtest.Reply{})
+	c := newClient(r)
+	ctx := context.Background()
+	ro := lvm.Scope{Devices: scope.Devices, ReadOnly: true, Unlocked: true}
+	// lvm2 2.03 ignores metadata_read_only, so the client itself refuses.
+	if err := c.LVChangeTags(ctx, ro, "vg", "lv", nil, []string{"t"}); !errors.Is(err, host.ErrNotMaster) {
+		t.Fatalf("metadata change in a read-only scope: %v", err)
+	}
+	if err := c.LVCreate(ctx, ro, "vg", "lv", 1, nil); !errors.Is(err, host.ErrNotMaster) {
+		t.Fatalf("lvcreate in a read-only scope: %v", err)
+	}
+	if n := r.Count(lvmtest.LVM("lvchange")) + r.Count(lvmtest.LVM("lvcreate")); n != 0 {
+		t.Fatalf("%d refused commands ran", n)
+	}
+	if _, err := c.LVs(ctx, ro, "vg"); err != nil {
+		t.Fatal(err)
+	}
+	// Activation is allowed on every host and needs LVM's locks.
+	if err := c.Activate(ctx, ro, "vg", "lv"); err != nil {
+		t.Fatal(err)
+	}
+	calls := r.Calls()
+	if lvs := calls[len(calls)-2]; lvs.Args[4] != "--readonly" {
+		t.Fatalf("unlocked report without --readonly: %v", lvs)
+	}
+	if act := calls[len(calls)-1]; slices.Contains(act.Args, "--readonly") {
+		t.Fatalf("activation with --readonly: %v", act)
+	}
+}

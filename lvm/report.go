@@ -171,7 +171,7 @@ func badReport(op string, err error) error {
 // VGs lists the VGs on the scope's devices (all of them if names is
 // empty), in one `vgs` process.
 func (c *Client) VGs(ctx context.Context, s Scope, names ...string) ([]VG, error) {
-	out, err := c.exec(ctx, s, repeatable, "vgs", append(reportArgs(VGFields), names...)...)
+	out, err := c.exec(ctx, s, report, "vgs", append(reportArgs(VGFields), names...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -184,7 +184,7 @@ func (c *Client) VGs(ctx context.Context, s Scope, names ...string) ([]VG, error
 
 // LVs lists every LV of a VG in one `lvs` process, whatever their number.
 func (c *Client) LVs(ctx context.Context, s Scope, vg string) ([]LV, error) {
-	out, err := c.exec(ctx, s, repeatable, "lvs", append(reportArgs(LVFields), vg)...)
+	out, err := c.exec(ctx, s, report, "lvs", append(reportArgs(LVFields), vg)...)
 	if err != nil {
 		return nil, err
 	}
@@ -197,7 +197,7 @@ func (c *Client) LVs(ctx context.Context, s Scope, vg string) ([]LV, error) {
 
 // LV reads one LV. A missing LV is a host.KindNotFound error.
 func (c *Client) LV(ctx context.Context, s Scope, vg, lv string) (LV, error) {
-	out, err := c.exec(ctx, s, repeatable, "lvs", append(reportArgs(LVFields), vg+"/"+lv)...)
+	out, err := c.exec(ctx, s, report, "lvs", append(reportArgs(LVFields), vg+"/"+lv)...)
 	if err != nil {
 		return LV{}, err
 	}
@@ -216,7 +216,7 @@ func (c *Client) LV(ctx context.Context, s Scope, vg, lv string) (LV, error) {
 
 // PVs lists the PVs on the scope's devices with their VG's tags.
 func (c *Client) PVs(ctx context.Context, s Scope) ([]PV, error) {
-	out, err := c.exec(ctx, s, repeatable, "pvs", reportArgs(PVFields)...)
+	out, err := c.exec(ctx, s, report, "pvs", reportArgs(PVFields)...)
 	if err != nil {
 		return nil, err
 	}

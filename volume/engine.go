@@ -200,7 +200,9 @@ func newUUID() (string, error) {
 // scope is what LVM may see for an attached SR: its stable device path
 // and, when it is a symlink, the kernel device it points to now.
 func (e *Engine) scope(dev string) lvm.Scope {
-	s := lvm.Scope{Devices: []string{dev}, ReadOnly: !e.role.Master}
+	// A pool member only reads, and never needs activation state here:
+	// its reports run without LVM locks and cannot write (Unlocked).
+	s := lvm.Scope{Devices: []string{dev}, ReadOnly: !e.role.Master, Unlocked: !e.role.Master}
 	if real, err := e.root.EvalSymlinks(dev); err == nil && real != dev {
 		s.Devices = append(s.Devices, real)
 	}

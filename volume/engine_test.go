@@ -265,8 +265,8 @@ func TestNonMaster(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range v.sim.Calls() {
-		if c.Name == "lvm" && c.Args[0] != "version" && !strings.Contains(c.Args[3], "metadata_read_only=1") {
-			t.Fatalf("a member ran LVM without metadata_read_only=1: %v", c)
+		if c.Name == "lvm" && c.Args[0] != "version" && (!strings.Contains(c.Args[3], "metadata_read_only=1") || c.Args[4] != "--readonly") {
+			t.Fatalf("a member ran LVM without metadata_read_only=1 and --readonly: %v", c)
 		}
 	}
 	calls := len(v.sim.Calls())
