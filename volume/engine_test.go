@@ -677,3 +677,51 @@ func writeJSON(t *testing.T, root host.Root, path string, v any) {
 	must(t, err)
 	must(t, root.WriteFileAtomic(path, b, 0o600))
 }
+
+// copyTree copies a captured sysfs tree, symlinks included, under root.
+func copyTree(t *testing.T, src, dst string) {
+	t.Helper()
+	must(t, filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		target := filepath.Join(dst, rel)
+		switch {
+		case d.Type()&os.ModeSymlink != 0:
+			link, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(link, target)
+		case d.IsDir():
+			return os.MkdirAll(target, 0o755)
+		default:
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(target, b, 0o644)
+		}
+	}))
+}
+
+// SR.detach finds active volumes in a real device-mapper sysfs tree
+// (captured in the lab: dm-1 is LV vol-a of VG capnvme, dm-0 a multipath
+// map, dm-2 an LV of another VG).
+func TestDetachSeesCapturedActiveLV(t *testing.T) {
+	v := newEnv(t, host.Role{Master: true})
+	copyTree(t, "../lvm/testdata/sysfs-6.1.0-50-amd64", v.root.Dir)
+	a := volume.Attached{Type: "nvmetcp", UUID: srUUID, Configuration: map[string]string{}, Device: testDev,
+		VG: "capnvme", VGUUID: "AOoyTd-jd5c-RE36-WNCC-Gcu8-rT6v-efLko2", ExtentSize: 4 * mib}
+	writeJSON(t, v.root, "/run/sanvol/sr/"+srUUID+".json", a)
+	err := v.e.SRDetach(context.Background(), a.Handle())
+	if !errors.Is(err, host.ErrBusy) || !strings.Contains(err.Error(), "capnvme-vol--a") || strings.Contains(err.Error(), "capiscsi") {
+		t.Fatalf("detach = %v", err)
+	}
+	a.VGUUID = "Q1w2E3-r4T5-y6U7-i8O9-p0A1-s2D3-f4G5h6" // a VG with nothing active
+	writeJSON(t, v.root, "/run/sanvol/sr/"+srUUID+".json", a)
+	if err := v.e.SRDetach(context.Background(), a.Handle()); err != nil {
+		t.Fatalf("detach of an idle SR: %v", err)
+	}
+}
