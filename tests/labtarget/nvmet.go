@@ -294,10 +294,11 @@ func (t *NVMeTarget) AllowHost(hostNQN string, auth *DHChap) error {
 			}
 		}
 	}
-	if err := symlink(hd, filepath.Join(t.subsysDir(), "allowed_hosts", hostNQN)); err != nil {
+	// nvmet refuses allowed_hosts links (EINVAL) while allow_any_host is set.
+	if err := writeAttr(filepath.Join(t.subsysDir(), "attr_allow_any_host"), "0"); err != nil {
 		return err
 	}
-	return writeAttr(filepath.Join(t.subsysDir(), "attr_allow_any_host"), "0")
+	return symlink(hd, filepath.Join(t.subsysDir(), "allowed_hosts", hostNQN))
 }
 
 // GenerateDHChapKey makes a random 32-byte secret in the DHHC-1
