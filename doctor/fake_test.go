@@ -140,7 +140,7 @@ func (f *fakeRunner) Run(_ context.Context, c host.Cmd) (host.Result, error) {
 			if r.err != nil {
 				var ee *host.ExitError
 				if errors.As(r.err, &ee) {
-					res.ExitCode = ee.Code
+					res.ExitCode, res.Stderr = ee.Code, []byte(ee.Stderr)
 				}
 			}
 			return res, r.err
@@ -174,8 +174,10 @@ type fakeHealth struct {
 	err error
 }
 
-func (f fakeHealth) Health(context.Context, map[string]string) (volume.Health, error) { return f.h, f.err }
-func (f fakeHealth) Diagnostics(context.Context) string                              { return "fake transport state\n" }
+func (f fakeHealth) Health(context.Context, map[string]string) (volume.Health, error) {
+	return f.h, f.err
+}
+func (f fakeHealth) Diagnostics(context.Context) string { return "fake transport state\n" }
 
 const (
 	selfUUID  = "11111111-1111-4111-8111-111111111111"

@@ -63,6 +63,9 @@ func (l LVMVolumes) Volumes(ctx context.Context, a volume.Attached) ([]VolumeSta
 	}
 	out := make([]VolumeState, 0, len(lvs))
 	for _, v := range lvs {
+		if v.VG != a.VG {
+			continue
+		}
 		out = append(out, VolumeState{Name: v.Name, Size: v.Size, Active: v.Active(), Open: v.Open()})
 	}
 	return out, nil
@@ -135,6 +138,8 @@ func ReadStatus(ctx context.Context, d StatusDeps, srs []volume.Attached, verbos
 			vs, err := d.Volumes.Volumes(ctx, a)
 			if err != nil {
 				st.VolumesErr = err.Error()
+			} else if vs == nil {
+				vs = []VolumeState{}
 			}
 			st.Volumes = vs
 		}
@@ -324,6 +329,9 @@ func Watch(ctx context.Context, w io.Writer, interval time.Duration, load func(c
 			return err
 		}
 		fmt.Fprintf(w, "\nrefreshing every %s; Ctrl-C to stop\n", interval)
+		if ctx.Err() != nil {
+			return nil
+		}
 		select {
 		case <-ctx.Done():
 			return nil
