@@ -393,12 +393,23 @@ func (e *Engine) collect(ctx context.Context, a Attached, s lvm.Scope, stale []l
 		if !ok {
 			continue
 		}
-		err := e.lvm.LVRemove(ctx, s, a.VG, l.Name)
+		// The list may be older than the SR lock: the create may have
+		// finished in between. Only a mark read now counts.
+		now, err := e.lvm.LV(ctx, s, a.VG, l.Name)
+		removed := false
+		if err == nil {
+			if m, derr := decodeVolumeTags(now.Tags); derr == nil && m.Initializing {
+				err = e.lvm.LVRemove(ctx, s, a.VG, l.Name)
+				removed = err == nil
+			}
+		}
 		unlock()
 		if err != nil && !errors.Is(err, host.ErrNotFound) {
 			return err
 		}
-		e.log.Info("removed a volume whose create did not finish", zap.String("sr", a.UUID), zap.String("lv", l.Name))
+		if removed {
+			e.log.Info("removed a volume whose create did not finish", zap.String("sr", a.UUID), zap.String("lv", l.Name))
+		}
 	}
 	return nil
 }
