@@ -245,6 +245,11 @@ func (t *ISCSITarget) writeACL(g tpg, initiator string, c *CHAP) error {
 		{"userid", c.User}, {"password", c.Password},
 		{"userid_mutual", c.MutualUser}, {"password_mutual", c.MutualPassword},
 	} {
+		// configfs refuses an empty write (EFAULT); a fresh ACL's
+		// attributes are empty already.
+		if kv[1] == "" {
+			continue
+		}
 		if err := writeAttr(filepath.Join(ad, "auth", kv[0]), kv[1]); err != nil {
 			return err
 		}
