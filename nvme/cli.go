@@ -84,7 +84,8 @@ func classifyConnect(op string, p Portal, c Config, err error) error {
 	}
 	switch {
 	case strings.Contains(text, "key was rejected"), strings.Contains(text, "authentication"),
-		strings.Contains(text, "permission denied"), strings.Contains(text, "access denied"):
+		strings.Contains(text, "permission denied"), strings.Contains(text, "access denied"),
+		strings.Contains(text, "required key not available"):
 		fix := "the target requires DH-HMAC-CHAP: set device-config:dhchap-password to the host key the target has for this host's NQN"
 		if c.Auth() {
 			fix = "check that dhchap-password is the key the target holds for this host's NQN (and dhchap-ctrl-password the controller key); update the XenAPI secret and re-plug"

@@ -15,7 +15,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -314,27 +313,9 @@ func (t *Transport) connectAll(ctx context.Context, c Config, op string) (*sessi
 		todo = append(todo, p)
 	}
 
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, p := range todo {
-		wg.Add(1)
-		go func(p Portal) {
-			defer wg.Done()
-			pop := op + ": connect " + p.String()
-			_, err := runNVMe(ctx, t.run, t.to.Connect, c, connectArgs(c, p, id)...)
-			switch {
-			case err == nil:
-				t.log.Info("connected", zapStr("portal", p.String()), zapStr("nqn", c.NQN), zapStr("iface", p.Iface))
-			case isAlreadyConnected(err):
-				t.log.Info("path already connected (nvme-cli)", zapStr("portal", p.String()))
-			default:
-				mu.Lock()
-				s.failures[p.String()] = classifyConnect(pop, p, c, err)
-				mu.Unlock()
-			}
-		}(p)
+	for p, err := range t.connectPortals(ctx, op, c, id, todo) {
+		s.failures[p] = err
 	}
-	wg.Wait()
 
 	after, err := t.sys.controllers()
 	if err != nil {
@@ -366,6 +347,74 @@ func (t *Transport) connectAll(ctx context.Context, c Config, op string) (*sessi
 		t.log.Warn("path not connected; continuing degraded", zapStr("portal", p), zap.Error(err))
 	}
 	return s, nil
+}
+
+// connectPortals runs one `nvme connect` per portal in parallel and
+// returns the failures by portal. It waits at most the connect timeout
+// (plus a grace for the runner to reap): a process stuck in the kernel's
+// write to /dev/nvme-fabrics cannot be killed until the kernel gives up
+// (60 s for a target that stops answering mid-authentication), and xapi
+// must not wait for that. Such a straggler is reported as a timeout; if it
+// succeeds later, the next attach adopts its path and detach removes it.
+func (t *Transport) connectPortals(ctx context.Context, op string, c Config, id Identity, todo []Portal) map[string]error {
+	type result struct {
+		portal string
+		err    error
+	}
+	timeout := t.connectTimeout(c)
+	results := make(chan result, len(todo))
+	for _, p := range todo {
+		go func(p Portal) {
+			_, err := runNVMe(ctx, t.run, timeout, c, connectArgs(c, p, id)...)
+			switch {
+			case err == nil:
+				t.log.Info("connected", zapStr("portal", p.String()), zapStr("nqn", c.NQN), zapStr("iface", p.Iface))
+			case isAlreadyConnected(err):
+				t.log.Info("path already connected (nvme-cli)", zapStr("portal", p.String()))
+				err = nil
+			default:
+				err = classifyConnect(op+": connect "+p.String(), p, c, err)
+			}
+			results <- result{p.String(), err}
+		}(p)
+	}
+	failures := map[string]error{}
+	pending := map[string]Portal{}
+	for _, p := range todo {
+		pending[p.String()] = p
+	}
+	wall := time.NewTimer(timeout + min(3*time.Second, timeout))
+	defer wall.Stop()
+	for len(pending) > 0 {
+		select {
+		case r := <-results:
+			delete(pending, r.portal)
+			if r.err != nil {
+				failures[r.portal] = r.err
+			}
+		case <-wall.C:
+			for name, p := range pending {
+				fix := "check that the target answers on " + name + " (dmesg | grep nvme shows what the kernel is waiting for)"
+				if c.DHCHAPCtrl != "" {
+					fix = "a dhchap-ctrl-password the target does not hold makes the kernel wait for the target until its 60 s admin timeout (dmesg: \"controller authentication failed\"); check the controller key"
+				}
+				failures[name] = host.Errorf(host.KindUnreachable, op+": connect "+name,
+					fmt.Sprintf("no answer from portal %s within %s", p, timeout), fix, nil)
+			}
+			return failures
+		}
+	}
+	return failures
+}
+
+// connectTimeout bounds one connect. With a controller key the kernel
+// reports a key the target does not hold only after its 60 s admin
+// timeout, and that precise error is worth the wait.
+func (t *Transport) connectTimeout(c Config) time.Duration {
+	if c.DHCHAPCtrl != "" && t.to.Connect < 70*time.Second {
+		return 70 * time.Second
+	}
+	return t.to.Connect
 }
 
 // verifyAuth proves the kernel could authenticate every path of the
@@ -456,7 +505,7 @@ func (t *Transport) allFailed(ctx context.Context, op string, s *session) error 
 		break
 	}
 	return host.Errorf(host.KindUnreachable, op,
-		fmt.Sprintf("no path to subsystem %s could be connected (%d portals tried within %s)", s.cfg.NQN, len(s.cfg.Portals), t.to.Connect),
+		fmt.Sprintf("no path to subsystem %s could be connected (%d portals tried within %s)", s.cfg.NQN, len(s.cfg.Portals), t.connectTimeout(s.cfg)),
 		"check the portals, the NQN, and that the target allows this host's NQN "+s.id.HostNQN, errors.New(strings.Join(parts, "; ")))
 }
 

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -426,6 +427,25 @@ func TestPrepareRefusesNamespaceWithoutGlobalID(t *testing.T) {
 	k.targets[testNQN] = []fakeNS{{nsid: 1, wwid: "nvme.1b36-3132-51454d55-00000001", size: 2048}}
 	_, err := k.transport(nil).Prepare(context.Background(), baseCfg())
 	if !errors.Is(err, host.ErrUnsupported) || !strings.Contains(err.Error(), "device_uuid") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+// A connect stuck in the kernel cannot be killed until the kernel gives
+// up; attach must return at its own deadline regardless.
+func TestAttachDoesNotWaitForStuckConnects(t *testing.T) {
+	k := newFakeKernel(t)
+	k.down["127.0.0.1:4420"] = true
+	k.down["127.0.0.2:4420"] = true
+	k.connectDelay = 3 * time.Second // the fake ignores the context, like a D-state write
+	tr := k.transport(nil)
+	tr.to.Connect = 200 * time.Millisecond
+	start := time.Now()
+	_, err := tr.Attach(context.Background(), baseCfg())
+	if took := time.Since(start); took > 2*time.Second {
+		t.Fatalf("attach waited %s for stuck connects", took)
+	}
+	if !errors.Is(err, host.ErrUnreachable) || !strings.Contains(err.Error(), "no answer from portal 127.0.0.1:4420 within 200ms") {
 		t.Fatalf("err = %v", err)
 	}
 }
