@@ -10,7 +10,7 @@ DESTDIR     ?= /
 export CGO_ENABLED := 0
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build install uninstall test unit conformance lab lint demo bench fuzz lab-image clean
+.PHONY: all build install uninstall test unit conformance lab lint demo bench fuzz lab-image clean rpm
 
 all: build
 
@@ -58,3 +58,13 @@ fuzz:
 
 clean:
 	rm -rf bin
+
+# make rpm: bin/sanvol-<version>-<release>.x86_64.rpm for XCP-ng dom0, from
+# the static binary, with nfpm run as a tool from the Go module proxy (no
+# rpmbuild, no library dependency). packaging/nfpm.yaml says what goes in.
+NFPM        := github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.0
+RPM_RELEASE ?= 1
+
+rpm: build
+	SANVOL_VERSION=$(VERSION) SANVOL_RELEASE=$(RPM_RELEASE) \
+		$(GO) run $(NFPM) pkg --packager rpm --config packaging/nfpm.yaml --target bin/

@@ -1,0 +1,393 @@
+// Package packaging checks the RPM that `make rpm` builds for XCP-ng
+// dom0: its metadata, its files, that the binary in it is static, and what
+// its scriptlets do when rpm runs them (install, refused removal while an
+// SR is plugged, upgrade, erase), in a throwaway rpm root.
+//
+// It needs rpm, rpm2cpio and cpio (Debian: apt-get install rpm rpm2cpio
+// cpio) and skips without them. SANVOL_RPM names a package to check
+// instead of building one.
+package packaging
+
+import (
+	"bytes"
+	"debug/elf"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+)
+
+const nfpm = "github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.0"
+
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs("../..")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+func needTools(t *testing.T) {
+	t.Helper()
+	for _, tool := range []string{"rpm", "rpm2cpio", "cpio"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed: apt-get install rpm rpm2cpio cpio", tool)
+		}
+	}
+}
+
+func version(t *testing.T) string {
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "VERSION"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func run(t *testing.T, dir string, env []string, name string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func must(t *testing.T, dir string, env []string, name string, args ...string) string {
+	t.Helper()
+	out, err := run(t, dir, env, name, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+var (
+	buildOnce sync.Once
+	built     string
+	buildErr  error
+)
+
+// thePackage is $SANVOL_RPM, or the package `make rpm` builds.
+func thePackage(t *testing.T) string {
+	t.Helper()
+	needTools(t)
+	if p := os.Getenv("SANVOL_RPM"); p != "" {
+		return p
+	}
+	buildOnce.Do(func() {
+		root := repoRoot(t)
+		out, err := run(t, root, nil, "make", "rpm")
+		if err != nil {
+			buildErr = fmt.Errorf("make rpm: %v\n%s", err, out)
+			return
+		}
+		built = filepath.Join(root, "bin", "sanvol-"+version(t)+"-1.x86_64.rpm")
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return built
+}
+
+func TestRPMInfo(t *testing.T) {
+	pkg := thePackage(t)
+	info := must(t, "", nil, "rpm", "-qp", "--info", pkg)
+	for _, re := range []string{`(?m)^Name\s*: sanvol$`, `(?m)^Version\s*: ` + regexp.QuoteMeta(version(t)) + `$`, `(?m)^Architecture: x86_64$`, `(?m)^License\s*: Apache-2.0$`} {
+		if !regexp.MustCompile(re).MatchString(info) {
+			t.Errorf("rpm --info does not match %s:\n%s", re, info)
+		}
+	}
+	// rpm 4.11 in XCP-ng 8.x dom0 cannot read zstd payloads.
+	if c := must(t, "", nil, "rpm", "-qp", "--qf", "%{PAYLOADCOMPRESSOR}", pkg); c != "gzip" {
+		t.Errorf("payload compressor %q", c)
+	}
+}
+
+func TestRPMFiles(t *testing.T) {
+	pkg := thePackage(t)
+	list := strings.Fields(must(t, "", nil, "rpm", "-qp", "--list", pkg))
+	docs, _ := filepath.Glob(filepath.Join(repoRoot(t), "docs", "*.md"))
+	want := []string{"/usr/libexec/sanvol", "/usr/libexec/sanvol/sanvol", "/usr/share/doc/sanvol", "/usr/share/doc/sanvol/README.md"}
+	for _, d := range docs {
+		want = append(want, "/usr/share/doc/sanvol/"+filepath.Base(d))
+	}
+	sort.Strings(want)
+	if strings.Join(list, "\n") != strings.Join(want, "\n") {
+		t.Errorf("files:\n%s\nwant:\n%s", strings.Join(list, "\n"), strings.Join(want, "\n"))
+	}
+	for _, d := range []string{"/usr/share/doc/sanvol/install.md", "/usr/share/doc/sanvol/doctor.md"} {
+		if !contains(list, d) {
+			t.Errorf("%s is not packaged", d)
+		}
+	}
+	modes := must(t, "", nil, "rpm", "-qp", "--qf", "[%{FILEMODES:perms} %{FILENAMES}\n]", pkg)
+	if !strings.Contains(modes, "-rwxr-xr-x /usr/libexec/sanvol/sanvol\n") {
+		t.Errorf("binary mode:\n%s", modes)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// scripts splits `rpm -qp --scripts` by scriptlet.
+func scripts(t *testing.T, pkg string) map[string]string {
+	out := must(t, "", nil, "rpm", "-qp", "--scripts", pkg)
+	parts := map[string]string{}
+	cur := ""
+	for _, line := range strings.Split(out, "\n") {
+		if m := regexp.MustCompile(`^(\w+) scriptlet \(using /bin/sh\):$`).FindStringSubmatch(line); m != nil {
+			cur = m[1]
+			continue
+		}
+		parts[cur] += line + "\n"
+	}
+	return parts
+}
+
+func TestRPMScriptlets(t *testing.T) {
+	s := scripts(t, thePackage(t))
+	for name, wants := range map[string][]string{
+		"postinstall": {`"$bin" install --root / --binary "$bin"`, "systemctl try-restart xapi-storage-script.service", "xe-toolstack-restart", "--observer-shims"},
+		"preuninstall": {`[ "$1" = 0 ] || exit 0`, "/run/sanvol/sr/*.json", "currently-attached=true", "refusing to remove sanvol", "exit 1",
+			`"$bin" uninstall --root /`},
+		"postuninstall": {`[ "$1" = 0 ] || exit 0`, "xe-toolstack-restart"},
+	} {
+		body, ok := s[name]
+		if !ok {
+			t.Errorf("no %s scriptlet; have %v", name, keys(s))
+			continue
+		}
+		for _, w := range wants {
+			if !strings.Contains(body, w) {
+				t.Errorf("%s lacks %q:\n%s", name, w, body)
+			}
+		}
+	}
+	// An upgrade runs the old package's %preun with $1=1: the guard must
+	// come before anything that undoes the install.
+	pre := s["preuninstall"]
+	if strings.Index(pre, `[ "$1" = 0 ] || exit 0`) > strings.Index(pre, "uninstall --root") {
+		t.Error("the preuninstall scriptlet uninstalls before checking for an upgrade")
+	}
+}
+
+func keys(m map[string]string) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// extract unpacks the payload with rpm2cpio | cpio. nfpm names the payload
+// files with absolute paths, which GNU cpio would write to / itself.
+func extract(t *testing.T, pkg string) string {
+	dir := t.TempDir()
+	cmd := exec.Command("sh", "-c", `rpm2cpio "$1" | cpio -idm --quiet --no-absolute-filenames`, "sh", pkg)
+	cmd.Dir = dir
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("rpm2cpio | cpio: %v\n%s", err, out)
+	}
+	return dir
+}
+
+// The binary must run on any dom0: no ELF interpreter, no shared library.
+func TestRPMBinaryIsStatic(t *testing.T) {
+	pkg := thePackage(t)
+	bin := filepath.Join(extract(t, pkg), "usr/libexec/sanvol/sanvol")
+	f, err := elf.Open(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if f.Machine != elf.EM_X86_64 || f.Class != elf.ELFCLASS64 {
+		t.Errorf("machine %v class %v", f.Machine, f.Class)
+	}
+	for _, p := range f.Progs {
+		if p.Type == elf.PT_INTERP {
+			t.Error("the binary has an ELF interpreter (PT_INTERP): it is dynamically linked")
+		}
+	}
+	if libs, _ := f.ImportedLibraries(); len(libs) > 0 {
+		t.Errorf("the binary needs shared libraries %v", libs)
+	}
+	if out := must(t, "", nil, bin, "version"); !strings.Contains(out, "sanvol "+version(t)) {
+		t.Errorf("sanvol version: %q", out)
+	}
+}
+
+// chroot makes an rpm root with what the scriptlets run: /bin/sh and the
+// coreutils they call, with their shared libraries.
+func chroot(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("running the scriptlets in an rpm root needs root (rpm chroots into it)")
+	}
+	root := t.TempDir()
+	for _, d := range []string{"bin", "tmp", "var/tmp", "run", "dev", "usr/libexec"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	libRE := regexp.MustCompile(`(/\S+\.so[.\d]*) \(0x`)
+	for _, tool := range []string{"sh", "ln", "mv", "rm"} {
+		p, err := exec.LookPath(tool)
+		if err != nil {
+			t.Skipf("%s not found", tool)
+		}
+		copyFile(t, p, filepath.Join(root, "bin", tool))
+		out, _ := run(t, "", nil, "ldd", p)
+		for _, m := range libRE.FindAllStringSubmatch(out, -1) {
+			copyFile(t, m[1], filepath.Join(root, m[1]))
+		}
+	}
+	if _, err := os.Stat("/etc/debian_version"); err == nil {
+		// Debian's rpm wants to be told that this is on purpose.
+		rpmArgs = []string{"--force-debian"}
+	}
+	must(t, "", nil, "rpm", "--root", root, "--initdb")
+	return root
+}
+
+var rpmArgs []string
+
+func rpmIn(t *testing.T, root string, args ...string) (string, error) {
+	return run(t, "", nil, "rpm", append(append([]string{"--root", root}, rpmArgs...), args...)...)
+}
+
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// upgradePackage builds the same package with release 2.
+func upgradePackage(t *testing.T) string {
+	dir := t.TempDir()
+	root := repoRoot(t)
+	if _, err := os.Stat(filepath.Join(root, "bin", "sanvol")); err != nil {
+		t.Skip("no bin/sanvol to build an upgrade package from (run make build)")
+	}
+	must(t, root, []string{"SANVOL_VERSION=" + version(t), "SANVOL_RELEASE=2", "CGO_ENABLED=0"},
+		"go", "run", nfpm, "pkg", "--packager", "rpm", "--config", "packaging/nfpm.yaml", "--target", dir+"/")
+	return filepath.Join(dir, "sanvol-"+version(t)+"-2.x86_64.rpm")
+}
+
+const srUUID = "0b6f3d2a-2222-4e0f-8a11-7c9d5e3f1a2b"
+
+// The whole life of the package as rpm runs it: install, refused removal
+// while an SR is plugged, upgrade, erase.
+func TestRPMLifecycle(t *testing.T) {
+	pkg := thePackage(t)
+	root := chroot(t)
+	plugin := filepath.Join(root, "usr/libexec/xapi-storage-script/volume/org.xen.xapi.storage.nvmetcp")
+
+	out, err := rpmIn(t, root, "-i", "--nodeps", pkg)
+	if err != nil {
+		t.Fatalf("rpm -i: %v\n%s", err, out)
+	}
+	if !strings.Contains(out, "Run xe-toolstack-restart") {
+		t.Errorf("no toolstack hint on install:\n%s", out)
+	}
+	bin := filepath.Join(root, "usr/libexec/sanvol/sanvol")
+	for _, dir := range []string{plugin, filepath.Join(root, "usr/libexec/xapi-storage-script/volume/org.xen.xapi.storage.iscsi-ng"), filepath.Join(root, "usr/libexec/xapi-storage-script/datapath/sanvol")} {
+		entries, err := os.ReadDir(dir)
+		if err != nil || len(entries) == 0 {
+			t.Fatalf("plugin directory %s: %v, %d entries", dir, err, len(entries))
+		}
+		for _, e := range entries {
+			if e.Type()&os.ModeSymlink == 0 {
+				t.Errorf("%s/%s is not a symlink", dir, e.Name())
+				continue
+			}
+			if got, err := filepath.EvalSymlinks(filepath.Join(dir, e.Name())); err != nil || got != bin {
+				t.Errorf("%s/%s resolves to %q (%v), want %s", dir, e.Name(), got, err, bin)
+			}
+		}
+	}
+
+	// An SR plugged on this host: removal is refused, nothing changes.
+	state := filepath.Join(root, "run/sanvol/sr", srUUID+".json")
+	if err := os.MkdirAll(filepath.Dir(state), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(state, []byte(`{"type":"nvmetcp","uuid":"`+srUUID+`"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = rpmIn(t, root, "-e", "sanvol")
+	if err == nil {
+		t.Fatalf("rpm -e succeeded with an SR plugged:\n%s", out)
+	}
+	if !strings.Contains(out, "refusing to remove sanvol: these sanvol SRs are plugged on this host: "+srUUID) {
+		t.Errorf("refusal message:\n%s", out)
+	}
+	if q, err := rpmIn(t, root, "-q", "sanvol"); err != nil {
+		t.Fatalf("package gone after a refused removal: %s", q)
+	}
+	if _, err := os.Lstat(filepath.Join(plugin, "SR.attach")); err != nil {
+		t.Fatalf("plugin removed after a refused removal: %v", err)
+	}
+
+	// An upgrade with the SR still plugged keeps everything in place.
+	up := upgradePackage(t)
+	out, err = rpmIn(t, root, "-U", "--nodeps", up)
+	if err != nil {
+		t.Fatalf("rpm -U: %v\n%s", err, out)
+	}
+	if q := must(t, "", nil, "rpm", "--root", root, "-q", "--qf", "%{RELEASE}", "sanvol"); q != "2" {
+		t.Errorf("release after upgrade: %q", q)
+	}
+	for _, p := range []string{filepath.Join(plugin, "SR.attach"), filepath.Join(root, "usr/libexec/sanvol/sanvol")} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("after upgrade: %v", err)
+		}
+	}
+
+	// Unplugged: the erase removes the plugin, and rpm finds every file
+	// it owns (no "remove failed" warning).
+	if err := os.Remove(state); err != nil {
+		t.Fatal(err)
+	}
+	out, err = rpmIn(t, root, "-e", "sanvol")
+	if err != nil {
+		t.Fatalf("rpm -e: %v\n%s", err, out)
+	}
+	if strings.Contains(out, "remove failed") || strings.Contains(out, "warning") {
+		t.Errorf("rpm -e warned:\n%s", out)
+	}
+	for _, p := range []string{plugin, filepath.Join(root, "usr/libexec/sanvol")} {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			entries, _ := os.ReadDir(p)
+			var names []string
+			for _, e := range entries {
+				names = append(names, e.Name())
+			}
+			t.Errorf("%s still exists after erase (%v): %v", p, err, names)
+		}
+	}
+	if !bytes.Contains([]byte(out), []byte("xe-toolstack-restart")) {
+		t.Errorf("no toolstack hint on removal:\n%s", out)
+	}
+}
