@@ -1,0 +1,90 @@
+package xapisim
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// ServeXenAPI answers, on a unix socket, the few XenAPI calls a plugin
+// makes to xapi's local socket (/var/lib/xcp/xapi): logging in as root and
+// reading the secrets xapi made from device-config passwords. Other
+// methods get MESSAGE_METHOD_UNKNOWN, as from a xapi that lacks them.
+// stop closes the socket.
+func (s *Sim) ServeXenAPI(socket string) (stop func() error, err error) {
+	if err := os.MkdirAll(filepath.Dir(socket), 0o755); err != nil {
+		return nil, err
+	}
+	_ = os.Remove(socket)
+	l, err := net.Listen("unix", socket)
+	if err != nil {
+		return nil, err
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(s.serveRPC), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = srv.Serve(l) }()
+	return func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		err := srv.Shutdown(ctx)
+		_ = os.Remove(socket)
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return err
+	}, nil
+}
+
+type rpcError struct {
+	Message string   `json:"message"`
+	Data    []string `json:"data"`
+}
+
+func (s *Sim) serveRPC(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Method string            `json:"method"`
+		Params []json.RawMessage `json:"params"`
+		ID     json.RawMessage   `json:"id"`
+	}
+	resp := map[string]any{"jsonrpc": "2.0"}
+	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	resp["id"] = req.ID
+	str := func(i int) string {
+		var v string
+		if i < len(req.Params) {
+			_ = json.Unmarshal(req.Params[i], &v)
+		}
+		return v
+	}
+	const refPrefix = "OpaqueRef:secret-"
+	switch req.Method {
+	case "session.login_with_password":
+		resp["result"] = "OpaqueRef:session-" + newUUID()
+	case "session.logout":
+		resp["result"] = ""
+	case "secret.get_by_uuid":
+		if _, ok := s.secret(str(1)); ok {
+			resp["result"] = refPrefix + str(1)
+		} else {
+			resp["error"] = rpcError{Message: "UUID_INVALID", Data: []string{"secret", str(1)}}
+		}
+	case "secret.get_value":
+		if v, ok := s.secret(strings.TrimPrefix(str(1), refPrefix)); ok {
+			resp["result"] = v
+		} else {
+			resp["error"] = rpcError{Message: "HANDLE_INVALID", Data: []string{"secret", str(1)}}
+		}
+	default:
+		resp["error"] = rpcError{Message: "MESSAGE_METHOD_UNKNOWN", Data: []string{req.Method}}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(resp)
+}
