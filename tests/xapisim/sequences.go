@@ -278,7 +278,9 @@ func (sr *SR) VMStart(ctx context.Context, key, domain string) (*Attachment, err
 func (sr *SR) VMShutdown(ctx context.Context, a *Attachment) error {
 	o := sr.sim.begin(fmt.Sprintf("xe vm-shutdown vm=<VM with VDI %s>   # VBD unplug of domain %s", a.Key, a.Domain))
 	defer o.end()
-	args := func(uri string) schema.DatapathArgs { return schema.DatapathArgs{Dbg: o.dbg, URI: uri, Domain: a.Domain} }
+	args := func(uri string) schema.DatapathArgs {
+		return schema.DatapathArgs{Dbg: o.dbg, URI: uri, Domain: a.Domain}
+	}
 	dp, uri, err := sr.statAndChoose(ctx, o, a.Key)
 	if err != nil {
 		return err
