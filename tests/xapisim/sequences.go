@@ -77,12 +77,8 @@ func (sr *SR) Plug(ctx context.Context) error {
 // plug: Plugin.Query, SR.attach, the daemon's own SR.stat, and on the SR
 // master xapi's health check, a second SR.stat.
 func (sr *SR) plug(ctx context.Context, o *op) error {
-	dir := sr.sim.VolumeDir(sr.Type)
-	if err := o.call(ctx, dir, "Plugin.Query", schema.DbgArgs{Dbg: o.dbg}, &sr.Query); err != nil {
-		return err
-	}
-	var handle string
-	if err := o.call(ctx, dir, "SR.attach", schema.SRAttachArgs{Dbg: o.dbg, Configuration: sr.Config}, &handle); err != nil {
+	handle, err := sr.queryAndAttach(ctx, o)
+	if err != nil {
 		return err
 	}
 	sr.Handle = handle
@@ -95,6 +91,18 @@ func (sr *SR) plug(ctx context.Context, o *op) error {
 		}
 	}
 	return nil
+}
+
+// queryAndAttach is xapi's "bind" (Plugin.Query) and SR.attach, which
+// both pbd-plug and sr-destroy start with.
+func (sr *SR) queryAndAttach(ctx context.Context, o *op) (string, error) {
+	dir := sr.sim.VolumeDir(sr.Type)
+	if err := o.call(ctx, dir, "Plugin.Query", schema.DbgArgs{Dbg: o.dbg}, &sr.Query); err != nil {
+		return "", err
+	}
+	var handle string
+	err := o.call(ctx, dir, "SR.attach", schema.SRAttachArgs{Dbg: o.dbg, Configuration: sr.Config}, &handle)
+	return handle, err
 }
 
 func (sr *SR) stat(ctx context.Context, o *op) (schema.SRStat, error) {
@@ -160,15 +168,12 @@ func (sr *SR) Destroy(ctx context.Context) error {
 	if sr.Handle != "" {
 		return fmt.Errorf("sr-destroy: SR %s still has a plugged PBD on this host (xapi would refuse)", sr.UUID)
 	}
+	handle, err := sr.queryAndAttach(ctx, o)
+	if err != nil {
+		return err
+	}
 	dir := sr.sim.VolumeDir(sr.Type)
-	if err := o.call(ctx, dir, "Plugin.Query", schema.DbgArgs{Dbg: o.dbg}, &sr.Query); err != nil {
-		return err
-	}
-	var handle string
-	if err := o.call(ctx, dir, "SR.attach", schema.SRAttachArgs{Dbg: o.dbg, Configuration: sr.Config}, &handle); err != nil {
-		return err
-	}
-	err := o.call(ctx, dir, "SR.destroy", schema.SRArgs{Dbg: o.dbg, SR: handle}, nil)
+	err = o.call(ctx, dir, "SR.destroy", schema.SRArgs{Dbg: o.dbg, SR: handle}, nil)
 	if err != nil {
 		if derr := o.call(ctx, dir, "SR.detach", schema.SRArgs{Dbg: o.dbg, SR: handle}, nil); derr != nil {
 			return errors.Join(err, derr)
