@@ -13,7 +13,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 # Only what the scenarios use: the initiators, the tools that talk to the
 # kernel targets through configfs, and LVM. fio and targetcli are left out on
 # purpose (ceph/python dependencies, lab-notes).
-packages=kmod,udev,initramfs-tools,nvme-cli,open-iscsi,multipath-tools,lvm2,util-linux,iproute2,e2fsprogs,procps,psmisc,jq
+packages=kmod,udev,initramfs-tools,nvme-cli,open-iscsi,multipath-tools,lvm2,util-linux,iproute2,iputils-ping,e2fsprogs,procps,psmisc,jq
 
 root=$out/root
 mkdir -p "$root"
