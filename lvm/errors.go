@@ -19,6 +19,7 @@ var (
 		"no pv label found",    // 2.02 pvremove on a non-PV
 		"cannot find",          //
 		"couldn't find device", //
+		"no device found",      // 2.03 pvremove of a device that is gone (seen in the lab)
 	}
 	existsText = []string{
 		"already exists",

@@ -173,6 +173,7 @@ func TestTypedErrors(t *testing.T) {
 		{`  Volume group "VG_x" not found`, host.KindNotFound},
 		{`  Failed to find logical volume "vg/v-1"`, host.KindNotFound},
 		{`  No PV found on device /dev/sdb.`, host.KindNotFound},
+		{`  No device found for /dev/disk/by-id/nvme-uuid.2e685d3b-33b8-4aa9-ad62-e82b4f791aa2.`, host.KindNotFound},
 		{`  Logical volume "v-1" already exists in volume group "vg"`, host.KindExists},
 		{`  Volume group "vg" has insufficient free space (10 extents): 20 required.`, host.KindNoSpace},
 		{`  VG vg metadata on /dev/sdb (1052672 bytes) exceeds maximum metadata size (1044480 bytes)`, host.KindNoSpace},
