@@ -304,7 +304,10 @@ func (s *Sim) do(c host.Cmd) Reply {
 		s.vg = nil
 		return Reply{}
 	case "pvremove":
-		if !visible || s.pv == nil {
+		if !visible {
+			return fail("No device found for %s.", last)
+		}
+		if s.pv == nil {
 			return fail("No PV found on device %s.", last)
 		}
 		if s.vg != nil {
