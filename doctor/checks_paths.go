@@ -137,7 +137,7 @@ func (r *run) checkManagement(s *subject, paths []path) {
 	ev := append([]string{how}, pathLines(r.net, paths)...)
 	var mgmtNICs []string
 	for _, m := range mgmt {
-		mgmtNICs = append(mgmtNICs, r.net.lowersOf(context.Background(), m).NICs...)
+		mgmtNICs = append(mgmtNICs, r.net.lowersOf(m).NICs...)
 	}
 	worst, summary := Pass, "no path uses the management interface"
 	if len(mgmt) > 0 {

@@ -241,7 +241,7 @@ func Run(ctx context.Context, d Deps, o Options) (Report, error) {
 	if err != nil {
 		return rep, err
 	}
-	r := &run{d: d, o: o, net: newNetView(d), rep: &rep}
+	r := &run{d: d, o: o, net: newNetView(ctx, d), rep: &rep}
 	if len(subjects) == 0 {
 		rep.Results = append(rep.Results, result(chkScope, "this host", Warn,
 			"no sanvol SR is attached on this host, so there is nothing to check",
@@ -287,7 +287,7 @@ func (r *run) checkSubject(ctx context.Context, s *subject) {
 		r.add(result(chkConfig, s.scope(), Fail, s.err.Error(), nil, s.errFix))
 		return
 	}
-	paths := r.net.paths(ctx, s)
+	paths := r.net.paths(s)
 	r.checkPathCount(s, paths)
 	r.checkLivePaths(ctx, s)
 	r.checkRedundancy(s, paths)
