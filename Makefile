@@ -10,7 +10,7 @@ DESTDIR     ?= /
 export CGO_ENABLED := 0
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build install uninstall test unit conformance lab lint demo bench fuzz lab-image clean rpm
+.PHONY: all build install uninstall test unit conformance lab lint demo bench fuzz lab-image clean rpm rpm-test
 
 all: build
 
@@ -68,3 +68,9 @@ RPM_RELEASE ?= 1
 rpm: build
 	SANVOL_VERSION=$(VERSION) SANVOL_RELEASE=$(RPM_RELEASE) \
 		$(GO) run $(NFPM) pkg --packager rpm --config packaging/nfpm.yaml --target bin/
+
+# The package's contents, static binary and scriptlets (install, refused
+# removal while an SR is plugged, upgrade, erase) in a throwaway rpm root.
+# Needs rpm, rpm2cpio and cpio (apt-get install rpm rpm2cpio cpio) and root.
+rpm-test:
+	$(GO) test -count=1 ./tests/packaging/
