@@ -161,7 +161,10 @@ func (e *Engine) begin(ctx context.Context, op, sr string) (a Attached, unlock f
 	return a, unlock, nil
 }
 
-// tryLock takes a lock only if it is free now.
+// tryLock takes a lock only if it is free now. It hands the Locker an
+// already-cancelled context: host.FileLocker tries flock once before it
+// looks at the context. A Locker that looked first would make tryLock
+// always fail, which only delays the cleanup that depends on it.
 func (e *Engine) tryLock(ctx context.Context, name string) (func(), bool) {
 	lctx, cancel := context.WithCancel(ctx)
 	cancel()

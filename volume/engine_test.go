@@ -312,8 +312,12 @@ func TestAttachFindsTheVGByItsUUIDTag(t *testing.T) {
 	}
 	cfg := maps.Clone(a.Configuration)
 	cfg["sr_uuid"] = "11111111-2222-3333-4444-555555555555"
+	before := v.tr.detaches
 	if _, err := v.e.SRAttach(context.Background(), cfg); !errors.Is(err, host.ErrNotFound) {
 		t.Fatalf("attach of an SR that is not there: %v", err)
+	}
+	if v.tr.detaches != before+1 {
+		t.Fatal("a failed attach left the device connected")
 	}
 	delete(cfg, "sr_uuid")
 	if _, err := v.e.SRAttach(context.Background(), cfg); !errors.Is(err, host.ErrInvalid) {

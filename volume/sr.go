@@ -199,13 +199,20 @@ func (e *Engine) SRAttach(ctx context.Context, cfg map[string]string) (string, e
 	}
 	s := e.scope(dev.Path)
 	info, err := e.findSR(ctx, s, uuid)
-	if err != nil {
-		return "", err
-	}
-	if info == nil {
-		return "", host.Errorf(host.KindNotFound, op,
+	if err == nil && info == nil {
+		err = host.Errorf(host.KindNotFound, op,
 			fmt.Sprintf("no sanvol SR %s on %s", uuid, dev.Path),
 			"check that the device-config names the LUN/namespace the SR was created on; if the SR was being destroyed, the destroy completed: xe sr-forget", nil)
+	}
+	if err != nil {
+		// xapi records no attach after a failed plug and will not call
+		// SR.detach: release the connection now.
+		if others, lerr := e.otherConfigs(uuid); lerr == nil {
+			if derr := e.t.Detach(ctx, cfg, others); derr != nil {
+				e.log.Warn("could not release the device after a failed attach", zap.String("sr", uuid), zap.Error(derr))
+			}
+		}
+		return "", err
 	}
 	a := Attached{Type: e.t.Type(), UUID: uuid, Configuration: cfg, Device: dev.Path,
 		VG: info.vg.Name, VGUUID: info.vg.UUID, ExtentSize: info.vg.ExtentSize}
