@@ -302,7 +302,11 @@ func summarize(method string, raw json.RawMessage) string {
 	case "sr.stat":
 		var st schema.SRStat
 		if json.Unmarshal(raw, &st) == nil {
-			return fmt.Sprintf("%s (%s), %s free of %s", st.Health.State, st.Health.Message, size(st.FreeSpace), size(st.TotalSpace))
+			health := string(st.Health.State)
+			if st.Health.Message != "" {
+				health += " (" + st.Health.Message + ")"
+			}
+			return fmt.Sprintf("%s, %s free of %s", health, size(st.FreeSpace), size(st.TotalSpace))
 		}
 	case "volume.create", "volume.stat", "volume.snapshot", "volume.clone":
 		var v schema.Volume
@@ -334,6 +338,18 @@ func summarize(method string, raw json.RawMessage) string {
 		}
 	}
 	s := string(raw)
+	var m map[string]string
+	if json.Unmarshal(raw, &m) == nil { // a configuration: k=v, sorted
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for i, k := range keys {
+			keys[i] = k + "=" + m[k]
+		}
+		s = strings.Join(keys, " ")
+	}
 	if len(s) > 160 {
 		s = s[:157] + "..."
 	}
