@@ -46,6 +46,9 @@ type fakeHost struct {
 	scanSupported bool
 	// flushFails makes multipath -f fail and leave the map suspended.
 	flushFails bool
+	// flushInUse makes that many multipath -f calls fail as when udev's
+	// blkid has the map open for a moment.
+	flushInUse int
 	// loginDelay slows every login, to widen races.
 	loginDelay time.Duration
 	// initiatorACL, when set, is the only initiator the targets admit.
@@ -656,6 +659,10 @@ func (f *fakeHost) multipath(c host.Cmd) (host.Result, error) {
 		m := f.maps[a[1]]
 		if m == nil {
 			return ok("")
+		}
+		if f.flushInUse > 0 {
+			f.flushInUse--
+			return fail(c, 1, "205.115 | "+a[1]+": map in use")
 		}
 		if f.flushFails || len(f.list("/sys/devices/virtual/block/"+m.dev+"/holders")) > 0 {
 			f.write("/sys/devices/virtual/block/"+m.dev+"/dm/suspended", "1\n")

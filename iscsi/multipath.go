@@ -23,6 +23,10 @@ import (
 // with only `multipaths` stanzas for our WWIDs changes nothing else.
 const DropInPath = "/etc/multipath/conf.d/sanvol.conf"
 
+// wwidsFile lists the WWIDs multipath treats as multipath devices, in
+// 0.4.9 as in 0.9.x, one "/<wwid>/" per line.
+const wwidsFile = "/etc/multipath/wwids"
+
 // defaultPollingInterval is multipathd's checker interval in both 0.4.9 and
 // 0.9.x when multipath.conf does not set one (XCP-ng does not).
 const defaultPollingInterval = 5
@@ -198,19 +202,21 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 		}
 	}
 	// With find_multipaths yes (XCP-ng) a LUN with one path gets no map
-	// unless its WWID is in /etc/multipath/wwids.
-	if _, err := t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-a", c.wwid}, Timeout: t.timing.Command}); err != nil {
-		if errors.Is(err, host.ErrNotInstalled) {
-			return nil, multipathdError(op, err)
+	// unless its WWID is in the wwids file.
+	if wwids, _ := t.root.ReadFile(wwidsFile); !strings.Contains(string(wwids), "/"+c.wwid+"/") {
+		if _, err := t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-a", c.wwid}, Timeout: t.timing.Command}); err != nil {
+			if errors.Is(err, host.ErrNotInstalled) {
+				return nil, multipathdError(op, err)
+			}
+			t.log.Debug("multipath -a failed", zap.Error(err))
 		}
-		t.log.Debug("multipath -a failed", zap.Error(err))
 	}
 
 	start := time.Now()
 	deadline := start.Add(t.timing.MapWait)
 	// multipathd builds maps from uevents by itself; it is only prodded
 	// after this grace period, and then once per kind of lack.
-	grace := min(t.timing.MapWait/4, 3*time.Second)
+	grace := min(t.timing.MapWait/4, time.Second)
 	var askedMap, askedPaths, askedRename bool
 	for {
 		m, err := t.sys.findMap(c.wwid, disks)
@@ -272,26 +278,47 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 // rebuild the map from the surviving paths only (research §2.1).
 func (t *Transport) flushMap(ctx context.Context, op string, m *dmMap) error {
 	op += ": flush multipath map " + m.name
+	busy := func(msg string, cause error) error {
+		return host.Errorf(host.KindBusy, op, msg, "check what holds it (dmsetup info "+m.name+"; ls /sys/block/"+m.dev+"/holders; fuser -vm /dev/mapper/"+m.name+") and run SR.detach again", cause)
+	}
 	if len(m.holders) > 0 {
 		return host.Errorf(host.KindBusy, op, "the map is still in use by "+strings.Join(m.holders, ", "),
 			"deactivate the SR's logical volumes first (lvs -o lv_name,lv_active on the SR's VG; dmsetup ls --tree)", nil)
 	}
-	_, err := t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-f", m.name}, Timeout: t.timing.Flush})
-	after, rerr := t.sys.findMap(m.wwid, nil)
-	if rerr == nil && after == nil {
-		return nil
-	}
-	if after != nil && after.suspended {
-		// A failed flush can leave the map suspended, and then every
-		// sync() on the host hangs (azurelinux#18793).
-		if _, rerr := t.run.Run(ctx, host.Cmd{Name: "dmsetup", Args: []string{"resume", after.name}, Timeout: t.timing.Command}); rerr != nil {
-			t.log.Error("could not resume a suspended multipath map", zap.String("map", after.name), zap.Error(rerr))
+	// udev probes (blkid, LVM's rules) open the map for a moment after
+	// every change to it; a flush in that moment fails with "map in use".
+	t.settle(ctx)
+	deadline := time.Now().Add(t.timing.Flush)
+	for {
+		res, err := t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-f", m.name}, Timeout: t.timing.Flush})
+		after, rerr := t.sys.findMap(m.wwid, nil)
+		switch {
+		case rerr != nil:
+			return busy("cannot read device-mapper state after the flush", rerr)
+		case after == nil:
+			return nil
+		case after.suspended:
+			// A failed flush can leave the map suspended, and then
+			// every sync() on the host hangs (azurelinux#18793).
+			if _, rerr := t.run.Run(ctx, host.Cmd{Name: "dmsetup", Args: []string{"resume", after.name}, Timeout: t.timing.Command}); rerr != nil {
+				t.log.Error("could not resume a suspended multipath map", zap.String("map", after.name), zap.Error(rerr))
+			}
+			return busy("the flush failed and left the map suspended; it was resumed", err)
+		case len(after.holders) > 0:
+			return busy("the map is in use by "+strings.Join(after.holders, ", "), err)
+		}
+		if err == nil {
+			err = errors.New("map still present after multipath -f")
+		}
+		inUse := strings.Contains(string(res.Stderr), "in use") || strings.Contains(err.Error(), "in use")
+		if !inUse || time.Now().After(deadline) {
+			return busy("the map could not be removed", err)
+		}
+		t.log.Debug("map briefly open, retrying the flush", zap.String("map", m.name))
+		if sleep(ctx, time.Second) != nil {
+			return busy("the map could not be removed", err)
 		}
 	}
-	if err == nil {
-		err = errors.New("map still present after multipath -f")
-	}
-	return host.Errorf(host.KindBusy, op, "the map could not be removed", "check what holds it (dmsetup info "+m.name+"; fuser -vm /dev/mapper/"+m.name+") and run SR.detach again", err)
 }
 
 // dmPathState is one path of a map as the kernel reports it.

@@ -177,7 +177,9 @@ func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (volume.D
 	results := t.connect(ctx, op, c, paths, before)
 	failures := loginFailures(results)
 	if len(failures) == len(results) {
-		return volume.Device{}, t.loginFailure(ctx, op, c, initiator, failures)
+		err := t.loginFailure(ctx, op, c, initiator, failures)
+		t.rollback(ctx, before, paths)
+		return volume.Device{}, err
 	}
 	for _, f := range failures {
 		t.log.Warn("path did not log in; attaching with the others", zap.String("path", f.path.String()), zap.String("reason", f.msg), zap.Error(f.err))
@@ -200,6 +202,7 @@ func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (volume.D
 		return volume.Device{}, err
 	}
 	h := t.health(ctx, c, paths, sessions, m)
+	t.warnRecoveryTimeout(c, ourSessions(sessions, paths))
 	for _, f := range failures {
 		h.Detail += "; " + f.path.String() + " login failed: " + f.msg
 	}
@@ -277,13 +280,15 @@ func (t *Transport) Detach(ctx context.Context, cfg map[string]string, others []
 		}
 		if err := t.logout(ctx, s.sid); err != nil {
 			errs = append(errs, fmt.Errorf("log out of %s (%s, session %d): %w", s.portal, s.target, s.sid, err))
-			continue
-		}
-		p := path{Portal: s.portal, IQN: s.target, Iface: ifaceOf(s)}
-		if err := t.deleteNode(ctx, p); err != nil {
-			t.log.Warn("cannot delete node record", zap.String("path", p.String()), zap.Error(err))
 		}
 	}
+	forget := realPaths(v.paths)
+	for _, s := range ours {
+		if p := (path{Portal: s.portal, IQN: s.target, Iface: ifaceOf(s)}); !slices.Contains(forget, p) {
+			forget = append(forget, p)
+		}
+	}
+	t.forgetNodes(ctx, forget)
 	if len(errs) > 0 {
 		return host.Errorf(host.KindBusy, op, "the map is gone but sessions remain", "log them out by hand (iscsiadm -m session; iscsiadm -m session -r <sid> -u) or run SR.detach again", errors.Join(errs...))
 	}
@@ -404,6 +409,20 @@ func pathProblem(p path, sessions []session, wwid string, m *dmMap, states map[s
 		return d.name + " failed"
 	}
 	return ""
+}
+
+// warnRecoveryTimeout tells the admin when the sessions' live recovery
+// timeout is not replacement-timeout: multipathd (0.5 and later) sets it to
+// fast_io_fail_tmo when multipath.conf has one (its default is 5 s), and
+// that is a host-wide setting sanvol leaves alone.
+func (t *Transport) warnRecoveryTimeout(c *config, sessions []session) {
+	for _, s := range sessions {
+		if s.recoveryTmo != 0 && s.recoveryTmo != c.replacementTimeout {
+			t.log.Warn("multipathd set the session recovery timeout from fast_io_fail_tmo; replacement-timeout applies only where multipath.conf sets none",
+				zap.Int("sid", s.sid), zap.Int("recovery_tmo", s.recoveryTmo), zap.Int("replacement_timeout", c.replacementTimeout))
+			return
+		}
+	}
 }
 
 // Probe discovers what a partial device-config reaches: without targetIQN
@@ -865,7 +884,10 @@ func (t *Transport) loginFailure(ctx context.Context, op string, c *config, init
 	}
 	msg := "no path to target " + c.iqn + " logged in: " + strings.Join(parts, "; ")
 	var fix string
-	if kind == host.KindAuth || kind == host.KindNotFound {
+	// LIO answers an unknown IQN by dropping the connection, which
+	// iscsiadm reports as a timeout: whatever the kind, a portal that
+	// answers discovery without the IQN means the IQN is wrong.
+	if kind != host.KindUnsupported {
 		if offered, ok := t.offeredIQNs(ctx, op, c); ok && c.iqn != wildcardIQN && !slices.Contains(offered, c.iqn) {
 			return host.Errorf(host.KindNotFound, op, fmt.Sprintf("target %s is not offered at %s; the portals offer: %s",
 				c.iqn, portalList(c.portals), orNone(strings.Join(offered, ", "))),
@@ -980,8 +1002,9 @@ func (t *Transport) scanHost(ctx context.Context, hostNo int) {
 
 // rollback undoes the sessions of paths that were not there before: their
 // disks go (with a map multipathd may have built for them, if idle), then
-// the session and its node record.
+// the session; last, the node records of paths left without a session.
 func (t *Transport) rollback(ctx context.Context, before []session, paths []path) {
+	defer t.forgetNodes(ctx, paths)
 	now, err := t.sys.sessions()
 	if err != nil {
 		return
@@ -991,9 +1014,6 @@ func (t *Transport) rollback(ctx context.Context, before []session, paths []path
 		if !slices.ContainsFunc(before, func(b session) bool { return b.sid == s.sid }) {
 			created = append(created, s)
 		}
-	}
-	if len(created) == 0 {
-		return
 	}
 	own := map[string]bool{}
 	for _, s := range created {
@@ -1022,33 +1042,45 @@ func (t *Transport) rollback(ctx context.Context, before []session, paths []path
 		}
 		if err := t.logout(ctx, s.sid); err != nil {
 			t.log.Warn("cannot log out a session made during probe", zap.Int("sid", s.sid), zap.Error(err))
-			continue
 		}
-		_ = t.deleteNode(ctx, path{Portal: s.portal, IQN: s.target, Iface: ifaceOf(s)})
 	}
 }
 
-// devicePath waits for the map's device node and returns its stable name.
-func (t *Transport) devicePath(ctx context.Context, op string, c *config, m *dmMap) (string, error) {
-	mapper := "/dev/mapper/" + m.name
-	byID := "/dev/disk/by-id/dm-uuid-mpath-" + m.wwid
-	deadline := time.Now().Add(t.timing.MapWait)
-	for {
-		if t.root.Exists(mapper) && m.name == c.wwid {
-			return mapper, nil
+// forgetNodes deletes the node records of paths that have no session, so
+// that the CHAP secrets they hold do not stay on disk; the next attach
+// writes them again.
+func (t *Transport) forgetNodes(ctx context.Context, paths []path) {
+	now, err := t.sys.sessions()
+	if err != nil {
+		return
+	}
+	for _, p := range realPaths(paths) {
+		if hasSession(now, p) {
+			continue
 		}
-		if t.root.Exists(byID) {
-			return byID, nil
-		}
-		if time.Now().After(deadline) || sleep(ctx, t.timing.Poll) != nil {
-			if t.root.Exists(mapper) {
-				t.log.Warn("map has a host-specific name and no by-id link", zap.String("map", m.name))
-				return mapper, nil
-			}
-			return "", host.Errorf(host.KindTimeout, op, "multipath map "+m.name+" has no device node ("+mapper+" or "+byID+")",
-				"check that udev runs (udevadm settle; ls -l /dev/mapper)", nil)
+		if err := t.deleteNode(ctx, p); err != nil {
+			t.log.Warn("cannot delete node record", zap.String("path", p.String()), zap.Error(err))
 		}
 	}
+}
+
+// devicePath waits for the map's device node and returns its stable name:
+// /dev/mapper/<wwid> (the alias sanvol gives the map), or the by-id link
+// when the host named the map otherwise.
+func (t *Transport) devicePath(ctx context.Context, op string, c *config, m *dmMap) (string, error) {
+	dev := "/dev/mapper/" + m.name
+	if m.name != c.wwid {
+		dev = "/dev/disk/by-id/dm-uuid-mpath-" + m.wwid
+		t.log.Warn("the map kept a host-specific name; using its by-id link", zap.String("map", m.name))
+	}
+	deadline := time.Now().Add(t.timing.MapWait)
+	for !t.root.Exists(dev) {
+		if time.Now().After(deadline) || sleep(ctx, t.timing.Poll) != nil {
+			return "", host.Errorf(host.KindTimeout, op, "multipath map "+m.name+" has no device node "+dev,
+				"check that udev runs (udevadm settle; ls -l /dev/mapper /dev/disk/by-id)", nil)
+		}
+	}
+	return dev, nil
 }
 
 // settle waits for udev to process queued events, so that multipathd has

@@ -172,8 +172,8 @@ func TestAttachWrongCHAPFailsOnceWithAuthError(t *testing.T) {
 	if n := f.countCalls("--login"); n != 2 {
 		t.Errorf("%d logins for 2 portals", n)
 	}
-	if f.sessionCount() != 0 {
-		t.Errorf("%d sessions left", f.sessionCount())
+	if f.sessionCount() != 0 || len(f.nodes) != 0 {
+		t.Errorf("%d sessions and node records %v left", f.sessionCount(), f.nodes)
 	}
 }
 
@@ -218,6 +218,13 @@ func TestAttachPartial(t *testing.T) {
 	}
 	if !strings.Contains(h.Detail, "1 of 2 paths down: 127.0.0.2:3260 (no session)") || !strings.Contains(h.Detail, "login failed") {
 		t.Errorf("detail %q", h.Detail)
+	}
+	// Detach also forgets the record of the path that never logged in.
+	if err := f.transport(nil).Detach(context.Background(), baseConfig(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if f.sessionCount() != 0 || len(f.nodes) != 0 {
+		t.Errorf("left %d sessions, node records %v", f.sessionCount(), f.nodes)
 	}
 }
 
@@ -335,6 +342,22 @@ func TestDetachCleansUpAndIsIdempotent(t *testing.T) {
 		if strings.Contains(c, "remove") {
 			t.Errorf("dmsetup remove used: %s", c)
 		}
+	}
+}
+
+func TestDetachRetriesAMapBrieflyInUse(t *testing.T) {
+	f := newFakeHost(t)
+	tr := f.transport(nil)
+	attach(t, tr, baseConfig())
+	f.flushInUse = 1
+	if err := tr.Detach(context.Background(), baseConfig(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(strings.Join(f.commands("multipath"), "\n"), "multipath -f"); n != 2 || f.mapCount() != 0 {
+		t.Errorf("%d flushes, %d maps left", n, f.mapCount())
+	}
+	if !strings.Contains(strings.Join(f.commands("udevadm"), "\n"), "settle") {
+		t.Error("no udevadm settle before the flush")
 	}
 }
 
