@@ -369,3 +369,157 @@ func mustEval(t *testing.T, p string) string {
 	}
 	return r
 }
+
+func TestLabNVMeSecondNamespace(t *testing.T) {
+	tgt, err := labtarget.NewNVMe(t.Context(), labtarget.NVMeOptions{Name: "labns", Size: 128 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := tgt.Close(); err != nil {
+			t.Errorf("nvmet teardown: %v", err)
+		}
+	})
+	connectNVMe(t, tgt)
+	// nvmet announces the new namespace; the host adds it on both paths.
+	ns, err := tgt.AddNamespace(2, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the second namespace's head device", 30*time.Second, func() (bool, string) {
+		dev := nvmeDevice(ns.NGUID)
+		return dev != "" && readSys("/sys/block/"+filepath.Base(dev)+"/uuid") == ns.UUID, dev
+	})
+}
+
+// initiatorName is this guest's iSCSI initiator IQN (made at boot).
+func initiatorName(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("/etc/iscsi/initiatorname.iscsi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "InitiatorName="); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatal("no InitiatorName in /etc/iscsi/initiatorname.iscsi")
+	return ""
+}
+
+func TestLabISCSIChap(t *testing.T) {
+	tgt, err := labtarget.NewISCSI(t.Context(), labtarget.ISCSIOptions{Name: "labchap", Size: 64 << 20, Addrs: []string{labtarget.Addr1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := tgt.Close(); err != nil {
+			t.Errorf("LIO teardown: %v", err)
+		}
+	})
+	chap := &labtarget.CHAP{User: "labuser", Password: "initiator-secret1", MutualUser: "labarray", MutualPassword: "target-secret22"}
+	if err := tgt.AllowInitiator(initiatorName(t), chap); err != nil {
+		t.Fatal(err)
+	}
+	portal := fmt.Sprintf("%s:%d", labtarget.Addr1, tgt.Port)
+	mustRun(t, "iscsiadm", "-m", "discovery", "-t", "sendtargets", "-p", portal)
+	t.Cleanup(func() { logoutISCSI(tgt, []string{labtarget.Addr1}) })
+	set := func(k, v string) {
+		mustRun(t, "iscsiadm", "-m", "node", "-T", tgt.IQN, "-p", portal, "-o", "update", "-n", k, "-v", v)
+	}
+	login := func() error {
+		_, err := run("iscsiadm", "-m", "node", "-T", tgt.IQN, "-p", portal, "--login")
+		return err
+	}
+	set("node.session.auth.authmethod", "CHAP")
+	set("node.session.auth.username", chap.User)
+	set("node.session.auth.password", "a-wrong-secret")
+	if err := login(); err == nil {
+		t.Fatal("login with a wrong CHAP secret succeeded")
+	}
+	set("node.session.auth.password", chap.Password)
+	set("node.session.auth.username_in", chap.MutualUser)
+	set("node.session.auth.password_in", "wrong-target-secret")
+	if err := login(); err == nil {
+		t.Fatal("login succeeded although the target's mutual CHAP secret is wrong")
+	}
+	set("node.session.auth.password_in", chap.MutualPassword)
+	if err := login(); err != nil {
+		t.Fatalf("mutual CHAP login: %v", err)
+	}
+	waitFor(t, "a multipath path to the CHAP LUN", 30*time.Second, func() (bool, string) {
+		ps := multipathPaths(tgt.WWID())
+		return activePaths(ps) == 1, fmt.Sprint(ps)
+	})
+}
+
+// TestLabISCSIMultipleIQN builds the array layout of the Citrix and
+// NexentaStor guides: one target IQN per portal, the same LUN behind both.
+// multipath must still see one LUN with two paths.
+func TestLabISCSIMultipleIQN(t *testing.T) {
+	tgt, err := labtarget.NewISCSI(t.Context(), labtarget.ISCSIOptions{Name: "labmiqn", Size: 64 << 20, Addrs: []string{labtarget.Addr1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := tgt.Close(); err != nil {
+			t.Errorf("LIO teardown: %v", err)
+		}
+	})
+	second := tgt.IQN + "-b"
+	if err := tgt.ExportIQN(second, labtarget.Addr2); err != nil {
+		t.Fatal(err)
+	}
+	p1, p2 := fmt.Sprintf("%s:%d", labtarget.Addr1, tgt.Port), fmt.Sprintf("%s:%d", labtarget.Addr2, tgt.Port)
+	out := mustRun(t, "iscsiadm", "-m", "discovery", "-t", "sendtargets", "-p", p2)
+	if !strings.Contains(out, p2+",1 "+second) {
+		t.Fatalf("discovery through %s does not offer %s there:\n%s", p2, second, out)
+	}
+	mustRun(t, "iscsiadm", "-m", "discovery", "-t", "sendtargets", "-p", p1)
+	t.Cleanup(func() {
+		logoutISCSI(tgt, []string{labtarget.Addr1, labtarget.Addr2})
+		_, _ = run("iscsiadm", "-m", "node", "-T", second, "--logout")
+		_, _ = run("iscsiadm", "-m", "node", "-T", second, "-o", "delete")
+	})
+	mustRun(t, "iscsiadm", "-m", "node", "-T", tgt.IQN, "-p", p1, "--login")
+	mustRun(t, "iscsiadm", "-m", "node", "-T", second, "-p", p2, "--login")
+	waitFor(t, "one LUN with a path through each IQN", 60*time.Second, func() (bool, string) {
+		ps := multipathPaths(tgt.WWID())
+		return activePaths(ps) == 2, fmt.Sprint(ps)
+	})
+}
+
+// TestLabISCSIVanishAndReturn: the target behind one portal disappears
+// entirely and comes back, as in an HA-Lizard failover; the path returns
+// to the same LUN.
+func TestLabISCSIVanishAndReturn(t *testing.T) {
+	tgt, err := labtarget.NewISCSI(t.Context(), labtarget.ISCSIOptions{Name: "labvanish", Size: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := tgt.Close(); err != nil {
+			t.Errorf("LIO teardown: %v", err)
+		}
+	})
+	addrs := []string{labtarget.Addr1, labtarget.Addr2}
+	loginISCSI(t, tgt, addrs)
+	if err := tgt.VanishPortal(labtarget.Addr2); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "multipath to fail the vanished path", 90*time.Second, func() (bool, string) {
+		ps := multipathPaths(tgt.WWID())
+		return activePaths(ps) == 1, fmt.Sprint(ps)
+	})
+	if out, err := run("iscsiadm", "-m", "discovery", "-t", "sendtargets", "-p", fmt.Sprintf("%s:%d", labtarget.Addr2, tgt.Port)); err == nil {
+		t.Fatalf("discovery through the vanished portal still answers:\n%s", out)
+	}
+	if err := tgt.ReturnPortal(labtarget.Addr2); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the path to come back to the same LUN", 90*time.Second, func() (bool, string) {
+		ps := multipathPaths(tgt.WWID())
+		return activePaths(ps) == 2, fmt.Sprint(ps)
+	})
+}
