@@ -37,7 +37,9 @@ func (r *run) checkNVMeCLI(ctx context.Context) {
 	res, err := r.d.Runner.Run(ctx, cmd)
 	switch {
 	case err == nil:
-		r.add(result(chkNVMeCLI, scopeNVMeHost, Pass, lastLine(string(res.Stdout)), nil, ""))
+		// nvme-cli 2.x adds a "libnvme version" line after its own.
+		v := strings.TrimSpace(strings.SplitN(strings.TrimSpace(string(res.Stdout)), "\n", 2)[0])
+		r.add(result(chkNVMeCLI, scopeNVMeHost, Pass, v, nil, ""))
 	case errors.Is(err, host.ErrNotInstalled):
 		r.add(result(chkNVMeCLI, scopeNVMeHost, Fail, "nvme-cli is not installed", []string{err.Error()}, "yum install -y nvme-cli"))
 	default:

@@ -60,6 +60,9 @@ func TestHealthyNVMeHost(t *testing.T) {
 	if h.pool.recorded != nil {
 		t.Errorf("recorded %v although the record was right", h.pool.recorded)
 	}
+	if r := find(t, rep, chkNVMeCLI); r.Summary != "nvme version 2.3 (git 2.3)" {
+		t.Errorf("nvme.cli summary %q", r.Summary)
+	}
 }
 
 func TestNoSRAttached(t *testing.T) {

@@ -233,7 +233,7 @@ func newFakeHost(t *testing.T) *fakeHost {
 	h.write("/sys/class/nvme-subsystem/nvme-subsys0/iopolicy", "round-robin")
 
 	h.run.on("ping ", "1 packets transmitted, 1 received, 0% packet loss, time 0ms", nil)
-	h.run.on("nvme version", "nvme version 2.3 (git 2.3)", nil)
+	h.run.on("nvme version", "nvme version 2.3 (git 2.3)\nlibnvme version 1.3 (git 1.3)\n", nil)
 	h.run.on("iscsiadm -m node", "", exitErr(21, "iscsiadm: No records found"))
 	h.node(targetIQN, "10.0.1.10:3260", "default", "10")
 	h.node(targetIQN, "10.0.2.10:3260", "default", "10")

@@ -106,7 +106,9 @@ func (v *netView) prefixes(iface string) []netip.Prefix {
 func (v *netView) describe(iface string) string {
 	var ps []string
 	for _, p := range v.prefixes(iface) {
-		ps = append(ps, p.String())
+		if !p.Addr().IsLinkLocalUnicast() {
+			ps = append(ps, p.String())
+		}
 	}
 	l := v.lowersOf(iface)
 	s := iface
