@@ -64,6 +64,10 @@ type Runner interface {
 // timeout of its own, so an unbounded child would hang a VM start for ever.
 const DefaultTimeout = 60 * time.Second
 
+// abandonAfter is how long past its deadline a killed command may take
+// to exit before Run stops waiting for it.
+const abandonAfter = 3 * time.Second
+
 // ErrTimeout is wrapped by errors from commands that hit their deadline.
 var ErrTimeout = errors.New("command timed out")
 
@@ -141,9 +145,28 @@ func (r *ExecRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	cmd.WaitDelay = 2 * time.Second
 
 	start := time.Now()
-	err := cmd.Run()
-	res := Result{Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), Elapsed: time.Since(start)}
 	line := c.String()
+	if err := cmd.Start(); err != nil {
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, os.ErrNotExist) {
+			return Result{}, &CmdError{Cmd: line, Err: fmt.Errorf("%w: %s", ErrNotInstalled, c.Name)}
+		}
+		return Result{}, &CmdError{Cmd: line, Err: err}
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(timeout + abandonAfter):
+		// SIGKILL went out at the deadline, but a child blocked in the
+		// kernel (a hung nvme connect, I/O on a dead path) cannot die
+		// until it leaves it. Stop waiting: the caller's deadline is what
+		// keeps xapi from hanging. The goroutine reaps it when it can.
+		r.Log.Error("command did not exit after SIGKILL; abandoned", zap.String("cmd", line), zap.Duration("timeout", timeout))
+		return Result{Elapsed: time.Since(start), ExitCode: -1},
+			&CmdError{Cmd: line, Err: fmt.Errorf("%w after %s (the process is stuck in the kernel and was abandoned)", ErrTimeout, timeout)}
+	}
+	res := Result{Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), Elapsed: time.Since(start)}
 	if cmd.ProcessState != nil {
 		res.ExitCode = cmd.ProcessState.ExitCode()
 	}
@@ -152,8 +175,6 @@ func (r *ExecRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	case ctx.Err() == context.DeadlineExceeded:
 		r.Log.Warn("command timed out", append(fields, zap.Duration("timeout", timeout))...)
 		return res, &CmdError{Cmd: line, Err: fmt.Errorf("%w after %s", ErrTimeout, timeout)}
-	case err != nil && errors.Is(err, exec.ErrNotFound), err != nil && errors.Is(err, os.ErrNotExist):
-		return res, &CmdError{Cmd: line, Err: fmt.Errorf("%w: %s", ErrNotInstalled, c.Name)}
 	case err != nil:
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
