@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"regexp"
 	"sort"
 	"strings"
@@ -25,6 +26,8 @@ type StatusDeps struct {
 	Health map[string]HealthReporter
 	// Volumes lists an SR's volumes; nil leaves them out.
 	Volumes VolumeLister
+	// Net, when set, names the interface each portal is reached through.
+	Net Net
 	// Version is sanvol's own version.
 	Version string
 	Log     *zap.Logger
@@ -79,15 +82,17 @@ type ToolVersion struct {
 
 // SRStatus is one attached SR.
 type SRStatus struct {
-	UUID       string            `json:"uuid"`
-	Type       string            `json:"type"`
-	Device     string            `json:"device"`
-	VG         string            `json:"vg"`
-	Config     map[string]string `json:"configuration"`
-	Health     volume.Health     `json:"health"`
-	HealthErr  string            `json:"health_error,omitempty"`
-	Volumes    []VolumeState     `json:"volumes,omitempty"`
-	VolumesErr string            `json:"volumes_error,omitempty"`
+	UUID   string            `json:"uuid"`
+	Type   string            `json:"type"`
+	Device string            `json:"device"`
+	VG     string            `json:"vg"`
+	Config map[string]string `json:"configuration"`
+	// Paths are the SR's portals and the interfaces they leave through.
+	Paths      []string      `json:"paths,omitempty"`
+	Health     volume.Health `json:"health"`
+	HealthErr  string        `json:"health_error,omitempty"`
+	Volumes    []VolumeState `json:"volumes,omitempty"`
+	VolumesErr string        `json:"volumes_error,omitempty"`
 }
 
 // State is the one-word state of the SR.
@@ -122,9 +127,20 @@ type StatusReport struct {
 func ReadStatus(ctx context.Context, d StatusDeps, srs []volume.Attached, verbose bool) StatusReport {
 	rep := StatusReport{Host: hostname(d.Root), Product: product(d.Root), Kernel: kernelRelease(d.Root), Time: time.Now()}
 	rep.Versions = append([]ToolVersion{{"sanvol", orDash(d.Version)}}, toolVersions(ctx, d.Runner)...)
-	types := map[string]bool{}
+	var nv *netView
+	dd := Deps{Root: d.Root, Runner: d.Runner, Net: d.Net, Resolve: net.DefaultResolver.LookupHost}
+	if d.Net != nil {
+		nv = newNetView(ctx, dd)
+	}
 	for _, a := range srs {
 		st := SRStatus{UUID: a.UUID, Type: a.Type, Device: a.Device, VG: a.VG, Config: redactConfig(a.Configuration)}
+		if nv != nil {
+			if s := newSubject(ctx, dd, a.Type, a.UUID, a.Configuration); s.err == nil {
+				for _, p := range nv.paths(s) {
+					st.Paths = append(st.Paths, p.String())
+				}
+			}
+		}
 		if hr := d.Health[a.Type]; hr != nil {
 			h, err := hr.Health(ctx, a.Configuration)
 			if err != nil {
@@ -144,7 +160,6 @@ func ReadStatus(ctx context.Context, d StatusDeps, srs []volume.Attached, verbos
 			st.Volumes = vs
 		}
 		rep.SRs = append(rep.SRs, st)
-		types[a.Type] = true
 	}
 	if verbose {
 		rep.Diagnostics = map[string]string{}
@@ -251,10 +266,13 @@ func (s StatusReport) Text(w io.Writer) error {
 			fmt.Fprintf(&b, "  %d/%d paths live", sr.Health.Live, sr.Health.Total)
 		}
 		b.WriteString("\n")
+		if len(sr.Paths) > 0 {
+			fmt.Fprintf(&b, "   paths    %s\n", strings.Join(sr.Paths, ", "))
+		}
 		if sr.HealthErr != "" {
 			fmt.Fprintf(&b, "   health   %s\n", sr.HealthErr)
 		} else if sr.Health.Detail != "" {
-			fmt.Fprintf(&b, "   paths    %s\n", sr.Health.Detail)
+			fmt.Fprintf(&b, "   health   %s\n", sr.Health.Detail)
 		}
 		fmt.Fprintf(&b, "   target   %s\n", targetLine(sr))
 		fmt.Fprintf(&b, "   device   %s  VG %s\n", sr.Device, sr.VG)

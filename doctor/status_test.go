@@ -26,7 +26,7 @@ func statusHost(t *testing.T) (*fakeHost, StatusDeps, []volume.Attached) {
 	h.run.on("iscsiadm --version", "iscsiadm version 2.1.8", nil)
 	h.run.on("multipath -h", "", exitErr(1, "multipath-tools v0.9.4 (12/19, 2022)\nUsage: ..."))
 	h.run.on("lvm version", "  LVM version:     2.03.16(2) (2022-05-18)\n  Library version: 1.02.185 (2022-05-18)\n", nil)
-	d := StatusDeps{Root: h.deps.Root, Runner: h.run, Version: "0.1.0",
+	d := StatusDeps{Root: h.deps.Root, Runner: h.run, Net: h.net, Version: "0.1.0",
 		Health: map[string]HealthReporter{
 			TypeNVMeTCP: fakeHealth{h: volume.Health{Total: 2, Live: 2}},
 			TypeISCSI:   fakeHealth{h: volume.Health{Total: 2, Live: 1, Detail: "1 of 2 paths live: 10.0.2.10:3260 FAILED"}},
@@ -61,7 +61,8 @@ func TestStatus(t *testing.T) {
 		"target   10.0.1.10,10.0.2.10  nqn=" + subNQN,
 		"volumes  2 of 3 active here: v-aaaaaaaa-0000-4000-8000-000000000001 (10.0 GiB, open), v-aaaaaaaa-0000-4000-8000-000000000002 (512 MiB)",
 		"SR " + otherSR + "  iscsi-ng  DEGRADED  1/2 paths live",
-		"paths    1 of 2 paths live: 10.0.2.10:3260 FAILED",
+		"paths    10.0.1.10:4420 via eth1, 10.0.2.10:4420 via eth2",
+		"health   1 of 2 paths live: 10.0.2.10:3260 FAILED",
 		"volumes  0 of 0 active here",
 	} {
 		if !strings.Contains(out, want) {
@@ -111,7 +112,7 @@ func TestStatusUnknownHealth(t *testing.T) {
 	d.Health = nil
 	var b bytes.Buffer
 	_ = ReadStatus(context.Background(), d, srs, false).Text(&b)
-	if !strings.Contains(b.String(), "nvmetcp  UNKNOWN\n   health   no transport for SR type nvmetcp") {
+	if !strings.Contains(b.String(), "nvmetcp  UNKNOWN\n   paths    10.0.1.10:4420 via eth1, 10.0.2.10:4420 via eth2\n   health   no transport for SR type nvmetcp") {
 		t.Errorf("status:\n%s", b.String())
 	}
 }
