@@ -396,17 +396,23 @@ func pathProblem(p path, sessions []session, wwid string, m *dmMap, states map[s
 	}
 	d := ds[0]
 	switch {
-	case s.state != sessionLoggedIn:
-		return d.name + " session " + s.state
-	case d.state != "running":
-		return d.name + " " + d.state
 	case m == nil:
 		return d.name + " has no multipath map"
 	case !slices.Contains(m.slaves, d.name):
 		return d.name + " not in the multipath map"
 	}
+	var why []string
+	if s.state != sessionLoggedIn {
+		why = append(why, "session "+s.state)
+	}
+	if d.state != "running" {
+		why = append(why, "disk "+d.state)
+	}
 	if st, ok := states[d.dev]; ok && !st.active {
-		return d.name + " failed"
+		why = append(why, "dm path failed")
+	}
+	if len(why) > 0 {
+		return d.name + " failed: " + strings.Join(why, ", ")
 	}
 	return ""
 }
