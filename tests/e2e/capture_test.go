@@ -64,8 +64,14 @@ func (c *capturer) save(pkg, file, content, how string) {
 func (c *capturer) writeIndex(kernel string) {
 	for pkg, lines := range c.index {
 		sort.Strings(lines)
-		head := fmt.Sprintf("Captured by tests/lab/run.sh capture (TestCaptureFixtures) in the lab guest,\nkernel %s, on %s. One line per file: the command that printed it.\n\"-degraded\" files were taken with the path through 127.0.0.2 cut.\nsysfs-* trees are plain-file copies of the sysfs attributes, symlinks kept.\n\n",
-			kernel, time.Now().UTC().Format("2006-01-02"))
+		head := "Captured by tests/lab/run.sh capture (TestCaptureFixtures) in the lab guest\n" +
+			"(Debian 12). One line per file: the command that printed it, the guest's\n" +
+			"kernel and the date. \"-degraded\" files were taken with the path through\n" +
+			"127.0.0.2 cut. sysfs-* trees are plain-file copies of sysfs attributes,\n" +
+			"symlinks kept, to be read through a host.Root pointed at the tree.\n\n"
+		for i := range lines {
+			lines[i] += fmt.Sprintf("  [%s, %s]", kernel, time.Now().UTC().Format("2006-01-02"))
+		}
 		if err := os.WriteFile(filepath.Join(c.dir, pkg, "FIXTURES.txt"), []byte(head+strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
 			c.t.Fatal(err)
 		}
