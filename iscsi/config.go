@@ -299,7 +299,7 @@ func (t *Transport) parseCHAP(ctx context.Context, op string, cfg map[string]str
 	}
 	if pass == "" && resolve {
 		if t.secrets == nil {
-			return nil, host.Errorf(host.KindInternal, op, "no XenAPI secret resolver to read "+passKey+secretSuffix, "", nil)
+			return nil, host.Errorf(host.KindInternal, op, "no XenAPI secret resolver to read "+passKey+secretSuffix, "this is a sanvol bug (the plugin did not give the transport a XenAPI client); report it with the plugin log", nil)
 		}
 		v, err := t.secrets.Secret(ctx, secretUUID)
 		if err != nil {

@@ -189,12 +189,12 @@ func (t *Transport) ensureIface(ctx context.Context, op, nic string) error {
 			if e := toolError(op, "iscsiadm", "open-iscsi (iscsi-initiator-utils)", err); e != nil {
 				return e
 			}
-			return host.Errorf(host.KindInternal, op, "cannot create the iscsiadm iface record "+name, "", err)
+			return host.Errorf(host.KindInternal, op, "cannot create the iscsiadm iface record "+name, "run it by hand to read iscsiadm's message: iscsiadm -m iface -I "+name+" -o new", err)
 		}
 	}
 	if _, err := t.iscsiadm(ctx, t.timing.Command, nil, "-m", "iface", "-I", name, "-o", "update",
 		"-n", "iface.net_ifacename", "-v", nic); err != nil {
-		return host.Errorf(host.KindInternal, op, "cannot bind the iscsiadm iface record "+name+" to "+nic, "", err)
+		return host.Errorf(host.KindInternal, op, "cannot bind the iscsiadm iface record "+name+" to "+nic, "run it by hand to read iscsiadm's message: iscsiadm -m iface -I "+name+" -o update -n iface.net_ifacename -v "+nic, err)
 	}
 	return nil
 }
@@ -211,7 +211,7 @@ func (t *Transport) setupNode(ctx context.Context, op string, c *config, p path)
 		if e := toolError(op, "iscsiadm", "open-iscsi (iscsi-initiator-utils)", err); e != nil {
 			return e
 		}
-		return host.Errorf(host.KindInternal, op+": node record "+p.String(), "cannot create the node record", "", err)
+		return host.Errorf(host.KindInternal, op+": node record "+p.String(), "cannot create the node record", "run it by hand to read iscsiadm's message: iscsiadm "+strings.Join(nodeArgs(p), " ")+" -o new", err)
 	}
 	set := [][2]string{
 		// Only xapi plugs SRs: nothing may log in at boot behind its back.
@@ -241,7 +241,7 @@ func (t *Transport) setupNode(ctx context.Context, op string, c *config, p path)
 		args = append(args, "-n", kv[0], "-v", kv[1])
 	}
 	if _, err := t.iscsiadm(ctx, t.timing.Command, secrets, args...); err != nil {
-		return host.Errorf(host.KindInternal, op+": node record "+p.String(), "cannot set the node record's settings", "", err)
+		return host.Errorf(host.KindInternal, op+": node record "+p.String(), "cannot set the node record's settings", "show the record to see what iscsiadm refuses: iscsiadm "+strings.Join(nodeArgs(p), " "), err)
 	}
 	// scan=manual keeps iscsid from scanning LUNs on its own (after a
 	// session recovery, say) while sanvol deletes the SR's disks on

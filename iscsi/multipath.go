@@ -188,7 +188,7 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 	stanza := mpStanza{wwid: c.wwid, noPathRetry: noPathRetry(c.queueSeconds, t.pollingInterval(ctx))}
 	changed, err := t.setStanza(ctx, c.wwid, &stanza)
 	if err != nil {
-		return nil, host.Errorf(host.KindInternal, op, "cannot write "+DropInPath, "", err)
+		return nil, host.Errorf(host.KindInternal, op, "cannot write "+DropInPath, "check that /etc/multipath/conf.d is writable (read-only or full root filesystem?)", err)
 	}
 	if changed {
 		// multipathd owns the queueing countdown, so it must learn
@@ -221,7 +221,7 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 	for {
 		m, err := t.sys.findMap(c.wwid, disks)
 		if err != nil {
-			return nil, host.Errorf(host.KindInternal, op, "cannot read device-mapper state from sysfs", "", err)
+			return nil, host.Errorf(host.KindInternal, op, "cannot read device-mapper state from sysfs", sysfsFix, err)
 		}
 		var missing []string
 		if m != nil {
@@ -268,7 +268,7 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 			}
 		}
 		if err := sleep(ctx, t.timing.Poll); err != nil {
-			return nil, host.Errorf(host.KindTimeout, op, "gave up waiting for the multipath map", "", err)
+			return nil, host.Errorf(host.KindTimeout, op, "gave up waiting for the multipath map", "the call was cancelled; run SR.attach again", err)
 		}
 	}
 }

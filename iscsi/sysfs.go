@@ -22,6 +22,10 @@ const (
 	sessionFailed   = "FAILED"
 )
 
+// sysfsFix is the advice for a sysfs read that fails, which only happens
+// when /sys is not what the kernel normally offers.
+const sysfsFix = "check that /sys is mounted and readable; collect Plugin.diagnostics and report it"
+
 // session is one iSCSI session as sysfs shows it.
 type session struct {
 	sid         int

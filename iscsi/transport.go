@@ -172,7 +172,7 @@ func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (volume.D
 
 	before, err := t.sys.sessions()
 	if err != nil {
-		return volume.Device{}, host.Errorf(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", "", err)
+		return volume.Device{}, host.Errorf(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", sysfsFix, err)
 	}
 	results := t.connect(ctx, op, c, paths, before)
 	failures := loginFailures(results)
@@ -330,7 +330,7 @@ func (t *Transport) view(op string, c *config) (lunView, error) {
 	var v lunView
 	var err error
 	if v.sessions, err = t.sys.sessions(); err != nil {
-		return v, host.Errorf(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", "", err)
+		return v, host.Errorf(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", sysfsFix, err)
 	}
 	v.paths = t.knownPaths(c, v.sessions)
 	v.ours = ourSessions(v.sessions, v.paths)
@@ -338,7 +338,7 @@ func (t *Transport) view(op string, c *config) (lunView, error) {
 		v.disks = append(v.disks, lunDisks(s, c.wwid)...)
 	}
 	if v.m, err = t.sys.findMap(c.wwid, v.disks); err != nil {
-		return v, host.Errorf(host.KindInternal, op, "cannot read device-mapper state from sysfs", "", err)
+		return v, host.Errorf(host.KindInternal, op, "cannot read device-mapper state from sysfs", sysfsFix, err)
 	}
 	return v, nil
 }
@@ -567,7 +567,7 @@ func (t *Transport) listLUNs(ctx context.Context, op string, c *config, inspect 
 	defer unlock()
 	before, err := t.sys.sessions()
 	if err != nil {
-		return nil, host.Errorf(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", "", err)
+		return nil, host.Errorf(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", sysfsFix, err)
 	}
 	defer t.rollback(context.WithoutCancel(ctx), before, paths)
 	results := t.connect(ctx, op, c, paths, before)
@@ -958,7 +958,7 @@ func (t *Transport) waitDisks(ctx context.Context, op string, c *config, paths [
 	for {
 		sessions, err := t.sys.sessions()
 		if err != nil {
-			return nil, nil, host.Errorf(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", "", err)
+			return nil, nil, host.Errorf(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", sysfsFix, err)
 		}
 		var disks []disk
 		var others []lun
@@ -1294,7 +1294,7 @@ func firstError(errs []error) error {
 			return e
 		}
 	}
-	return host.Errorf(host.KindInternal, "iscsi-ng", "no path to plan", "", nil)
+	return host.Errorf(host.KindInvalid, "iscsi-ng", "device-config:target gives no usable portal", "give at least one portal address", nil)
 }
 
 // within runs a blocking sysfs write with a deadline. The kernel may block

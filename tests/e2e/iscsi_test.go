@@ -438,8 +438,9 @@ func TestISCSIGrow(t *testing.T) {
 // TestISCSIFloatingPortal is HA-Lizard's failover: one floating portal
 // whose target vanishes (DRBD promotes the peer, the IP moves) and comes
 // back at the same address. With the default path-loss-policy the writes
-// ride through; with 'fail' an outage past the session recovery timeout
-// reaches the writer as I/O errors, which shows the policy is applied.
+// ride through; with 'fail', or a queueing time shorter than the outage,
+// the outage reaches the writer as I/O errors, which shows the policy is
+// applied to the map.
 func TestISCSIFloatingPortal(t *testing.T) {
 	cases := []struct {
 		name    string
@@ -450,6 +451,9 @@ func TestISCSIFloatingPortal(t *testing.T) {
 		{"default-5s", "", 5 * time.Second, false},
 		{"default-30s", "", 30 * time.Second, false},
 		{"fail-30s", "fail", 30 * time.Second, true},
+		// Bounded: 10 s of queueing (2 checker intervals) after the
+		// session timed out does not cover a 30 s outage.
+		{"queue10-30s", "queue:10", 30 * time.Second, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
