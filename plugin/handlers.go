@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"sort"
 	"strings"
 
 	"go.uber.org/zap"
@@ -90,31 +89,17 @@ func pluginDiagnostics(ctx context.Context, c *Call) (any, error) {
 	hn, _ := os.Hostname()
 	fmt.Fprintf(&b, "host: %s\n", hn)
 	if role, err := host.ReadRole(c.Deps.Root); err == nil {
-		fmt.Fprintf(&b, "pool role: %s\n", role)
+		fmt.Fprintf(&b, "pool role: %s\n\n", role)
 	} else {
-		fmt.Fprintf(&b, "pool role: unknown (%v)\n", err)
+		fmt.Fprintf(&b, "pool role: unknown (%v)\n\n", err)
 	}
-	if k, err := c.Deps.Root.ReadString("/proc/sys/kernel/osrelease"); err == nil {
-		fmt.Fprintf(&b, "kernel: %s\n", k)
-	}
-	if srs, err := volume.ListAttached(c.Deps.Root); err == nil {
-		fmt.Fprintf(&b, "attached SRs: %d\n", len(srs))
-		for _, a := range srs {
-			fmt.Fprintf(&b, "  %s  device %s  vg %s\n", a.Handle(), a.Device, a.VG)
-		}
-	}
-	types := SRTypes()
-	if c.Target.Kind == VolumePlugin {
-		types = []string{c.Target.SRType}
-	}
-	sort.Strings(types)
-	for _, t := range types {
-		svc, err := c.Deps.Services(t)
-		if err != nil {
-			fmt.Fprintf(&b, "\n== %s: unavailable: %v\n", t, err)
-			continue
-		}
-		fmt.Fprintf(&b, "\n== %s\n%s", t, svc.Diagnostics(ctx))
+	// The same view as `sanvol status`, with each transport's dump, so
+	// that xe host-get-sm-diagnostics and bug reports carry it.
+	rep, err := hostStatus(ctx, c.Deps, true)
+	if err != nil {
+		fmt.Fprintf(&b, "status unavailable: %v\n", err)
+	} else if err := rep.Text(&b); err != nil {
+		fmt.Fprintf(&b, "status unavailable: %v\n", err)
 	}
 	return b.String(), nil
 }

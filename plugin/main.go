@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -21,8 +22,12 @@ func Main(version string, argv []string, stdin io.Reader, stdout, stderr io.Writ
 		cli.SetArgs(argv[1:])
 		cli.SetIn(stdin)
 		if err := cli.ExecuteContext(ctx); err != nil {
+			var code ExitCodeError
+			if errors.As(err, &code) {
+				return int(code)
+			}
 			fmt.Fprintln(stderr, "sanvol:", err)
-			return 1
+			return 3
 		}
 		return 0
 	}
