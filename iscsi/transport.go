@@ -633,6 +633,9 @@ func (t *Transport) inspectDevice(sessions []session, paths []path, wwid string)
 		disks = append(disks, lunDisks(s, wwid)...)
 	}
 	if m, err := t.sys.findMap(wwid, disks); err == nil && m != nil {
+		if dev := "/dev/mapper/" + m.name; t.root.Exists(dev) {
+			return dev
+		}
 		return "/dev/" + m.dev
 	}
 	return "/dev/" + disks[0].name
