@@ -42,6 +42,9 @@ type fakeHost struct {
 	autoScan bool
 	// autoMap builds a map as soon as a disk appears, like multipathd.
 	autoMap bool
+	// noMaps makes multipath(d) refuse to build any map, as when the
+	// array is blacklisted.
+	noMaps bool
 	// scanSupported makes node.session.scan a known setting.
 	scanSupported bool
 	// flushFails makes multipath -f fail and leave the map suspended.
@@ -673,6 +676,8 @@ func (f *fakeHost) multipath(c host.Cmd) (host.Result, error) {
 		return ok("")
 	case len(a) == 2 && a[0] == "-r":
 		return ok("")
+	case len(a) == 1 && f.noMaps:
+		return ok("")
 	case len(a) == 1:
 		for _, sd := range f.disksOfLocked(a[0]) {
 			f.addPathLocked(f.read("/sys/block/"+sd+"/device/wwid"), sd)
@@ -702,6 +707,8 @@ func (f *fakeHost) multipathd(c host.Cmd) (host.Result, error) {
 		return ok("defaults {\n\tverbosity 2\n\tpolling_interval 5\n\tmax_polling_interval 20\n}\n")
 	case cmd == "show paths":
 		return ok("hcil    dev dev_t pri dm_st  chk_st dev_st  next_check\n")
+	case strings.HasPrefix(cmd, "add map ") && f.noMaps:
+		return ok("fail\n")
 	case strings.HasPrefix(cmd, "add map "):
 		w := strings.TrimPrefix(cmd, "add map ")
 		disks := f.disksOfLocked(w)

@@ -195,10 +195,12 @@ func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (volume.D
 	}
 	m, err := t.ensureMap(ctx, op, c, disks)
 	if err != nil {
+		t.rollback(ctx, before, paths)
 		return volume.Device{}, err
 	}
 	dev, err := t.devicePath(ctx, op, c, m)
 	if err != nil {
+		t.rollback(ctx, before, paths)
 		return volume.Device{}, err
 	}
 	h := t.health(ctx, c, paths, sessions, m)

@@ -268,6 +268,18 @@ func TestAttachWrongSCSIidRollsBack(t *testing.T) {
 	}
 }
 
+func TestAttachWithoutMapFailsAndRollsBack(t *testing.T) {
+	f := newFakeHost(t)
+	f.autoMap, f.noMaps = false, true
+	_, err := f.transport(nil).Attach(context.Background(), baseConfig())
+	if host.KindOf(err) != host.KindTimeout || !strings.Contains(err.Error(), "multipath -v3") {
+		t.Fatalf("want a Timeout error with a fix, got %v", err)
+	}
+	if f.sessionCount() != 0 || len(f.nodes) != 0 {
+		t.Errorf("left %d sessions, node records %v", f.sessionCount(), f.nodes)
+	}
+}
+
 func TestAttachIfaceBinding(t *testing.T) {
 	f := newFakeHost(t)
 	cfg := baseConfig()
