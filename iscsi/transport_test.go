@@ -613,3 +613,53 @@ func TestMissingInitiatorName(t *testing.T) {
 		t.Errorf("%v", err)
 	}
 }
+
+// TestIscsiadmExitCodes pins how each iscsiadm exit status is read.
+func TestIscsiadmExitCodes(t *testing.T) {
+	f := newFakeHost(t)
+	tr := f.transport(nil)
+	ctx := context.Background()
+	c, err := tr.parseConfig(ctx, "test", baseConfig(), parseNeeds{iqn: true, wwid: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := path{Portal: portal1, IQN: testIQN, Iface: defaultIface}
+	if err := tr.setupNode(ctx, "test", c, p); err != nil {
+		t.Fatal(err)
+	}
+	if le := tr.login(ctx, p); le != nil {
+		t.Fatalf("first login: %v", le)
+	}
+	// 15: the session exists, which is what login wants.
+	if le := tr.login(ctx, p); le != nil {
+		t.Errorf("exit 15 taken as a failure: %v", le)
+	}
+	// 21: no such session or record, which is what logout and delete want.
+	if err := tr.logout(ctx, 99); err != nil {
+		t.Errorf("logout of a missing session: %v", err)
+	}
+	if err := tr.deleteNode(ctx, path{Portal: portal2, IQN: testIQN, Iface: defaultIface}); err != nil {
+		t.Errorf("delete of a missing record: %v", err)
+	}
+	// 24 is an authentication error, 19 a refusal, 8 unreachable.
+	f.targets[testIQN].chap = &chap{"u", "p"}
+	p2 := path{Portal: portal2, IQN: testIQN, Iface: defaultIface}
+	if err := tr.setupNode(ctx, "test", c, p2); err != nil {
+		t.Fatal(err)
+	}
+	if le := tr.login(ctx, p2); le == nil || le.kind != host.KindAuth {
+		t.Errorf("exit 24: %+v", le)
+	}
+	f.targets[testIQN].chap = nil
+	f.down[portal2] = true
+	if le := tr.login(ctx, p2); le == nil || le.kind != host.KindUnreachable {
+		t.Errorf("exit 8: %+v", le)
+	}
+	p3 := path{Portal: portal1, IQN: testIQN2, Iface: defaultIface}
+	if err := tr.setupNode(ctx, "test", c, p3); err != nil {
+		t.Fatal(err)
+	}
+	if le := tr.login(ctx, p3); le == nil || le.kind != host.KindNotFound {
+		t.Errorf("exit 19: %+v", le)
+	}
+}
