@@ -27,9 +27,6 @@ func healthReporters(deps *Deps) map[string]doctor.HealthReporter {
 		if err != nil {
 			continue
 		}
-		if _, pending := svc.transport.(pendingTransport); pending {
-			continue
-		}
 		out[t] = svc.transport
 	}
 	return out

@@ -9,6 +9,7 @@ import (
 
 	"sanvol/datapath"
 	"sanvol/host"
+	"sanvol/iscsi"
 	"sanvol/lvm"
 	"sanvol/nvme"
 	"sanvol/volume"
@@ -73,7 +74,13 @@ func newServices(d *Deps, srType string) (*srServices, error) {
 			Log:     d.Log,
 		})
 	case TypeISCSI:
-		t = newISCSI(d)
+		t = iscsi.New(iscsi.Deps{
+			Runner:  d.Runner,
+			Root:    d.Root,
+			Locker:  host.FileLocker{Root: d.Root},
+			Secrets: host.NewXenAPI(d.Root),
+			Log:     d.Log,
+		})
 	default:
 		return nil, host.Errorf(host.KindInvalid, "", fmt.Sprintf("unknown SR type %q", srType), "use nvmetcp or iscsi-ng", nil)
 	}
@@ -82,9 +89,6 @@ func newServices(d *Deps, srType string) (*srServices, error) {
 
 func (s *srServices) Describe() Description {
 	d := Description{Features: volume.Features(), Configuration: s.transport.ConfigKeys()}
-	if _, pending := s.transport.(pendingTransport); pending {
-		d.Features = nil
-	}
 	switch s.srType {
 	case TypeNVMeTCP:
 		d.Name = "sanvol NVMe/TCP shared SR"
