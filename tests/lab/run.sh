@@ -23,7 +23,7 @@ usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 ensure_tools() {
 	local missing=()
 	command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
-	command -v debootstrap >/dev/null || missing+=(debootstrap)
+	command -v debootstrap >/dev/null || missing+=(debootstrap debian-archive-keyring)
 	command -v mkfs.ext4 >/dev/null || missing+=(e2fsprogs)
 	command -v flock >/dev/null || missing+=(util-linux)
 	if [ ${#missing[@]} -gt 0 ]; then
@@ -94,21 +94,24 @@ image_dir() {
 # build RUNDIR: the binaries that go into the guest, static so that the
 # guest's libc does not matter.
 build() {
-	local rundir=$1
+	local share=$1/share
 	(
 		cd "$repo"
 		if compgen -G "cmd/sanvol/*.go" >/dev/null; then
-			CGO_ENABLED=0 go build -o "$rundir/sanvol" ./cmd/sanvol
+			CGO_ENABLED=0 go build -o "$share/sanvol" ./cmd/sanvol
 		fi
-		CGO_ENABLED=0 go test -c -tags lab -o "$rundir/e2e.test" ./tests/e2e
+		CGO_ENABLED=0 go test -c -tags lab -o "$share/e2e.test" ./tests/e2e
 	)
 }
 
+# A run dir holds the host's own records (console.log, qemu.err) and
+# share/, the only part the guest sees (as /lab): whatever a scenario does
+# to /lab, the console log survives.
 new_rundir() {
 	local d
 	d=$(mktemp -d /var/tmp/sanvol-lab-run.XXXXXX)
-	install -m 0644 "$here/guest/init.sh" "$d/init.sh"
-	mkdir -p "$d/out"
+	mkdir -p "$d/share/out"
+	install -m 0644 "$here/guest/init.sh" "$d/share/init.sh"
 	echo "$d"
 }
 
@@ -123,7 +126,7 @@ boot() {
 		-kernel "$img/vmlinuz" -initrd "$img/initrd.img"
 		-append "console=ttyS0 root=/dev/vda rw rootfstype=ext4 init=/sbin/lab-init panic=1 quiet cryptomgr.notests"
 		-drive "file=$img/rootfs.img,if=virtio,format=raw,snapshot=on,cache=unsafe"
-		-virtfs "local,path=$rundir,mount_tag=lab,security_model=none"
+		-virtfs "local,path=$rundir/share,mount_tag=lab,security_model=none"
 	)
 	if [ -n "$interactive" ]; then
 		timeout -k 10 "$limit" qemu-system-x86_64 -nographic "${args[@]}"
@@ -140,9 +143,15 @@ boot() {
 }
 
 summary() {
-	local rundir=$1 rc=$2 log=$1/out/test.log
+	local rundir=$1 rc=$2 log=$1/test.log out=$1/share/out
 	local pass fail skip
-	[ -f "$log" ] || : >"$log"
+	# The guest's copy of the output, or else the console's: the tests'
+	# lines are there too, between the init's "lab:" lines.
+	if [ -s "$out/test.log" ]; then
+		cp "$out/test.log" "$log"
+	else
+		sed -n '/^lab: running /,/^lab: command exited/p' "$rundir/console.log" 2>/dev/null >"$log" || : >"$log"
+	fi
 	pass=$(grep -cE '^--- PASS: ' "$log" || true)
 	fail=$(grep -cE '^--- FAIL: ' "$log" || true)
 	skip=$(grep -cE '^--- SKIP: ' "$log" || true)
@@ -160,8 +169,14 @@ summary() {
 			echo "(no test reported FAIL: the run timed out, panicked or never started; the last lines:)"
 			if [ -s "$log" ]; then tail -40 "$log"; else tail -40 "$rundir/console.log"; fi
 		fi
-		echo "---------------- guest dmesg (tail) ---------"
-		tail -60 "$rundir/out/dmesg.txt" 2>/dev/null || echo "(no dmesg: the guest did not finish)"
+		echo "---------------- guest dmesg while the tests ran (tail) ---------"
+		if [ -f "$out/dmesg.txt" ]; then
+			awk -v from="$(cat "$out/cmd-start-uptime" 2>/dev/null || echo 0)" '
+				match($0, /^\[ *[0-9]+\.[0-9]+\]/) { ts = substr($0, 2, RLENGTH - 2) + 0 }
+				ts >= from + 0 { print }' "$out/dmesg.txt" | tail -60
+		else
+			echo "(no dmesg: the guest did not finish; see $rundir/console.log)"
+		fi
 		[ -s "$rundir/qemu.err" ] && { echo "---------------- qemu stderr --------"; cat "$rundir/qemu.err"; }
 		echo "run dir kept for debugging: $rundir"
 	fi
@@ -173,8 +188,8 @@ summary() {
 run_guest() {
 	local kernel=$1 rundir=$2 limit=$3 cmd=$4 img
 	img=$(image_dir "$kernel")
-	printf '%s\n' "$cmd" >"$rundir/cmd"
-	echo "$limit" >"$rundir/timeout"
+	printf '%s\n' "$cmd" >"$rundir/share/cmd"
+	echo "$limit" >"$rundir/share/timeout"
 	# boot (~15 s) and poweroff on top of the guest's own limit. The 6.12
 	# kernel sometimes oopses in early boot under multi-threaded TCG (an
 	# int3 left by live code patching): a guest that died before its init
@@ -182,11 +197,11 @@ run_guest() {
 	local try
 	for try in 1 2 3; do
 		boot "$img" "$rundir" $((limit + 120))
-		[ -e "$rundir/out/init.log" ] && break
+		grep -q '^lab: up after' "$rundir/console.log" 2>/dev/null && break
 		say "the guest died before its init ran (boot $try): $(grep -m1 -E 'Oops|panic|BUG' "$rundir/console.log" || echo 'no kernel message')"
 		mv "$rundir/console.log" "$rundir/console-failed-boot$try.log"
 	done
-	guest_rc=$(cat "$rundir/out/rc" 2>/dev/null || echo 125)
+	guest_rc=$(cat "$rundir/share/out/rc" 2>/dev/null || echo 125)
 }
 
 # copy_fixtures SRC DST: copies captured fixtures into a package's testdata.
@@ -224,59 +239,68 @@ copy_fixtures() {
 	say "fixtures -> ${dst#"$repo"/}: ${#copied[@]} written${kept:+, kept existing: ${kept[*]} (--force replaces them)}"
 }
 
-kernel=bookworm run=. limit=1200 keep= force=
-sub=${1:-}; [ -n "$sub" ] || usage; shift
-while [ $# -gt 0 ]; do
-	case $1 in
-	--kernel) kernel=$2; shift 2 ;;
-	-run | --run) run=$2; shift 2 ;;
-	--timeout) limit=$2; shift 2 ;;
-	--keep) keep=1; shift ;;
-	--force) force=1; shift ;;
+# The whole command runs from this function: bash has parsed all of it
+# before it starts, so editing this file while a run is going (other
+# checkouts share it) cannot change what the run does next.
+main() {
+	local kernel=bookworm run=. limit=1200 keep= force= sub rundir rc t0 dir pkg
+	sub=${1:-}; [ -n "$sub" ] || usage; shift
+	while [ $# -gt 0 ]; do
+		case $1 in
+		--kernel) kernel=$2; shift 2 ;;
+		-run | --run) run=$2; shift 2 ;;
+		--timeout) limit=$2; shift 2 ;;
+		--keep) keep=1; shift ;;
+		--force) force=1; shift ;;
+		*) usage ;;
+		esac
+	done
+	case $kernel in bookworm | backports) ;; *) die "--kernel must be bookworm or backports" ;; esac
+
+	t0=$SECONDS
+	ensure_tools
+	case $sub in
+	image)
+		dir=$(image_dir "$kernel")
+		say "image: $dir ($(tr '\n' ' ' <"$dir/versions.txt"))"
+		;;
+	test | demo)
+		[ "$sub" = demo ] && run='^TestDemo$'
+		rundir=$(new_rundir)
+		say "run dir $rundir"
+		build "$rundir"
+		run_guest "$kernel" "$rundir" "$limit" \
+			"/lab/e2e.test -test.v -test.count=1 -test.timeout $((limit - 30))s -test.run '$run'"
+		rc=$guest_rc
+		summary "$rundir" "$rc"
+		say "$sub finished in $((SECONDS - t0)) s with exit $rc"
+		[ "$rc" = 0 ] && [ -z "$keep" ] && rm -rf "$rundir"
+		exit "$rc"
+		;;
+	capture)
+		rundir=$(new_rundir)
+		build "$rundir"
+		run_guest "$kernel" "$rundir" "$limit" \
+			"SANVOL_LAB_CAPTURE=/lab/out/capture /lab/e2e.test -test.v -test.count=1 -test.run '^TestCaptureFixtures\$'"
+		rc=$guest_rc
+		summary "$rundir" "$rc"
+		[ "$rc" = 0 ] || exit "$rc"
+		for pkg in nvme iscsi lvm; do
+			[ -d "$rundir/share/out/capture/$pkg" ] && copy_fixtures "$rundir/share/out/capture/$pkg" "$repo/$pkg/testdata"
+		done
+		rm -rf "$rundir"
+		;;
+	shell)
+		rundir=$(new_rundir)
+		[ -d "$repo/cmd/sanvol" ] && build "$rundir" || true
+		echo 'exec sh -i </dev/console >/dev/console 2>&1' >"$rundir/share/cmd"
+		echo 86400 >"$rundir/share/timeout"
+		say "guest shell; /lab is $rundir/share; 'exit' powers off"
+		boot "$(image_dir "$kernel")" "$rundir" 86400 interactive
+		;;
 	*) usage ;;
 	esac
-done
-case $kernel in bookworm | backports) ;; *) die "--kernel must be bookworm or backports" ;; esac
+}
 
-t0=$SECONDS
-ensure_tools
-case $sub in
-image)
-	dir=$(image_dir "$kernel")
-	say "image: $dir ($(tr '\n' ' ' <"$dir/versions.txt"))"
-	;;
-test | demo)
-	[ "$sub" = demo ] && run='^TestDemo$'
-	rundir=$(new_rundir)
-	build "$rundir"
-	run_guest "$kernel" "$rundir" "$limit" \
-		"/lab/e2e.test -test.v -test.count=1 -test.timeout $((limit - 30))s -test.run '$run'"
-	rc=$guest_rc
-	summary "$rundir" "$rc"
-	say "$sub finished in $((SECONDS - t0)) s with exit $rc"
-	[ "$rc" = 0 ] && [ -z "$keep" ] && rm -rf "$rundir"
-	exit "$rc"
-	;;
-capture)
-	rundir=$(new_rundir)
-	build "$rundir"
-	run_guest "$kernel" "$rundir" "$limit" \
-		"SANVOL_LAB_CAPTURE=/lab/out/capture /lab/e2e.test -test.v -test.count=1 -test.run '^TestCaptureFixtures\$'"
-	rc=$guest_rc
-	summary "$rundir" "$rc"
-	[ "$rc" = 0 ] || exit "$rc"
-	for pkg in nvme iscsi lvm; do
-		[ -d "$rundir/out/capture/$pkg" ] && copy_fixtures "$rundir/out/capture/$pkg" "$repo/$pkg/testdata"
-	done
-	rm -rf "$rundir"
-	;;
-shell)
-	rundir=$(new_rundir)
-	[ -d "$repo/cmd/sanvol" ] && build "$rundir" || true
-	echo 'exec sh -i </dev/console >/dev/console 2>&1' >"$rundir/cmd"
-	echo 86400 >"$rundir/timeout"
-	say "guest shell; /lab is $rundir; 'exit' powers off"
-	boot "$(image_dir "$kernel")" "$rundir" 86400 interactive
-	;;
-*) usage ;;
-esac
+main "$@"
+exit

@@ -90,8 +90,11 @@ if [ ! -f "$L/cmd" ]; then
 fi
 limit=$(cat "$L/timeout" 2>/dev/null || echo 600)
 export SANVOL_LAB=1 SANVOL_LAB_DIR=$L SANVOL_LAB_SRV=/srv/lab HOME=/root
-cd "$L"
+# Not /lab: a scenario's relative paths must never touch the share.
+cd /root
 say "running $(cat "$L/cmd") (limit ${limit}s)"
+# The host shows the kernel log from here on when the command fails.
+cut -d' ' -f1 /proc/uptime >"$OUT/cmd-start-uptime"
 {
 	timeout -k 15 "$limit" sh "$L/cmd"
 	echo $? >"$OUT/cmd.rc"
