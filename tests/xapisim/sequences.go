@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"sanvol/plugin"
 	schema "sanvol/xapi-storage-schema"
 )
 
@@ -367,4 +368,23 @@ func (s *Sim) CallDatapath(ctx context.Context, uri, method string, args, result
 		return err
 	}
 	return o.call(ctx, dp.Dir, method, args, result)
+}
+
+// Probe replays `xe sr-probe-ext type=<t> device-config:…` (spec §8.5):
+// SR.probe on this host without any attach, passwords hidden as secrets.
+// Results breaking the daemon's consistency rules fail as the daemon
+// fails them.
+func (s *Sim) Probe(ctx context.Context, srType string, deviceConfig map[string]string) ([]schema.ProbeResult, error) {
+	o := s.begin(fmt.Sprintf("xe sr-probe-ext type=%s%s", srType, xeConfig(deviceConfig)))
+	defer o.end()
+	var res []schema.ProbeResult
+	if err := o.call(ctx, s.VolumeDir(srType), "SR.probe", schema.SRProbeArgs{Dbg: o.dbg, Configuration: s.hideSecrets(deviceConfig)}, &res); err != nil {
+		return nil, err
+	}
+	for _, r := range res {
+		if err := r.Check(); err != nil {
+			return res, &plugin.CallError{Doc: schema.ErrorDoc{Code: "SCRIPT_FAILED", Params: []string{"SR.probe", err.Error()}}}
+		}
+	}
+	return res, nil
 }

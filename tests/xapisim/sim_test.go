@@ -41,6 +41,7 @@ SR.create) echo '{"target":"x","sr_uuid":"u"}' ;;
 SR.attach) echo '"fake://sr"' ;;
 SR.stat) echo '{"sr":"fake://sr","name":"n","description":"","free_space":1073741824,"total_space":2147483648,"datasources":[],"clustered":false,"health":["Healthy","2 of 2 paths live"]}' ;;
 SR.ls) echo '[]' ;;
+SR.probe) if [ -f "$root/bad-probe" ]; then echo '[{"configuration":{"sr_uuid":"u"},"complete":false,"extra_info":{}}]'; else echo '[{"configuration":{"target":"x","sr_uuid":"u"},"complete":true,"extra_info":{"size":"1"}}]'; fi ;;
 Volume.create|Volume.stat) echo '{"key":"k1","name":"d","description":"","read_write":true,"sharable":false,"virtual_size":1048576,"physical_utilisation":1048576,"uri":["old://sr/k1","FAKE+BLK://sr/k1"],"keys":'"$keys"'}' ;;
 Datapath.attach) echo '{"implementations":[["XenDisk",{"params":"/dev/fake","extra":{},"backend_type":"vbd"}],["BlockDevice",{"path":"/dev/fake"}]]}' ;;
 *) echo null ;;
@@ -54,7 +55,7 @@ echo '{"plugin":"old","name":"","description":"","vendor":"","copyright":"","ver
 `
 
 var methods = []string{
-	"Plugin.Query", "SR.create", "SR.attach", "SR.stat", "SR.detach", "SR.destroy", "SR.ls",
+	"Plugin.Query", "SR.probe", "SR.create", "SR.attach", "SR.stat", "SR.detach", "SR.destroy", "SR.ls",
 	"Volume.create", "Volume.set", "Volume.stat", "Volume.resize", "Volume.destroy",
 	"Datapath.open", "Datapath.attach", "Datapath.activate", "Datapath.deactivate", "Datapath.detach", "Datapath.close",
 }
@@ -447,4 +448,26 @@ func (s *syncBuffer) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.b.Reset()
+}
+
+func TestProbeChecksTheDaemonsRules(t *testing.T) {
+	root := fakeRoot(t)
+	sim := New(root, nil)
+	ctx := context.Background()
+	res, err := sim.Probe(ctx, "fake", map[string]string{"target": "x", "chappassword": "pw"})
+	if err != nil || len(res) != 1 || !res[0].Complete {
+		t.Fatalf("probe: %v %v", res, err)
+	}
+	cs := calls(t, root)
+	if diff := cmp.Diff([]string{vol + " SR.probe"}, sequence(cs)); diff != "" {
+		t.Fatalf("sr-probe (-want +got):\n%s", diff)
+	}
+	if _, leaked := cs[0].Args["configuration"].(map[string]any)["chappassword"]; leaked {
+		t.Fatal("SR.probe saw the password itself")
+	}
+	flag(t, root, "bad-probe")
+	var ce *plugin.CallError
+	if _, err := sim.Probe(ctx, "fake", map[string]string{}); !errors.As(err, &ce) || ce.Doc.Code != "SCRIPT_FAILED" {
+		t.Fatalf("sr_uuid with complete=false: %v, want SCRIPT_FAILED", err)
+	}
 }
