@@ -56,6 +56,9 @@ type Deps struct {
 	Lookup func(uuid string) (SR, error)
 	// LVName maps a volume key to its LV name (the engine's naming).
 	LVName func(key string) string
+	// Usable refuses an LV the engine has not finished with (a create
+	// still zeroing, a resize that died before zeroing what it added).
+	Usable func(lvm.LV) error
 	// Role is this host's pool role: LVM runs read-only off the master.
 	Role host.Role
 }
@@ -168,6 +171,11 @@ func (p *Datapath) ensureActive(ctx context.Context, op string, sr SR, t Target)
 				"the VDI was destroyed or never created; rescan the SR (xe sr-scan uuid="+t.SR+")", err)
 		}
 		return "", err
+	}
+	if p.d.Usable != nil {
+		if err := p.d.Usable(info); err != nil {
+			return "", err
+		}
 	}
 	if info.Active() {
 		if err := p.d.LVM.Refresh(ctx, s, sr.VG, lv); err != nil {

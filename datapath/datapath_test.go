@@ -341,3 +341,20 @@ func TestConcurrentHoldersKeepDevice(t *testing.T) {
 		}
 	}
 }
+
+func TestAttachRefusesUnfinishedVolume(t *testing.T) {
+	f := newFakeLVM("v-k")
+	p := newDP(t, f, true, true)
+	p.d.Usable = func(lvm.LV) error {
+		return host.Errorf(host.KindBusy, "Datapath.attach", "a resize did not finish", "repeat the resize", nil)
+	}
+	if _, err := p.Attach(ctx, URI(srUUID, "k"), "7"); !errors.Is(err, host.ErrBusy) {
+		t.Fatalf("err = %v", err)
+	}
+	if len(f.calls) != 0 {
+		t.Fatalf("LVM was asked to %v", f.calls)
+	}
+	if refs, _ := p.Refs(URI(srUUID, "k")); len(refs) != 0 {
+		t.Fatalf("a refused attach left a reference: %v", refs)
+	}
+}

@@ -123,6 +123,7 @@ func newDatapath(d *Deps) (*datapath.Datapath, error) {
 			return datapath.SR{UUID: a.UUID, VG: a.VG, Device: a.Device}, nil
 		},
 		LVName: volume.LVName,
+		Usable: volume.Usable,
 		Role:   role,
 	}), nil
 }
