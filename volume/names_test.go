@@ -27,4 +27,3 @@ func TestUsable(t *testing.T) {
 		t.Fatalf("the error does not give the fix: %v", err)
 	}
 }
-
