@@ -117,3 +117,10 @@ func IsLVMName(s string) bool {
 	}
 	return strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+_.-") == ""
 }
+
+// PVResize grows a PV to its device's current size, after the LUN grew on
+// the array.
+func (c *Client) PVResize(ctx context.Context, s Scope, dev string) error {
+	_, err := c.exec(ctx, s, once, "pvresize", dev)
+	return err
+}

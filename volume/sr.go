@@ -335,6 +335,9 @@ func (e *Engine) SRStat(ctx context.Context, sr string) (SRStat, error) {
 		return SRStat{}, err
 	}
 	vgs, err := e.lvm.VGs(ctx, e.scope(a.Device), a.VG)
+	if err == nil && len(vgs) == 1 && e.followGrowth(ctx, a, vgs[0]) {
+		vgs, err = e.lvm.VGs(ctx, e.scope(a.Device), a.VG)
+	}
 	if err != nil {
 		return SRStat{}, err
 	}

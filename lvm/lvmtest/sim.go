@@ -70,6 +70,14 @@ func NewSim(device string, size int64) *Sim {
 	return &Sim{Device: device, Size: size, Ops: map[string]int{}}
 }
 
+// Grow makes the device larger, as when the array grows the LUN; the VG
+// follows only after pvresize.
+func (s *Sim) Grow(size int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.Size = size
+}
+
 // SetSignatures puts foreign signatures on the device.
 func (s *Sim) SetSignatures(sigs ...string) {
 	s.mu.Lock()
@@ -287,6 +295,14 @@ func (s *Sim) do(c host.Cmd) Reply {
 		s.vg = &simVG{name: args[len(args)-2], uuid: "Q1w2E3-r4T5-y6U7-i8O9-p0A1-s2D3-f4G5h6", extent: ext,
 			extents: (s.Size - s.pv.mdaSize - 1<<20) / ext, lvs: map[string]*SimLV{}}
 		s.vg.tags = addTags(nil, Values(c, "--addtag"))
+		return Reply{}
+	case "pvresize":
+		if !visible || s.pv == nil || last != s.Device {
+			return fail("Failed to find physical volume %q", last)
+		}
+		if s.vg != nil {
+			s.vg.extents = (s.Size - s.pv.mdaSize - 1<<20) / s.vg.extent
+		}
 		return Reply{}
 	case "vgchange":
 		if vg == nil || vg.name != last {
