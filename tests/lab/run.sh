@@ -70,7 +70,11 @@ image_dir() {
 	local kernel=$1 key dir
 	key=$( { cat "$here/build-image.sh" "$here/guest/lab-init"; echo "kernel=$kernel"; } | sha256sum | cut -c1-16)
 	dir=$cache/$kernel-$key
-	if [ -f "$dir/rootfs.img" ]; then echo "$dir"; return; fi
+	if [ -f "$dir/rootfs.img" ]; then
+		touch "$dir/.used"
+		echo "$dir"
+		return
+	fi
 	mkdir -p "$cache"
 	# Other checkouts on this machine may build the same image at once.
 	exec 8>"$cache/.lock-$kernel-$key"
@@ -86,9 +90,24 @@ image_dir() {
 		fi
 		mv "$tmp" "$dir"
 		say "image built in $((SECONDS - t0)) s" >&2
+		prune_images "$dir"
 	fi
 	exec 8>&-
+	touch "$dir/.used"
 	echo "$dir"
+}
+
+# prune_images KEEP: every change to the image's inputs makes a new cache
+# entry (~400 MB); entries nobody booted for three days go.
+prune_images() {
+	local keep=$1 d
+	for d in "$cache"/*-*; do
+		[ -d "$d" ] && [ "$d" != "$keep" ] || continue
+		if [ -z "$(find "$d" -maxdepth 1 -name .used -mtime -3)" ] && [ -z "$(find "$d" -maxdepth 0 -mtime -3)" ]; then
+			rm -rf "$d"
+			say "removed the guest image $d, unused for three days" >&2
+		fi
+	done
 }
 
 # build RUNDIR: the binaries that go into the guest, static so that the
