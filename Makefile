@@ -33,7 +33,9 @@ test: lint unit lab
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags lab ./tests/e2e/
 	$(GO) run $(STATICCHECK) ./...
+	$(GO) run $(STATICCHECK) -tags lab ./tests/e2e/
 
 unit:
 	$(GO) test -count=1 ./...
