@@ -6,7 +6,7 @@
 #   run.sh test    [--kernel K] [-run REGEX] [--timeout S] [--keep]
 #   run.sh demo    [--kernel K]
 #   run.sh capture [--kernel K] [--force]
-#   run.sh shell   [--kernel K]      interactive guest, for debugging
+#   run.sh shell   [--kernel K] [--keep]   interactive guest, for debugging
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -316,6 +316,7 @@ main() {
 		echo 86400 >"$rundir/share/timeout"
 		say "guest shell; /lab is $rundir/share; 'exit' powers off"
 		boot "$(image_dir "$kernel")" "$rundir" 86400 interactive
+		[ -n "$keep" ] || rm -rf "$rundir"
 		;;
 	*) usage ;;
 	esac
