@@ -17,7 +17,7 @@ export PATH=$PATH:/usr/local/go/bin:/usr/sbin:/sbin
 die() { echo "lab: $*" >&2; exit 1; }
 say() { echo "lab: $*"; }
 
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,/^set /p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 2; }
 
 # Installs the host tools on a fresh Debian 12 (CI) when they are missing.
 ensure_tools() {
