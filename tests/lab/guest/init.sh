@@ -82,6 +82,10 @@ udevadm trigger --action=add --subsystem-match=block
 udevadm settle --timeout=30
 iscsid || say "iscsid failed to start"
 multipathd || say "multipathd failed to start"
+# Only critical kernel messages (panics, lockups) on the console, which is
+# what a person reads; the full log goes to out/dmesg.txt. tmpfs backing
+# files make every WRITE_ZEROES fail loudly, harmlessly (pitfall 3).
+dmesg -n 3
 say "up after $(cut -d' ' -f1 /proc/uptime) s, kernel $(uname -r)"
 
 if [ ! -f "$L/cmd" ]; then
