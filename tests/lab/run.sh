@@ -155,9 +155,9 @@ boot() {
 	set +e
 	timeout -k 10 "$limit" qemu-system-x86_64 -display none -monitor none -serial stdio "${args[@]}" \
 		</dev/null 2>"$rundir/qemu.err" | tr -d '\r' | tee "$rundir/console.log"
-	local rc=${PIPESTATUS[0]}
+	qemu_rc=${PIPESTATUS[0]}
 	set -e
-	[ "$rc" = 124 ] && say "qemu ran out of its ${limit}s and was killed"
+	[ "$qemu_rc" = 124 ] && say "qemu ran out of its ${limit}s and was killed"
 	return 0
 }
 
@@ -217,6 +217,7 @@ run_guest() {
 	for try in 1 2 3; do
 		boot "$img" "$rundir" $((limit + 120))
 		grep -q '^lab: up after' "$rundir/console.log" 2>/dev/null && break
+		[ "$qemu_rc" = 124 ] && break # hung, not dead: booting again would hang too
 		say "the guest died before its init ran (boot $try): $(grep -m1 -E 'Oops|panic|BUG' "$rundir/console.log" || echo 'no kernel message')"
 		mv "$rundir/console.log" "$rundir/console-failed-boot$try.log"
 	done
