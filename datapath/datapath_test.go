@@ -24,6 +24,8 @@ type fakeLVM struct {
 	calls     []string
 	readOnly  []bool
 	failDeact error
+	// stale LVs are active with a table older than the metadata.
+	stale map[string]bool
 }
 
 func newFakeLVM(lvs ...string) *fakeLVM {
@@ -48,6 +50,9 @@ func (f *fakeLVM) LV(ctx context.Context, s lvm.Scope, vg, lv string) (lvm.LV, e
 	attr := "-wi-------"
 	if f.active[lv] {
 		attr = "-wi-a-----"
+	}
+	if f.stale[lv] {
+		attr = "-wi-XX--Xk" // what lvs printed in the lab for such an LV
 	}
 	return lvm.LV{Name: lv, Attr: attr}, nil
 }
@@ -190,6 +195,21 @@ func TestAlreadyActiveIsRefreshedForResize(t *testing.T) {
 	}
 	if !f.readOnly[0] {
 		t.Fatal("LVM ran with metadata writes allowed on a pool member")
+	}
+}
+
+// A host where the LV was active when the master grew it: lvs reports
+// the state as unknown ('X'), and the device must still be refreshed.
+func TestStaleActiveLVIsRefreshed(t *testing.T) {
+	f := newFakeLVM("v-k")
+	f.active["v-k"] = true
+	f.stale = map[string]bool{"v-k": true}
+	p := newDP(t, f, true, false)
+	if err := p.Activate(ctx, URI(srUUID, "k"), "3"); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"refresh v-k"}, f.calls); diff != "" {
+		t.Fatal(diff)
 	}
 }
 
