@@ -1,0 +1,238 @@
+//go:build lab
+
+package e2e
+
+// The whole life of an iscsi-ng SR (issue 6) through the xapi simulator,
+// as an admin drives it with xe: probe, create, volumes, a VM that keeps
+// writing while a portal goes away and comes back, resize, stop, destroy
+// everything; and the host is left as it was found.
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"sanvol/plugin"
+	"sanvol/tests/labtarget"
+	"sanvol/tests/xapisim"
+	"sanvol/volume"
+	schema "sanvol/xapi-storage-schema"
+)
+
+// probeSCSIid replays `xe sr-probe-ext type=iscsi-ng` with the portals and
+// the IQN, and returns the WWID the probe lists for the target's LUN.
+func probeSCSIid(t *testing.T, tg *labtarget.ISCSITarget, portals string) string {
+	t.Helper()
+	dir := xapisim.New(xapisim.DefaultRoot, nil).VolumeDir("iscsi-ng")
+	var found []schema.ProbeResult
+	start := time.Now()
+	err := plugin.Invoke(context.Background(), dir, "SR.probe", schema.SRProbeArgs{
+		Dbg: "e2e", Configuration: map[string]string{"target": portals, "targetIQN": tg.IQN},
+	}, &found)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("SR.probe took %s", time.Since(start).Round(time.Millisecond))
+	var ids []string
+	for _, r := range found {
+		t.Logf("probe: %v complete=%t %v", r.Configuration, r.Complete, r.ExtraInfo)
+		if id := r.Configuration["SCSIid"]; id != "" {
+			ids = append(ids, id)
+		}
+	}
+	if len(ids) != 1 || ids[0] != tg.WWID() {
+		t.Fatalf("probe listed SCSIids %v, want exactly the LUN's %s", ids, tg.WWID())
+	}
+	return ids[0]
+}
+
+func (l *dpLab) wantHealth(t *testing.T, what string, ok func(schema.Health) bool) schema.Health {
+	t.Helper()
+	var h schema.Health
+	waitFor(t, "SR.stat health "+what, 90*time.Second, func() (bool, string) {
+		st, err := l.sr.Stat(l.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		h = st.Health
+		return ok(h), fmt.Sprintf("%s %q", h.State, h.Message)
+	})
+	return h
+}
+
+// ddMBps writes mib MiB of zeros to dev at byte offset off with O_DIRECT
+// and returns the rate in MB/s.
+func ddMBps(t *testing.T, dev string, off int64, mib int) float64 {
+	t.Helper()
+	if off%ioChunk != 0 {
+		t.Fatalf("offset %d in %s is not MiB aligned", off, dev)
+	}
+	start := time.Now()
+	mustRun(t, "dd", "if=/dev/zero", "of="+dev, "bs=1M", "count="+strconv.Itoa(mib),
+		"seek="+strconv.FormatInt(off/ioChunk, 10), "oflag=direct", "status=none")
+	return float64(mib) * ioChunk / 1e6 / time.Since(start).Seconds()
+}
+
+// lvOffset is where a single-segment linear LV starts on its PV, in bytes,
+// from its device-mapper table.
+func lvOffset(t *testing.T, dm string) int64 {
+	t.Helper()
+	table := strings.TrimSpace(mustRun(t, "dmsetup", "table", dm))
+	f := strings.Fields(table)
+	if strings.Contains(table, "\n") || len(f) != 5 || f[2] != "linear" {
+		t.Fatalf("LV %s is not one linear segment: %s", dm, table)
+	}
+	sectors, err := strconv.ParseInt(f[4], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sectors * 512
+}
+
+// throughputLVvsMap compares O_DIRECT writes through the LV with writes to
+// the very same blocks through the raw multipath map, alternating rounds
+// so that TCG's noise hits both alike.
+func (l *dpLab) throughputLVvsMap(t *testing.T, key, lvDev, mapDev string, mib int) {
+	off := lvOffset(t, dmName(l.vg, volume.LVName(key)))
+	const rounds = 4
+	var lv, raw float64
+	var each []string
+	for i := 0; i < rounds; i++ {
+		var r, v float64
+		if i%2 == 0 {
+			r = ddMBps(t, mapDev, off, mib)
+			v = ddMBps(t, lvDev, 0, mib)
+		} else {
+			v = ddMBps(t, lvDev, 0, mib)
+			r = ddMBps(t, mapDev, off, mib)
+		}
+		raw, lv = raw+r, lv+v
+		each = append(each, fmt.Sprintf("%.0f/%.0f", v, r))
+	}
+	ratio := lv / raw
+	queue := func(dev string) string {
+		q := "/sys/block/" + filepath.Base(mustEval(t, dev)) + "/queue/"
+		return "max_sectors_kb=" + readSys(q+"max_sectors_kb") + " max_segments=" + readSys(q+"max_segments")
+	}
+	t.Logf("METRIC iscsi_throughput_lv_over_map=%.2f (map %.1f MB/s, LV %.1f MB/s; LV/map per round %s; %d x %d MiB each, dd oflag=direct; TCG noise about ±15%%)",
+		ratio, raw/rounds, lv/rounds, strings.Join(each, " "), rounds, mib)
+	t.Logf("queue limits: LV %s; map %s", queue(lvDev), queue(mapDev))
+	if ratio < 0.5 {
+		t.Errorf("LV throughput is %.2f of the map's: far beyond TCG noise", ratio)
+	}
+}
+
+func TestISCSILifecycle(t *testing.T) {
+	tg := newISCSILUN(t, "lifecycle", labtarget.Addr1, labtarget.Addr2)
+	if err := tg.Grow(srLUNSize); err != nil { // before any login: no rescan needed
+		t.Fatal(err)
+	}
+	installSanvol(t)
+	portals := labtarget.Addr1 + "," + labtarget.Addr2
+	scsiID := probeSCSIid(t, tg, portals)
+
+	start := time.Now()
+	l := newDPLab(t, "iscsi-ng", map[string]string{"target": portals, "targetIQN": tg.IQN, "SCSIid": scsiID})
+	t.Logf("sr-create (SR.create, SR.attach, SR.stat x2) took %s", time.Since(start).Round(time.Millisecond))
+	mapDev := "/dev/mapper/" + scsiID
+	if s := sessionsOf(tg.IQN); len(s) != 2 {
+		t.Fatalf("sessions after sr-create: %+v", s)
+	}
+	if slaves, ok := mapSlaves(scsiID); !ok || len(slaves) != 2 {
+		t.Fatalf("map %s: slaves %v (exists %t)", scsiID, slaves, ok)
+	}
+	l.wantHealth(t, "Healthy", func(h schema.Health) bool { return h.State == schema.Healthy })
+
+	var vols []schema.Volume
+	for i, size := range []int64{64 << 20, 8 << 20, 8 << 20} {
+		vols = append(vols, l.vdiCreate(t, fmt.Sprintf("disk %d", i), size))
+	}
+	if ls, err := l.sr.Scan(l.ctx); err != nil || len(ls) != 3 {
+		t.Fatalf("sr-scan: %d volumes, %v", len(ls), err)
+	}
+	disk := vols[0]
+
+	a := l.vmStart(t, disk, "3")
+	l.wantAttachShape(t, a)
+	t.Run("ThroughputLVvsMap", func(t *testing.T) {
+		l.throughputLVvsMap(t, disk.Key, a.Device, mapDev, 32)
+	})
+
+	t.Run("PortalDownDuringWrites", func(t *testing.T) {
+		load := StartIO(t, a.Device, 32<<20)
+		load.waitWrites(t, 8, time.Minute)
+		if err := tg.DisablePortal(labtarget.Addr2); err != nil {
+			t.Fatal(err)
+		}
+		cut := time.Now()
+		h := l.wantHealth(t, "Recovering, 1 of 2 paths down", func(h schema.Health) bool {
+			return h.State == schema.Recovering && strings.HasPrefix(h.Message, "1 of 2 paths down")
+		})
+		t.Logf("%s after %s: %s", h.State, time.Since(cut).Round(100*time.Millisecond), h.Message)
+		if !strings.Contains(h.Message, labtarget.Addr2+":3260") {
+			t.Errorf("health %q does not name the portal that went", h.Message)
+		}
+		load.waitWrites(t, 16, 2*time.Minute)
+		if err := tg.EnablePortal(labtarget.Addr2); err != nil {
+			t.Fatal(err)
+		}
+		back := time.Now()
+		h = l.wantHealth(t, "Healthy", func(h schema.Health) bool { return h.State == schema.Healthy })
+		t.Logf("Healthy %s after the portal came back: %q", time.Since(back).Round(100*time.Millisecond), h.Message)
+		load.waitWrites(t, 8, time.Minute)
+		st := load.Stop()
+		t.Logf("METRIC iscsi_lifecycle_portal_down writes=%d errors=%d worst_write=%s", st.Writes, len(st.Errors), st.MaxLatency.Round(time.Millisecond))
+		if len(st.Errors) > 0 {
+			t.Errorf("%d writes through the LV failed, first: %v", len(st.Errors), st.Errors[0])
+		}
+		if err := load.Verify(); err != nil {
+			t.Error(err)
+		}
+	})
+
+	// vdi-resize while the VM runs, on the master: the LV grows in place.
+	grown, err := l.sr.VDIResize(l.ctx, disk.Key, 96<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if grown.VirtualSize < 96<<20 {
+		t.Errorf("virtual_size after vdi-resize: %d", grown.VirtualSize)
+	}
+	if s := blockSize(t, a.Device); s != grown.VirtualSize {
+		t.Errorf("the running VM's device is %d bytes after vdi-resize to %d", s, grown.VirtualSize)
+	}
+	l.vmStop(t, a)
+	l.wantActive(t, disk.Key, false, "after VM stop")
+
+	// Issue 7's datapath scenarios on this SR type, on another volume.
+	t.Run("Datapath", func(t *testing.T) { l.datapathScenarios(t, vols[1]) })
+
+	for _, v := range vols {
+		if err := l.sr.VDIDestroy(l.ctx, v.Key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ls, err := l.sr.Scan(l.ctx); err != nil || len(ls) != 0 {
+		t.Fatalf("sr-scan after vdi-destroy: %d volumes, %v", len(ls), err)
+	}
+
+	if err := l.sr.Unplug(l.ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s := sessionsOf(tg.IQN); len(s) != 0 {
+		t.Errorf("sessions after pbd-unplug: %+v", s)
+	}
+	if _, ok := mapSlaves(scsiID); ok {
+		t.Errorf("map %s left after pbd-unplug", scsiID)
+	}
+	l.destroy(t)
+	assertClean(t, tg)
+	if _, err := os.Stat(filepath.Join("/dev", l.vg)); err == nil {
+		t.Errorf("/dev/%s still exists", l.vg)
+	}
+}
