@@ -30,7 +30,7 @@ type capturer struct {
 // cmd saves a command's output verbatim as <pkg>/<file>.
 func (c *capturer) cmd(pkg, file string, name string, args ...string) {
 	c.t.Helper()
-	out := mustRun(c.t, name, args...)
+	out := mustOutput(c.t, name, args...)
 	if strings.TrimSpace(out) == "" {
 		c.t.Fatalf("%s %s printed nothing", name, strings.Join(args, " "))
 	}

@@ -7,6 +7,7 @@ package e2e
 // working LVM, so that a failing product scenario means a product bug.
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -119,7 +120,7 @@ type mpPath struct {
 }
 
 func multipathPaths(wwid string) []mpPath {
-	out, err := run("multipathd", "show", "paths", "raw", "format", "%w %d %t %T")
+	out, err := labtarget.Output(context.Background(), "multipathd", "show", "paths", "raw", "format", "%w %d %t %T")
 	if err != nil {
 		return nil
 	}
@@ -192,7 +193,7 @@ func lvmLifecycle(t *testing.T, dev, vg string) {
 	if !fileExists(lvDev) {
 		t.Fatalf("%s missing after activation", lvDev)
 	}
-	out := mustRun(t, "lvs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o", "lv_name,lv_size,lv_active", vg)
+	out := mustOutput(t, "lvs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o", "lv_name,lv_size,lv_active", vg)
 	var rep struct {
 		Report []struct {
 			LV []struct {

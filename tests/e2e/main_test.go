@@ -10,12 +10,12 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -97,6 +97,17 @@ func mustRun(t testing.TB, name string, args ...string) string {
 	return out
 }
 
+// mustOutput runs a command that prints a machine-readable report and
+// returns its standard output alone; it fails the test if the command fails.
+func mustOutput(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := labtarget.Output(context.Background(), name, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // waitFor polls cond until it holds or the deadline passes; cond returns a
 // description of the current state for the failure message.
 func waitFor(t testing.TB, what string, timeout time.Duration, cond func() (bool, string)) time.Duration {
@@ -128,11 +139,11 @@ func readSys(path string) string {
 // dmesgSince returns the kernel log lines after mark (a line count from an
 // earlier call with mark 0) and the new mark.
 func dmesgSince(mark int) ([]string, int) {
-	out, err := exec.Command("dmesg").Output()
+	out, err := labtarget.Output(context.Background(), "dmesg")
 	if err != nil {
 		return nil, mark
 	}
-	lines := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
 	if mark > len(lines) {
 		mark = 0 // the ring buffer wrapped
 	}
@@ -256,7 +267,7 @@ func (l *IOLoad) Verify() error {
 			return fmt.Errorf("read back chunk %d of %s: %w", c, l.dev, err)
 		}
 		fillChunk(want, pass, c)
-		if string(want) != string(l.buf) {
+		if !bytes.Equal(want, l.buf) {
 			bad = append(bad, fmt.Sprint(c))
 		}
 	}

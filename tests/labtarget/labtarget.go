@@ -41,17 +41,31 @@ const cmdTimeout = 60 * time.Second
 // Run runs a command with a deadline and returns its combined output; the
 // error carries the command line and output so a failing test says why.
 func Run(ctx context.Context, name string, args ...string) (string, error) {
+	return run(ctx, true, name, args...)
+}
+
+// Output is Run for machine-readable output: it returns standard output
+// alone, so a warning on stderr cannot corrupt a JSON report.
+func Output(ctx context.Context, name string, args ...string) (string, error) {
+	return run(ctx, false, name, args...)
+}
+
+func run(ctx context.Context, combined bool, name string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, cmdTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	if combined {
+		cmd.Stderr = &out
+	}
 	err := cmd.Run()
+	msg := strings.TrimSpace(out.String() + errOut.String())
 	if ctx.Err() != nil {
-		return out.String(), fmt.Errorf("%s %s: timed out after %s: %s", name, strings.Join(args, " "), cmdTimeout, out.String())
+		return out.String(), fmt.Errorf("%s %s: timed out after %s: %s", name, strings.Join(args, " "), cmdTimeout, msg)
 	}
 	if err != nil {
-		return out.String(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(out.String()))
+		return out.String(), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, msg)
 	}
 	return out.String(), nil
 }
