@@ -9,6 +9,7 @@ package e2e
 // through sanvol's own view.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -250,7 +251,7 @@ func directIO(dev string, mib int, seed uint32, verify bool) error {
 		if _, err := f.ReadAt(buf, off); err != nil {
 			return fmt.Errorf("read %s at %d: %w", dev, off, err)
 		}
-		if string(buf) != string(want) {
+		if !bytes.Equal(buf, want) {
 			return fmt.Errorf("%s: MiB %d differs from pattern %d", dev, c, seed)
 		}
 	}
