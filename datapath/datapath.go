@@ -177,10 +177,9 @@ func (p *Datapath) ensureActive(ctx context.Context, op string, sr SR, t Target)
 			return "", err
 		}
 	}
-	// An active LV whose table no longer matches the metadata (resized on
-	// the master) shows state 'X', not 'a' (lvm2 2.03.16, seen in the lab):
-	// it needs the refresh just as much, and lvchange -ay would not reload.
-	if info.Active() || (len(info.Attr) > 4 && info.Attr[4] == 'X') {
+	// An active LV resized on the master since it was activated here
+	// (lvs state 'X') needs the refresh: lvchange -ay would not reload it.
+	if info.Active() {
 		if err := p.d.LVM.Refresh(ctx, s, sr.VG, lv); err != nil {
 			return "", err
 		}

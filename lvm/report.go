@@ -36,8 +36,14 @@ type LV struct {
 	Attr string
 }
 
-// Active reports whether the LV is active on this host.
-func (l LV) Active() bool { return len(l.Attr) > 4 && l.Attr[4] == 'a' }
+// Active reports whether the LV has a device-mapper device on this host.
+// lv_attr's state is 'a' only when the kernel's table matches the
+// metadata; an LV resized on another host shows 'X' (lvm2 2.03.16, seen in
+// the lab), a suspended one 's', and so on: all of them are active, and
+// only '-' (and 'h', a removed LV's history) mean no device.
+func (l LV) Active() bool {
+	return len(l.Attr) > 4 && l.Attr[4] != '-' && l.Attr[4] != 'h'
+}
 
 // Open reports whether something holds the LV's device open on this host.
 func (l LV) Open() bool { return len(l.Attr) > 5 && l.Attr[5] == 'o' }
