@@ -192,9 +192,10 @@ func (p *Datapath) ensureActive(ctx context.Context, op string, sr SR, t Target)
 func (p *Datapath) lookup(op string, t Target) (SR, error) {
 	sr, err := p.d.Lookup(t.SR)
 	if err != nil {
+		// The lookup's own message says the same; one sentence is enough.
 		if errors.Is(err, host.ErrNotAttached) {
 			return sr, host.Errorf(host.KindNotAttached, op, fmt.Sprintf("SR %s is not attached on this host", t.SR),
-				"plug the SR's PBD on this host first (xe pbd-plug uuid=<pbd>; find it with xe pbd-list sr-uuid="+t.SR+" host-uuid=<this host>)", err)
+				"plug the SR's PBD on this host first (xe pbd-plug uuid=<pbd>; find it with xe pbd-list sr-uuid="+t.SR+" host-uuid=<this host>)", nil)
 		}
 		return sr, err
 	}
