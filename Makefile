@@ -43,8 +43,11 @@ unit:
 conformance:
 	$(GO) test -count=1 ./tests/conformance/
 
+# Every scenario on Debian 12's 6.1 kernel, then the NVMe DH-HMAC-CHAP
+# scenarios on bookworm-backports' 6.12 kernel, the first with NVMe auth.
 lab:
 	tests/lab/run.sh test
+	tests/lab/run.sh test --kernel backports -run TestNVMeAuth
 
 # The main job: boot the lab and run a whole SR lifecycle, narrated as the
 # xe commands an admin would type.
