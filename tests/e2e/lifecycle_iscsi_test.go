@@ -212,6 +212,28 @@ func TestISCSILifecycle(t *testing.T) {
 	// Issue 7's datapath scenarios on this SR type, on another volume.
 	t.Run("Datapath", func(t *testing.T) { l.datapathScenarios(t, vols[1]) })
 
+	// The LUN grows on the array: the next SR.stat (xe sr-update, or a
+	// scan) rescans the paths, the master grows the PV, and the SR's size
+	// follows.
+	t.Run("LUNGrowth", func(t *testing.T) {
+		before, err := l.sr.Stat(l.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := tg.Grow(tg.Size + 256<<20); err != nil {
+			t.Fatal(err)
+		}
+		after, err := l.sr.Stat(l.ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("SR.stat total_space %d -> %d, free_space %d -> %d", before.TotalSpace, after.TotalSpace, before.FreeSpace, after.FreeSpace)
+		if after.TotalSpace-before.TotalSpace < 200<<20 || after.FreeSpace-before.FreeSpace < 200<<20 {
+			t.Errorf("SR.stat did not follow a 256 MiB LUN growth: total %d -> %d, free %d -> %d",
+				before.TotalSpace, after.TotalSpace, before.FreeSpace, after.FreeSpace)
+		}
+	})
+
 	for _, v := range vols {
 		if err := l.sr.VDIDestroy(l.ctx, v.Key); err != nil {
 			t.Fatal(err)
