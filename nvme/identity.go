@@ -2,9 +2,7 @@ package nvme
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
-	"fmt"
 	"io/fs"
 	"strings"
 
@@ -74,7 +72,7 @@ func (t *Transport) identity(ctx context.Context, c Config, create bool) (Identi
 	changed := false
 	switch {
 	case nqn == "" && hid == "":
-		u, err := newUUID()
+		u, err := host.NewUUID()
 		if err != nil {
 			return Identity{}, host.Errorf(host.KindInternal, op, "cannot generate a host UUID", "", err)
 		}
@@ -85,7 +83,7 @@ func (t *Transport) identity(ctx context.Context, c Config, create bool) (Identi
 		if u, ok := strings.CutPrefix(nqn, uuidNQNPfx); ok && isUUID(strings.ToLower(u)) {
 			hid = strings.ToLower(u)
 		} else {
-			u, err := newUUID()
+			u, err := host.NewUUID()
 			if err != nil {
 				return Identity{}, host.Errorf(host.KindInternal, op, "cannot generate a host ID", "", err)
 			}
@@ -103,15 +101,4 @@ func (t *Transport) identity(ctx context.Context, c Config, create bool) (Identi
 		t.log.Info("generated the NVMe host identity", zapStr("hostnqn", nqn), zapStr("hostid", hid))
 	}
 	return Identity{HostNQN: nqn, HostID: hid}, nil
-}
-
-// newUUID returns a random (version 4) UUID.
-func newUUID() (string, error) {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
-	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16]), nil
 }

@@ -2,7 +2,6 @@ package volume
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
 	"time"
 
@@ -187,17 +186,6 @@ func keyOfLV(name string) (string, bool) {
 		return "", false
 	}
 	return name[2:], true
-}
-
-// newUUID makes a random (version 4) UUID.
-func newUUID() (string, error) {
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
-	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16]), nil
 }
 
 // scope is what LVM may see for an attached SR: its stable device path
