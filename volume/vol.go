@@ -100,7 +100,7 @@ func (e *Engine) VolumeCreate(ctx context.Context, sr, name, description string,
 	if a.ExtentSize <= 0 {
 		return Volume{}, host.Errorf(host.KindInternal, op, "attach record has no extent size", "unplug and plug the PBD", nil)
 	}
-	key, err := newUUID()
+	key, err := host.NewUUID()
 	if err != nil {
 		return Volume{}, host.Errorf(host.KindInternal, op, "no randomness for a volume uuid", "", err)
 	}
