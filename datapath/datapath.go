@@ -204,65 +204,52 @@ func (p *Datapath) lookup(op string, t Target) (SR, error) {
 
 // Attach makes the volume's device exist on this host for domain.
 func (p *Datapath) Attach(ctx context.Context, uri, domain string) (Backend, error) {
-	const op = "Datapath.attach"
-	t, err := ParseURI(op, uri)
+	dev, err := p.use(ctx, "Datapath.attach", uri, domain, false)
 	if err != nil {
 		return Backend{}, err
 	}
-	sr, err := p.lookup(op, t)
-	if err != nil {
-		return Backend{}, err
-	}
-	unlock, err := p.lock(ctx, t)
-	if err != nil {
-		return Backend{}, err
-	}
-	defer unlock()
-	r, err := p.load(t)
-	if err != nil {
-		return Backend{}, err
-	}
-	dev, err := p.ensureActive(ctx, op, sr, t)
-	if err != nil {
-		return Backend{}, err
-	}
-	if _, ok := r.Domains[domain]; !ok {
-		r.Domains[domain] = false
-	}
-	if err := p.save(t, r); err != nil {
-		return Backend{}, err
-	}
-	p.d.Log.Info("attached", zap.String("uri", uri), zap.String("domain", domain), zap.String("device", dev), zap.Strings("domains", sortedKeys(r.Domains)))
 	return Backend{Device: dev}, nil
 }
 
-// Activate marks the volume in use by domain; idempotent.
+// Activate marks the volume in use by domain; idempotent. The LV is made
+// active again if it was deactivated under us (a manual lvchange, a crash
+// between attach and activate): that is cheap to ensure.
 func (p *Datapath) Activate(ctx context.Context, uri, domain string) error {
-	const op = "Datapath.activate"
+	_, err := p.use(ctx, "Datapath.activate", uri, domain, true)
+	return err
+}
+
+// use is attach and activate: under the volume's lock, the LV is made
+// active (or refreshed) and domain's reference recorded; activate marks
+// it in use, attach keeps whatever state the domain already had.
+func (p *Datapath) use(ctx context.Context, op, uri, domain string, activate bool) (string, error) {
 	t, err := ParseURI(op, uri)
 	if err != nil {
-		return err
+		return "", err
 	}
 	sr, err := p.lookup(op, t)
 	if err != nil {
-		return err
+		return "", err
 	}
 	unlock, err := p.lock(ctx, t)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer unlock()
 	r, err := p.load(t)
 	if err != nil {
-		return err
+		return "", err
 	}
-	// The LV may have been deactivated under us (a manual lvchange, a
-	// crash between attach and activate); activation is cheap to ensure.
-	if _, err := p.ensureActive(ctx, op, sr, t); err != nil {
-		return err
+	dev, err := p.ensureActive(ctx, op, sr, t)
+	if err != nil {
+		return "", err
 	}
-	r.Domains[domain] = true
-	return p.save(t, r)
+	r.Domains[domain] = activate || r.Domains[domain]
+	if err := p.save(t, r); err != nil {
+		return "", err
+	}
+	p.d.Log.Info(op, zap.String("uri", uri), zap.String("domain", domain), zap.String("device", dev), zap.Strings("domains", sortedKeys(r.Domains)))
+	return dev, nil
 }
 
 // Deactivate marks the volume no longer in use by domain. It is called
