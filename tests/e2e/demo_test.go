@@ -2,9 +2,9 @@
 
 package e2e
 
-// TestDemo is `make demo`: a whole nvmetcp SR lifecycle driven through the
-// xapi simulator, told as the xe commands an admin would type, with a path
-// cut and restored under a running writer. Without a sanvol binary it shows
+// TestDemo is `make demo`: a whole nvmetcp SR lifecycle, then an iscsi-ng
+// one, driven through the xapi simulator, told as the xe commands an admin
+// would type, each with a path cut and restored under a running writer. Without a sanvol binary it shows
 // what the lab itself proves.
 
 import (
@@ -158,6 +158,8 @@ func TestDemo(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.shell("nvme", "list-subsys")
+
+	demoISCSI(d, ctx, sim)
 	d.chapter("Done")
 }
 
