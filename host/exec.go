@@ -115,8 +115,6 @@ func NewExecRunner(log *zap.Logger) *ExecRunner {
 	return &ExecRunner{Log: log}
 }
 
-const basePath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
 // Run starts the command with stdin closed, stdout and stderr captured
 // (never inherited: xapi-storage-script waits for its pipes to close, so an
 // inherited pipe would hang the call), LC_ALL=C and a deadline. On timeout
@@ -130,7 +128,7 @@ func (r *ExecRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	defer cancel()
 
 	cmd := exec.CommandContext(ctx, c.Name, c.Args...)
-	cmd.Env = append([]string{"PATH=" + basePath, "LC_ALL=C", "LANG=C"}, c.Env...)
+	cmd.Env = append([]string{"PATH=" + strings.Join(ExecDirs(), ":"), "LC_ALL=C", "LANG=C"}, c.Env...)
 	cmd.Stdin = nil
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout = &stdout

@@ -2,6 +2,7 @@ package host
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -130,4 +131,23 @@ func (r Root) Remove(p string) error {
 		return nil
 	}
 	return err
+}
+
+// Stat describes a file (following symlinks).
+func (r Root) Stat(p string) (fs.FileInfo, error) { return os.Stat(r.Path(p)) }
+
+// ExecDirs are the directories the Runner's PATH searches, in order.
+func ExecDirs() []string {
+	return []string{"/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"}
+}
+
+// LookPath finds a program the way the Runner's PATH would.
+func (r Root) LookPath(name string) (string, error) {
+	for _, d := range ExecDirs() {
+		p := d + "/" + name
+		if st, err := r.Stat(p); err == nil && st.Mode().IsRegular() {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%w: %s", ErrNotInstalled, name)
 }

@@ -7,6 +7,7 @@ package lvm
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -32,6 +33,35 @@ type Client struct {
 
 	mu  sync.Mutex
 	ver *Version
+	// cache, when set, keeps the version in /run across plugin
+	// processes (see WithVersionCache).
+	cache *host.Root
+}
+
+// VersionCacheFile remembers the lvm2 version across plugin processes.
+const VersionCacheFile = "/run/sanvol/lvm-version"
+
+// WithVersionCache makes the client remember the lvm2 version in
+// VersionCacheFile, keyed by the lvm binary's path, size and mtime, so an
+// upgrade of lvm2 is noticed. Every plugin call is a new process, so
+// without it Volume.stat, the hottest call, would spawn `lvm version`
+// before its one report.
+func (c *Client) WithVersionCache(root host.Root) *Client {
+	c.cache = &root
+	return c
+}
+
+// cacheKey identifies the installed lvm binary.
+func (c *Client) cacheKey() (string, bool) {
+	bin, err := c.cache.LookPath("lvm")
+	if err != nil {
+		return "", false
+	}
+	st, err := c.cache.Stat(bin)
+	if err != nil {
+		return "", false
+	}
+	return fmt.Sprintf("%s %d %d", bin, st.Size(), st.ModTime().UnixNano()), true
 }
 
 // New returns a client with production timeouts.
@@ -57,6 +87,20 @@ func (c *Client) Version(ctx context.Context) (Version, error) {
 	if c.ver != nil {
 		return *c.ver, nil
 	}
+	key, keyed := "", false
+	if c.cache != nil {
+		key, keyed = c.cacheKey()
+	}
+	if keyed {
+		if b, err := c.cache.ReadFile(VersionCacheFile); err == nil {
+			if k, v, ok := strings.Cut(strings.TrimSpace(string(b)), "\n"); ok && k == key {
+				if ver, err := ParseVersion("LVM version: " + v); err == nil {
+					c.ver = &ver
+					return ver, nil
+				}
+			}
+		}
+	}
 	res, err := c.run.Run(ctx, host.Cmd{Name: "lvm", Args: []string{"version"}, Timeout: c.ReadTimeout})
 	if err != nil {
 		return Version{}, classify("lvm version", err)
@@ -67,6 +111,10 @@ func (c *Client) Version(ctx context.Context) (Version, error) {
 	}
 	c.ver = &v
 	c.log.Debug("lvm version", zap.Stringer("version", v))
+	if keyed {
+		// A lost write only costs the next process one `lvm version`.
+		_ = c.cache.WriteFileAtomic(VersionCacheFile, []byte(key+"\n"+v.String()+"\n"), 0o644)
+	}
 	return v, nil
 }
 

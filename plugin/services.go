@@ -36,7 +36,7 @@ func (s *srServices) Engine() (*volume.Engine, error) {
 			"check "+host.PoolConf+" (it should hold \"master\" or \"slave:<master address>\")", err)
 	}
 	return volume.New(volume.Options{
-		LVM:       lvm.New(s.deps.Runner, s.deps.Log),
+		LVM:       lvm.New(s.deps.Runner, s.deps.Log).WithVersionCache(s.deps.Root),
 		Transport: s.transport,
 		Runner:    s.deps.Runner,
 		Locker:    host.FileLocker{Root: s.deps.Root},
@@ -111,7 +111,7 @@ func newDatapath(d *Deps) (*datapath.Datapath, error) {
 		return nil, err
 	}
 	return datapath.New(datapath.Deps{
-		LVM:    lvm.New(d.Runner, d.Log),
+		LVM:    lvm.New(d.Runner, d.Log).WithVersionCache(d.Root),
 		Root:   d.Root,
 		Locker: host.FileLocker{Root: d.Root},
 		Log:    d.Log,
