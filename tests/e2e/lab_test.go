@@ -317,15 +317,7 @@ func TestLabNVMeMultipath(t *testing.T) {
 }
 
 func TestLabISCSIMultipath(t *testing.T) {
-	tgt, err := labtarget.NewISCSI(t.Context(), labtarget.ISCSIOptions{Name: "labiscsi", Size: 512 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := tgt.Close(); err != nil {
-			t.Errorf("LIO teardown: %v", err)
-		}
-	})
+	tgt := labLIO(t, labtarget.ISCSIOptions{Name: "labiscsi", Size: 512 << 20})
 	addrs := []string{labtarget.Addr1, labtarget.Addr2}
 	dev := loginISCSI(t, tgt, addrs)
 	t.Logf("%s: %v", dev, multipathPaths(tgt.WWID()))
@@ -410,15 +402,7 @@ func initiatorName(t *testing.T) string {
 }
 
 func TestLabISCSIChap(t *testing.T) {
-	tgt, err := labtarget.NewISCSI(t.Context(), labtarget.ISCSIOptions{Name: "labchap", Size: 64 << 20, Addrs: []string{labtarget.Addr1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := tgt.Close(); err != nil {
-			t.Errorf("LIO teardown: %v", err)
-		}
-	})
+	tgt := labLIO(t, labtarget.ISCSIOptions{Name: "labchap", Size: 64 << 20, Addrs: []string{labtarget.Addr1}})
 	chap := &labtarget.CHAP{User: "labuser", Password: "initiator-secret1", MutualUser: "labarray", MutualPassword: "target-secret22"}
 	if err := tgt.AllowInitiator(initiatorName(t), chap); err != nil {
 		t.Fatal(err)
@@ -459,15 +443,7 @@ func TestLabISCSIChap(t *testing.T) {
 // NexentaStor guides: one target IQN per portal, the same LUN behind both.
 // multipath must still see one LUN with two paths.
 func TestLabISCSIMultipleIQN(t *testing.T) {
-	tgt, err := labtarget.NewISCSI(t.Context(), labtarget.ISCSIOptions{Name: "labmiqn", Size: 64 << 20, Addrs: []string{labtarget.Addr1}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := tgt.Close(); err != nil {
-			t.Errorf("LIO teardown: %v", err)
-		}
-	})
+	tgt := labLIO(t, labtarget.ISCSIOptions{Name: "labmiqn", Size: 64 << 20, Addrs: []string{labtarget.Addr1}})
 	second := tgt.IQN + "-b"
 	if err := tgt.ExportIQN(second, labtarget.Addr2); err != nil {
 		t.Fatal(err)
@@ -495,15 +471,7 @@ func TestLabISCSIMultipleIQN(t *testing.T) {
 // entirely and comes back, as in an HA-Lizard failover; the path returns
 // to the same LUN.
 func TestLabISCSIVanishAndReturn(t *testing.T) {
-	tgt, err := labtarget.NewISCSI(t.Context(), labtarget.ISCSIOptions{Name: "labvanish", Size: 64 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := tgt.Close(); err != nil {
-			t.Errorf("LIO teardown: %v", err)
-		}
-	})
+	tgt := labLIO(t, labtarget.ISCSIOptions{Name: "labvanish", Size: 64 << 20})
 	addrs := []string{labtarget.Addr1, labtarget.Addr2}
 	loginISCSI(t, tgt, addrs)
 	if err := tgt.VanishPortal(labtarget.Addr2); err != nil {
@@ -523,4 +491,20 @@ func TestLabISCSIVanishAndReturn(t *testing.T) {
 		ps := multipathPaths(tgt.WWID())
 		return activePaths(ps) == 2, fmt.Sprint(ps)
 	})
+}
+
+// labLIO makes a LIO target for one scenario and tears it down after,
+// failing the test if configfs is left dirty for the next scenario.
+func labLIO(t *testing.T, o labtarget.ISCSIOptions) *labtarget.ISCSITarget {
+	t.Helper()
+	tgt, err := labtarget.NewISCSI(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := tgt.Close(); err != nil {
+			t.Errorf("LIO teardown: %v", err)
+		}
+	})
+	return tgt
 }
