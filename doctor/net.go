@@ -1,6 +1,7 @@
 package doctor
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -54,9 +55,28 @@ type Net interface {
 // Netlink is the production Net.
 type Netlink struct{}
 
+// dumpTries bounds retryDump: a dump is interrupted only while the table
+// changes under it, which settles within a few tries.
+const dumpTries = 5
+
+// retryDump repeats a netlink dump that the kernel flagged as interrupted
+// (NLM_F_DUMP_INTR: an address or route changed mid-dump, as when a NIC
+// comes up while doctor runs). Its partial result would report a
+// configured path as unrouted; a fresh dump is consistent.
+func retryDump[T any](dump func() (T, error)) (T, error) {
+	var v T
+	var err error
+	for range dumpTries {
+		if v, err = dump(); !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return v, err
+		}
+	}
+	return v, err
+}
+
 // Links lists every interface.
 func (Netlink) Links() ([]Link, error) {
-	ls, err := netlink.LinkList()
+	ls, err := retryDump(netlink.LinkList)
 	if err != nil {
 		return nil, fmt.Errorf("list network interfaces (netlink): %w", err)
 	}
@@ -77,7 +97,7 @@ func (Netlink) Links() ([]Link, error) {
 
 // Addrs lists every IPv4 and IPv6 address.
 func (Netlink) Addrs() ([]Addr, error) {
-	as, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
+	as, err := retryDump(func() ([]netlink.Addr, error) { return netlink.AddrList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("list addresses (netlink): %w", err)
 	}
@@ -129,7 +149,7 @@ func (Netlink) RouteTo(dst netip.Addr, oif string) (Route, error) {
 
 // DefaultRoutes lists the IPv4 and IPv6 default routes of the main table.
 func (Netlink) DefaultRoutes() ([]Route, error) {
-	rs, err := netlink.RouteList(nil, netlink.FAMILY_ALL)
+	rs, err := retryDump(func() ([]netlink.Route, error) { return netlink.RouteList(nil, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nil, fmt.Errorf("list routes (netlink): %w", err)
 	}

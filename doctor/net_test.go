@@ -1,8 +1,11 @@
 package doctor
 
 import (
+	"errors"
 	"strings"
 	"testing"
+
+	"github.com/vishvananda/netlink"
 )
 
 // Two storage NICs on one subnet, as the XCP-ng guides allow with the
@@ -117,4 +120,31 @@ func TestMTUDiffersBetweenPaths(t *testing.T) {
 	h.net.link("eth2").MTU = 1500
 	rep := h.doctor(Options{Type: TypeISCSI, Config: map[string]string{"target": "10.0.1.10,10.0.2.10"}})
 	expect(t, rep, chkMTU, Warn, "the paths use different MTUs (eth1 9000, eth2 1500)", "set one MTU on every storage interface")
+}
+
+// A dump the kernel flags as interrupted is partial; doctor must ask again
+// rather than judge the host on it, and give up only after a bounded number
+// of tries.
+func TestRetryDumpInterrupted(t *testing.T) {
+	calls := 0
+	got, err := retryDump(func() ([]int, error) {
+		calls++
+		if calls < 3 {
+			return []int{1}, netlink.ErrDumpInterrupted
+		}
+		return []int{1, 2}, nil
+	})
+	if err != nil || len(got) != 2 || calls != 3 {
+		t.Errorf("after two interrupted dumps: %v, %v, %d calls", got, err, calls)
+	}
+	calls = 0
+	_, err = retryDump(func() ([]int, error) { calls++; return nil, netlink.ErrDumpInterrupted })
+	if !errors.Is(err, netlink.ErrDumpInterrupted) || calls != dumpTries {
+		t.Errorf("always interrupted: %v after %d calls, want %d", err, calls, dumpTries)
+	}
+	calls = 0
+	other := errors.New("permission denied")
+	if _, err = retryDump(func() ([]int, error) { calls++; return nil, other }); err != other || calls != 1 {
+		t.Errorf("another error: %v after %d calls", err, calls)
+	}
 }
