@@ -437,12 +437,14 @@ main() {
 			rundir=$(new_rundir)
 			build "$rundir"
 			if [ "$shards" -gt 1 ] && [[ $run != */* ]]; then
+				local split
+				split=$(shard_tests "$rundir/share/e2e.test" "$run" "$shards") || { rm -rf "$rundir"; exit 1; }
 				k=0
 				while read -r line; do
 					k=$((k + 1))
 					say "guest $kernel-$k: about ${line##* } s of scenarios"
 					jobs+=("$kernel-$k $kernel ${line% *}")
-				done < <(shard_tests "$rundir/share/e2e.test" "$run" "$shards")
+				done <<<"$split"
 			else
 				jobs+=("$kernel $kernel $run")
 			fi
