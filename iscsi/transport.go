@@ -664,7 +664,7 @@ func (t *Transport) settledSessions(ctx context.Context, paths []path) []session
 			}
 		}
 		cur := strings.Join(names, ",")
-		if cur == prev && cur != "" {
+		if cur == prev && cur != "" && symmetric(ourSessions(sessions, paths)) {
 			stable++
 		} else {
 			stable = 0
@@ -674,6 +674,30 @@ func (t *Transport) settledSessions(ctx context.Context, paths []path) []session
 			return sessions
 		}
 	}
+}
+
+// symmetric reports whether every logged-in session of one target shows
+// the same LUNs. Portals of one target export one LUN set, so a session
+// still missing a LUN the others have is a path whose scan has not
+// finished: judging the set stable then would count one path too few.
+func symmetric(sessions []session) bool {
+	luns := map[string]string{}
+	for _, s := range sessions {
+		if s.state != sessionLoggedIn {
+			continue
+		}
+		var ids []string
+		for _, d := range s.disks {
+			ids = append(ids, strconv.Itoa(d.lun))
+		}
+		sort.Strings(ids)
+		set := strings.Join(ids, ",")
+		if prev, ok := luns[s.target]; ok && prev != set {
+			return false
+		}
+		luns[s.target] = set
+	}
+	return true
 }
 
 // Rescan re-reads the LUN's size on every path and grows the multipath map
