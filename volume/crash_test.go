@@ -54,7 +54,13 @@ func TestCrashVolumeCreate(t *testing.T) {
 			if committed != (len(vols) == 1) {
 				t.Fatalf("after a crash at %s SR.ls shows %d volumes", step, len(vols))
 			}
-			// SR.ls collected the leftover of the dead create.
+			// SR.ls is a read path: it hides the leftover of the dead
+			// create and removes nothing.
+			if n := len(v.sim.LVs()); n != 1 {
+				t.Fatalf("SR.ls changed the LVs: %d left", n)
+			}
+			// The master's next attach removes the leftover.
+			v.reattach()
 			if n := len(v.sim.LVs()); n != len(vols) {
 				t.Fatalf("%d LVs left for %d volumes", n, len(vols))
 			}

@@ -76,6 +76,10 @@ type Options struct {
 	Version string
 	// LockWait bounds the wait for the per-SR lock; 0 means 5 minutes.
 	LockWait time.Duration
+	// HostID identifies this host in the create marks of new volumes
+	// (host.ID); empty means unknown, and then no mark is taken for this
+	// host's own.
+	HostID string
 }
 
 // Engine implements SR.* and Volume.* for one SR type (one Transport).
@@ -91,6 +95,7 @@ type Engine struct {
 	fault    FaultHook
 	version  string
 	lockWait time.Duration
+	hostID   string
 }
 
 // New builds an engine.
@@ -99,7 +104,7 @@ func New(o Options) (*Engine, error) {
 		return nil, fmt.Errorf("volume.New: LVM, Transport, Runner and Locker are required")
 	}
 	e := &Engine{lvm: o.LVM, t: o.Transport, run: o.Runner, locker: o.Locker, root: o.Root, role: o.Role,
-		log: o.Log, now: o.Now, fault: o.Fault, version: o.Version, lockWait: o.LockWait}
+		log: o.Log, now: o.Now, fault: o.Fault, version: o.Version, lockWait: o.LockWait, hostID: o.HostID}
 	if e.log == nil {
 		e.log = zap.NewNop()
 	}
@@ -176,6 +181,7 @@ func (e *Engine) tryLock(ctx context.Context, name string) (func(), bool) {
 
 func srLock(uuid string) string       { return "sr-" + uuid }
 func initLock(key string) string      { return "volinit-" + key }
+func volLock(key string) string       { return "vol-" + key }
 func vgName(uuid string) string       { return "VG_sanvol-" + uuid }
 func lvName(key string) string        { return "v-" + key }
 func volumeURI(sr, key string) string { return "sanvol://" + sr + "/" + key }
