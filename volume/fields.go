@@ -5,7 +5,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -135,7 +136,7 @@ func decodeVolumeTags(tags []string) (volumeMeta, error) {
 	f, bad, _ := lvm.DecodeEachField(tags)
 	m := volumeMeta{Name: f[volFieldName], Description: f[volFieldDescription], Sharable: f[volFieldSharable] == "true",
 		Key: f[volFieldKey], Keys: map[string]string{}}
-	for _, name := range sortedFields(bad) {
+	for _, name := range slices.Sorted(maps.Keys(bad)) {
 		m.Problems = append(m.Problems, bad[name].Error())
 	}
 	if v, ok := f[volFieldInit]; ok {
@@ -156,7 +157,7 @@ func decodeVolumeTags(tags []string) (volumeMeta, error) {
 	} else if bad[volFieldGrow] != nil {
 		m.Grow, m.GrowErr = true, bad[volFieldGrow]
 	}
-	for _, name := range sortedFields(f) {
+	for _, name := range slices.Sorted(maps.Keys(f)) {
 		if !strings.HasPrefix(name, volFieldKeyPrefix) {
 			continue
 		}
@@ -174,15 +175,6 @@ func decodeVolumeTags(tags []string) (volumeMeta, error) {
 		return m, errors.New(strings.Join(m.Problems, "; "))
 	}
 	return m, nil
-}
-
-func sortedFields[V any](m map[string]V) []string {
-	names := make([]string, 0, len(m))
-	for n := range m {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
 }
 
 // srMeta is what a VG's tags say.
