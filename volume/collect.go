@@ -50,18 +50,16 @@ func (e *Engine) collectable(ctx context.Context, l lvm.LV) (unlock func(), ok b
 	if age < -clockSkew {
 		return nil, false, "its create mark is dated in the future (" + m.Init.Time.UTC().Format(time.RFC3339) + ")"
 	}
-	if e.hostID != "" && m.Init.Host == e.hostID {
-		unlock, free := e.tryLock(ctx, initLock(key))
-		if !free {
-			return nil, false, "its create is still running on this host"
-		}
-		return unlock, true, ""
-	}
-	if age < InitLease {
+	if (e.hostID == "" || m.Init.Host != e.hostID) && age < InitLease {
 		return nil, false, fmt.Sprintf("started by host %q %s ago; left alone until it is %s old", m.Init.Host, age.Round(time.Second), InitLease)
 	}
-	unlock, free := e.tryLock(ctx, initLock(key))
-	if !free {
+	// Past its lease or not, a create of this host that still runs holds
+	// its volinit lock.
+	unlock, held, err := e.tryLock(ctx, initLock(key))
+	switch {
+	case err != nil:
+		return nil, false, "cannot tell whether its create still runs: " + err.Error()
+	case held:
 		return nil, false, "its create is still running on this host"
 	}
 	return unlock, true, ""

@@ -2,6 +2,7 @@ package volume
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -144,8 +145,7 @@ func (e *Engine) lock(ctx context.Context, op, name string) (func(), error) {
 	defer cancel()
 	unlock, err := e.locker.Lock(lctx, name)
 	if err != nil {
-		return nil, host.Errorf(host.KindBusy, op, "another sanvol call holds lock "+name+" on this host",
-			"wait for it to finish (see the sanvol log) and retry", err)
+		return nil, host.LockError(op, "another sanvol call on this host ("+name+")", err)
 	}
 	return unlock, nil
 }
@@ -168,15 +168,20 @@ func (e *Engine) begin(ctx context.Context, op, sr string) (a Attached, unlock f
 // tryLock takes a lock only if it is free now. It hands the Locker an
 // already-cancelled context: host.FileLocker tries flock once before it
 // looks at the context. A Locker that looked first would make tryLock
-// always fail, which only delays the cleanup that depends on it.
-func (e *Engine) tryLock(ctx context.Context, name string) (func(), bool) {
+// always fail, which only delays the cleanup that depends on it. held is
+// false with a nil error when the lock is taken; err is a lock that
+// cannot be taken at all (host.LockError), which is no proof of a holder.
+func (e *Engine) tryLock(ctx context.Context, name string) (unlock func(), held bool, err error) {
 	lctx, cancel := context.WithCancel(ctx)
 	cancel()
-	unlock, err := e.locker.Lock(lctx, name)
-	if err != nil {
-		return nil, false
+	unlock, err = e.locker.Lock(lctx, name)
+	if errors.Is(err, host.ErrLockTimeout) {
+		return nil, true, nil
 	}
-	return unlock, true
+	if err != nil {
+		return nil, false, err
+	}
+	return unlock, false, nil
 }
 
 func srLock(uuid string) string       { return "sr-" + uuid }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -287,4 +288,21 @@ func TestResizeZeroesOutsideTheSRLock(t *testing.T) {
 		t.Fatalf("after the resize: %+v zeroed=%v active=%v", got, l.FullyZeroed(v.sim.ExtentSize()), l.Active)
 	}
 	must(t, other.VolumeDestroy(ctx, sr, vol.Key))
+}
+
+// A lock that cannot be taken at all is reported as what it is, not as
+// another call holding it.
+func TestLockFailureIsNotContention(t *testing.T) {
+	v := newEnv(t, host.Role{Master: true})
+	sr := v.createSR()
+	dir := v.root.Path(host.LockDir)
+	must(t, os.RemoveAll(dir))
+	must(t, os.WriteFile(dir, nil, 0o600))
+	err := v.e.SRSetName(context.Background(), sr, "x")
+	if err == nil || errors.Is(err, host.ErrBusy) || strings.Contains(err.Error(), "another sanvol call") || !strings.Contains(err.Error(), host.LockDir) {
+		t.Fatalf("SR.set_name with a broken lock directory = %v", err)
+	}
+	if err := v.e.VolumeDestroy(context.Background(), sr, "00000000-0000-4000-8000-000000000001"); err == nil || strings.Contains(err.Error(), "zeroing") {
+		t.Fatalf("Volume.destroy with a broken lock directory = %v", err)
+	}
 }

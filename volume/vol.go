@@ -196,8 +196,11 @@ func (e *Engine) VolumeDestroy(ctx context.Context, sr, key string) error {
 	}
 	// A resize zeroes outside the SR lock but holds the volume lock:
 	// the LV must not go (nor be replaced) under its writes.
-	unlockVol, held := e.tryLock(ctx, volLock(key))
-	if !held {
+	unlockVol, held, err := e.tryLock(ctx, volLock(key))
+	if err != nil {
+		return host.LockError(op, "", err)
+	}
+	if held {
 		return host.Errorf(host.KindBusy, op, fmt.Sprintf("a resize of volume %s is zeroing its new space on this host", key),
 			"wait for the resize to finish (see the sanvol log), then retry", nil)
 	}
