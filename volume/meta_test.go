@@ -234,7 +234,6 @@ type blockingRunner struct {
 	dev      string
 	started  chan struct{}
 	release  chan struct{}
-	once     sync.Once
 	startOne sync.Once
 }
 
