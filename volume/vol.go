@@ -188,11 +188,12 @@ func (e *Engine) abandon(ctx context.Context, a Attached, s lvm.Scope, lv string
 // both daemon generations destroy a clone-on-boot volume twice.
 func (e *Engine) VolumeDestroy(ctx context.Context, sr, key string) error {
 	const op = "Volume.destroy"
+	if err := e.requireMaster(op); err != nil {
+		return err
+	}
 	if !IsUUID(key) {
-		if _, err := e.attached(sr); err != nil {
-			return err
-		}
-		return nil // no volume can have this key
+		_, err := e.attached(sr)
+		return err // nil: no volume can have this key
 	}
 	// A resize zeroes outside the SR lock but holds the volume lock:
 	// the LV must not go (nor be replaced) under its writes.
