@@ -172,7 +172,8 @@ func (e *Engine) VolumeCreate(ctx context.Context, sr, name, description string,
 }
 
 // abandon removes the LV of a create that failed (not crashed); if even
-// that fails, the initializing mark keeps it hidden until the master's SR.attach collects it.
+// that fails, the initializing mark keeps it hidden until the master's
+// SR.attach collects it.
 func (e *Engine) abandon(ctx context.Context, a Attached, s lvm.Scope, lv string) {
 	unlock, err := e.lock(ctx, "Volume.create", srLock(a.UUID))
 	if err != nil {
