@@ -305,3 +305,24 @@ func TestLockFailureIsNotContention(t *testing.T) {
 		t.Fatalf("Volume.destroy with a broken lock directory = %v", err)
 	}
 }
+
+// A repeat that asks for more than the crashed resize zeroes from the old
+// size to the new target in one go.
+func TestResizeRepeatAsksForMore(t *testing.T) {
+	v := newEnv(t, host.Role{Master: true})
+	sr := v.createSR()
+	ctx := context.Background()
+	vol, err := v.e.VolumeCreate(ctx, sr, "n", "", 8*mib, false)
+	must(t, err)
+	v.crashAt(volume.StepVolumeResizeLVExtend, func() error { return v.e.VolumeResize(ctx, sr, vol.Key, 40*mib) })
+	must(t, v.e.VolumeResize(ctx, sr, vol.Key, 60*mib))
+	got, err := v.e.VolumeStat(ctx, sr, vol.Key)
+	must(t, err)
+	l := v.sim.LVs()["v-"+vol.Key]
+	if got.VirtualSize != 60*mib || got.Incomplete != "" || !l.FullyZeroed(v.sim.ExtentSize()) {
+		t.Fatalf("after the larger repeat: %+v zeroed=%v", got, l.FullyZeroed(v.sim.ExtentSize()))
+	}
+	if f, _, _ := lvm.DecodeFields(l.Tags); f["G"] != "" {
+		t.Fatalf("resize mark left: %v", l.Tags)
+	}
+}
