@@ -62,8 +62,17 @@ lab-image:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime=200x ./tests/conformance/
 
+# Every fuzz target of the module, FUZZTIME each, one after another: go test
+# -fuzz runs a single target per invocation, so the targets are found by name
+# and a new one is covered without editing this file.
+FUZZTIME ?= 10m
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecodeArgs -fuzztime 10m -parallel 1 ./plugin/
+	@set -e; for f in $$(grep -rl --include='*_test.go' '^func Fuzz' .); do \
+	  for t in $$(sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(.*/\1/p' $$f); do \
+	    echo "== $$t ($$(dirname $$f))"; \
+	    $(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -parallel 1 ./$$(dirname $$f)/; \
+	  done; \
+	done
 
 clean:
 	rm -rf bin

@@ -45,6 +45,9 @@ type VolumeState struct {
 	Size   int64  `json:"size"`
 	Active bool   `json:"active"`
 	Open   bool   `json:"open"`
+	// Problem is what is wrong with the LV (volume.Problem): damaged or
+	// foreign tags, an unfinished create or resize, a foreign LV.
+	Problem string `json:"problem,omitempty"`
 }
 
 // LVMVolumes lists volumes with lvs, read-only: it never writes
@@ -69,7 +72,7 @@ func (l LVMVolumes) Volumes(ctx context.Context, a volume.Attached) ([]VolumeSta
 		if v.VG != a.VG {
 			continue
 		}
-		out = append(out, VolumeState{Name: v.Name, Size: v.Size, Active: v.Active(), Open: v.Open()})
+		out = append(out, VolumeState{Name: v.Name, Size: v.Size, Active: v.Active(), Open: v.Open(), Problem: volume.Problem(v)})
 	}
 	return out, nil
 }
@@ -281,6 +284,11 @@ func (s StatusReport) Text(w io.Writer) error {
 			fmt.Fprintf(&b, "   volumes  cannot list: %s\n", sr.VolumesErr)
 		case sr.Volumes != nil:
 			fmt.Fprintf(&b, "   volumes  %s\n", volumesLine(sr.Volumes))
+		}
+		for _, v := range sr.Volumes {
+			if v.Problem != "" {
+				fmt.Fprintf(&b, "   problem  %s: %s\n", v.Name, v.Problem)
+			}
 		}
 	}
 	for _, t := range sortedKeys(s.Diagnostics) {

@@ -10,6 +10,7 @@ import (
 
 	"sanvol/host"
 	"sanvol/lvm"
+	"sanvol/lvm/lvmtest"
 	"sanvol/volume"
 )
 
@@ -152,5 +153,38 @@ func TestWatch(t *testing.T) {
 	})
 	if err != nil || n != 3 || strings.Count(b.String(), "\033[H\033[2J") != 3 {
 		t.Fatalf("err %v, %d loads, output %q", err, n, b.String())
+	}
+}
+
+// An LV with damaged or foreign metadata shows up with its problem; the
+// other volumes and the SR are listed as usual.
+func TestStatusShowsVolumeProblems(t *testing.T) {
+	good := "v-aaaaaaaa-0000-4000-8000-000000000001"
+	bad := "v-aaaaaaaa-0000-4000-8000-000000000002"
+	report := lvmtest.LVs(
+		lvm.LV{Name: good, VG: "vg", Size: 8 << 20, Attr: "-wi-------", Tags: lvm.EncodeFields(map[string]string{"N": "good"})},
+		lvm.LV{Name: bad, VG: "vg", Size: 8 << 20, Attr: "-wi-------", Tags: append(lvm.EncodeFields(map[string]string{"N": "bad"}), "sv.D.2:x")},
+		lvm.LV{Name: "data", VG: "vg", Size: 4 << 20, Attr: "-wi-------"},
+	).Stdout
+	run := &fakeRunner{}
+	run.on("lvm version", "  LVM version:     2.03.16(2) (2022-05-18)\n", nil)
+	run.on("lvm lvs", report, nil)
+	_, d, srs := statusHost(t)
+	d.Volumes = LVMVolumes{LVM: lvm.New(run, nil), Root: host.NewRoot(t.TempDir())}
+	srs[0].VG = "vg"
+	var b bytes.Buffer
+	_ = ReadStatus(context.Background(), d, srs[:1], false).Text(&b)
+	out := b.String()
+	for _, want := range []string{
+		"volumes  0 of 3 active here",
+		"problem  " + bad + ": damaged tags (tag field \"D\": chunk 0 missing or duplicated)",
+		"problem  data: not a sanvol volume",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("status lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "problem  "+good) {
+		t.Errorf("a healthy volume has a problem:\n%s", out)
 	}
 }

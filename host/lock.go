@@ -29,16 +29,19 @@ type FileLocker struct {
 	Root Root
 }
 
-// Lock blocks until the named lock is held or ctx ends.
+// Lock blocks until the named lock is held or ctx ends. Only contention
+// ends in ErrLockTimeout; a lock that cannot be taken at all (the lock
+// directory full, read-only or forbidden) is an *Error that says so at
+// once, without waiting for the deadline.
 func (l FileLocker) Lock(ctx context.Context, name string) (func(), error) {
 	dir := l.Root.Path(LockDir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("lock %s: %w", name, err)
+		return nil, lockFailure(name, LockDir, "create the lock directory", err)
 	}
 	path := filepath.Join(dir, name+".lock")
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", name, err)
+		return nil, lockFailure(name, filepath.Join(LockDir, name+".lock"), "open the lock file", err)
 	}
 	delay := 5 * time.Millisecond
 	for {
@@ -51,7 +54,7 @@ func (l FileLocker) Lock(ctx context.Context, name string) (func(), error) {
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
 			f.Close()
-			return nil, fmt.Errorf("lock %s: %w", name, err)
+			return nil, lockFailure(name, filepath.Join(LockDir, name+".lock"), "flock the lock file", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -63,4 +66,33 @@ func (l FileLocker) Lock(ctx context.Context, name string) (func(), error) {
 			delay *= 2
 		}
 	}
+}
+
+// lockFailure says why a lock could not be taken at all, by errno: these
+// are faults of the host, not other sanvol calls, and waiting or retrying
+// does not help.
+func lockFailure(name, path, step string, err error) error {
+	op := "lock " + name
+	msg := "cannot " + step + " " + path
+	switch {
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return Errorf(KindNoSpace, op, msg+": no space left", "free space on the file system holding "+LockDir+" (df -h /run; /run is a small tmpfs)", err)
+	case errors.Is(err, syscall.EROFS):
+		return Errorf(KindInternal, op, msg+": the file system is read-only", "find out why "+LockDir+" is on a read-only file system (mount | grep /run; dmesg)", err)
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return Errorf(KindInternal, op, msg+": permission denied", "sanvol runs as root from xapi; check the owner and mode of "+LockDir+" and any SELinux or AppArmor denial (dmesg)", err)
+	}
+	return Errorf(KindInternal, op, msg, "check "+LockDir+" (ls -ld, df -h /run)", err)
+}
+
+// LockError turns a Locker's failure into the error of op: contention is
+// Busy, naming holder (e.g. "another sanvol call on SR <uuid>"); anything
+// else keeps the locker's own kind and message, since telling an admin to
+// wait for another call when /run is full sends them the wrong way.
+func LockError(op, holder string, err error) error {
+	if errors.Is(err, ErrLockTimeout) {
+		return Errorf(KindBusy, op, holder+" holds the lock",
+			"wait for it to finish (see the sanvol log) and retry", err)
+	}
+	return Errorf(KindOf(err), op, "cannot take a lock", "", err)
 }

@@ -169,6 +169,24 @@ func parseTag(t string) (field string, index int, ok bool) {
 // exactly 0..n-1 or do not unescape is an error: the metadata was written
 // by something else, and guessing would corrupt a name or a key.
 func DecodeFields(tags []string) (fields map[string]string, other []string, err error) {
+	fields, bad, other := DecodeEachField(tags)
+	if len(bad) > 0 {
+		names := make([]string, 0, len(bad))
+		for f := range bad {
+			names = append(names, f)
+		}
+		sort.Strings(names)
+		return nil, nil, bad[names[0]]
+	}
+	return fields, other, nil
+}
+
+// DecodeEachField is DecodeFields that judges every field on its own:
+// fields holds those that decode, bad the error of each that does not.
+// Tags are written by anyone who can write the LUN, so one damaged field
+// must not cost the others (a volume keeps its name when a key record is
+// broken).
+func DecodeEachField(tags []string) (fields map[string]string, bad map[string]error, other []string) {
 	type chunk struct {
 		i    int
 		data string
@@ -184,22 +202,26 @@ func DecodeFields(tags []string) (fields map[string]string, other []string, err 
 		parts[f] = append(parts[f], chunk{i, data})
 	}
 	fields = make(map[string]string, len(parts))
+	bad = map[string]error{}
+next:
 	for f, cs := range parts {
 		sort.Slice(cs, func(a, b int) bool { return cs[a].i < cs[b].i })
 		var b strings.Builder
 		for want, c := range cs {
 			if c.i != want {
-				return nil, nil, fmt.Errorf("tag field %q: chunk %d missing or duplicated", f, want)
+				bad[f] = fmt.Errorf("tag field %q: chunk %d missing or duplicated", f, want)
+				continue next
 			}
 			b.WriteString(c.data)
 		}
 		v, err := Unescape(b.String())
 		if err != nil {
-			return nil, nil, fmt.Errorf("tag field %q: %w", f, err)
+			bad[f] = fmt.Errorf("tag field %q: %w", f, err)
+			continue
 		}
 		fields[f] = v
 	}
-	return fields, other, nil
+	return fields, bad, other
 }
 
 // SplitTags splits LVM's comma-joined tag list (the lv_tags/vg_tags report

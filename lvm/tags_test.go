@@ -135,3 +135,21 @@ func TestSplitTags(t *testing.T) {
 		t.Fatalf("SplitTags = %q", got)
 	}
 }
+
+// One damaged field costs only itself.
+func TestDecodeEachField(t *testing.T) {
+	tags := append(EncodeFields(map[string]string{"N": "name", "D": "desc"}), "sv.K.1:x", "sv.V.0:&Z1", "other")
+	f, bad, other := DecodeEachField(tags)
+	if f["N"] != "name" || f["D"] != "desc" || len(f) != 2 {
+		t.Fatalf("fields = %v", f)
+	}
+	if bad["K"] == nil || bad["V"] == nil || len(bad) != 2 {
+		t.Fatalf("bad = %v", bad)
+	}
+	if len(other) != 1 || other[0] != "other" {
+		t.Fatalf("other = %v", other)
+	}
+	if _, _, err := DecodeFields(tags); err == nil {
+		t.Fatal("DecodeFields accepted damaged fields")
+	}
+}

@@ -48,7 +48,7 @@ func (t *Transport) identity(ctx context.Context, c Config, create bool) (Identi
 	}
 	unlock, err := t.locker.Lock(ctx, "nvme-hostnqn")
 	if err != nil {
-		return Identity{}, host.Errorf(host.KindBusy, op, "cannot lock the host NQN files", "", err)
+		return Identity{}, host.LockError(op, "another sanvol call writing the host NQN files", err)
 	}
 	defer unlock()
 	nqn, nerr := t.root.ReadString(HostNQNFile)

@@ -291,7 +291,7 @@ func (t *Transport) connectAll(ctx context.Context, c Config, op string) (*sessi
 	unlock, err := t.locker.Lock(lctx, lockName(c.NQN))
 	cancel()
 	if err != nil {
-		return nil, host.Errorf(host.KindBusy, op, "another operation on subsystem "+c.NQN+" holds its lock", "retry; if it persists, look for a hung nvme process (ps -ef | grep nvme)", err)
+		return nil, host.LockError(op, "another operation on subsystem "+c.NQN, err)
 	}
 	s := &session{cfg: c, id: id, failures: map[string]error{}, unlock: unlock}
 
@@ -791,7 +791,7 @@ func (t *Transport) Detach(ctx context.Context, cfg map[string]string, others []
 	}
 	unlock, err := t.locker.Lock(ctx, lockName(c.NQN))
 	if err != nil {
-		return host.Errorf(host.KindBusy, op, "another operation on subsystem "+c.NQN+" holds its lock", "retry", err)
+		return host.LockError(op, "another operation on subsystem "+c.NQN, err)
 	}
 	defer unlock()
 	id, err := t.identity(ctx, c, false)

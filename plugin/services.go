@@ -45,6 +45,7 @@ func (s *srServices) Engine() (*volume.Engine, error) {
 		Log:       s.deps.Log,
 		Fault:     crashHook(),
 		Version:   s.deps.Version,
+		HostID:    host.ID(s.deps.Root),
 	})
 }
 

@@ -2,6 +2,7 @@ package volume
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -76,6 +77,10 @@ type Options struct {
 	Version string
 	// LockWait bounds the wait for the per-SR lock; 0 means 5 minutes.
 	LockWait time.Duration
+	// HostID identifies this host in the create marks of new volumes
+	// (host.ID); empty means unknown, and then no mark is taken for this
+	// host's own.
+	HostID string
 }
 
 // Engine implements SR.* and Volume.* for one SR type (one Transport).
@@ -91,6 +96,7 @@ type Engine struct {
 	fault    FaultHook
 	version  string
 	lockWait time.Duration
+	hostID   string
 }
 
 // New builds an engine.
@@ -99,7 +105,7 @@ func New(o Options) (*Engine, error) {
 		return nil, fmt.Errorf("volume.New: LVM, Transport, Runner and Locker are required")
 	}
 	e := &Engine{lvm: o.LVM, t: o.Transport, run: o.Runner, locker: o.Locker, root: o.Root, role: o.Role,
-		log: o.Log, now: o.Now, fault: o.Fault, version: o.Version, lockWait: o.LockWait}
+		log: o.Log, now: o.Now, fault: o.Fault, version: o.Version, lockWait: o.LockWait, hostID: o.HostID}
 	if e.log == nil {
 		e.log = zap.NewNop()
 	}
@@ -139,8 +145,7 @@ func (e *Engine) lock(ctx context.Context, op, name string) (func(), error) {
 	defer cancel()
 	unlock, err := e.locker.Lock(lctx, name)
 	if err != nil {
-		return nil, host.Errorf(host.KindBusy, op, "another sanvol call holds lock "+name+" on this host",
-			"wait for it to finish (see the sanvol log) and retry", err)
+		return nil, host.LockError(op, "another sanvol call on this host ("+name+")", err)
 	}
 	return unlock, nil
 }
@@ -163,19 +168,25 @@ func (e *Engine) begin(ctx context.Context, op, sr string) (a Attached, unlock f
 // tryLock takes a lock only if it is free now. It hands the Locker an
 // already-cancelled context: host.FileLocker tries flock once before it
 // looks at the context. A Locker that looked first would make tryLock
-// always fail, which only delays the cleanup that depends on it.
-func (e *Engine) tryLock(ctx context.Context, name string) (func(), bool) {
+// always fail, which only delays the cleanup that depends on it. held is
+// false with a nil error when the lock is taken; err is a lock that
+// cannot be taken at all (host.LockError), which is no proof of a holder.
+func (e *Engine) tryLock(ctx context.Context, name string) (unlock func(), held bool, err error) {
 	lctx, cancel := context.WithCancel(ctx)
 	cancel()
-	unlock, err := e.locker.Lock(lctx, name)
-	if err != nil {
-		return nil, false
+	unlock, err = e.locker.Lock(lctx, name)
+	if errors.Is(err, host.ErrLockTimeout) {
+		return nil, true, nil
 	}
-	return unlock, true
+	if err != nil {
+		return nil, false, err
+	}
+	return unlock, false, nil
 }
 
 func srLock(uuid string) string       { return "sr-" + uuid }
 func initLock(key string) string      { return "volinit-" + key }
+func volLock(key string) string       { return "vol-" + key }
 func vgName(uuid string) string       { return "VG_sanvol-" + uuid }
 func lvName(key string) string        { return "v-" + key }
 func volumeURI(sr, key string) string { return "sanvol://" + sr + "/" + key }

@@ -25,6 +25,7 @@ const (
 	gib      = int64(1) << 30
 	mib      = int64(1) << 20
 	masterIP = "10.0.0.1"
+	testHost = "3f1c9a52-0d1e-4b7a-9c11-5e2d7a6b8c90"
 )
 
 type fakeTransport struct {
@@ -96,7 +97,7 @@ func newEnv(t *testing.T, role host.Role) *env {
 func (v *env) engine(role host.Role) *volume.Engine {
 	e, err := volume.New(volume.Options{
 		LVM: lvm.New(v.sim, nil), Transport: v.tr, Runner: v.sim, Locker: host.FileLocker{Root: v.root}, Root: v.root,
-		Role: role, Version: "test-1.0",
+		Role: role, Version: "test-1.0", HostID: testHost,
 		Fault: func(step string) {
 			v.mu.Lock()
 			v.steps = append(v.steps, step)
@@ -141,6 +142,19 @@ func (v *env) createSR() string {
 		v.t.Fatal(err)
 	}
 	return sr
+}
+
+// reattach repeats SR.attach with the SR's recorded configuration, as
+// xapi does at the next PBD plug.
+func (v *env) reattach() {
+	v.t.Helper()
+	a, err := volume.LoadAttached(v.root, srUUID)
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	if _, err := v.e.SRAttach(context.Background(), a.Configuration); err != nil {
+		v.t.Fatal(err)
+	}
 }
 
 // consistent checks what a crash must never leave: every visible volume

@@ -17,11 +17,9 @@ func LVName(key string) string { return lvName(key) }
 // hold another volume's old data.
 func Usable(l lvm.LV) error {
 	const op = "Datapath.attach"
+	// The marks are judged first: they refuse even when damaged, and
+	// say why better than "unreadable".
 	m, err := decodeVolumeTags(l.Tags)
-	if err != nil {
-		return host.Errorf(host.KindInternal, op, fmt.Sprintf("LV %s has unreadable sanvol tags", l.Name),
-			"inspect it with lvs -o+tags; report this as a sanvol bug", err)
-	}
 	if m.Initializing {
 		return host.Errorf(host.KindNotFound, op, fmt.Sprintf("volume LV %s is still being created", l.Name),
 			"wait for xe vdi-create to finish, or rescan the SR (xe sr-scan) if it failed", nil)
@@ -29,6 +27,10 @@ func Usable(l lvm.LV) error {
 	if m.Grow {
 		return host.Errorf(host.KindBusy, op, fmt.Sprintf("a resize of LV %s did not finish: it is zeroed up to byte %d of %d", l.Name, m.GrowFrom, l.Size),
 			"repeat the resize on the pool master (xe vdi-resize uuid=<vdi> disk-size=<size>), then start the VM again", nil)
+	}
+	if err != nil {
+		return host.Errorf(host.KindInternal, op, fmt.Sprintf("LV %s has unreadable sanvol tags", l.Name),
+			"inspect it with lvs -o+tags; report this as a sanvol bug", err)
 	}
 	return nil
 }

@@ -222,6 +222,13 @@ func (e *Engine) SRAttach(ctx context.Context, cfg map[string]string) (string, e
 	if err := saveAttached(e.root, a); err != nil {
 		return "", host.Errorf(host.KindInternal, op, "cannot write the attach record", "check that /run is writable", err)
 	}
+	// The master's attach is the explicit step that removes what dead
+	// creates left; it never fails the attach.
+	if e.role.Master {
+		if _, err := e.collect(ctx, a, s); err != nil {
+			e.log.Warn("could not remove unfinished volumes; retried at the next attach", zap.String("sr", uuid), zap.Error(err))
+		}
+	}
 	e.log.Info("SR attached", zap.String("sr", uuid), zap.String("device", dev.Path), zap.String("vg", a.VG))
 	return a.Handle(), nil
 }
@@ -287,11 +294,9 @@ func (e *Engine) SRDestroy(ctx context.Context, sr string) error {
 	}
 	if !vgGone {
 		var keys []string
-		var stale []lvm.LV
 		for _, l := range lvs {
-			if m, err := decodeVolumeTags(l.Tags); err == nil && m.Initializing {
-				stale = append(stale, l)
-				continue
+			if m, _ := decodeVolumeTags(l.Tags); m.Initializing {
+				continue // collect judges these
 			}
 			keys = append(keys, l.Name)
 		}
@@ -300,8 +305,18 @@ func (e *Engine) SRDestroy(ctx context.Context, sr string) error {
 				fmt.Sprintf("SR %s still holds %d volume(s) (%s)", a.UUID, len(keys), strings.Join(first(keys, 5), ", ")),
 				"destroy its VDIs first (xe vdi-destroy), or xe sr-forget to keep the data", nil)
 		}
-		if err := e.collect(ctx, a, s, stale); err != nil {
+		kept, err := e.collect(ctx, a, s)
+		if err != nil {
 			return err
+		}
+		if len(kept) > 0 {
+			names := make([]string, len(kept))
+			for i, l := range kept {
+				names[i] = l.Name
+			}
+			return host.Errorf(host.KindBusy, op,
+				fmt.Sprintf("SR %s holds %d LV(s) marked as unfinished creates that sanvol cannot prove dead or its own (%s)", a.UUID, len(kept), strings.Join(first(names, 5), ", ")),
+				"see sanvol status for why each is kept; retry once their creates are over, or remove them by hand (lvremove) if they hold nothing", nil)
 		}
 		e.step(StepSRDestroyGC)
 		if err := e.lvm.VGRemove(ctx, s, a.VG); err != nil && !errors.Is(err, host.ErrNotFound) {
@@ -360,8 +375,9 @@ func (e *Engine) SRStat(ctx context.Context, sr string) (SRStat, error) {
 	return st, nil
 }
 
-// SRLs lists every volume of the SR in one LVM report. On the master it
-// also removes what creates that died half-way left behind.
+// SRLs lists every volume of the SR in one LVM report. It is a read path
+// and changes nothing: leftovers of dead creates are skipped, and removed
+// by the master's SR.attach (collect).
 func (e *Engine) SRLs(ctx context.Context, sr string) ([]Volume, error) {
 	a, err := e.attached(sr)
 	if err != nil {
@@ -373,58 +389,16 @@ func (e *Engine) SRLs(ctx context.Context, sr string) ([]Volume, error) {
 		return nil, err
 	}
 	vols := make([]Volume, 0, len(lvs))
-	var stale []lvm.LV
 	for _, l := range lvs {
 		v, m, ok := e.volumeOf(a, l)
-		if !ok {
-			continue
-		}
-		if m.Initializing {
-			stale = append(stale, l)
+		if !ok || m.Initializing {
+			// Not a volume (yet): `sanvol status` shows it with its
+			// problem; removing it is the master's SR.attach's job.
 			continue
 		}
 		vols = append(vols, v)
 	}
-	if len(stale) > 0 && e.role.Master {
-		if unlock, ok := e.tryLock(ctx, srLock(a.UUID)); ok {
-			if err := e.collect(ctx, a, s, stale); err != nil {
-				e.log.Warn("could not remove unfinished volumes", zap.Error(err))
-			}
-			unlock()
-		}
-	}
 	return vols, nil
-}
-
-// collect removes LVs whose create died before it finished. An LV whose
-// creator still runs (its volinit lock is held) is left alone. The caller
-// holds the SR lock.
-func (e *Engine) collect(ctx context.Context, a Attached, s lvm.Scope, stale []lvm.LV) error {
-	for _, l := range stale {
-		key, _ := keyOfLV(l.Name)
-		unlock, ok := e.tryLock(ctx, initLock(key))
-		if !ok {
-			continue
-		}
-		// The list may be older than the SR lock: the create may have
-		// finished in between. Only a mark read now counts.
-		now, err := e.lvm.LV(ctx, s, a.VG, l.Name)
-		removed := false
-		if err == nil {
-			if m, derr := decodeVolumeTags(now.Tags); derr == nil && m.Initializing {
-				err = e.lvm.LVRemove(ctx, s, a.VG, l.Name)
-				removed = err == nil
-			}
-		}
-		unlock()
-		if err != nil && !errors.Is(err, host.ErrNotFound) {
-			return err
-		}
-		if removed {
-			e.log.Info("removed a volume whose create did not finish", zap.String("sr", a.UUID), zap.String("lv", l.Name))
-		}
-	}
-	return nil
 }
 
 // SRSetName renames the SR.

@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
+	"slices"
 
 	"go.uber.org/zap"
 
@@ -22,13 +22,19 @@ func (e *Engine) volumeOf(a Attached, l lvm.LV) (Volume, volumeMeta, bool) {
 	m, err := decodeVolumeTags(l.Tags)
 	if err != nil {
 		// Still a volume: leaving it out of SR.ls would make xapi forget
-		// the VDI. Show it, and say why its name is missing.
-		e.log.Warn("volume metadata unreadable", zap.String("sr", a.UUID), zap.String("lv", l.Name), zap.Error(err))
-		m = volumeMeta{Name: l.Name, Description: "sanvol cannot decode this volume's tags: " + err.Error(), Keys: map[string]string{}}
+		// the VDI. Show it with what does decode, and say what does not.
+		e.log.Warn("volume metadata partly unreadable", zap.String("sr", a.UUID), zap.String("lv", l.Name), zap.Error(err))
+		if m.Name == "" {
+			m.Name = l.Name
+		}
+		m.Description = "sanvol cannot decode part of this volume's tags: " + err.Error()
 	}
 	var incomplete string
-	if m.Grow {
-		incomplete = fmt.Sprintf("a resize did not finish: the volume is zeroed up to byte %d of %d; repeat the resize (xe vdi-resize) before using it", m.GrowFrom, l.Size)
+	switch {
+	case m.Grow && m.GrowErr != nil:
+		incomplete = "the volume carries an unreadable resize mark (" + m.GrowErr.Error() + "); inspect it with lvs -o+tags"
+	case m.Grow:
+		incomplete = fmt.Sprintf("a resize has not finished: the volume is zeroed up to byte %d of %d; repeat the resize (xe vdi-resize) before using it if it is not running", m.GrowFrom, l.Size)
 	}
 	return Volume{
 		Incomplete: incomplete,
@@ -117,7 +123,10 @@ func (e *Engine) VolumeCreate(ctx context.Context, sr, name, description string,
 	}
 	defer unlockInit()
 
-	fields := map[string]string{volFieldName: name, volFieldDescription: description, volFieldInit: "1"}
+	// The mark says when and where the create started, and the key tag
+	// ties it to this LV: the collector needs both (collectable).
+	mark := lvm.EncodeField(volFieldInit, initMark{Time: e.now(), Host: e.hostID}.String())
+	fields := map[string]string{volFieldName: name, volFieldDescription: description, volFieldKey: key}
 	if sharable {
 		fields[volFieldSharable] = "true"
 	}
@@ -125,7 +134,7 @@ func (e *Engine) VolumeCreate(ctx context.Context, sr, name, description string,
 	if err != nil {
 		return Volume{}, err
 	}
-	err = e.lvm.LVCreate(ctx, s, a.VG, lv, extents, lvm.EncodeFields(fields))
+	err = e.lvm.LVCreate(ctx, s, a.VG, lv, extents, append(lvm.EncodeFields(fields), mark...))
 	unlock()
 	if err != nil {
 		return Volume{}, err
@@ -151,7 +160,7 @@ func (e *Engine) VolumeCreate(ctx context.Context, sr, name, description string,
 		return Volume{}, err
 	}
 	e.step(StepVolumeCreateDeactivate)
-	if err := e.lvm.LVChangeTags(ctx, s, a.VG, lv, lvm.EncodeField(volFieldInit, "1"), nil); err != nil {
+	if err := e.lvm.LVChangeTags(ctx, s, a.VG, lv, mark, nil); err != nil {
 		return Volume{}, err
 	}
 	e.step(StepVolumeCreateCommit)
@@ -163,7 +172,8 @@ func (e *Engine) VolumeCreate(ctx context.Context, sr, name, description string,
 }
 
 // abandon removes the LV of a create that failed (not crashed); if even
-// that fails, the initializing mark keeps it hidden until SR.ls collects it.
+// that fails, the initializing mark keeps it hidden until the master's
+// SR.attach collects it.
 func (e *Engine) abandon(ctx context.Context, a Attached, s lvm.Scope, lv string) {
 	unlock, err := e.lock(ctx, "Volume.create", srLock(a.UUID))
 	if err != nil {
@@ -179,14 +189,29 @@ func (e *Engine) abandon(ctx context.Context, a Attached, s lvm.Scope, lv string
 // both daemon generations destroy a clone-on-boot volume twice.
 func (e *Engine) VolumeDestroy(ctx context.Context, sr, key string) error {
 	const op = "Volume.destroy"
+	if err := e.requireMaster(op); err != nil {
+		return err
+	}
+	if !IsUUID(key) {
+		_, err := e.attached(sr)
+		return err // nil: no volume can have this key
+	}
+	// A resize zeroes outside the SR lock but holds the volume lock:
+	// the LV must not go (nor be replaced) under its writes.
+	unlockVol, held, err := e.tryLock(ctx, volLock(key))
+	if err != nil {
+		return host.LockError(op, "", err)
+	}
+	if held {
+		return host.Errorf(host.KindBusy, op, fmt.Sprintf("a resize of volume %s is zeroing its new space on this host", key),
+			"wait for the resize to finish (see the sanvol log), then retry", nil)
+	}
+	defer unlockVol()
 	a, unlock, err := e.begin(ctx, op, sr)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	if !IsUUID(key) {
-		return nil // no volume can have this key
-	}
 	err = e.lvm.LVRemove(ctx, e.scope(a.Device), a.VG, lvName(key))
 	if errors.Is(err, host.ErrNotFound) {
 		return nil
@@ -206,76 +231,153 @@ func (e *Engine) VolumeDestroy(ctx context.Context, sr, key string) error {
 // VolumeResize grows a volume to at least newSize bytes; shrinking is
 // refused. The added extents are zeroed before the resize returns.
 //
-// Crash safety: before lvextend, one lvchange records the size up to
-// which the LV is zeroed (the "G" mark). A repeated resize after a crash
-// zeroes from there and removes the mark.
+// Crash safety: under the SR lock, one lvchange records the range to zero
+// (the "G" mark, growMark) and lvextend grows the LV. The zeroing runs
+// outside the SR lock, so a large grow does not hold up every other call
+// on the SR; the volume lock keeps a second resize and a destroy of this
+// volume away meanwhile. Under the SR lock again, the mark is removed. A
+// repeated resize after a crash zeroes the recorded range once the mark
+// has been checked against the LV (checkGrow). The datapath refuses the
+// volume while the mark is there (Usable).
 func (e *Engine) VolumeResize(ctx context.Context, sr, key string, newSize int64) error {
 	const op = "Volume.resize"
-	a, unlock, err := e.begin(ctx, op, sr)
+	if err := e.requireMaster(op); err != nil {
+		return err
+	}
+	a, err := e.attached(sr)
 	if err != nil {
 		return err
 	}
-	defer unlock()
-	l, _, m, err := e.lookup(ctx, op, a, key)
+	if !IsUUID(key) {
+		return notFound(op, a, key)
+	}
+	unlockVol, err := e.lock(ctx, op, volLock(key))
 	if err != nil {
+		return err
+	}
+	defer unlockVol()
+	g, l, wasActive, done, err := e.growLocked(ctx, op, a, key, newSize)
+	if err != nil || done {
 		return err
 	}
 	s := e.scope(a.Device)
 	lv := lvName(key)
-	target := roundUp(newSize, a.ExtentSize) * a.ExtentSize
-	if target < l.Size {
-		return host.Errorf(host.KindInvalid, op,
-			fmt.Sprintf("volume %s is %d bytes; shrinking it to %d would destroy data and is not supported", key, l.Size, newSize),
-			"give a size at least as large as the current one", nil)
-	}
-	if target == l.Size && !m.Grow {
-		return nil
-	}
-	clean := l.Size
-	var mark []string
-	if m.Grow {
-		clean = min(m.GrowFrom, l.Size)
-		mark = lvm.FieldTags(l.Tags, volFieldGrow)
-	} else {
-		mark = lvm.EncodeField(volFieldGrow, strconv.FormatInt(clean, 10))
-		if err := e.lvm.LVChangeTags(ctx, s, a.VG, lv, nil, mark); err != nil {
-			return err
-		}
-		e.step(StepVolumeResizeMark)
-	}
-	if target > l.Size {
-		if err := e.lvm.LVExtend(ctx, s, a.VG, lv, target/a.ExtentSize); err != nil {
-			return err
-		}
-		e.step(StepVolumeResizeLVExtend)
-	}
-	// An LV that a crashed resize left active (active, not open, marked)
-	// is deactivated at the end like one this call activates.
-	wasActive := l.Active() && (l.Open() || !m.Grow)
-	if !l.Active() {
-		if err := e.lvm.Activate(ctx, s, a.VG, lv); err != nil {
-			return err
-		}
-	}
-	if err := e.zero(ctx, op, lvm.DevicePath(a.VG, lv), clean, target-clean); err != nil {
+	if err := e.zero(ctx, op, lvm.DevicePath(a.VG, lv), g.From, g.To-g.From); err != nil {
 		if !wasActive {
-			_ = e.lvm.Deactivate(ctx, s, a.VG, lv)
+			if unlock, lerr := e.lock(ctx, op, srLock(a.UUID)); lerr == nil {
+				_ = e.lvm.Deactivate(ctx, s, a.VG, lv)
+				unlock()
+			}
 		}
 		return err
 	}
 	e.step(StepVolumeResizeZero)
+	unlock, err := e.lock(ctx, op, srLock(a.UUID))
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	if !wasActive {
 		if err := e.lvm.Deactivate(ctx, s, a.VG, lv); err != nil {
 			return err
 		}
 		e.step(StepVolumeResizeDeactivate)
 	}
-	if err := e.lvm.LVChangeTags(ctx, s, a.VG, lv, mark, nil); err != nil {
+	// Volume.set may have changed other tags meanwhile; only the mark
+	// goes, exactly as written.
+	if err := e.lvm.LVChangeTags(ctx, s, a.VG, lv, lvm.FieldTags(l.Tags, volFieldGrow), nil); err != nil {
 		return err
 	}
 	e.step(StepVolumeResizeCommit)
-	e.log.Info("volume resized", zap.String("sr", a.UUID), zap.String("key", key), zap.Int64("size", target))
+	e.log.Info("volume resized", zap.String("sr", a.UUID), zap.String("key", key), zap.Int64("size", g.To))
 	return nil
+}
+
+// growLocked is the first half of a resize, under the SR lock: it writes
+// the mark, grows the LV and activates it for the zeroing. done is true
+// when there is nothing to zero. l is the LV with the mark now on it.
+func (e *Engine) growLocked(ctx context.Context, op string, a Attached, key string, newSize int64) (g growMark, l lvm.LV, wasActive, done bool, err error) {
+	unlock, err := e.lock(ctx, op, srLock(a.UUID))
+	if err != nil {
+		return g, l, false, false, err
+	}
+	defer unlock()
+	l, _, m, err := e.lookup(ctx, op, a, key)
+	if err != nil {
+		return g, l, false, false, err
+	}
+	s := e.scope(a.Device)
+	lv := lvName(key)
+	target := roundUp(newSize, a.ExtentSize) * a.ExtentSize
+	if target < l.Size {
+		return g, l, false, false, host.Errorf(host.KindInvalid, op,
+			fmt.Sprintf("volume %s is %d bytes; shrinking it to %d would destroy data and is not supported", key, l.Size, newSize),
+			"give a size at least as large as the current one", nil)
+	}
+	if target == l.Size && !m.Grow {
+		return g, l, false, true, nil
+	}
+	old := lvm.FieldTags(l.Tags, volFieldGrow)
+	if m.Grow {
+		if g, err = checkGrow(op, l, m, a.ExtentSize); err != nil {
+			return g, l, false, false, err
+		}
+	} else {
+		g = growMark{From: l.Size, LV: l.UUID}
+	}
+	// A repeat may ask for more than the crashed call: one mark covers
+	// both, from the old zeroed size to the larger target.
+	g.To = max(g.To, target)
+	if mark := lvm.EncodeField(volFieldGrow, g.String()); !m.Grow || g.To != m.GrowTo {
+		if err := e.lvm.LVChangeTags(ctx, s, a.VG, lv, old, mark); err != nil {
+			return g, l, false, false, err
+		}
+		l.Tags = append(slices.DeleteFunc(l.Tags, func(t string) bool { return slices.Contains(old, t) }), mark...)
+		e.step(StepVolumeResizeMark)
+	}
+	if g.To > l.Size {
+		if err := e.lvm.LVExtend(ctx, s, a.VG, lv, g.To/a.ExtentSize); err != nil {
+			return g, l, false, false, err
+		}
+		e.step(StepVolumeResizeLVExtend)
+	}
+	// An LV that a crashed resize left active (active, not open, marked)
+	// is deactivated at the end like one this call activates.
+	wasActive = l.Active() && (l.Open() || !m.Grow)
+	if !l.Active() {
+		if err := e.lvm.Activate(ctx, s, a.VG, lv); err != nil {
+			return g, l, false, false, err
+		}
+	}
+	return g, l, wasActive, false, nil
+}
+
+// checkGrow validates a resize mark found on an LV before anything is
+// zeroed on its word: tags are data anyone who can write the LUN may have
+// written. A mark sanvol wrote names this LV's LVM uuid, starts at a
+// non-empty extent-aligned size below its end, and the LV is exactly one
+// of its two sizes: the old one (the crash came before lvextend) or the
+// new one (after). Anything else would zero data a guest wrote, so the
+// resize refuses and leaves the mark for an admin.
+func checkGrow(op string, l lvm.LV, m volumeMeta, extent int64) (growMark, error) {
+	g := growMark{From: m.GrowFrom, To: m.GrowTo, LV: m.GrowLV}
+	why := ""
+	switch {
+	case m.GrowErr != nil:
+		why = m.GrowErr.Error()
+	case g.LV != l.UUID:
+		why = fmt.Sprintf("it was written for LV uuid %s, this LV is %s", g.LV, l.UUID)
+	case g.From <= 0 || g.From%extent != 0 || g.To%extent != 0 || g.To <= g.From:
+		why = fmt.Sprintf("its range %d..%d is not a growth by whole %d-byte extents", g.From, g.To, extent)
+	case l.Size != g.From && l.Size != g.To:
+		why = fmt.Sprintf("the LV is %d bytes, neither the size before (%d) nor after (%d) the recorded resize", l.Size, g.From, g.To)
+	}
+	if why == "" {
+		return g, nil
+	}
+	return growMark{}, host.Errorf(host.KindInternal, op,
+		fmt.Sprintf("LV %s carries a resize mark sanvol cannot trust (%s); nothing was zeroed", l.Name, why),
+		fmt.Sprintf("check the LV (lvs -o+tags,uuid %s/%s); if no resize of it is pending, remove the sv.%s.* tags with lvchange --deltag and resize again", l.VG, l.Name, volFieldGrow), nil)
 }
 
 // VolumeSet stores k=v in the volume's metadata.

@@ -183,8 +183,22 @@ func TestEngineCrashVolumeSteps(t *testing.T) {
 		if len(after) != want {
 			t.Fatalf("after a kill at %s SR.ls shows %d volumes, want %d", step, len(after), want)
 		}
+		// SR.ls is a read path: the dead create's LV stays until the
+		// master's next SR.attach removes it.
+		left := want
+		if step != volume.StepVolumeCreateCommit {
+			left++
+		}
+		if c := p.lvCount(testSRUUID); c != left {
+			t.Fatalf("after a kill at %s and SR.ls the VG holds %d LVs, want %d", step, c, left)
+		}
+		a, err := volume.LoadAttached(p.root, testSRUUID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.must("SR.attach", map[string]any{"configuration": a.Configuration}, nil)
 		if c := p.lvCount(testSRUUID); c != want {
-			t.Fatalf("after a kill at %s and SR.ls the VG holds %d LVs for %d volumes", step, c, want)
+			t.Fatalf("after a kill at %s and SR.attach the VG holds %d LVs for %d volumes", step, c, want)
 		}
 		var v schema.Volume
 		p.must("Volume.create", create, &v)

@@ -1,0 +1,89 @@
+package host
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Contention waits and ends in ErrLockTimeout, which LockError calls Busy.
+func TestFileLockerContention(t *testing.T) {
+	l := FileLocker{Root: NewRoot(t.TempDir())}
+	unlock, err := l.Lock(context.Background(), "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = l.Lock(ctx, "x")
+	if !errors.Is(err, ErrLockTimeout) || time.Since(start) < 40*time.Millisecond {
+		t.Fatalf("second Lock = %v after %s", err, time.Since(start))
+	}
+	if e := LockError("SR.attach", "another sanvol call", err); !errors.Is(e, ErrBusy) || !strings.Contains(e.Error(), "another sanvol call holds the lock") {
+		t.Fatalf("LockError = %v", e)
+	}
+	unlock()
+	unlock2, err := l.Lock(context.Background(), "x")
+	if err != nil {
+		t.Fatalf("Lock after unlock: %v", err)
+	}
+	unlock2()
+}
+
+// A lock directory that cannot exist fails at once, says where, and is no
+// contention.
+func TestFileLockerBrokenDirectory(t *testing.T) {
+	root := NewRoot(t.TempDir())
+	if err := os.MkdirAll(root.Path("/run/sanvol"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A file where the directory should be: ENOTDIR on every call.
+	if err := os.WriteFile(root.Path(LockDir), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	start := time.Now()
+	_, err := FileLocker{Root: root}.Lock(ctx, "x")
+	if err == nil || errors.Is(err, ErrLockTimeout) || time.Since(start) > 5*time.Second {
+		t.Fatalf("Lock = %v after %s", err, time.Since(start))
+	}
+	if !strings.Contains(err.Error(), LockDir) {
+		t.Fatalf("the error does not name the directory: %v", err)
+	}
+	if e := LockError("SR.attach", "another sanvol call", err); errors.Is(e, ErrBusy) || strings.Contains(e.Error(), "another sanvol call") {
+		t.Fatalf("LockError blames another call: %v", e)
+	}
+}
+
+// Each errno that is not contention says what it is, with its kind.
+func TestLockFailureNamesTheCause(t *testing.T) {
+	for _, c := range []struct {
+		errno syscall.Errno
+		kind  Kind
+		says  string
+	}{
+		{syscall.ENOSPC, KindNoSpace, "no space left"},
+		{syscall.EDQUOT, KindNoSpace, "no space left"},
+		{syscall.EROFS, KindInternal, "read-only"},
+		{syscall.EACCES, KindInternal, "permission denied"},
+		{syscall.EPERM, KindInternal, "permission denied"},
+		{syscall.EMFILE, KindInternal, "cannot open the lock file"},
+	} {
+		cause := &fs.PathError{Op: "open", Path: "/run/sanvol/locks/sr-x.lock", Err: c.errno}
+		err := lockFailure("sr-x", LockDir+"/sr-x.lock", "open the lock file", cause)
+		if KindOf(err) != c.kind || !strings.Contains(err.Error(), c.says) || !errors.Is(err, c.errno) {
+			t.Errorf("%v: %s %v", c.errno, KindOf(err), err)
+		}
+		e := LockError("Volume.create", "another sanvol call", err)
+		if KindOf(e) != c.kind || strings.Contains(e.Error(), "another sanvol call") {
+			t.Errorf("%v: LockError = %s %v", c.errno, KindOf(e), e)
+		}
+	}
+}
