@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"go.uber.org/zap"
+
 	"sanvol/host"
 )
 
@@ -93,6 +95,16 @@ func parseRecords(out string) []record {
 
 // iscsiadm runs one iscsiadm command.
 func (t *Transport) iscsiadm(ctx context.Context, timeout time.Duration, secrets []string, args ...string) (host.Result, error) {
+	// Every target name reaches iscsiadm through here, whatever its
+	// source (device-config, discovery, a session in sysfs, an attach
+	// record): iscsiadm makes /etc/iscsi/nodes/<name>/ paths from it.
+	for i, a := range args {
+		if a == "-T" && i+1 < len(args) {
+			if err := checkIQN(args[i+1]); err != nil {
+				return host.Result{}, host.Errorf(host.KindInvalid, "iscsiadm", "target name "+err.Error(), "sanvol refuses to pass it to iscsiadm; check the array's target names", nil)
+			}
+		}
+	}
 	return t.run.Run(ctx, host.Cmd{Name: "iscsiadm", Args: args, Timeout: timeout, Secrets: secrets})
 }
 
@@ -156,7 +168,23 @@ func (t *Transport) discover(ctx context.Context, op string, c *config, p Portal
 		}
 		return nil, t.discoveryError(op, p, err)
 	}
-	return parseRecords(string(res.Stdout)), nil
+	return t.validRecords(op, p, parseRecords(string(res.Stdout))), nil
+}
+
+// validRecords drops the records whose IQN is not an iSCSI name: a
+// portal's answer is data from the network, and iscsiadm would build
+// node record paths (and sanvol command lines) from it.
+func (t *Transport) validRecords(op string, p Portal, recs []record) []record {
+	out := recs[:0]
+	for _, r := range recs {
+		if err := checkIQN(r.iqn); err != nil {
+			t.log.Warn("discovery returned a target name that is not an IQN; skipped",
+				zap.String("op", op), zap.String("portal", p.String()), zap.String("reason", err.Error()))
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 func (t *Transport) discoveryError(op string, p Portal, err error) error {
