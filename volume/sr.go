@@ -85,6 +85,9 @@ func (e *Engine) SRCreate(ctx context.Context, uuid string, cfg map[string]strin
 	if !IsUUID(uuid) {
 		return nil, host.Errorf(host.KindInvalid, op, fmt.Sprintf("SR uuid %q is not a UUID", uuid), "", nil)
 	}
+	if err := checkNameDescription(op, name, description); err != nil {
+		return nil, err
+	}
 	uuid = strings.ToLower(uuid)
 	ids, err := e.t.Prepare(ctx, cfg)
 	if err != nil {
@@ -429,11 +432,17 @@ func (e *Engine) collect(ctx context.Context, a Attached, s lvm.Scope, stale []l
 
 // SRSetName renames the SR.
 func (e *Engine) SRSetName(ctx context.Context, sr, name string) error {
+	if err := checkText("SR.set_name", "name", name, MaxNameBytes); err != nil {
+		return err
+	}
 	return e.setSRField(ctx, "SR.set_name", sr, srFieldName, name)
 }
 
 // SRSetDescription changes the SR's description.
 func (e *Engine) SRSetDescription(ctx context.Context, sr, description string) error {
+	if err := checkText("SR.set_description", "description", description, MaxDescriptionBytes); err != nil {
+		return err
+	}
 	return e.setSRField(ctx, "SR.set_description", sr, srFieldDescription, description)
 }
 
