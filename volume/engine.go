@@ -211,4 +211,3 @@ func (e *Engine) attached(sr string) (Attached, error) {
 	}
 	return LoadAttached(e.root, uuid)
 }
-
