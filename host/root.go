@@ -133,6 +133,12 @@ func (r Root) Remove(p string) error {
 	return err
 }
 
+// Link makes newname a hard link to oldname; it fails if newname exists,
+// which is what makes it a lock primitive (open-iscsi's idbm_lock).
+func (r Root) Link(oldname, newname string) error {
+	return os.Link(r.Path(oldname), r.Path(newname))
+}
+
 // Stat describes a file (following symlinks).
 func (r Root) Stat(p string) (fs.FileInfo, error) { return os.Stat(r.Path(p)) }
 
