@@ -106,7 +106,7 @@ func TestDiscoveryCHAPRemovedAfterUse(t *testing.T) {
 
 func TestRecordLine(t *testing.T) {
 	for in, want := range map[string][2]string{
-		"node.session.auth.password = a b ":  {"node.session.auth.password", "a b"},
+		"node.session.auth.password = a b ":   {"node.session.auth.password", "a b"},
 		"node.conn[0].port=3260":              {"node.conn[0].port", "3260"},
 		"  iface.iscsi_ifacename =  default ": {"iface.iscsi_ifacename", "default"},
 	} {

@@ -489,7 +489,7 @@ func (t *Transport) allFailed(ctx context.Context, op string, s *session) error 
 		}
 		var offered []string
 		for _, r := range recs {
-			if r.IsNVMSubsystem() {
+			if r.IsNVMSubsystem() && validNQN(r.SubNQN) {
 				if r.SubNQN == s.cfg.NQN {
 					offered = nil
 					break
@@ -894,6 +894,12 @@ func (t *Transport) Probe(ctx context.Context, cfg map[string]string, inspect vo
 		reached++
 		for _, r := range recs {
 			if !r.IsNVMSubsystem() || r.TrType != "tcp" {
+				continue
+			}
+			// The discovery log is data from the network; an NQN that
+			// a configured one could not be never reaches a connect.
+			if !validNQN(r.SubNQN) {
+				t.log.Warn("discovery log names a subsystem whose NQN is not valid; skipped", zapStr("portal", p.String()), zapStr("nqn", fmt.Sprintf("%q", r.SubNQN)))
 				continue
 			}
 			a, aerr := netip.ParseAddr(r.TrAddr)
