@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -365,7 +366,7 @@ func (t *Transport) connectPortals(ctx context.Context, op string, c Config, id 
 	results := make(chan result, len(todo))
 	for _, p := range todo {
 		go func(p Portal) {
-			_, err := runNVMe(ctx, t.run, timeout, c, connectArgs(c, p, id)...)
+			err := t.fabricsConnect(p, connectOptions(c, p, id))
 			switch {
 			case err == nil:
 				t.log.Info("connected", zapStr("portal", p.String()), zapStr("nqn", c.NQN), zapStr("iface", p.Iface))
@@ -405,6 +406,28 @@ func (t *Transport) connectPortals(ctx context.Context, op string, c Config, id 
 		}
 	}
 	return failures
+}
+
+// fabricsConnect writes one connect to /dev/nvme-fabrics (see
+// connectOptions for why sanvol does not run `nvme connect`). The caller
+// bounds the wait (connectPortals) and answers at its deadline. A write
+// stuck in the kernel (a target that stops answering mid-connect) cannot
+// be interrupted, though, and the sanvol process cannot exit before it
+// returns: xapi then gets the already decided failure only when the
+// kernel gives up, after its 60 s admin timeout at most. With `nvme
+// connect` the stuck process was a child that sanvol could abandon; that
+// is the price of keeping the keys off every command line.
+func (t *Transport) fabricsConnect(p Portal, opts string) error {
+	b, err := t.root.WriteRead(devFabrics, []byte(opts))
+	if err != nil {
+		return err
+	}
+	name, err := parseInstance(b)
+	if err != nil {
+		return err
+	}
+	t.log.Debug("controller created", zapStr("portal", p.String()), zapStr("ctrl", name))
+	return nil
 }
 
 // connectTimeout bounds one connect. With a controller key the kernel
@@ -746,6 +769,10 @@ func shortReason(err error) string {
 	if errors.As(err, &ee) && ee.Stderr != "" {
 		line, _, _ := strings.Cut(ee.Stderr, "\n")
 		return line
+	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return devFabrics + ": " + errno.Error()
 	}
 	return reason(err)
 }
