@@ -350,7 +350,7 @@ func (t *Transport) connectAll(ctx context.Context, c Config, op string) (*sessi
 	return s, nil
 }
 
-// connectPortals runs one `nvme connect` per portal in parallel and
+// connectPortals writes one connect per portal in parallel and
 // returns the failures by portal. It waits at most the connect timeout
 // (plus a grace for the runner to reap): a process stuck in the kernel's
 // write to /dev/nvme-fabrics cannot be killed until the kernel gives up
@@ -479,7 +479,7 @@ func (t *Transport) allFailed(ctx context.Context, op string, s *session) error 
 	for _, p := range s.cfg.Portals {
 		err, ok := s.failures[p.String()]
 		if !ok {
-			err = fmt.Errorf("%s: nvme connect succeeded but no usable controller appeared in %s", p, sysClassNVMe)
+			err = fmt.Errorf("%s: the connect succeeded but no usable controller appeared in %s", p, sysClassNVMe)
 		}
 		if first == nil {
 			first = err
