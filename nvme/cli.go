@@ -127,8 +127,8 @@ func classifyConnect(op string, p Portal, c Config, err error) error {
 			return host.Errorf(host.KindInvalid, op, "host interface "+p.Iface+" does not exist on this host", "fix device-config:host-iface", err)
 		}
 	case strings.Contains(text, "invalid argument"), strings.Contains(text, "unrecognized option"):
-		return host.Errorf(host.KindUnsupported, op, "the kernel or nvme-cli refused the connect options for "+p.String(),
-			"check the kernel log (dmesg | grep nvme); host-iface needs Linux 5.14+, dhchap keys need nvme-cli 2.0+", err)
+		return host.Errorf(host.KindUnsupported, op, "the kernel refused the connect options for "+p.String(),
+			"check the kernel log (dmesg | grep nvme); host-iface needs Linux 5.14+, dhchap keys Linux 6.0+", err)
 	}
 	return host.Errorf(host.KindUnreachable, op, "cannot connect to subsystem "+c.NQN+" at portal "+p.String(),
 		"check the NQN and that the target exports it on this portal to this host's NQN (dmesg | grep nvme shows the kernel's reason)", err)
