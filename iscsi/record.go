@@ -190,8 +190,11 @@ func (t *Transport) nodeRecordFiles(p path) ([]string, error) {
 		if ifc == "" {
 			ifc = defaultIface
 		}
+		// A flat record file is the one record of its portal whatever
+		// iface asks for it: iscsiadm reads it for every -I
+		// (idbm_rec_read, idbm_open_rec_r), so it is this path's too.
 		if rec["node.name"] == p.IQN && sameAddr(rec["node.conn[0].address"], p.Portal) &&
-			rec["node.conn[0].port"] == strconv.Itoa(p.Portal.Port) && ifc == iface {
+			rec["node.conn[0].port"] == strconv.Itoa(p.Portal.Port) && (ifc == iface || !e.IsDir()) {
 			out = append(out, f)
 		}
 	}
