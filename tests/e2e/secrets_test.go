@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,7 +56,7 @@ func watchCmdlines(secrets ...string) *cmdlineWatch {
 				w.mu.Lock()
 				w.seen[pid+" "+strings.Fields(line)[0]] = true
 				for _, s := range w.secrets {
-					if s != "" && strings.Contains(line, s) {
+					if s != "" && strings.Contains(line, s) && !slices.Contains(w.leaks, line) {
 						w.leaks = append(w.leaks, line)
 					}
 				}
