@@ -14,6 +14,15 @@ import (
 // Every path handed to it is absolute as on the real host.
 type Root struct {
 	Dir string
+	// Devices, when set, answers WriteRead in place of the host's
+	// character devices: tests play the kernel behind /dev/nvme-fabrics.
+	Devices DeviceIO
+}
+
+// DeviceIO is a character device that answers a write, as
+// /dev/nvme-fabrics answers a connect with the new controller's instance.
+type DeviceIO interface {
+	WriteRead(p string, data []byte) ([]byte, error)
 }
 
 // NewRoot returns a Root at dir ("/" on a real host).
@@ -88,6 +97,31 @@ func (r Root) WriteFileAtomic(p string, data []byte, perm fs.FileMode) error {
 	return os.Rename(tmp.Name(), real)
 }
 
+// WriteRead writes data to a character device in one write(2) and reads
+// its answer from the same open file: /dev/nvme-fabrics keeps the
+// controller it made on the file and prints "instance=N,cntlid=M" to a
+// read of that file only (drivers/nvme/host/fabrics.c, nvmf_dev_write
+// and nvmf_dev_show). What is written never appears on a command line.
+func (r Root) WriteRead(p string, data []byte) ([]byte, error) {
+	if r.Devices != nil {
+		return r.Devices.WriteRead(p, data)
+	}
+	f, err := os.OpenFile(r.Path(p), os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if _, err := f.Write(data); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, 4096)
+	n, err := f.Read(buf)
+	if err != nil && n == 0 {
+		return nil, err
+	}
+	return buf[:n], nil
+}
+
 // ReadDir lists a directory.
 func (r Root) ReadDir(p string) ([]fs.DirEntry, error) { return os.ReadDir(r.Path(p)) }
 
@@ -131,6 +165,12 @@ func (r Root) Remove(p string) error {
 		return nil
 	}
 	return err
+}
+
+// Link makes newname a hard link to oldname; it fails if newname exists,
+// which is what makes it a lock primitive (open-iscsi's idbm_lock).
+func (r Root) Link(oldname, newname string) error {
+	return os.Link(r.Path(oldname), r.Path(newname))
 }
 
 // Stat describes a file (following symlinks).

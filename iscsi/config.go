@@ -128,7 +128,6 @@ type parseNeeds struct {
 }
 
 var (
-	iqnRE  = regexp.MustCompile(`^(iqn\.\d{4}-\d{2}\.[^\s,]+|eui\.[0-9A-Fa-f]{16}|naa\.[0-9A-Fa-f]{16,32})$`)
 	wwidRE = regexp.MustCompile(`^[0-9A-Za-z][0-9A-Za-z_.:-]{3,254}$`)
 	nicRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]{0,14}$`)
 )
@@ -179,8 +178,10 @@ func (t *Transport) parseConfig(ctx context.Context, op string, cfg map[string]s
 	switch {
 	case c.iqn == "" && need.iqn:
 		return nil, bad(keyTargetIQN, "is missing", "run xe sr-probe-ext with the target to list the IQNs, then give one (or '*')")
-	case c.iqn != "" && c.iqn != wildcardIQN && !iqnRE.MatchString(c.iqn):
-		return nil, bad(keyTargetIQN, fmt.Sprintf("is %q, not an iSCSI name", c.iqn), "copy the IQN exactly as sr-probe lists it (iqn.YYYY-MM.reversed.domain:name), or '*'")
+	case c.iqn != "" && c.iqn != wildcardIQN:
+		if err := checkIQN(c.iqn); err != nil {
+			return nil, bad(keyTargetIQN, err.Error(), "copy the IQN exactly as sr-probe lists it (iqn.YYYY-MM.reversed.domain:name), or '*'")
+		}
 	}
 
 	if s := strings.TrimSpace(cfg[keySCSIid]); s != "" {
@@ -297,6 +298,9 @@ func (t *Transport) parseCHAP(ctx context.Context, op string, cfg map[string]str
 	if pass == "" && secretUUID == "" {
 		return nil, host.Errorf(host.KindInvalid, op, fmt.Sprintf("device-config:%s is set without %s", userKey, passKey), "give the CHAP password too", nil)
 	}
+	if err := checkCHAPValue(user); err != nil {
+		return nil, host.Errorf(host.KindInvalid, op, fmt.Sprintf("device-config:%s %v", userKey, err), chapFix, nil)
+	}
 	if pass == "" && resolve {
 		if t.secrets == nil {
 			return nil, host.Errorf(host.KindInternal, op, "no XenAPI secret resolver to read "+passKey+secretSuffix, "this is a sanvol bug (the plugin did not give the transport a XenAPI client); report it with the plugin log", nil)
@@ -307,8 +311,17 @@ func (t *Transport) parseCHAP(ctx context.Context, op string, cfg map[string]str
 		}
 		pass = v
 	}
+	if pass != "" {
+		// The message never quotes the value: it is a secret.
+		if err := checkCHAPValue(pass); err != nil {
+			return nil, host.Errorf(host.KindInvalid, op, fmt.Sprintf("device-config:%s (or the secret %s%s names) %v", passKey, passKey, secretSuffix, err), chapFix, nil)
+		}
+	}
 	return &chap{user: user, password: pass}, nil
 }
+
+// chapFix is the fix of every refused CHAP user name or secret.
+const chapFix = "give CHAP names and secrets of 1 to 255 bytes of printable characters, without leading or trailing blanks (the array's CHAP settings must match)"
 
 func parseBindings(s string, c *config) ([]binding, error) {
 	var out []binding

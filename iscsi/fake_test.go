@@ -356,15 +356,21 @@ func (f *fakeHost) discovery(c host.Cmd, o iscsiOpts) (host.Result, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	p := f.portalOf(o.portal)
+	stFile := fmt.Sprintf("/etc/iscsi/send_targets/%s,%d/st_config", p.Addr, p.Port)
 	if o.mode == "discoverydb" && !o.discover {
 		if o.op == "new" {
-			f.disc[p] = map[string]string{}
+			f.disc[p] = map[string]string{"discovery.sendtargets.address": p.Addr, "discovery.sendtargets.port": strconv.Itoa(p.Port)}
 		} else {
+			f.disc[p] = parseRecord([]byte(f.read(stFile)))
 			for _, kv := range o.params {
 				f.disc[p][kv[0]] = kv[1]
 			}
 		}
+		f.write(stFile, renderRecord(f.disc[p]))
 		return ok("")
+	}
+	if o.mode == "discoverydb" {
+		f.disc[p] = parseRecord([]byte(f.read(stFile)))
 	}
 	if o.op != "nonpersistent" {
 		f.t.Errorf("discovery without -o nonpersistent would rewrite node records: %v", c.Args)
@@ -417,6 +423,7 @@ func (f *fakeHost) node(ctx context.Context, c host.Cmd, o iscsiOpts) (host.Resu
 	switch {
 	case o.op == "new":
 		f.nodes[p] = map[string]string{"node.startup": "automatic", "node.session.timeo.replacement_timeout": "120"}
+		f.writeNodeLocked(p)
 		f.mu.Unlock()
 		return ok("New iSCSI node [tcp:[hw=,ip=,net_if=,iscsi_if=" + p.Iface + "] " + p.Portal.String() + ",-1 " + p.IQN + "] added\n")
 	case o.op == "update":
@@ -425,6 +432,7 @@ func (f *fakeHost) node(ctx context.Context, c host.Cmd, o iscsiOpts) (host.Resu
 			f.mu.Unlock()
 			return fail(c, 21, "iscsiadm: No records found")
 		}
+		f.readNodeLocked(p, rec)
 		for _, kv := range o.params {
 			if kv[0] == "node.session.scan" && !f.scanSupported {
 				f.mu.Unlock()
@@ -432,6 +440,7 @@ func (f *fakeHost) node(ctx context.Context, c host.Cmd, o iscsiOpts) (host.Resu
 			}
 			rec[kv[0]] = kv[1]
 		}
+		f.writeNodeLocked(p)
 		f.mu.Unlock()
 		return ok("")
 	case o.op == "delete":
@@ -440,6 +449,7 @@ func (f *fakeHost) node(ctx context.Context, c host.Cmd, o iscsiOpts) (host.Resu
 			return fail(c, 21, "iscsiadm: No records found")
 		}
 		delete(f.nodes, p)
+		_ = os.Remove(f.path(f.nodeFile(p)))
 		f.mu.Unlock()
 		return ok("")
 	case o.login:
@@ -448,6 +458,51 @@ func (f *fakeHost) node(ctx context.Context, c host.Cmd, o iscsiOpts) (host.Resu
 	}
 	f.mu.Unlock()
 	return fail(c, 7, "fake iscsiadm: unsupported node command")
+}
+
+// nodeFile is where iscsiadm keeps a node record: the old layout (a
+// file per portal, made by -o new without a tpgt) for the default iface,
+// the layout with tpgt and iface for bound ifaces, so both are exercised.
+func (f *fakeHost) nodeFile(p path) string {
+	if p.Iface == defaultIface {
+		return fmt.Sprintf("/etc/iscsi/nodes/%s/%s,%d", p.IQN, p.Portal.Addr, p.Portal.Port)
+	}
+	tpgt := 1
+	if tg := f.targets[p.IQN]; tg != nil {
+		tpgt = tg.tpgt[p.Portal]
+	}
+	return fmt.Sprintf("/etc/iscsi/nodes/%s/%s,%d,%d/%s", p.IQN, p.Portal.Addr, p.Portal.Port, tpgt, p.Iface)
+}
+
+func renderRecord(rec map[string]string) string {
+	var lines []string
+	for k, v := range rec {
+		lines = append(lines, k+" = "+v)
+	}
+	slices.Sort(lines)
+	return "# BEGIN RECORD 2.1.8\n" + strings.Join(lines, "\n") + "\n# END RECORD"
+}
+
+func (f *fakeHost) writeNodeLocked(p path) {
+	rec := f.nodes[p]
+	rec["node.name"] = p.IQN
+	rec["node.conn[0].address"] = p.Portal.Addr
+	rec["node.conn[0].port"] = strconv.Itoa(p.Portal.Port)
+	rec["iface.iscsi_ifacename"] = p.Iface
+	f.write(f.nodeFile(p), renderRecord(rec))
+}
+
+// readNodeLocked reloads a record from its file, which sanvol may have
+// rewritten, the way iscsiadm parses it.
+func (f *fakeHost) readNodeLocked(p path, rec map[string]string) {
+	b, err := os.ReadFile(f.path(f.nodeFile(p)))
+	if err != nil {
+		return
+	}
+	clear(rec)
+	for k, v := range parseRecord(b) {
+		rec[k] = v
+	}
 }
 
 func (f *fakeHost) login(ctx context.Context, c host.Cmd, p path) (host.Result, error) {
@@ -463,6 +518,8 @@ func (f *fakeHost) login(ctx context.Context, c host.Cmd, p path) (host.Result, 
 	if !exists {
 		return fail(c, 21, "iscsiadm: No records found")
 	}
+	// iscsiadm reads the record file at login and hands it to iscsid.
+	f.readNodeLocked(p, rec)
 	for _, s := range f.sess {
 		if s.p == p {
 			return fail(c, 15, "iscsiadm: default: 1 session requested, but 1 already present.\niscsiadm: Could not log into all portals")
@@ -829,13 +886,18 @@ func (f *fakeHost) addSecondLUN() {
 	f.targets[testIQN].luns = append(f.targets[testIQN].luns, fakeLUN{lun: 1, wwid: otherNAA, size: 4194304, vendor: "LIO-ORG", model: "lun1"})
 }
 
-// assertNoSecret fails when a recorded command line shows a secret.
+// assertNoSecret checks the raw arguments of every command (not the
+// redacted String, which would hide the very leak it looks for): argv is
+// world-readable in /proc/<pid>/cmdline.
 func (f *fakeHost) assertNoSecret(t *testing.T, secrets ...string) {
 	t.Helper()
-	for _, c := range f.commands("iscsiadm") {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.calls {
+		line := strings.Join(append([]string{c.Name}, c.Args...), " ") + " " + strings.Join(c.Env, " ")
 		for _, s := range secrets {
-			if strings.Contains(c, s) {
-				t.Errorf("secret %q in a recorded command line: %s", s, c)
+			if strings.Contains(line, s) {
+				t.Errorf("secret %q on a command line: %s", s, c.String())
 			}
 		}
 	}

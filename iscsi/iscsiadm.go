@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"go.uber.org/zap"
+
 	"sanvol/host"
 )
 
@@ -93,6 +95,16 @@ func parseRecords(out string) []record {
 
 // iscsiadm runs one iscsiadm command.
 func (t *Transport) iscsiadm(ctx context.Context, timeout time.Duration, secrets []string, args ...string) (host.Result, error) {
+	// Every target name reaches iscsiadm through here, whatever its
+	// source (device-config, discovery, a session in sysfs, an attach
+	// record): iscsiadm makes /etc/iscsi/nodes/<name>/ paths from it.
+	for i, a := range args {
+		if a == "-T" && i+1 < len(args) {
+			if err := checkIQN(args[i+1]); err != nil {
+				return host.Result{}, host.Errorf(host.KindInvalid, "iscsiadm", "target name "+err.Error(), "sanvol refuses to pass it to iscsiadm; check the array's target names", nil)
+			}
+		}
+	}
 	return t.run.Run(ctx, host.Cmd{Name: "iscsiadm", Args: args, Timeout: timeout, Secrets: secrets})
 }
 
@@ -128,35 +140,54 @@ func (t *Transport) discover(ctx context.Context, op string, c *config, p Portal
 		}
 	}
 	base := slices.Concat([]string{"-t", "sendtargets", "-p", p.String()}, ifArgs)
-	var secrets []string
 	var args []string
 	if c.chap != nil {
-		secrets = []string{c.chap.password}
 		// CHAP for discovery lives in the discovery record, so one is
-		// created (or reset) and given the credentials first.
+		// created (or reset) and given the credentials first, written
+		// into the record file (never on iscsiadm's command line), and
+		// taken out again once discovery is over.
 		db := slices.Concat([]string{"-m", "discoverydb"}, base)
 		if _, err := t.iscsiadm(ctx, t.timing.Command, nil, slices.Concat(db, []string{"-o", "new"})...); err != nil {
 			return nil, t.discoveryError(op, p, err)
 		}
-		upd := slices.Concat(db, []string{"-o", "update",
-			"-n", "discovery.sendtargets.auth.authmethod", "-v", "CHAP",
-			"-n", "discovery.sendtargets.auth.username", "-v", c.chap.user,
-			"-n", "discovery.sendtargets.auth.password", "-v", c.chap.password})
-		if _, err := t.iscsiadm(ctx, t.timing.Command, secrets, upd...); err != nil {
-			return nil, t.discoveryError(op, p, err)
+		set := [][2]string{{"discovery.sendtargets.auth.authmethod", "CHAP"},
+			{"discovery.sendtargets.auth.username", c.chap.user}, {"discovery.sendtargets.auth.password", c.chap.password}}
+		if err := t.setDiscoveryCHAP(ctx, op, p, set); err != nil {
+			return nil, err
 		}
+		defer func() {
+			if err := t.setDiscoveryCHAP(context.WithoutCancel(ctx), op, p, nil); err != nil {
+				t.log.Warn("discovery CHAP credentials could not be removed from the sendtargets record", zap.Error(err))
+			}
+		}()
 		args = slices.Concat(db, []string{"--discover", "-o", "nonpersistent"})
 	} else {
 		args = slices.Concat([]string{"-m", "discovery"}, base, []string{"-o", "nonpersistent"})
 	}
-	res, err := t.iscsiadm(ctx, t.timing.Discovery, secrets, args...)
+	res, err := t.iscsiadm(ctx, t.timing.Discovery, nil, args...)
 	if err != nil {
 		if exitCode(err) == errNoObjsFound {
 			return nil, nil
 		}
 		return nil, t.discoveryError(op, p, err)
 	}
-	return parseRecords(string(res.Stdout)), nil
+	return t.validRecords(op, p, parseRecords(string(res.Stdout))), nil
+}
+
+// validRecords drops the records whose IQN is not an iSCSI name: a
+// portal's answer is data from the network, and iscsiadm would build
+// node record paths (and sanvol command lines) from it.
+func (t *Transport) validRecords(op string, p Portal, recs []record) []record {
+	out := recs[:0]
+	for _, r := range recs {
+		if err := checkIQN(r.iqn); err != nil {
+			t.log.Warn("discovery returned a target name that is not an IQN; skipped",
+				zap.String("op", op), zap.String("portal", p.String()), zap.String("reason", err.Error()))
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 func (t *Transport) discoveryError(op string, p Portal, err error) error {
@@ -222,25 +253,14 @@ func (t *Transport) setupNode(ctx context.Context, op string, c *config, p path)
 		// an unreachable portal must not hold SR.attach for minutes.
 		{"node.session.initial_login_retry_max", strconv.Itoa(t.timing.LoginRetries)},
 	}
-	var secrets []string
-	if c.chap != nil {
-		set = append(set, [2]string{"node.session.auth.authmethod", "CHAP"},
-			[2]string{"node.session.auth.username", c.chap.user},
-			[2]string{"node.session.auth.password", c.chap.password})
-		secrets = append(secrets, c.chap.password)
-		if c.mutual != nil {
-			set = append(set, [2]string{"node.session.auth.username_in", c.mutual.user},
-				[2]string{"node.session.auth.password_in", c.mutual.password})
-			secrets = append(secrets, c.mutual.password)
-		}
-	} else {
+	if c.chap == nil {
 		set = append(set, [2]string{"node.session.auth.authmethod", "None"})
 	}
 	args := append(nodeArgs(p), "-o", "update")
 	for _, kv := range set {
 		args = append(args, "-n", kv[0], "-v", kv[1])
 	}
-	if _, err := t.iscsiadm(ctx, t.timing.Command, secrets, args...); err != nil {
+	if _, err := t.iscsiadm(ctx, t.timing.Command, nil, args...); err != nil {
 		return host.Errorf(host.KindInternal, op+": node record "+p.String(), "cannot set the node record's settings", "show the record to see what iscsiadm refuses: iscsiadm "+strings.Join(nodeArgs(p), " "), err)
 	}
 	// scan=manual keeps iscsid from scanning LUNs on its own (after a
@@ -249,6 +269,10 @@ func (t *Transport) setupNode(ctx context.Context, op string, c *config, p path)
 	// always scans, which is harmless, so a refusal is only logged.
 	if _, err := t.iscsiadm(ctx, t.timing.Command, nil, append(nodeArgs(p), "-o", "update", "-n", "node.session.scan", "-v", "manual")...); err != nil {
 		t.log.Debug("node.session.scan not supported by this iscsiadm; the kernel scans at login")
+	}
+	// CHAP goes in last, into the record file: see record.go.
+	if c.chap != nil {
+		return t.writeNodeCHAP(ctx, op, c, p)
 	}
 	return nil
 }

@@ -70,19 +70,12 @@ func TestAuthConnectsWithKeyOnCapableKernel(t *testing.T) {
 	if dev.Health.Live != 2 {
 		t.Errorf("health = %+v", dev.Health)
 	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	for _, c := range k.calls {
-		if c.Name != nvmeCmd || c.Args[0] != "connect" {
-			continue
-		}
-		if opts(c.Args)["dhchap-secret"] != testKey {
-			t.Errorf("connect without the key: %v", c.Args)
-		}
-		if strings.Contains(c.String(), testKey) {
-			t.Errorf("the key is not redacted from the command line: %s", c.String())
+	for _, c := range k.connects() {
+		if opts(c)["dhchap_secret"] != testKey {
+			t.Errorf("connect without the key: %v", c)
 		}
 	}
+	k.assertNoSecret(t, testKey)
 }
 
 func TestAuthWrongKeyIsAuthError(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/tidwall/gjson"
@@ -15,42 +16,63 @@ import (
 
 const nvmeCmd = "nvme"
 
-// connectArgs builds `nvme connect` with long options only: they are the
-// same in nvme-cli 1.16 and 2.x, while short ones drifted (-f was
-// fast_io_fail_tmo in 1.16 and is host-iface in 2.x).
-func connectArgs(c Config, p Portal, id Identity) []string {
-	args := []string{"connect",
-		"--transport=tcp",
-		"--traddr=" + p.TrAddr(),
-		"--trsvcid=" + strconv.Itoa(p.Port),
-		"--nqn=" + c.NQN,
-		"--hostnqn=" + id.HostNQN,
-		"--hostid=" + id.HostID,
-		"--ctrl-loss-tmo=" + strconv.Itoa(c.CtrlLossTmo),
-		"--reconnect-delay=" + strconv.Itoa(c.ReconnectDelay),
-	}
+// connectOptions is the options string a connect writes to
+// /dev/nvme-fabrics, with the kernel's option names in the order libnvme
+// writes them (src/nvme/fabrics.c, build_options): nqn first, then the
+// transport address, the host identity, the DH-HMAC-CHAP keys, the queue
+// and timeout settings. sanvol writes it itself instead of running
+// `nvme connect --dhchap-secret=<key>`: a key on a command line is
+// readable by every user in /proc/<pid>/cmdline. Every value was checked
+// on the way in (NQNs, interface names and keys hold no ',' or '=' that
+// would start another option).
+func connectOptions(c Config, p Portal, id Identity) string {
+	opts := []string{"nqn=" + c.NQN, "transport=tcp", "traddr=" + p.TrAddr()}
 	if p.Iface != "" {
-		args = append(args, "--host-iface="+p.Iface)
+		opts = append(opts, "host_iface="+p.Iface)
 	}
-	if c.KeepAliveTmo > 0 {
-		args = append(args, "--keep-alive-tmo="+strconv.Itoa(c.KeepAliveTmo))
+	opts = append(opts, "trsvcid="+strconv.Itoa(p.Port))
+	if id.HostNQN != "" {
+		opts = append(opts, "hostnqn="+id.HostNQN)
 	}
-	if c.NrIOQueues > 0 {
-		args = append(args, "--nr-io-queues="+strconv.Itoa(c.NrIOQueues))
+	if id.HostID != "" {
+		opts = append(opts, "hostid="+id.HostID)
 	}
 	if c.DHCHAP != "" {
-		args = append(args, "--dhchap-secret="+c.DHCHAP)
+		opts = append(opts, "dhchap_secret="+c.DHCHAP)
 	}
 	if c.DHCHAPCtrl != "" {
-		args = append(args, "--dhchap-ctrl-secret="+c.DHCHAPCtrl)
+		opts = append(opts, "dhchap_ctrl_secret="+c.DHCHAPCtrl)
 	}
-	return args
+	if c.NrIOQueues > 0 {
+		opts = append(opts, "nr_io_queues="+strconv.Itoa(c.NrIOQueues))
+	}
+	if c.KeepAliveTmo > 0 {
+		opts = append(opts, "keep_alive_tmo="+strconv.Itoa(c.KeepAliveTmo))
+	}
+	opts = append(opts, "reconnect_delay="+strconv.Itoa(c.ReconnectDelay), "ctrl_loss_tmo="+strconv.Itoa(c.CtrlLossTmo))
+	return strings.Join(opts, ",")
+}
+
+// parseInstance reads the answer of /dev/nvme-fabrics to a connect,
+// "instance=N,cntlid=M", into the controller's name.
+func parseInstance(b []byte) (string, error) {
+	for _, f := range strings.FieldsFunc(string(b), func(r rune) bool { return r == ',' || r == '\n' }) {
+		if v, ok := strings.CutPrefix(f, "instance="); ok {
+			if n, err := strconv.Atoi(v); err == nil && n >= 0 {
+				return "nvme" + strconv.Itoa(n), nil
+			}
+		}
+	}
+	return "", fmt.Errorf("%s answered %q, without a controller instance", devFabrics, strings.TrimSpace(string(b)))
 }
 
 // isAlreadyConnected recognises both generations of nvme-cli: 1.x exits
 // 114 (EALREADY) or 70 with "Operation already in progress", 2.x exits 1
 // with "already connected" on stderr.
 func isAlreadyConnected(err error) bool {
+	if errors.Is(err, syscall.EALREADY) {
+		return true // the kernel's own answer to a write of a duplicate
+	}
 	var ee *host.ExitError
 	if !errors.As(err, &ee) {
 		return false
@@ -81,6 +103,10 @@ func classifyConnect(op string, p Portal, c Config, err error) error {
 	text := ""
 	if errors.As(err, &ee) {
 		text = strings.ToLower(ee.Stderr + " " + ee.Stdout)
+	} else if err != nil {
+		// A write to /dev/nvme-fabrics fails with the kernel's errno,
+		// whose text is what nvme-cli would have printed.
+		text = strings.ToLower(err.Error())
 	}
 	switch {
 	case strings.Contains(text, "key was rejected"), strings.Contains(text, "authentication"),
@@ -101,8 +127,8 @@ func classifyConnect(op string, p Portal, c Config, err error) error {
 			return host.Errorf(host.KindInvalid, op, "host interface "+p.Iface+" does not exist on this host", "fix device-config:host-iface", err)
 		}
 	case strings.Contains(text, "invalid argument"), strings.Contains(text, "unrecognized option"):
-		return host.Errorf(host.KindUnsupported, op, "the kernel or nvme-cli refused the connect options for "+p.String(),
-			"check the kernel log (dmesg | grep nvme); host-iface needs Linux 5.14+, dhchap keys need nvme-cli 2.0+", err)
+		return host.Errorf(host.KindUnsupported, op, "the kernel refused the connect options for "+p.String(),
+			"check the kernel log (dmesg | grep nvme); host-iface needs Linux 5.14+, dhchap keys Linux 6.0+", err)
 	}
 	return host.Errorf(host.KindUnreachable, op, "cannot connect to subsystem "+c.NQN+" at portal "+p.String(),
 		"check the NQN and that the target exports it on this portal to this host's NQN (dmesg | grep nvme shows the kernel's reason)", err)

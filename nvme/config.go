@@ -280,13 +280,27 @@ func applyIfaces(ps []Portal, s string) error {
 }
 
 // checkNQN applies the NVMe base spec's rules: "nqn." prefix, at most
-// 223 bytes, printable.
+// 223 bytes, printable. ',' and '=' are refused too: the NQN travels in
+// the comma-separated "key=value" options string of /dev/nvme-fabrics,
+// where "nqn=x,hostnqn=y" would become a second option.
 func checkNQN(key, v string) error {
-	fix := "an NQN looks like nqn.2014-08.org.example:subsystem1 (at most 223 characters)"
-	if !strings.HasPrefix(v, "nqn.") || len(v) > 223 || strings.ContainsAny(v, " \t\n,=") {
+	fix := "an NQN looks like nqn.2014-08.org.example:subsystem1 (at most 223 characters, no blanks, ',' or '=')"
+	if !validNQN(v) {
 		return invalid(fmt.Sprintf("%s=%q is not a valid NQN", key, v), fix)
 	}
 	return nil
+}
+
+func validNQN(v string) bool {
+	if !strings.HasPrefix(v, "nqn.") || len(v) > 223 {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		if b := v[i]; b <= ' ' || b >= 0x7f || b == ',' || b == '=' {
+			return false
+		}
+	}
+	return true
 }
 
 // secretValue resolves "<key>_secret" through XenAPI, or takes the plain

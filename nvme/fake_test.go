@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -36,8 +37,8 @@ type fakeKernel struct {
 	authKernel bool
 	// targetKeys: nqn -> the host key the target requires ("" = none).
 	targetKeys map[string]string
-	// cli116 answers a duplicate connect like nvme-cli 1.16 (exit 114).
-	cli116 bool
+	// fabrics holds every options string written to /dev/nvme-fabrics.
+	fabrics []string
 	// discovery is the JSON `nvme discover` prints.
 	discovery string
 	// connectDelay slows each connect, to widen races.
@@ -63,13 +64,14 @@ func newFakeKernel(t *testing.T) *fakeKernel {
 	t.Helper()
 	dir := t.TempDir()
 	k := &fakeKernel{
-		t: t, dir: dir, root: host.NewRoot(dir),
+		t: t, dir: dir,
 		targets: map[string][]fakeNS{
 			testNQN: {{nsid: 1, wwid: "uuid." + testUUID, size: 2097152}},
 		},
 		down:       map[string]bool{},
 		targetKeys: map[string]string{},
 	}
+	k.root = host.Root{Dir: dir, Devices: k}
 	k.write("/sys/module/nvme_tcp/parameters/so_priority", "0")
 	k.write("/sys/module/nvme_core/parameters/multipath", "Y")
 	k.write("/dev/nvme-fabrics", "instance=-1,cntlid=-1,transport=%s,traddr=%s,trsvcid=%s,nqn=%s,queue_size=%d,nr_io_queues=%d,reconnect_delay=%d,ctrl_loss_tmo=%d,keep_alive_tmo=%d,hostnqn=%s,host_traddr=%s,host_iface=%s,hostid=%s,duplicate_connect,disable_sqflow,hdr_digest,data_digest,nr_write_queues=%d,nr_poll_queues=%d,tos=%d,fast_io_fail_tmo=%d,discovery,dhchap_secret=%s,dhchap_ctrl_secret=%s\n")
@@ -254,42 +256,60 @@ func (k *fakeKernel) Run(ctx context.Context, c host.Cmd) (host.Result, error) {
 		}
 		return host.Result{Stdout: []byte("NQN:" + testNQN + " disconnected 1 controller(s)\n")}, nil
 	case "connect":
-		return k.connect(c, o)
+		k.t.Errorf("nvme connect ran; sanvol writes /dev/nvme-fabrics itself: %s", c)
 	}
 	return host.Result{}, exitErr(c, 1, "unknown command "+c.Args[0])
 }
 
-func (k *fakeKernel) connect(c host.Cmd, o map[string]string) (host.Result, error) {
+// WriteRead plays the kernel's /dev/nvme-fabrics (host.DeviceIO): a
+// write of an options string connects, and the answer names the new
+// controller; failures are the errnos the kernel returns.
+func (k *fakeKernel) WriteRead(p string, data []byte) ([]byte, error) {
+	if p != devFabrics {
+		return nil, &os.PathError{Op: "open", Path: p, Err: syscall.ENODEV}
+	}
+	fail := func(errno syscall.Errno) ([]byte, error) {
+		return nil, &os.PathError{Op: "write", Path: p, Err: errno}
+	}
+	k.mu.Lock()
+	k.fabrics = append(k.fabrics, string(data))
+	k.mu.Unlock()
 	time.Sleep(k.connectDelay)
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	o := map[string]string{}
+	for _, f := range strings.Split(string(data), ",") {
+		key, v, ok := strings.Cut(f, "=")
+		if !ok || o[key] != "" {
+			k.t.Errorf("malformed or repeated option %q in %q", f, data)
+			return fail(syscall.EINVAL)
+		}
+		o[key] = v
+	}
 	portal := o["traddr"] + ":" + o["trsvcid"]
 	if a, err := netip.ParseAddr(o["traddr"]); err == nil && a.Is6() {
 		portal = "[" + o["traddr"] + "]:" + o["trsvcid"]
 	}
 	if k.down[portal] {
-		return host.Result{}, exitErr(c, 1, "Failed to write to /dev/nvme-fabrics: Connection refused\ncould not add new controller: failed to write to nvme-fabrics device")
+		return fail(syscall.ECONNREFUSED)
 	}
 	if _, ok := k.targets[o["nqn"]]; !ok {
-		return host.Result{}, exitErr(c, 1, "Failed to write to /dev/nvme-fabrics: Input/output error\ncould not add new controller: failed to write to nvme-fabrics device")
+		return fail(syscall.EIO)
 	}
-	if want := k.targetKeys[o["nqn"]]; want != "" && k.authKernel && o["dhchap-secret"] != want {
-		return host.Result{}, exitErr(c, 1, "Failed to write to /dev/nvme-fabrics: Key was rejected by service\ncould not add new controller: failed to write to nvme-fabrics device")
+	if want := k.targetKeys[o["nqn"]]; want != "" && k.authKernel && o["dhchap_secret"] != want {
+		return fail(syscall.EKEYREJECTED)
 	}
 	// The kernel's duplicate check (nvmf_ip_options_match).
 	for _, name := range k.controllerNames() {
 		d := "/sys/class/nvme/" + name
 		addr := parseAddress(k.read(d + "/address"))
 		if k.read(d+"/subsysnqn") == o["nqn"] && addr["traddr"] == o["traddr"] && addr["trsvcid"] == o["trsvcid"] &&
-			addr["host_iface"] == o["host-iface"] && !strings.HasPrefix(k.read(d+"/state"), "deleting") {
-			if k.cli116 {
-				return host.Result{}, exitErr(c, 114, "Failed to write to /dev/nvme-fabrics: Operation already in progress")
-			}
-			return host.Result{}, exitErr(c, 1, "Failed to write to /dev/nvme-fabrics: Operation already in progress\nalready connected")
+			addr["host_iface"] == o["host_iface"] && !strings.HasPrefix(k.read(d+"/state"), "deleting") {
+			return fail(syscall.EALREADY)
 		}
 	}
-	k.addController(o["nqn"], o["traddr"], o["trsvcid"], o["host-iface"], o["hostnqn"], "live", o["dhchap-secret"])
-	return host.Result{}, nil
+	name := k.addController(o["nqn"], o["traddr"], o["trsvcid"], o["host_iface"], o["hostnqn"], "live", o["dhchap_secret"])
+	return []byte("instance=" + strings.TrimPrefix(name, "nvme") + ",cntlid=1\n"), nil
 }
 
 // listSubsys prints the sysfs state the way nvme-cli 2.x does.
@@ -313,15 +333,14 @@ func (k *fakeKernel) listSubsys() string {
 	return fmt.Sprintf(`[{"HostNQN":%q,"Subsystems":[%s]}]`, testHostNQN, strings.Join(subs, ","))
 }
 
-// connects returns the argv of every `nvme connect`.
+// connects returns the options of every connect written to
+// /dev/nvme-fabrics, one "key=value" element each.
 func (k *fakeKernel) connects() [][]string {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	var out [][]string
-	for _, c := range k.calls {
-		if c.Name == nvmeCmd && len(c.Args) > 0 && c.Args[0] == "connect" {
-			out = append(out, c.Args)
-		}
+	for _, f := range k.fabrics {
+		out = append(out, strings.Split(f, ","))
 	}
 	return out
 }
@@ -375,5 +394,22 @@ func baseCfg() map[string]string {
 	return map[string]string{
 		KeyTarget: "127.0.0.1,127.0.0.2",
 		KeyNQN:    testNQN,
+	}
+}
+
+// assertNoSecret checks the raw argv and environment of every command
+// sanvol ran (c.String() is redacted and would hide the leak): argv is
+// world-readable in /proc/<pid>/cmdline.
+func (k *fakeKernel) assertNoSecret(t *testing.T, secrets ...string) {
+	t.Helper()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, c := range k.calls {
+		line := strings.Join(append(append([]string{c.Name}, c.Args...), c.Env...), " ")
+		for _, s := range secrets {
+			if strings.Contains(line, s) {
+				t.Errorf("secret on a command line: %s", c.String())
+			}
+		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -349,7 +350,7 @@ func (t *Transport) connectAll(ctx context.Context, c Config, op string) (*sessi
 	return s, nil
 }
 
-// connectPortals runs one `nvme connect` per portal in parallel and
+// connectPortals writes one connect per portal in parallel and
 // returns the failures by portal. It waits at most the connect timeout
 // (plus a grace for the runner to reap): a process stuck in the kernel's
 // write to /dev/nvme-fabrics cannot be killed until the kernel gives up
@@ -365,7 +366,7 @@ func (t *Transport) connectPortals(ctx context.Context, op string, c Config, id 
 	results := make(chan result, len(todo))
 	for _, p := range todo {
 		go func(p Portal) {
-			_, err := runNVMe(ctx, t.run, timeout, c, connectArgs(c, p, id)...)
+			err := t.fabricsConnect(p, connectOptions(c, p, id))
 			switch {
 			case err == nil:
 				t.log.Info("connected", zapStr("portal", p.String()), zapStr("nqn", c.NQN), zapStr("iface", p.Iface))
@@ -405,6 +406,28 @@ func (t *Transport) connectPortals(ctx context.Context, op string, c Config, id 
 		}
 	}
 	return failures
+}
+
+// fabricsConnect writes one connect to /dev/nvme-fabrics (see
+// connectOptions for why sanvol does not run `nvme connect`). The caller
+// bounds the wait (connectPortals) and answers at its deadline. A write
+// stuck in the kernel (a target that stops answering mid-connect) cannot
+// be interrupted, though, and the sanvol process cannot exit before it
+// returns: xapi then gets the already decided failure only when the
+// kernel gives up, after its 60 s admin timeout at most. With `nvme
+// connect` the stuck process was a child that sanvol could abandon; that
+// is the price of keeping the keys off every command line.
+func (t *Transport) fabricsConnect(p Portal, opts string) error {
+	b, err := t.root.WriteRead(devFabrics, []byte(opts))
+	if err != nil {
+		return err
+	}
+	name, err := parseInstance(b)
+	if err != nil {
+		return err
+	}
+	t.log.Debug("controller created", zapStr("portal", p.String()), zapStr("ctrl", name))
+	return nil
 }
 
 // connectTimeout bounds one connect. With a controller key the kernel
@@ -456,7 +479,7 @@ func (t *Transport) allFailed(ctx context.Context, op string, s *session) error 
 	for _, p := range s.cfg.Portals {
 		err, ok := s.failures[p.String()]
 		if !ok {
-			err = fmt.Errorf("%s: nvme connect succeeded but no usable controller appeared in %s", p, sysClassNVMe)
+			err = fmt.Errorf("%s: the connect succeeded but no usable controller appeared in %s", p, sysClassNVMe)
 		}
 		if first == nil {
 			first = err
@@ -489,7 +512,7 @@ func (t *Transport) allFailed(ctx context.Context, op string, s *session) error 
 		}
 		var offered []string
 		for _, r := range recs {
-			if r.IsNVMSubsystem() {
+			if r.IsNVMSubsystem() && validNQN(r.SubNQN) {
 				if r.SubNQN == s.cfg.NQN {
 					offered = nil
 					break
@@ -747,6 +770,10 @@ func shortReason(err error) string {
 		line, _, _ := strings.Cut(ee.Stderr, "\n")
 		return line
 	}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return devFabrics + ": " + errno.Error()
+	}
 	return reason(err)
 }
 
@@ -894,6 +921,12 @@ func (t *Transport) Probe(ctx context.Context, cfg map[string]string, inspect vo
 		reached++
 		for _, r := range recs {
 			if !r.IsNVMSubsystem() || r.TrType != "tcp" {
+				continue
+			}
+			// The discovery log is data from the network; an NQN that
+			// a configured one could not be never reaches a connect.
+			if !validNQN(r.SubNQN) {
+				t.log.Warn("discovery log names a subsystem whose NQN is not valid; skipped", zapStr("portal", p.String()), zapStr("nqn", fmt.Sprintf("%q", r.SubNQN)))
 				continue
 			}
 			a, aerr := netip.ParseAddr(r.TrAddr)

@@ -3,8 +3,10 @@ package nvme
 import (
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,12 +32,12 @@ func TestAttachConnectsEveryPortalWithExplicitOptions(t *testing.T) {
 	got := k.connects()
 	want := [][]string{}
 	for _, a := range []string{"127.0.0.1", "127.0.0.2"} {
-		want = append(want, []string{"connect", "--transport=tcp", "--traddr=" + a, "--trsvcid=4420", "--nqn=" + testNQN,
-			"--hostnqn=" + testHostNQN, "--hostid=" + testHostID, "--ctrl-loss-tmo=1800", "--reconnect-delay=10", "--host-iface=lo"})
+		want = append(want, []string{"nqn=" + testNQN, "transport=tcp", "traddr=" + a, "host_iface=lo", "trsvcid=4420",
+			"hostnqn=" + testHostNQN, "hostid=" + testHostID, "reconnect_delay=10", "ctrl_loss_tmo=1800"})
 	}
 	sortArgv(got)
 	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("connect argv (-want +got):\n%s", diff)
+		t.Errorf("/dev/nvme-fabrics options (-want +got):\n%s", diff)
 	}
 	if p := k.read("/sys/class/nvme-subsystem/nvme-subsys0/iopolicy"); p != "round-robin" {
 		t.Errorf("iopolicy = %q", p)
@@ -87,7 +89,7 @@ func TestAttachExplicitIfaceDoesNotReuseOtherBinding(t *testing.T) {
 	}
 	var ifaces []string
 	for _, c := range k.connects() {
-		ifaces = append(ifaces, opts(c)["host-iface"])
+		ifaces = append(ifaces, opts(c)["host_iface"])
 	}
 	if diff := cmp.Diff([]string{"eth1", "eth2"}, sortedCopy(ifaces)); diff != "" {
 		t.Errorf("host-iface (-want +got):\n%s", diff)
@@ -117,6 +119,8 @@ func TestAlreadyConnectedAnswers(t *testing.T) {
 		{"nvme-cli 2.x", &host.ExitError{Code: 1, Stderr: "Failed to write to /dev/nvme-fabrics: Operation already in progress\nalready connected"}, true},
 		{"refused", &host.ExitError{Code: 1, Stderr: "Failed to write to /dev/nvme-fabrics: Connection refused"}, false},
 		{"timeout", &host.CmdError{Cmd: "nvme connect", Err: host.ErrTimeout}, false},
+		{"kernel EALREADY", &os.PathError{Op: "write", Path: devFabrics, Err: syscall.EALREADY}, true},
+		{"kernel refused", &os.PathError{Op: "write", Path: devFabrics, Err: syscall.ECONNREFUSED}, false},
 	}
 	for _, c := range cases {
 		if got := isAlreadyConnected(c.err); got != c.want {
@@ -125,12 +129,11 @@ func TestAlreadyConnectedAnswers(t *testing.T) {
 	}
 }
 
-// nvme-cli 1.16 answers a duplicate with exit 114: when sysfs shows no
-// match (here a controller of an older nvme-cli with another iface that
-// the kernel still counts as a duplicate), attach must still succeed.
-func TestAttachAccepts116AlreadyConnected(t *testing.T) {
+// The kernel answers a duplicate connect with EALREADY: when sysfs shows
+// no match (here a controller of an older nvme-cli with another iface
+// that the kernel still counts as a duplicate), attach must still succeed.
+func TestAttachAcceptsKernelAlreadyConnected(t *testing.T) {
 	k := newFakeKernel(t)
-	k.cli116 = true
 	k.addController(testNQN, "127.0.0.2", "4420", "lo", "", "live", "")
 	tr := k.transport(nil)
 	dev, err := tr.Attach(context.Background(), baseCfg())
@@ -165,7 +168,7 @@ func TestAttachAllPortalsDownFails(t *testing.T) {
 	if !errors.Is(err, host.ErrUnreachable) {
 		t.Fatalf("err = %v, want Unreachable", err)
 	}
-	for _, s := range []string{"127.0.0.1:4420", "127.0.0.2:4420", "Connection refused", testNQN} {
+	for _, s := range []string{"127.0.0.1:4420", "127.0.0.2:4420", "/dev/nvme-fabrics: connection refused", testNQN} {
 		if !strings.Contains(err.Error(), s) {
 			t.Errorf("error does not mention %q: %v", s, err)
 		}

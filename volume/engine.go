@@ -222,11 +222,3 @@ func (e *Engine) attached(sr string) (Attached, error) {
 	}
 	return LoadAttached(e.root, uuid)
 }
-
-// roundUp returns the number of extents that hold size bytes (at least one).
-func roundUp(size, extent int64) int64 {
-	if size <= 0 {
-		return 1
-	}
-	return (size + extent - 1) / extent
-}

@@ -85,6 +85,9 @@ func (e *Engine) SRCreate(ctx context.Context, uuid string, cfg map[string]strin
 	if !IsUUID(uuid) {
 		return nil, host.Errorf(host.KindInvalid, op, fmt.Sprintf("SR uuid %q is not a UUID", uuid), "", nil)
 	}
+	if err := checkNameDescription(op, name, description); err != nil {
+		return nil, err
+	}
 	uuid = strings.ToLower(uuid)
 	ids, err := e.t.Prepare(ctx, cfg)
 	if err != nil {
@@ -403,11 +406,17 @@ func (e *Engine) SRLs(ctx context.Context, sr string) ([]Volume, error) {
 
 // SRSetName renames the SR.
 func (e *Engine) SRSetName(ctx context.Context, sr, name string) error {
+	if err := checkText("SR.set_name", "name", name, MaxNameBytes); err != nil {
+		return err
+	}
 	return e.setSRField(ctx, "SR.set_name", sr, srFieldName, name)
 }
 
 // SRSetDescription changes the SR's description.
 func (e *Engine) SRSetDescription(ctx context.Context, sr, description string) error {
+	if err := checkText("SR.set_description", "description", description, MaxDescriptionBytes); err != nil {
+		return err
+	}
 	return e.setSRField(ctx, "SR.set_description", sr, srFieldDescription, description)
 }
 
@@ -474,6 +483,8 @@ func (e *Engine) SRProbe(ctx context.Context, cfg map[string]string) ([]ProbeRes
 		if r.ExtraInfo == nil {
 			r.ExtraInfo = map[string]string{}
 		}
+		dropSecrets(r.Configuration)
+		dropSecrets(r.ExtraInfo)
 		if c.SR != nil {
 			r.Configuration[configSRUUID] = c.SR.UUID
 			r.Complete = true
@@ -487,6 +498,28 @@ func (e *Engine) SRProbe(ctx context.Context, cfg map[string]string) ([]ProbeRes
 		out = append(out, r)
 	}
 	return out, nil
+}
+
+// dropSecrets removes every key that holds a secret or names one: xapi
+// turns each device-config key ending in "password" into a XenAPI secret
+// and passes "<key>_secret" (xapi_secret.ml, duplicate_passwds). A probe
+// result is printed by xe and XO and may be copied into the PBDs of every
+// host by SR.create, so neither a password nor a secret reference travels
+// in it: the admin gives the password again on sr-create, and xapi makes
+// each PBD its own secret from it.
+func dropSecrets(m map[string]string) {
+	for k := range m {
+		if IsSecretKey(k) {
+			delete(m, k)
+		}
+	}
+}
+
+// IsSecretKey reports whether a device-config key holds a password or the
+// uuid of a XenAPI secret.
+func IsSecretKey(k string) bool {
+	k = strings.ToLower(k)
+	return strings.HasSuffix(k, "password") || strings.HasSuffix(k, "secret")
 }
 
 // inspect is the Inspector given to Transport.Probe.

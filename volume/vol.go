@@ -100,18 +100,18 @@ func (e *Engine) VolumeCreate(ctx context.Context, sr, name, description string,
 	if err != nil {
 		return Volume{}, err
 	}
-	if size < 0 {
-		return Volume{}, host.Errorf(host.KindInvalid, op, fmt.Sprintf("size %d is negative", size), "", nil)
+	if err := checkNameDescription(op, name, description); err != nil {
+		return Volume{}, err
 	}
-	if a.ExtentSize <= 0 {
-		return Volume{}, host.Errorf(host.KindInternal, op, "attach record has no extent size", "unplug and plug the PBD", nil)
+	extents, err := extentsFor(op, size, a.ExtentSize)
+	if err != nil {
+		return Volume{}, err
 	}
 	key, err := host.NewUUID()
 	if err != nil {
 		return Volume{}, host.Errorf(host.KindInternal, op, "no randomness for a volume uuid", "", err)
 	}
 	lv := lvName(key)
-	extents := roundUp(size, a.ExtentSize)
 	real := extents * a.ExtentSize
 	s := e.scope(a.Device)
 
@@ -308,7 +308,11 @@ func (e *Engine) growLocked(ctx context.Context, op string, a Attached, key stri
 	}
 	s := e.scope(a.Device)
 	lv := lvName(key)
-	target := roundUp(newSize, a.ExtentSize) * a.ExtentSize
+	extents, err := extentsFor(op, newSize, a.ExtentSize)
+	if err != nil {
+		return g, l, false, false, err
+	}
+	target := extents * a.ExtentSize
 	if target < l.Size {
 		return g, l, false, false, host.Errorf(host.KindInvalid, op,
 			fmt.Sprintf("volume %s is %d bytes; shrinking it to %d would destroy data and is not supported", key, l.Size, newSize),
@@ -382,6 +386,12 @@ func checkGrow(op string, l lvm.LV, m volumeMeta, extent int64) (growMark, error
 
 // VolumeSet stores k=v in the volume's metadata.
 func (e *Engine) VolumeSet(ctx context.Context, sr, key, k, v string) error {
+	if err := checkText("Volume.set", "key", k, MaxKeyBytes); err != nil {
+		return err
+	}
+	if err := checkText("Volume.set", "value of key "+truncate(k), v, MaxValueBytes); err != nil {
+		return err
+	}
 	record := keyValue(k, v)
 	return e.setVolumeField(ctx, "Volume.set", sr, key, keyField(k), &record)
 }
@@ -393,11 +403,17 @@ func (e *Engine) VolumeUnset(ctx context.Context, sr, key, k string) error {
 
 // VolumeSetName renames a volume.
 func (e *Engine) VolumeSetName(ctx context.Context, sr, key, name string) error {
+	if err := checkText("Volume.set_name", "name", name, MaxNameBytes); err != nil {
+		return err
+	}
 	return e.setVolumeField(ctx, "Volume.set_name", sr, key, volFieldName, &name)
 }
 
 // VolumeSetDescription changes a volume's description.
 func (e *Engine) VolumeSetDescription(ctx context.Context, sr, key, description string) error {
+	if err := checkText("Volume.set_description", "description", description, MaxDescriptionBytes); err != nil {
+		return err
+	}
 	return e.setVolumeField(ctx, "Volume.set_description", sr, key, volFieldDescription, &description)
 }
 
@@ -411,6 +427,9 @@ func (e *Engine) setVolumeField(ctx context.Context, op, sr, key, field string, 
 	defer unlock()
 	l, _, _, err := e.lookup(ctx, op, a, key)
 	if err != nil {
+		return err
+	}
+	if err := checkVolumeTotal(op, l.Tags, field, value); err != nil {
 		return err
 	}
 	var want []string
