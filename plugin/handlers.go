@@ -27,6 +27,10 @@ type Deps struct {
 	Services func(srType string) (Services, error)
 	// Datapath builds the datapath plugin's implementation.
 	Datapath func() (*datapath.Datapath, error)
+	// StaticVDIs is set for a call in static-vdis' positional form: the
+	// secrets it resolves are then kept for the boots to come, when it
+	// runs before xapi (host.BootSecrets).
+	StaticVDIs bool
 }
 
 // Services is what the SR and Volume methods of one SR type are served by.
@@ -229,18 +233,6 @@ func volumeCreate(ctx context.Context, c *Call) (any, error) {
 func volumeStat(ctx context.Context, c *Call) (any, error) {
 	return withEngine(c, func(e *volume.Engine) (schema.Volume, error) {
 		return volumeResult(e.VolumeStat(ctx, c.Args.Str("sr"), c.Args.Str("key")))
-	})
-}
-
-func volumeSnapshot(ctx context.Context, c *Call) (any, error) {
-	return withEngine(c, func(e *volume.Engine) (schema.Volume, error) {
-		return volumeResult(e.VolumeSnapshot(ctx, c.Args.Str("sr"), c.Args.Str("key")))
-	})
-}
-
-func volumeClone(ctx context.Context, c *Call) (any, error) {
-	return withEngine(c, func(e *volume.Engine) (schema.Volume, error) {
-		return volumeResult(e.VolumeClone(ctx, c.Args.Str("sr"), c.Args.Str("key")))
 	})
 }
 

@@ -63,13 +63,16 @@ func crashHook() volume.FaultHook {
 
 func newServices(d *Deps, srType string) (*srServices, error) {
 	var t volume.Transport
+	// XenAPI first; with xapi down (boot), the copy static-vdis' own
+	// calls kept (host.BootSecrets).
+	secrets := host.BootSecrets{Root: d.Root, XenAPI: host.NewXenAPI(d.Root), Keep: d.StaticVDIs}
 	switch srType {
 	case TypeNVMeTCP:
 		t = nvme.New(nvme.Deps{
 			Runner:  d.Runner,
 			Root:    d.Root,
 			Locker:  host.FileLocker{Root: d.Root},
-			Secrets: host.NewXenAPI(d.Root),
+			Secrets: secrets,
 			Router:  nvme.NetlinkRouter{},
 			Log:     d.Log,
 		})
@@ -78,7 +81,7 @@ func newServices(d *Deps, srType string) (*srServices, error) {
 			Runner:  d.Runner,
 			Root:    d.Root,
 			Locker:  host.FileLocker{Root: d.Root},
-			Secrets: host.NewXenAPI(d.Root),
+			Secrets: secrets,
 			Log:     d.Log,
 		})
 	default:
