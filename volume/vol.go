@@ -325,4 +325,3 @@ func (e *Engine) setVolumeField(ctx context.Context, op, sr, key, field string, 
 	e.step(StepVolumeSetTags)
 	return nil
 }
-

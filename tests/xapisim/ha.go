@@ -348,7 +348,8 @@ func (sv *StaticVDIs) Boot(ctx context.Context) (map[string]string, error) {
 	for _, v := range list {
 		disk, err := sv.Attach(ctx, v.VDIUUID)
 		if err != nil {
-			return disks, fmt.Errorf("Attempt to attach VDI: %s failed -- skipping (Error was: %w)", v.VDIUUID, err)
+			// attach-static-vdis logs "Attempt to attach VDI: <uuid> failed" and stops.
+			return disks, fmt.Errorf("attach of static VDI %s failed, the others are skipped: %w", v.VDIUUID, err)
 		}
 		disks[v.VDIUUID] = disk
 	}
