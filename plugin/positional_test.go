@@ -131,7 +131,7 @@ func TestPositionalFormIsOnlyForStaticVDIs(t *testing.T) {
 		"Volume.destroy":         {isDir + "Volume.destroy", "static-vdis", srH, "k1"},
 		"Datapath.open":          {dpDir + "Datapath.open", "static-vdis", volU},
 		"extra argument":         {isDir + "Volume.stat", "static-vdis", srH, "k1", "more"},
-		"unknown option":         {isDir + "SR.attach", "static-vdis", "--config", "a", "b"},
+		"unknown option":         {isDir + "SR.attach", "static-vdis", "--sr", "a", "b"},
 		"option without a value": {isDir + "SR.attach", "static-vdis", "--configuration", "target"},
 		"invalid UTF-8":          {isDir + "Volume.stat", "static-vdis", srH, "k\xff"},
 	}
