@@ -25,6 +25,7 @@ type srServices struct {
 	deps      *Deps
 	srType    string
 	transport volume.Transport
+	keep      bool // secrets resolved are kept for boot (host.BootSecrets)
 }
 
 // Engine builds the SR engine; it reads the pool role, so it is built
@@ -87,7 +88,7 @@ func newServices(d *Deps, srType string) (*srServices, error) {
 	default:
 		return nil, host.Errorf(host.KindInvalid, "", fmt.Sprintf("unknown SR type %q", srType), "use nvmetcp or iscsi-ng", nil)
 	}
-	return &srServices{deps: d, srType: srType, transport: t}, nil
+	return &srServices{deps: d, srType: srType, transport: t, keep: secrets.Keep}, nil
 }
 
 func (s *srServices) Describe() Description {
