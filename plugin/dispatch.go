@@ -56,8 +56,10 @@ type Call struct {
 	Log    *zap.Logger
 }
 
-// VolumeMethods and DatapathMethods are the method tables; every method
-// xapi may call is here so that every method file exists and answers.
+// VolumeMethods and DatapathMethods are the method tables. Every method
+// that works is here, so that its file exists and answers; a method that
+// does not work has no file, because the daemon advertises features from
+// the files it finds (see volumeMethods).
 func VolumeMethods() []*Method { return volumeMethods }
 
 // DatapathMethods lists the datapath plugin's methods.
@@ -123,8 +125,11 @@ func Resolve(argv0 string) (Target, error) {
 		"this file is not a method sanvol implements; remove it or reinstall with `sanvol install`", nil)
 }
 
-// Serve runs one method call: it reads the request from stdin, prints
-// exactly one JSON value on stdout and returns the exit code.
+// Serve runs one method call: it reads the request from stdin (`--json`,
+// as xapi-storage-script calls) or from the command line (static-vdis'
+// positional form), prints exactly one JSON value on stdout and returns
+// the exit code. Both forms are checked alike and fail with the same
+// error documents.
 func Serve(ctx context.Context, argv []string, stdin io.Reader, stdout, stderr io.Writer, deps *Deps) int {
 	log := deps.Log
 	method := filepath.Base(argv[0])
@@ -133,22 +138,31 @@ func Serve(ctx context.Context, argv []string, stdin io.Reader, stdout, stderr i
 		writeJSON(stdout, ErrorDocument(method, err))
 		return 1
 	}
-	if len(argv) < 2 || argv[1] != "--json" {
-		return fail(host.Errorf(host.KindInvalid, method, "expected the single argument --json",
-			"method files are run by xapi-storage-script as `<file> --json` with the arguments on stdin; use `sanvol call` by hand", nil))
-	}
 	t, err := Resolve(argv[0])
 	if err != nil {
 		return fail(err)
 	}
 	method = t.Method.Name
-	raw, err := ReadRequest(stdin)
-	if err != nil {
-		return fail(badRequest(method, err.Error()))
-	}
-	args, err := DecodeArgs(method, raw, t.Method.Args)
-	if err != nil {
-		return fail(err)
+	var args Args
+	if len(argv) >= 2 && argv[1] == "--json" {
+		raw, err := ReadRequest(stdin)
+		if err != nil {
+			return fail(badRequest(method, err.Error()))
+		}
+		if args, err = DecodeArgs(method, raw, t.Method.Args); err != nil {
+			return fail(err)
+		}
+	} else {
+		// static-vdis, at boot and at HA enable, is the one caller that
+		// passes arguments on the command line (see StaticVDIsMethods).
+		if !takesPositional(method) {
+			return fail(host.Errorf(host.KindInvalid, method, "expected the single argument --json",
+				"method files are run by xapi-storage-script as `<file> --json` with the arguments on stdin (only "+strings.Join(StaticVDIsMethods, ", ")+" also take static-vdis' positional form); use `sanvol call` by hand", nil))
+		}
+		if args, err = DecodePositional(method, argv[1:], t.Method.Args); err != nil {
+			return fail(err)
+		}
+		deps.StaticVDIs = true
 	}
 	log = log.With(zap.String("dbg", args.Str("dbg")), zap.String("method", method), zap.String("plugin", t.Dir))
 	call := &Call{Target: t, Args: args, Deps: deps, Log: log}
@@ -204,8 +218,11 @@ var volumeMethods = []*Method{
 	{Name: "Volume.unset", Args: []argSpec{aDbg, aSR, aKey, {"k", tString}}, Run: volumeUnset},
 	{Name: "Volume.set_name", Args: []argSpec{aDbg, aSR, aKey, {"new_name", tString}}, Run: volumeSetName},
 	{Name: "Volume.set_description", Args: []argSpec{aDbg, aSR, aKey, {"new_description", tString}}, Run: volumeSetDescription},
-	{Name: "Volume.snapshot", Args: []argSpec{aDbg, aSR, aKey}, Run: volumeSnapshot},
-	{Name: "Volume.clone", Args: []argSpec{aDbg, aSR, aKey}, Run: volumeClone},
+	// No Volume.snapshot or Volume.clone: the daemon derives VDI_SNAPSHOT,
+	// VDI_CLONE and VDI_RESET_ON_BOOT/2 from the mere presence of those
+	// files, whatever Plugin.Query says (xapi-storage-script main.ml,
+	// QueryImpl.query_impl), and xapi would then offer operations that
+	// fail. A method gets a file here only once it works.
 }
 
 var datapathMethods = []*Method{

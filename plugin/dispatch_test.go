@@ -105,7 +105,7 @@ func TestServeFailuresPrintCompleteErrorDocument(t *testing.T) {
 		"missing arg":    {"/x/volume/org.xen.xapi.storage.nvmetcp/SR.stat", `{"dbg":"d"}`, "InvalidArgument"},
 		"unknown dir":    {"/x/volume/org.xen.xapi.storage.foo/SR.stat", `{"dbg":"d","sr":"s"}`, "InvalidArgument"},
 		"unknown method": {"/x/datapath/sanvol/Volume.stat", `{"dbg":"d"}`, "InvalidArgument"},
-		"unimplemented":  {"/x/volume/org.xen.xapi.storage.nvmetcp/Volume.clone", `{"dbg":"d","sr":"s","key":"k"}`, "Unimplemented"},
+		"no clone file":  {"/x/volume/org.xen.xapi.storage.nvmetcp/Volume.clone", `{"dbg":"d","sr":"s","key":"k"}`, "InvalidArgument"},
 	}
 	for name, c := range cases {
 		t.Run(name, func(t *testing.T) {

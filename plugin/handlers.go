@@ -2,10 +2,12 @@ package plugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
 	"strings"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -27,6 +29,10 @@ type Deps struct {
 	Services func(srType string) (Services, error)
 	// Datapath builds the datapath plugin's implementation.
 	Datapath func() (*datapath.Datapath, error)
+	// StaticVDIs is set for a call in static-vdis' positional form: the
+	// secrets it resolves are then kept for the boots to come, when it
+	// runs before xapi (host.BootSecrets).
+	StaticVDIs bool
 }
 
 // Services is what the SR and Volume methods of one SR type are served by.
@@ -173,8 +179,40 @@ func srCreate(ctx context.Context, c *Call) (any, error) {
 
 func srAttach(ctx context.Context, c *Call) (any, error) {
 	return withEngine(c, func(e *volume.Engine) (string, error) {
-		return e.SRAttach(ctx, c.Args.Dict("configuration"))
+		cfg := c.Args.Dict("configuration")
+		h, err := e.SRAttach(ctx, cfg)
+		if err == nil {
+			separateSecrets(ctx, c, cfg)
+		}
+		return h, err
 	})
+}
+
+// separateSecrets gives every PBD of the SR its own CHAP secret (see
+// host.XenAPI.SeparatePBDSecrets for why). The pool master does it, at
+// each attach, best effort: the plug itself already succeeded, and with
+// xapi down (static-vdis at boot) there is nothing to do.
+func separateSecrets(ctx context.Context, c *Call, cfg map[string]string) {
+	shared := false
+	for k := range cfg {
+		shared = shared || strings.HasSuffix(k, "password_secret")
+	}
+	if role, err := host.ReadRole(c.Deps.Root); !shared || err != nil || !role.Master {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	sr := strings.ToLower(cfg["sr_uuid"])
+	changed, err := host.NewXenAPI(c.Deps.Root).SeparatePBDSecrets(ctx, sr)
+	switch {
+	case err != nil && errors.Is(err, host.ErrUnreachable):
+		c.Log.Debug("xapi not reachable; PBD secrets left as they are", zap.String("sr", sr))
+	case err != nil:
+		c.Log.Warn("could not give each PBD its own secret; removing a host from the pool may break the other hosts' next plug of this SR",
+			zap.String("sr", sr), zap.Error(err))
+	case len(changed) > 0:
+		c.Log.Info("gave PBDs their own copy of a shared secret", zap.String("sr", sr), zap.Strings("pbds", changed))
+	}
 }
 
 func srDetach(ctx context.Context, c *Call) (any, error) {
@@ -229,18 +267,6 @@ func volumeCreate(ctx context.Context, c *Call) (any, error) {
 func volumeStat(ctx context.Context, c *Call) (any, error) {
 	return withEngine(c, func(e *volume.Engine) (schema.Volume, error) {
 		return volumeResult(e.VolumeStat(ctx, c.Args.Str("sr"), c.Args.Str("key")))
-	})
-}
-
-func volumeSnapshot(ctx context.Context, c *Call) (any, error) {
-	return withEngine(c, func(e *volume.Engine) (schema.Volume, error) {
-		return volumeResult(e.VolumeSnapshot(ctx, c.Args.Str("sr"), c.Args.Str("key")))
-	})
-}
-
-func volumeClone(ctx context.Context, c *Call) (any, error) {
-	return withEngine(c, func(e *volume.Engine) (schema.Volume, error) {
-		return volumeResult(e.VolumeClone(ctx, c.Args.Str("sr"), c.Args.Str("key")))
 	})
 }
 

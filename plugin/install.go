@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"sanvol/host"
 )
 
 // Install paths, relative to the install root.
@@ -133,6 +135,16 @@ func Uninstall(root string) ([]string, error) {
 			return removed, err
 		}
 		removed = append(removed, filepath.Join(ScriptRoot, rel))
+	}
+	// The CHAP secrets kept for static-vdis' boot attach (host.BootSecrets)
+	// must not outlive the package.
+	secrets := filepath.Join(root, host.BootSecretDir)
+	if _, err := os.Lstat(secrets); err == nil {
+		if err := os.RemoveAll(secrets); err != nil {
+			return removed, err
+		}
+		removed = append(removed, host.BootSecretDir)
+		_ = os.Remove(filepath.Dir(secrets))
 	}
 	bin := filepath.Join(root, BinaryPath)
 	if err := os.Remove(bin); err == nil {

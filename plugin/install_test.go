@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"sanvol/host"
 )
 
 // snapshot records everything an install could change, including inode
@@ -148,6 +150,23 @@ func TestUninstall(t *testing.T) {
 	}
 	if len(removed) != 4 {
 		t.Fatalf("removed %v", removed)
+	}
+	// With HA's boot copies of CHAP secrets, those go too.
+	if _, err := Install(InstallOptions{Root: root, Binary: fakeBinary(t)}); err != nil {
+		t.Fatal(err)
+	}
+	kept := filepath.Join(root, host.BootSecretDir, "0b6e1a3c-1111-4222-8333-944445555666")
+	if err := os.MkdirAll(filepath.Dir(kept), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(kept, []byte("s3cret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if removed, err = Uninstall(root); err != nil || len(removed) != 5 {
+		t.Fatalf("uninstall with boot secrets: %v %v", removed, err)
+	}
+	if _, err := os.Lstat(filepath.Dir(filepath.Join(root, host.BootSecretDir))); !os.IsNotExist(err) {
+		t.Fatalf("%s left: %v", filepath.Dir(host.BootSecretDir), err)
 	}
 	for _, sub := range []string{"volume", "datapath"} {
 		entries, err := os.ReadDir(filepath.Join(root, ScriptRoot, sub))

@@ -25,6 +25,7 @@ type srServices struct {
 	deps      *Deps
 	srType    string
 	transport volume.Transport
+	keep      bool // secrets resolved are kept for boot (host.BootSecrets)
 }
 
 // Engine builds the SR engine; it reads the pool role, so it is built
@@ -64,13 +65,16 @@ func crashHook() volume.FaultHook {
 
 func newServices(d *Deps, srType string) (*srServices, error) {
 	var t volume.Transport
+	// XenAPI first; with xapi down (boot), the copy static-vdis' own
+	// calls kept (host.BootSecrets).
+	secrets := host.BootSecrets{Root: d.Root, XenAPI: host.NewXenAPI(d.Root), Keep: d.StaticVDIs}
 	switch srType {
 	case TypeNVMeTCP:
 		t = nvme.New(nvme.Deps{
 			Runner:  d.Runner,
 			Root:    d.Root,
 			Locker:  host.FileLocker{Root: d.Root},
-			Secrets: host.NewXenAPI(d.Root),
+			Secrets: secrets,
 			Router:  nvme.NetlinkRouter{},
 			Log:     d.Log,
 		})
@@ -79,13 +83,13 @@ func newServices(d *Deps, srType string) (*srServices, error) {
 			Runner:  d.Runner,
 			Root:    d.Root,
 			Locker:  host.FileLocker{Root: d.Root},
-			Secrets: host.NewXenAPI(d.Root),
+			Secrets: secrets,
 			Log:     d.Log,
 		})
 	default:
 		return nil, host.Errorf(host.KindInvalid, "", fmt.Sprintf("unknown SR type %q", srType), "use nvmetcp or iscsi-ng", nil)
 	}
-	return &srServices{deps: d, srType: srType, transport: t}, nil
+	return &srServices{deps: d, srType: srType, transport: t, keep: secrets.Keep}, nil
 }
 
 func (s *srServices) Describe() Description {

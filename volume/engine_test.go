@@ -474,12 +474,6 @@ func TestVolumeLifecycle(t *testing.T) {
 	if _, err := v.e.VolumeStat(ctx, sr, vol.Key); !errors.Is(err, host.ErrNotFound) {
 		t.Fatalf("stat after destroy: %v", err)
 	}
-	if _, err := v.e.VolumeSnapshot(ctx, sr, vol.Key); !errors.Is(err, host.ErrUnimpl) {
-		t.Fatalf("snapshot: %v", err)
-	}
-	if _, err := v.e.VolumeClone(ctx, sr, vol.Key); !errors.Is(err, host.ErrUnimpl) {
-		t.Fatalf("clone: %v", err)
-	}
 }
 
 func TestSetIsOneLVChange(t *testing.T) {
@@ -669,7 +663,7 @@ func TestRenameSR(t *testing.T) {
 }
 
 func TestFeaturesAndSteps(t *testing.T) {
-	want := []string{"SR_PROBE", "SR_UPDATE", "VDI_CREATE", "VDI_DESTROY", "VDI_RESIZE", "VDI_UPDATE"}
+	want := []string{"SR_PROBE", "SR_UPDATE", "VDI_ATTACH_OFFLINE", "VDI_CREATE", "VDI_DESTROY", "VDI_RESIZE", "VDI_UPDATE"}
 	if !slices.Equal(volume.Features(), want) {
 		t.Fatalf("features = %v", volume.Features())
 	}

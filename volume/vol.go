@@ -446,14 +446,3 @@ func (e *Engine) setVolumeField(ctx context.Context, op, sr, key, field string, 
 	e.step(StepVolumeSetTags)
 	return nil
 }
-
-// VolumeSnapshot is not implemented: LVM snapshots of shared linear LVs
-// need copy-on-write state that every host would have to share.
-func (e *Engine) VolumeSnapshot(ctx context.Context, sr, key string) (Volume, error) {
-	return Volume{}, host.Errorf(host.KindUnimpl, "Volume.snapshot", "sanvol does not snapshot volumes", "copy the disk instead (xe vdi-copy)", nil)
-}
-
-// VolumeClone is not implemented, for the same reason.
-func (e *Engine) VolumeClone(ctx context.Context, sr, key string) (Volume, error) {
-	return Volume{}, host.Errorf(host.KindUnimpl, "Volume.clone", "sanvol does not clone volumes", "copy the disk instead (xe vdi-copy)", nil)
-}

@@ -82,8 +82,6 @@ var requests = map[string]string{
 	"Volume.unset":           `{"k":"vdi-type","key":"k","sr":"nvmetcp://6e0a7c7e-9e8f-4a61-9a37-1d4d3c0e9a01","dbg":"OpaqueRef:x"}`,
 	"Volume.set_name":        `{"new_name":"n","key":"k","sr":"nvmetcp://6e0a7c7e-9e8f-4a61-9a37-1d4d3c0e9a01","dbg":"OpaqueRef:x"}`,
 	"Volume.set_description": `{"new_description":"d","key":"k","sr":"nvmetcp://6e0a7c7e-9e8f-4a61-9a37-1d4d3c0e9a01","dbg":"OpaqueRef:x"}`,
-	"Volume.snapshot":        `{"key":"k","sr":"nvmetcp://6e0a7c7e-9e8f-4a61-9a37-1d4d3c0e9a01","dbg":"OpaqueRef:x"}`,
-	"Volume.clone":           `{"key":"k","sr":"nvmetcp://6e0a7c7e-9e8f-4a61-9a37-1d4d3c0e9a01","dbg":"OpaqueRef:x"}`,
 	"Datapath.open":          `{"persistent":true,"uri":"sanvol://6e0a7c7e-9e8f-4a61-9a37-1d4d3c0e9a01/k","dbg":"OpaqueRef:x"}`,
 	"Datapath.attach":        `{"domain":"7","uri":"sanvol://6e0a7c7e-9e8f-4a61-9a37-1d4d3c0e9a01/k","dbg":"OpaqueRef:x"}`,
 	"Datapath.activate":      `{"domain":"7","uri":"sanvol://6e0a7c7e-9e8f-4a61-9a37-1d4d3c0e9a01/k","dbg":"OpaqueRef:x"}`,

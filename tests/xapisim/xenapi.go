@@ -18,6 +18,11 @@ import (
 // methods get MESSAGE_METHOD_UNKNOWN, as from a xapi that lacks them.
 // stop closes the socket.
 func (s *Sim) ServeXenAPI(socket string) (stop func() error, err error) {
+	return serveUnix(socket, http.HandlerFunc(s.serveRPC))
+}
+
+// serveUnix serves h on a unix socket until stop is called.
+func serveUnix(socket string, h http.Handler) (stop func() error, err error) {
 	if err := os.MkdirAll(filepath.Dir(socket), 0o755); err != nil {
 		return nil, err
 	}
@@ -26,7 +31,7 @@ func (s *Sim) ServeXenAPI(socket string) (stop func() error, err error) {
 	if err != nil {
 		return nil, err
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(s.serveRPC), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = srv.Serve(l) }()
 	return func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
