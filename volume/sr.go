@@ -285,6 +285,11 @@ func (e *Engine) SRDestroy(ctx context.Context, sr string) error {
 	if err != nil && !vgGone {
 		return err
 	}
+	if vgGone {
+		if err := e.provenGone(ctx, op, a, s, err); err != nil {
+			return err
+		}
+	}
 	if !vgGone {
 		var keys []string
 		var stale []lvm.LV
@@ -306,11 +311,19 @@ func (e *Engine) SRDestroy(ctx context.Context, sr string) error {
 		e.step(StepSRDestroyGC)
 		if err := e.lvm.VGRemove(ctx, s, a.VG); err != nil && !errors.Is(err, host.ErrNotFound) {
 			return err
+		} else if err != nil {
+			if err := e.provenGone(ctx, op, a, s, err); err != nil {
+				return err
+			}
 		}
 		e.step(StepSRDestroyVGRemove)
 	}
 	if err := e.lvm.PVRemove(ctx, s, a.Device); err != nil && !errors.Is(err, host.ErrNotFound) {
 		return err
+	} else if err != nil {
+		if err := e.provenGone(ctx, op, a, s, err); err != nil {
+			return err
+		}
 	}
 	e.step(StepSRDestroyPVRemove)
 	if err := e.detach(ctx, op, a, StepSRDestroyDetach); err != nil {
