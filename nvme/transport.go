@@ -685,6 +685,22 @@ func (t *Transport) Prepare(ctx context.Context, cfg map[string]string) (map[str
 	return map[string]string{KeyNamespace: id}, nil
 }
 
+// DeviceID is the subsystem NQN with the namespace's identifier (the
+// stable id SR.create records, or an NSID if that is what the
+// configuration gives).
+func (t *Transport) DeviceID(cfg map[string]string) (string, error) {
+	nqn := strings.TrimSpace(cfg[KeyNQN])
+	ns, err := ParseNamespaceID(cfg[KeyNamespace])
+	if err != nil || nqn == "" || ns.IsZero() {
+		return "", host.Errorf(host.KindInvalid, "nvmetcp", "device-config lacks nqn or namespace",
+			"give device-config:nqn and device-config:namespace as SR.create recorded them (xe pbd-param-list)", err)
+	}
+	if ns.NSID != 0 {
+		return fmt.Sprintf("%s/nsid:%d", nqn, ns.NSID), nil
+	}
+	return nqn + "/" + ns.Hex, nil
+}
+
 // Attach connects every portal, finds the namespace, sets the iopolicy
 // and returns the device.
 func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (volume.Device, error) {

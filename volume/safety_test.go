@@ -3,10 +3,12 @@ package volume_test
 import (
 	"context"
 	"errors"
+	"maps"
 	"strings"
 	"testing"
 
 	"sanvol/host"
+	"sanvol/lvm/lvmtest"
 	"sanvol/volume"
 )
 
@@ -73,4 +75,92 @@ func TestDestroyRepeatedAfterVGRemoveIsProven(t *testing.T) {
 	}
 }
 
-var _ = errors.Is
+const otherUUID = "11111111-2222-3333-4444-555555555555"
+
+func (v *env) transportCalls() (int, int) {
+	v.tr.mu.Lock()
+	defer v.tr.mu.Unlock()
+	return v.tr.attaches, v.tr.detaches
+}
+
+// A mistyped SR.create naming the LUN of an SR attached here is refused
+// before the transport connects, wipes or releases anything.
+func TestCreateRefusesAHeldDevice(t *testing.T) {
+	v := newEnv(t, host.Role{Master: true})
+	v.createSR()
+	at, det := v.transportCalls()
+	_, err := v.e.SRCreate(context.Background(), otherUUID, map[string]string{"target": "t", "force": "true"}, "n", "d")
+	if !errors.Is(err, host.ErrBusy) || !strings.Contains(err.Error(), srUUID) || !strings.Contains(err.Error(), "pbd-unplug") {
+		t.Fatalf("SR.create on a held device: %v", err)
+	}
+	if a, d := v.transportCalls(); a != at || d != det || v.sim.Ops["wipefs"] != 0 {
+		t.Fatalf("the refused create touched the device: attach %d→%d, detach %d→%d, wipefs %d", at, a, det, d, v.sim.Ops["wipefs"])
+	}
+	if _, err := v.e.SRStat(context.Background(), "nvmetcp://"+srUUID); err != nil {
+		t.Fatalf("the attached SR: %v", err)
+	}
+}
+
+func TestAttachRefusesAHeldDevice(t *testing.T) {
+	v := newEnv(t, host.Role{Master: true})
+	v.createSR()
+	a, err := volume.LoadAttached(v.root, srUUID)
+	must(t, err)
+	cfg := maps.Clone(a.Configuration)
+	cfg["sr_uuid"] = otherUUID
+	at, det := v.transportCalls()
+	if _, err := v.e.SRAttach(context.Background(), cfg); !errors.Is(err, host.ErrBusy) || !strings.Contains(err.Error(), srUUID) {
+		t.Fatalf("SR.attach on a held device: %v", err)
+	}
+	if a, d := v.transportCalls(); a != at || d != det {
+		t.Fatalf("the refused attach touched the device: attach %d→%d, detach %d→%d", at, a, det, d)
+	}
+}
+
+// SR.create repeated for the SR attached here succeeds and leaves its
+// device connected.
+func TestRepeatedCreateKeepsTheAttachedDevice(t *testing.T) {
+	v := newEnv(t, host.Role{Master: true})
+	v.createSR()
+	at, det := v.transportCalls()
+	if _, err := v.e.SRCreate(context.Background(), srUUID, map[string]string{"target": "t"}, "my SR", "desc"); err != nil {
+		t.Fatal(err)
+	}
+	if a, d := v.transportCalls(); a != at || d != det {
+		t.Fatalf("attach %d→%d, detach %d→%d: the repeated create released the attached SR's device", at, a, det, d)
+	}
+}
+
+// A repeated SR.attach of an attached SR that fails after the transport
+// attached must not release the device its VMs use.
+func TestFailedRepeatedAttachKeepsTheDevice(t *testing.T) {
+	v := newEnv(t, host.Role{Master: true})
+	v.createSR()
+	a, err := volume.LoadAttached(v.root, srUUID)
+	must(t, err)
+	v.sim.Once(lvmtest.LVM("vgs"), lvmtest.Reply{Code: 5, Stderr: "  Something odd."})
+	_, det := v.transportCalls()
+	if _, err := v.e.SRAttach(context.Background(), a.Configuration); err == nil {
+		t.Fatal("the injected failure did not fail the attach")
+	}
+	if _, d := v.transportCalls(); d != det {
+		t.Fatal("a failed repeated attach released the attached SR's device")
+	}
+}
+
+// An attach record left by an older sanvol may name the same device as
+// another: detaching one leaves the device to the other.
+func TestDetachLeavesADeviceAnotherSRNames(t *testing.T) {
+	v := newEnv(t, host.Role{Master: true})
+	sr := v.createSR()
+	a, err := volume.LoadAttached(v.root, srUUID)
+	must(t, err)
+	other := a
+	other.UUID = otherUUID
+	writeJSON(t, v.root, "/run/sanvol/sr/"+otherUUID+".json", other)
+	_, det := v.transportCalls()
+	must(t, v.e.SRDetach(context.Background(), sr))
+	if _, d := v.transportCalls(); d != det {
+		t.Fatal("SR.detach released a device another attached SR names")
+	}
+}
