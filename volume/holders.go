@@ -98,3 +98,26 @@ func (e *Engine) release(ctx context.Context, uuid string, cfg map[string]string
 		e.log.Warn("could not release the device", zap.String("sr", uuid), zap.Error(err))
 	}
 }
+
+// resolved checks the device of an attach record with the transport (a
+// kernel name like /dev/nvme1n1 can name another namespace after a
+// reconnect) and records the path it returns if it changed, so that
+// records of older versions are migrated once.
+func (e *Engine) resolved(a Attached) (Attached, error) {
+	r, ok := e.t.(DeviceResolver)
+	if !ok {
+		return a, nil
+	}
+	dev, err := r.ResolveDevice(context.Background(), a.Configuration, a.Device)
+	if err != nil {
+		return Attached{}, err
+	}
+	if dev != a.Device {
+		e.log.Info("the SR's device path changed; updating the attach record", zap.String("sr", a.UUID), zap.String("was", a.Device), zap.String("now", dev))
+		a.Device = dev
+		if err := saveAttached(e.root, a); err != nil {
+			e.log.Warn("cannot update the attach record", zap.String("sr", a.UUID), zap.Error(err))
+		}
+	}
+	return a, nil
+}

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"sanvol/host"
+	"sanvol/lvm"
 	"sanvol/lvm/lvmtest"
 	"sanvol/volume"
 )
@@ -162,5 +163,41 @@ func TestDetachLeavesADeviceAnotherSRNames(t *testing.T) {
 	must(t, v.e.SRDetach(context.Background(), sr))
 	if _, d := v.transportCalls(); d != det {
 		t.Fatal("SR.detach released a device another attached SR names")
+	}
+}
+
+// resolvingTransport re-resolves recorded devices, like nvmetcp.
+type resolvingTransport struct {
+	*fakeTransport
+	resolves int
+}
+
+func (r *resolvingTransport) ResolveDevice(ctx context.Context, cfg map[string]string, recorded string) (string, error) {
+	r.resolves++
+	return r.dev, nil
+}
+
+// A record holding a kernel name is checked before use and migrated to
+// the transport's stable path; SR.detach works without it.
+func TestAttachRecordIsResolvedBeforeUse(t *testing.T) {
+	v := newEnv(t, host.Role{Master: true})
+	sr := v.createSR()
+	a, err := volume.LoadAttached(v.root, srUUID)
+	must(t, err)
+	a.Device = "/dev/nvme1n1"
+	writeJSON(t, v.root, "/run/sanvol/sr/"+srUUID+".json", a)
+	rt := &resolvingTransport{fakeTransport: v.tr}
+	e, err := volume.New(volume.Options{LVM: lvm.New(v.sim, nil), Transport: rt, Runner: v.sim,
+		Locker: host.FileLocker{Root: v.root}, Root: v.root, Role: host.Role{Master: true}})
+	must(t, err)
+	if _, err := e.SRStat(context.Background(), sr); err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := volume.LoadAttached(v.root, srUUID); a.Device != testDev || rt.resolves != 1 {
+		t.Fatalf("record device %s after %d resolves", a.Device, rt.resolves)
+	}
+	must(t, e.SRDetach(context.Background(), sr))
+	if rt.resolves != 1 {
+		t.Fatal("SR.detach resolved the device")
 	}
 }

@@ -45,6 +45,14 @@ type Transport interface {
 	Diagnostics(ctx context.Context) string
 }
 
+// DeviceResolver is implemented by a transport whose recorded device
+// path must be checked before each use: ResolveDevice returns the path
+// that names, now, the device the configuration names (nvmetcp: the
+// by-id link of the namespace, re-pointed or migrated from a kernel name).
+type DeviceResolver interface {
+	ResolveDevice(ctx context.Context, cfg map[string]string, recorded string) (string, error)
+}
+
 // Device is the SR's block device on this host.
 type Device struct {
 	// Path is a stable path (by-id or /dev/mapper/<wwid>) that names the
