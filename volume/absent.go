@@ -30,16 +30,16 @@ func (e *Engine) provenGone(ctx context.Context, op string, a Attached, s lvm.Sc
 	}
 	unreachable := func(why string, cause error) error {
 		return host.Errorf(host.KindUnreachable, op,
-			fmt.Sprintf("LVM reports the %s of SR %s missing, but %s; nothing was removed, and the data may be intact on the LUN/namespace", missing, a.UUID, why),
+			fmt.Sprintf("the device of SR %s is not reachable from this host (%s), so LVM's report of its %s missing proves nothing; nothing was removed, and the data may be intact on the LUN/namespace", a.UUID, why, missing),
 			"check from this host that the SR's storage is reachable (iscsi-ng: iscsiadm -m session, multipath -ll; nvmetcp: nvme list-subsys; dmesg for I/O errors), "+
 				"then retry; to drop the SR from xapi while keeping the data, use xe sr-forget instead", cause)
 	}
 	if !e.readable(ctx, a.Device) {
-		return unreachable(fmt.Sprintf("its device %s cannot be read from this host", a.Device), notFound)
+		return unreachable(a.Device+" does not read", notFound)
 	}
 	pvs, err := e.lvm.PVs(ctx, s)
 	if err != nil {
-		return unreachable(fmt.Sprintf("LVM cannot list the PVs of %s", a.Device), err)
+		return unreachable("LVM cannot list the PVs of "+a.Device, err)
 	}
 	for _, pv := range pvs {
 		if !slices.Contains(s.Devices, pv.Name) {
@@ -57,10 +57,10 @@ func (e *Engine) provenGone(ctx context.Context, op string, a Attached, s lvm.Sc
 	// carries no LVM label either (blkid reads it without LVM's filter).
 	sigs, err := e.signatures(ctx, op, a.Device)
 	if err != nil {
-		return unreachable(fmt.Sprintf("%s cannot be probed", a.Device), err)
+		return unreachable(a.Device+" cannot be probed", err)
 	}
 	if slices.Contains(sigs, "TYPE=LVM2_member") {
-		return unreachable(fmt.Sprintf("%s carries an LVM label that LVM does not read", a.Device), notFound)
+		return unreachable(a.Device+" carries an LVM label that LVM does not read", notFound)
 	}
 	e.log.Info("proven gone: the device reads and carries no LVM label", zap.String("sr", a.UUID), zap.String("device", a.Device))
 	return nil
