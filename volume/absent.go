@@ -35,7 +35,15 @@ func (e *Engine) provenGone(ctx context.Context, op string, a Attached, s lvm.Sc
 				"then retry; to drop the SR from xapi while keeping the data, use xe sr-forget instead", cause)
 	}
 	if !e.readable(ctx, a.Device) {
-		return unreachable(a.Device+" does not read", notFound)
+		// A call repeated after a crash in SR.destroy's own detach finds
+		// the device released by sanvol itself: connect it again (as xapi
+		// does with SR.attach before SR.destroy) before judging.
+		if _, err := e.t.Attach(ctx, a.Configuration); err != nil {
+			return unreachable(a.Device+" does not read and cannot be connected", err)
+		}
+		if !e.readable(ctx, a.Device) {
+			return unreachable(a.Device+" does not read", notFound)
+		}
 	}
 	pvs, err := e.lvm.PVs(ctx, s)
 	if err != nil {

@@ -100,8 +100,17 @@ func newEnv(t *testing.T, role host.Role) *env {
 }
 
 func (v *env) engine(role host.Role) *volume.Engine {
+	return v.engineOf(role, v.tr)
+}
+
+// engineWith is a master's engine on another transport (a wrapper of v.tr).
+func (v *env) engineWith(tr volume.Transport) *volume.Engine {
+	return v.engineOf(host.Role{Master: true}, tr)
+}
+
+func (v *env) engineOf(role host.Role, tr volume.Transport) *volume.Engine {
 	e, err := volume.New(volume.Options{
-		LVM: lvm.New(v.sim, nil), Transport: v.tr, Runner: v.sim, Locker: host.FileLocker{Root: v.root}, Root: v.root,
+		LVM: lvm.New(v.sim, nil), Transport: tr, Runner: v.sim, Locker: host.FileLocker{Root: v.root}, Root: v.root,
 		Role: role, Version: "test-1.0",
 		Fault: func(step string) {
 			v.mu.Lock()

@@ -201,3 +201,47 @@ func TestAttachRecordIsResolvedBeforeUse(t *testing.T) {
 		t.Fatal("SR.detach resolved the device")
 	}
 }
+
+// reconnectTransport brings the simulated device back on Attach, unless
+// the storage is really gone.
+type reconnectTransport struct {
+	*fakeTransport
+	sim  *lvmtest.Sim
+	gone bool
+}
+
+func (r *reconnectTransport) Attach(ctx context.Context, cfg map[string]string) (volume.Device, error) {
+	if r.gone {
+		return volume.Device{}, host.Errorf(host.KindUnreachable, "attach", "no path", "", nil)
+	}
+	r.sim.SetOffline(false)
+	return r.fakeTransport.Attach(ctx, cfg)
+}
+
+// SR.destroy killed after its own detach leaves the record with the
+// device released: the repeat reconnects to prove the VG gone, and fails
+// as Unreachable only if it cannot.
+func TestDestroyRepeatedAfterDetachReconnects(t *testing.T) {
+	for _, gone := range []bool{false, true} {
+		v := newEnv(t, host.Role{Master: true})
+		rt := &reconnectTransport{fakeTransport: v.tr, sim: v.sim}
+		v.e = v.engineWith(rt)
+		sr := v.createSR()
+		rt.gone = gone
+		v.crash = volume.StepSRDestroyDetach
+		if at, _ := v.run(func() error { return v.e.SRDestroy(context.Background(), sr) }); at != volume.StepSRDestroyDetach {
+			t.Fatalf("crashed at %q", at)
+		}
+		v.crash = ""
+		v.sim.SetOffline(true) // what the transport's Detach did
+		err := v.e.SRDestroy(context.Background(), sr)
+		if gone {
+			if host.KindOf(err) != host.KindUnreachable {
+				t.Fatalf("storage gone: %v", err)
+			}
+			continue
+		}
+		must(t, err)
+		v.destroyed()
+	}
+}
