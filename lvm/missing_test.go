@@ -2,6 +2,10 @@ package lvm_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 
 	"sanvol/host"
@@ -36,5 +40,48 @@ func TestMissingOf(t *testing.T) {
 	}
 	if got := lvm.MissingOf(host.Errorf(host.KindNotFound, "x", "not found", "", nil)); got != lvm.MissingNothing {
 		t.Errorf("an error without LVM's exit status: %s", got)
+	}
+}
+
+// The messages lvm2 printed in the lab (tests/e2e/capture_test.go,
+// lvmFails): each file is "exit N" and the stderr of one failed command.
+func TestMissingOfCapturedMessages(t *testing.T) {
+	files, err := filepath.Glob("testdata/lvm-error-*.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]lvm.Missing{
+		"lvm-error-vg-missing-":     lvm.MissingVG,
+		"lvm-error-lv-missing-":     lvm.MissingLV,
+		"lvm-error-pv-missing-":     lvm.MissingPV,
+		"lvm-error-device-missing-": lvm.MissingDevice,
+	}
+	seen := map[lvm.Missing]bool{}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		head, stderr, _ := strings.Cut(string(b), "\n")
+		code, err := strconv.Atoi(strings.TrimPrefix(head, "exit "))
+		if err != nil {
+			t.Fatalf("%s: first line %q", f, head)
+		}
+		var exp lvm.Missing
+		for prefix, m := range want {
+			if strings.HasPrefix(filepath.Base(f), prefix) {
+				exp = m
+			}
+		}
+		got := lvm.MissingOf(&host.ExitError{Cmd: "lvm", Code: code, Stderr: strings.TrimSpace(stderr)})
+		if got != exp {
+			t.Errorf("%s (exit %d, %q): %s, want %s", f, code, stderr, got, exp)
+		}
+		seen[got] = true
+	}
+	for _, m := range want {
+		if !seen[m] {
+			t.Errorf("no captured message for a missing %s", m)
+		}
 	}
 }
