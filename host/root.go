@@ -155,6 +155,9 @@ func (r Root) EvalSymlinks(p string) (string, error) {
 	return r.Unroot(real), nil
 }
 
+// Symlink makes p a symlink to target (taken literally, e.g. "../../x").
+func (r Root) Symlink(target, p string) error { return os.Symlink(target, r.Path(p)) }
+
 // MkdirAll creates a directory tree.
 func (r Root) MkdirAll(p string, perm fs.FileMode) error { return os.MkdirAll(r.Path(p), perm) }
 

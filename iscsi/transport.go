@@ -144,6 +144,17 @@ func (t *Transport) Prepare(ctx context.Context, cfg map[string]string) (map[str
 		"add device-config:SCSIid=<one of them> (xe sr-probe-ext lists them with their sizes)", nil)
 }
 
+// DeviceID is the LUN's WWID: two SRs with the same SCSIid share the LUN,
+// its multipath map and its drop-in stanza, whatever their portals.
+func (t *Transport) DeviceID(cfg map[string]string) (string, error) {
+	w := normaliseWWID(strings.TrimSpace(cfg[keySCSIid]))
+	if w == "" || !wwidRE.MatchString(w) {
+		return "", host.Errorf(host.KindInvalid, "iscsi-ng", "device-config:SCSIid is missing or not a SCSI WWID",
+			"give the SCSIid of the LUN as xe sr-probe-ext lists it", nil)
+	}
+	return "wwid:" + strings.ToLower(w), nil
+}
+
 // Attach logs in to every path, finds the LUN's disks by WWID, makes sure
 // its multipath map exists with this SR's settings, and returns the map.
 func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (volume.Device, error) {
@@ -233,6 +244,15 @@ func (t *Transport) Detach(ctx context.Context, cfg map[string]string, others []
 	// Another call may have changed things while this one waited.
 	if v, err = t.view(op, c); err != nil {
 		return err
+	}
+	// The LUN of another attached SR (the same SCSIid) keeps its map,
+	// disks, stanza and sessions: they are that SR's device.
+	id, _ := t.DeviceID(cfg)
+	for _, o := range others {
+		if oid, err := t.DeviceID(o); err == nil && oid == id {
+			t.log.Warn("the LUN is in use by another attached SR; leaving it alone", zap.String("wwid", c.wwid))
+			return nil
+		}
 	}
 	sessions, ours, disks, m := v.sessions, v.ours, v.disks, v.m
 	if m != nil {

@@ -663,3 +663,44 @@ func TestIscsiadmExitCodes(t *testing.T) {
 		t.Errorf("exit 19: %+v", le)
 	}
 }
+
+// Another attached SR naming the same LUN (the same SCSIid, even through
+// other portals) keeps its map, disks, stanza and sessions.
+func TestDetachLeavesALUNAnotherSRNames(t *testing.T) {
+	f := newFakeHost(t)
+	tr := f.transport(nil)
+	attach(t, tr, baseConfig())
+	other := baseConfig()
+	other[keyTarget] = "127.0.0.2"
+	other[keySCSIid] = strings.ToUpper(testWWID)
+	if err := tr.Detach(context.Background(), baseConfig(), []map[string]string{other}); err != nil {
+		t.Fatal(err)
+	}
+	if f.sessionCount() != 2 || f.mapCount() != 1 {
+		t.Errorf("after detach: %d sessions, %d maps", f.sessionCount(), f.mapCount())
+	}
+	if _, ok := parseDropIn(f.read(DropInPath))[testWWID]; !ok {
+		t.Error("the stanza went")
+	}
+	for _, c := range f.commands("multipath") {
+		if strings.Contains(c, "-f") || strings.Contains(c, "-w") {
+			t.Errorf("ran %s on a LUN another SR uses", c)
+		}
+	}
+	if h, err := tr.Health(context.Background(), baseConfig()); err != nil || h.Live != 2 {
+		t.Errorf("the LUN lost paths: %+v %v", h, err)
+	}
+}
+
+func TestDeviceID(t *testing.T) {
+	tr := newFakeHost(t).transport(nil)
+	a, err := tr.DeviceID(baseConfig())
+	if err != nil || a != "wwid:"+strings.ToLower(testWWID) {
+		t.Fatalf("DeviceID = %q, %v", a, err)
+	}
+	cfg := baseConfig()
+	delete(cfg, keySCSIid)
+	if _, err := tr.DeviceID(cfg); host.KindOf(err) != host.KindInvalid {
+		t.Fatalf("without SCSIid: %v", err)
+	}
+}

@@ -107,3 +107,62 @@ func classify(op string, err error) error {
 	}
 	return host.Errorf(host.KindInternal, op, "LVM command failed", "", err)
 }
+
+// Missing says what a not-found failure of an LVM command found missing.
+// It decides whether "not found" may count as "already gone": only a
+// missing LV (LVM read the VG and it lacks the LV) proves that by itself;
+// a missing VG, PV or device is also what LVM says when it cannot read
+// the device at all (paths down, I/O errors), so the caller must prove
+// the device readable first.
+type Missing int
+
+// What a not-found failure names.
+const (
+	MissingNothing Missing = iota // not a not-found failure
+	MissingLV                     // the VG was read and has no such LV
+	MissingVG                     // no such VG among the devices LVM could read
+	MissingPV                     // the device was read and carries no PV label
+	MissingDevice                 // LVM has no such device (absent, unreadable or filtered)
+)
+
+func (m Missing) String() string {
+	return [...]string{"nothing", "logical volume", "volume group", "physical volume", "device"}[m]
+}
+
+// lvm2 reports not-found with exit code 5 (ECMD_FAILED); the message says
+// what is missing. The patterns, lower-cased, are the messages captured in
+// the lab (testdata/lvm-errors-*.txt) and those of lvm2 2.02. The model
+// is topolvm's IsLVMNotFound (internal/lvmd/command: exit code 5 and the
+// message together), which knows the VG and LV cases.
+var missingText = []struct {
+	m    Missing
+	text string
+}{
+	{MissingLV, "failed to find logical volume"},
+	{MissingVG, "volume group \""}, // Volume group "x" not found
+	{MissingPV, "no pv found on device"},
+	{MissingPV, "no pv label found on"},
+	{MissingPV, "failed to find physical volume"},
+	{MissingDevice, "no device found for"},
+	{MissingDevice, "couldn't find device"},
+	{MissingDevice, "device not found"},
+}
+
+// MissingOf classifies a failed LVM command by exit code and message
+// together. Anything else (another exit code, a timeout, a message it
+// does not know) is MissingNothing, which no caller may take as "gone".
+func MissingOf(err error) Missing {
+	var ee *host.ExitError
+	if !errors.As(err, &ee) || ee.Code != 5 {
+		return MissingNothing
+	}
+	msg := strings.ToLower(ee.Stderr)
+	for _, line := range strings.Split(msg, "\n") {
+		for _, p := range missingText {
+			if strings.Contains(line, p.text) && (p.m != MissingVG || strings.Contains(line, "not found")) {
+				return p.m
+			}
+		}
+	}
+	return MissingNothing
+}

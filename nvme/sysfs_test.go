@@ -157,6 +157,7 @@ func TestRealSysfsAttachAdoptsExistingPaths(t *testing.T) {
 		{realDegraded, "1 of 2 paths live: 127.0.0.2:4420 connecting"},
 	} {
 		k := fakeKernelOn(t, c.tree)
+		k.write("/dev/nvme0n1", "") // the capture has no /dev
 		cfg := realCfg()
 		cfg[KeyNamespace] = realNamespace
 		dev, err := k.transport(nil).Attach(context.Background(), cfg)
@@ -166,9 +167,13 @@ func TestRealSysfsAttachAdoptsExistingPaths(t *testing.T) {
 		if n := len(k.connects()); n != 0 {
 			t.Errorf("%s: %d connects for paths that exist", c.tree, n)
 		}
-		// The capture has no /dev, so there is no by-id link to prefer.
-		if dev.Path != "/dev/nvme0n1" || dev.Health.Detail != c.detail {
+		// No udev ran on the capture: sanvol makes the by-id link itself
+		// rather than hand on the kernel name.
+		if dev.Path != "/dev/disk/by-id/nvme-"+realNamespace || dev.Health.Detail != c.detail {
 			t.Errorf("%s: device %+v", c.tree, dev)
+		}
+		if target, err := k.root.EvalSymlinks(dev.Path); err != nil || target != "/dev/nvme0n1" {
+			t.Errorf("%s: %s -> %s, %v", c.tree, dev.Path, target, err)
 		}
 	}
 }

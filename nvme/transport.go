@@ -651,32 +651,82 @@ func (t *Transport) setIOPolicy(sub Subsystem, policy, op string) error {
 	return nil
 }
 
-// devicePath returns the path handed to LVM. /dev/disk/by-id/nvme-<wwid>
-// (udev's link from the kernel's wwid: nvme-uuid.<uuid> or
-// nvme-eui.<nguid>) names the namespace the same way on every host and
-// across reconnects; the head /dev/nvmeXnY is the fallback for hosts whose
-// udev makes no such link, and is still right for the life of this
-// attach because it is resolved from the namespace's identity each time.
-func (t *Transport) devicePath(ctx context.Context, ns Namespace) string {
-	head := "/dev/" + ns.Name
+// byIDDir holds udev's persistent links; nvme-<wwid> names a namespace
+// by the kernel's wwid attribute.
+const byIDDir = "/dev/disk/by-id"
+
+// devicePath returns the path handed to LVM and recorded by SR.attach:
+// /dev/disk/by-id/nvme-<wwid> (nvme-uuid.<uuid> or nvme-eui.<nguid>),
+// which names the namespace by its identity on every host, and never the
+// head /dev/nvmeXnY, which names whatever namespace the kernel gives that
+// number after a reconnect. udev makes the link (60-persistent-storage
+// rules, systemd 230 and later; the lab's Debian 12 guest has it). Where
+// it has not (an older udev, or a link left pointing at a head that is
+// gone), sanvol makes the same link to the head it found by identity, so
+// the path always exists and always leads to this namespace. The check
+// runs at every attach and before every use of an attach record
+// (ResolveDevice).
+func (t *Transport) devicePath(ctx context.Context, op string, ns Namespace) (string, error) {
 	if !strings.HasPrefix(ns.WWID, "uuid.") && !strings.HasPrefix(ns.WWID, "eui.") {
-		return head
+		return "", host.Errorf(host.KindUnsupported, op,
+			fmt.Sprintf("the kernel names namespace %d (/dev/%s) by %q, not by its UUID or NGUID, so it has no stable path", ns.NSID, ns.Name, ns.WWID),
+			"give the namespace a UUID or NGUID on the target (Linux nvmet: namespaces/N/device_uuid or device_nguid)", nil)
 	}
-	link := "/dev/disk/by-id/nvme-" + ns.WWID
+	head := "/dev/" + ns.Name
+	link := byIDDir + "/nvme-" + ns.WWID
 	check := func() bool {
 		target, err := t.root.EvalSymlinks(link)
 		return err == nil && target == head
 	}
 	if check() {
-		return link
+		return link, nil
 	}
 	// udev may still be handling the new disk's uevent.
 	_, _ = t.run.Run(ctx, host.Cmd{Name: "udevadm", Args: []string{"settle", "--timeout=5"}, Timeout: 7 * time.Second})
 	if check() {
-		return link
+		return link, nil
 	}
-	t.log.Info("no by-id link for the namespace; using the head device", zapStr("link", link), zapStr("device", head))
-	return head
+	if err := t.root.Remove(link); err == nil {
+		_ = t.root.MkdirAll(byIDDir, 0o755)
+		err = t.root.Symlink("../../"+ns.Name, link)
+		if err == nil && check() {
+			t.log.Info("udev made no by-id link for the namespace; made it", zapStr("link", link), zapStr("device", head))
+			return link, nil
+		}
+	}
+	return "", host.Errorf(host.KindInternal, op, fmt.Sprintf("cannot make %s point at %s", link, head),
+		"check that /dev/disk/by-id is writable and that udev runs (udevadm settle; ls -l /dev/disk/by-id)", nil)
+}
+
+// ResolveDevice checks the device an attach record names before a call
+// uses it, and returns the path to use: the by-id link of the namespace
+// the configuration names, made to point at it (devicePath). A record of
+// an older sanvol that holds a head name (/dev/nvmeXnY) is thereby
+// migrated. When the namespace is not on this host (every path lost for
+// longer than ctrl_loss_tmo), a by-id path is returned as recorded, for
+// LVM to find nothing behind; a head name is refused, since the kernel
+// may have given it to another namespace.
+func (t *Transport) ResolveDevice(ctx context.Context, cfg map[string]string, recorded string) (string, error) {
+	const op = "nvmetcp: check the SR's device"
+	c, err := parseConfig(ctx, cfg, parseOpts{needNQN: true})
+	if err != nil {
+		return "", err
+	}
+	if !c.Namespace.IsZero() {
+		if sub, found, err := t.sys.subsystemByNQN(c.NQN); err == nil && found {
+			for _, h := range sub.Heads {
+				if ns := t.sys.namespace(h); ns.Matches(c.Namespace) {
+					return t.devicePath(ctx, op, ns)
+				}
+			}
+		}
+	}
+	if strings.HasPrefix(recorded, byIDDir+"/") {
+		return recorded, nil
+	}
+	return "", host.Errorf(host.KindUnreachable, op,
+		fmt.Sprintf("namespace %s of subsystem %s is not present on this host, and the attach record names the kernel device %s, which may now be another namespace", c.Namespace, c.NQN, recorded),
+		"check the paths (nvme list-subsys) and the target; once the namespace is back, retry (sanvol then records its /dev/disk/by-id path)", nil)
 }
 
 // ---------------------------------------------------------------------
@@ -708,6 +758,22 @@ func (t *Transport) Prepare(ctx context.Context, cfg map[string]string) (map[str
 	return map[string]string{KeyNamespace: id}, nil
 }
 
+// DeviceID is the subsystem NQN with the namespace's identifier (the
+// stable id SR.create records, or an NSID if that is what the
+// configuration gives).
+func (t *Transport) DeviceID(cfg map[string]string) (string, error) {
+	nqn := strings.TrimSpace(cfg[KeyNQN])
+	ns, err := ParseNamespaceID(cfg[KeyNamespace])
+	if err != nil || nqn == "" || ns.IsZero() {
+		return "", host.Errorf(host.KindInvalid, "nvmetcp", "device-config lacks nqn or namespace",
+			"give device-config:nqn and device-config:namespace as SR.create recorded them (xe pbd-param-list)", err)
+	}
+	if ns.NSID != 0 {
+		return fmt.Sprintf("%s/nsid:%d", nqn, ns.NSID), nil
+	}
+	return nqn + "/" + ns.Hex, nil
+}
+
 // Attach connects every portal, finds the namespace, sets the iopolicy
 // and returns the device.
 func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (volume.Device, error) {
@@ -729,10 +795,15 @@ func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (volume.D
 		t.rollback(ctx, s)
 		return volume.Device{}, err
 	}
+	path, err := t.devicePath(ctx, op, ns)
+	if err != nil {
+		t.rollback(ctx, s)
+		return volume.Device{}, err
+	}
 	defer s.done()
 	ctrls, _ := t.sys.controllers()
 	h := pathHealth(s.cfg, s.id, ctrls, s.failures)
-	dev := volume.Device{Path: t.devicePath(ctx, ns), Health: h}
+	dev := volume.Device{Path: path, Health: h}
 	t.log.Info("attached", zapStr("nqn", c.NQN), zapStr("device", dev.Path), zapStr("health", h.Detail), zap.Duration("elapsed", time.Since(start)))
 	return dev, nil
 }
@@ -1100,7 +1171,13 @@ func (t *Transport) probeSubsystem(ctx context.Context, c Config, ps *probeSubsy
 			e["error"] = "namespace has no NGUID, EUI-64 or UUID; give it one on the target"
 		}
 		if inspect != nil {
-			found, err := inspect(ctx, t.devicePath(ctx, ns))
+			// Probe only reads, and a namespace without a stable id is
+			// inspected through its head for this call alone.
+			dev, err := t.devicePath(ctx, "SR.probe: nvmetcp", ns)
+			if err != nil {
+				dev = "/dev/" + ns.Name
+			}
+			found, err := inspect(ctx, dev)
 			switch {
 			case err != nil:
 				e["inspect-error"] = err.Error()

@@ -381,15 +381,62 @@ func TestNamespaceSelection(t *testing.T) {
 	}
 }
 
-func TestAttachWithoutByIDLinkUsesHead(t *testing.T) {
+// A namespace the kernel names by vendor and serial (no UUID, NGUID or
+// EUI-64) has no stable path: the attach is refused and rolled back
+// rather than recording /dev/nvme0n1, which may name another namespace
+// after a reconnect.
+func TestAttachRefusesANamespaceWithoutStablePath(t *testing.T) {
 	k := newFakeKernel(t)
 	k.targets[testNQN] = []fakeNS{{nsid: 1, wwid: "nvme.1b36-3132-51454d55-00000001", size: 2048}}
-	dev, err := k.transport(nil).Attach(context.Background(), baseCfg())
+	cfg := baseCfg()
+	cfg[KeyNamespace] = "1"
+	_, err := k.transport(nil).Attach(context.Background(), cfg)
+	if !errors.Is(err, host.ErrUnsupported) || !strings.Contains(err.Error(), "device_uuid") {
+		t.Fatalf("err = %v", err)
+	}
+	if n := len(k.controllerNames()); n != 0 {
+		t.Errorf("%d controllers left", n)
+	}
+}
+
+// Before every use of an attach record the device is re-resolved from the
+// namespace's identity: a head name recorded by an older sanvol becomes
+// the by-id link, and a by-id link that points at another head (made by
+// sanvol, then the kernel reused the head's name) is re-pointed.
+func TestResolveDeviceMigratesAndRepairs(t *testing.T) {
+	k := newFakeKernel(t)
+	tr := k.transport(nil)
+	cfg := baseCfg()
+	cfg[KeyNamespace] = "uuid." + testUUID
+	dev, err := tr.Attach(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if dev.Path != "/dev/nvme0n1" {
-		t.Errorf("path = %s", dev.Path)
+	got, err := tr.ResolveDevice(context.Background(), cfg, "/dev/nvme0n1")
+	if err != nil || got != dev.Path {
+		t.Fatalf("migrating /dev/nvme0n1: %q, %v; want %s", got, err, dev.Path)
+	}
+	k.write("/dev/nvme0n9", "")
+	if err := k.root.Remove(dev.Path); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.root.Symlink("../../nvme0n9", dev.Path); err != nil {
+		t.Fatal(err)
+	}
+	got, err = tr.ResolveDevice(context.Background(), cfg, dev.Path)
+	if target, _ := k.root.EvalSymlinks(got); err != nil || got != dev.Path || target != "/dev/nvme0n1" {
+		t.Fatalf("stale link: %q -> %q, %v", got, target, err)
+	}
+	// Every path gone: a by-id path stays (LVM will find nothing behind
+	// it); a head name is refused.
+	if err := tr.Detach(context.Background(), cfg, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := tr.ResolveDevice(context.Background(), cfg, dev.Path); err != nil || got != dev.Path {
+		t.Fatalf("namespace gone, by-id record: %q, %v", got, err)
+	}
+	if _, err := tr.ResolveDevice(context.Background(), cfg, "/dev/nvme0n1"); !errors.Is(err, host.ErrUnreachable) {
+		t.Fatalf("namespace gone, head record: %v", err)
 	}
 }
 
@@ -450,5 +497,29 @@ func TestAttachDoesNotWaitForStuckConnects(t *testing.T) {
 	}
 	if !errors.Is(err, host.ErrUnreachable) || !strings.Contains(err.Error(), "no answer from portal 127.0.0.1:4420 within 200ms") {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// The same namespace written in any accepted form is one device; another
+// namespace of the same subsystem is another.
+func TestDeviceID(t *testing.T) {
+	tr := newFakeKernel(t).transport(nil)
+	id := func(ns string) string {
+		cfg := baseCfg()
+		cfg[KeyNamespace] = ns
+		s, err := tr.DeviceID(cfg)
+		if err != nil {
+			t.Fatalf("%s: %v", ns, err)
+		}
+		return s
+	}
+	if a, b := id("uuid."+testUUID), id(strings.ToUpper(testUUID)); a != b {
+		t.Errorf("%s != %s", a, b)
+	}
+	if a, b := id("1"), id("2"); a == b {
+		t.Errorf("nsid 1 and 2: both %s", a)
+	}
+	if _, err := tr.DeviceID(baseCfg()); !errors.Is(err, host.ErrInvalid) {
+		t.Errorf("without namespace: %v", err)
 	}
 }

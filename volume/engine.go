@@ -211,8 +211,18 @@ func (e *Engine) scope(dev string) lvm.Scope {
 	return s
 }
 
-// attached loads the attach record behind an SR handle.
+// attached loads the attach record behind an SR handle, with its device
+// checked to be the SR's device now (resolved).
 func (e *Engine) attached(sr string) (Attached, error) {
+	a, err := e.attachRecord(sr)
+	if err != nil {
+		return a, err
+	}
+	return e.resolved(a)
+}
+
+// attachRecord loads the attach record behind an SR handle as written.
+func (e *Engine) attachRecord(sr string) (Attached, error) {
 	typ, uuid, err := ParseHandle(sr)
 	if err != nil {
 		return Attached{}, err

@@ -44,6 +44,12 @@ func (f *fakeTransport) ConfigKeys() map[string]string { return map[string]strin
 func (f *fakeTransport) Prepare(ctx context.Context, cfg map[string]string) (map[string]string, error) {
 	return map[string]string{"nguid": "0011223344556677"}, nil
 }
+func (f *fakeTransport) DeviceID(cfg map[string]string) (string, error) {
+	if cfg["nguid"] == "" {
+		return "", errors.New("no nguid")
+	}
+	return "nguid:" + cfg["nguid"], nil
+}
 func (f *fakeTransport) Attach(ctx context.Context, cfg map[string]string) (volume.Device, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -95,8 +101,17 @@ func newEnv(t *testing.T, role host.Role) *env {
 }
 
 func (v *env) engine(role host.Role) *volume.Engine {
+	return v.engineOf(role, v.tr)
+}
+
+// engineWith is a master's engine on another transport (a wrapper of v.tr).
+func (v *env) engineWith(tr volume.Transport) *volume.Engine {
+	return v.engineOf(host.Role{Master: true}, tr)
+}
+
+func (v *env) engineOf(role host.Role, tr volume.Transport) *volume.Engine {
 	e, err := volume.New(volume.Options{
-		LVM: lvm.New(v.sim, nil), Transport: v.tr, Runner: v.sim, Locker: host.FileLocker{Root: v.root}, Root: v.root,
+		LVM: lvm.New(v.sim, nil), Transport: tr, Runner: v.sim, Locker: host.FileLocker{Root: v.root}, Root: v.root,
 		Role: role, Version: "test-1.0", HostID: testHost,
 		Fault: func(step string) {
 			v.mu.Lock()
@@ -240,7 +255,10 @@ func TestSRCreateRefusesData(t *testing.T) {
 
 func TestSRCreateRefusesAnotherSR(t *testing.T) {
 	v := newEnv(t, host.Role{Master: true})
-	v.createSR()
+	sr := v.createSR()
+	// Detached: the device is free, and SR.create finds the other SR on it
+	// (attached, it is refused before anything: TestCreateRefusesAHeldDevice).
+	must(t, v.e.SRDetach(context.Background(), sr))
 	_, err := v.e.SRCreate(context.Background(), "11111111-2222-3333-4444-555555555555", map[string]string{}, "n", "d")
 	if !errors.Is(err, host.ErrExists) {
 		t.Fatalf("err = %v", err)
@@ -326,6 +344,9 @@ func TestAttachFindsTheVGByItsUUIDTag(t *testing.T) {
 	}
 	cfg := maps.Clone(a.Configuration)
 	cfg["sr_uuid"] = "11111111-2222-3333-4444-555555555555"
+	// The device is the attached SR's: another SR's attach is refused
+	// before the transport touches it (TestAttachRefusesAHeldDevice).
+	must(t, v.e.SRDetach(context.Background(), sr))
 	before := v.tr.detaches
 	if _, err := v.e.SRAttach(context.Background(), cfg); !errors.Is(err, host.ErrNotFound) {
 		t.Fatalf("attach of an SR that is not there: %v", err)

@@ -58,20 +58,6 @@ func (e *Engine) findSR(ctx context.Context, s lvm.Scope, uuid string) (*srInfo,
 	return nil, nil
 }
 
-func (e *Engine) otherConfigs(uuid string) ([]map[string]string, error) {
-	all, err := ListAttached(e.root)
-	if err != nil {
-		return nil, err
-	}
-	var others []map[string]string
-	for _, a := range all {
-		if a.UUID != uuid {
-			others = append(others, a.Configuration)
-		}
-	}
-	return others, nil
-}
-
 // SRCreate makes a new SR on the LUN or namespace the configuration names
 // and returns the configuration every host's SR.attach will get: the
 // input, the transport's stable identity of the device, and sr_uuid.
@@ -110,6 +96,20 @@ func (e *Engine) SRCreate(ctx context.Context, uuid string, cfg map[string]strin
 	}
 	defer unlock()
 
+	held, err := e.refuseHeld(op, uuid, out)
+	if err != nil {
+		return nil, err
+	}
+	if held != nil {
+		// SR.create repeated for an SR attached here: its device is in
+		// use, so only check that it holds the SR.
+		return out, e.createdOn(ctx, op, *held)
+	}
+	if a, err := LoadAttached(e.root, uuid); err == nil {
+		return nil, host.Errorf(host.KindExists, op,
+			fmt.Sprintf("SR %s is already attached on this host, on %s; the configuration names another device", uuid, a.Device),
+			"SR.create is not repeated with another LUN/namespace; create the new SR with a new uuid", nil)
+	}
 	dev, err := e.t.Attach(ctx, out)
 	if err != nil {
 		return nil, err
@@ -117,16 +117,25 @@ func (e *Engine) SRCreate(ctx context.Context, uuid string, cfg map[string]strin
 	e.step(StepSRCreateAttach)
 	err = e.createOn(ctx, uuid, dev.Path, name, description, force)
 	// The SR is not attached until PBD.plug: release what Attach made.
-	if others, lerr := e.otherConfigs(uuid); lerr != nil {
-		e.log.Warn("cannot list attached SRs; leaving the device connected", zap.Error(lerr))
-	} else if derr := e.t.Detach(ctx, out, others); derr != nil {
-		e.log.Warn("could not release the device after SR.create", zap.String("sr", uuid), zap.Error(derr))
-	}
+	e.release(ctx, uuid, out)
 	if err != nil {
 		return nil, err
 	}
 	e.log.Info("SR created", zap.String("sr", uuid), zap.String("device", dev.Path))
 	return out, nil
+}
+
+// createdOn checks that the device of the attached SR a holds it.
+func (e *Engine) createdOn(ctx context.Context, op string, a Attached) error {
+	info, err := e.findSR(ctx, e.scope(a.Device), a.UUID)
+	if err != nil {
+		return err
+	}
+	if info == nil {
+		return host.Errorf(host.KindNotFound, op, fmt.Sprintf("SR %s is attached on this host but its VG is not on %s", a.UUID, a.Device),
+			"unplug and plug the SR's PBD on this host (xe pbd-unplug/pbd-plug), then retry", nil)
+	}
+	return nil
 }
 
 func (e *Engine) createOn(ctx context.Context, uuid, dev, name, description string, force bool) error {
@@ -199,6 +208,9 @@ func (e *Engine) SRAttach(ctx context.Context, cfg map[string]string) (string, e
 		return "", err
 	}
 	defer unlock()
+	if _, err := e.refuseHeld(op, uuid, cfg); err != nil {
+		return "", err
+	}
 	dev, err := e.t.Attach(ctx, cfg)
 	if err != nil {
 		return "", err
@@ -213,11 +225,7 @@ func (e *Engine) SRAttach(ctx context.Context, cfg map[string]string) (string, e
 	if err != nil {
 		// xapi records no attach after a failed plug and will not call
 		// SR.detach: release the connection now.
-		if others, lerr := e.otherConfigs(uuid); lerr == nil {
-			if derr := e.t.Detach(ctx, cfg, others); derr != nil {
-				e.log.Warn("could not release the device after a failed attach", zap.String("sr", uuid), zap.Error(derr))
-			}
-		}
+		e.release(ctx, uuid, cfg)
 		return "", err
 	}
 	a := Attached{Type: e.t.Type(), UUID: uuid, Configuration: cfg, Device: dev.Path,
@@ -240,7 +248,8 @@ func (e *Engine) SRAttach(ctx context.Context, cfg map[string]string) (string, e
 // refuses while a volume of the SR is active here.
 func (e *Engine) SRDetach(ctx context.Context, sr string) error {
 	const op = "SR.detach"
-	a, err := e.attached(sr)
+	// The device is not used: a detach works with the storage gone.
+	a, err := e.attachRecord(sr)
 	if host.KindOf(err) == host.KindNotAttached {
 		return nil
 	}
@@ -265,11 +274,13 @@ func (e *Engine) detach(ctx context.Context, op string, a Attached, step string)
 			fmt.Sprintf("%d volume(s) of SR %s are active on this host: %s", len(active), a.UUID, strings.Join(active, ", ")),
 			"shut down or migrate the VMs using them and unplug their VBDs first", nil)
 	}
-	others, err := e.otherConfigs(a.UUID)
+	others, holder, err := e.attachedBesides(a.UUID, a.Configuration, false)
 	if err != nil {
 		return err
 	}
-	if err := e.t.Detach(ctx, a.Configuration, others); err != nil {
+	if holder != "" {
+		e.log.Warn("the device is also named by another attached SR; leaving it connected", zap.String("sr", a.UUID), zap.String("holder", holder))
+	} else if err := e.t.Detach(ctx, a.Configuration, others); err != nil {
 		return err
 	}
 	e.step(step)
@@ -294,6 +305,11 @@ func (e *Engine) SRDestroy(ctx context.Context, sr string) error {
 	vgGone := errors.Is(err, host.ErrNotFound)
 	if err != nil && !vgGone {
 		return err
+	}
+	if vgGone {
+		if err := e.provenGone(ctx, op, a, s, err); err != nil {
+			return err
+		}
 	}
 	if !vgGone {
 		var keys []string
@@ -324,11 +340,19 @@ func (e *Engine) SRDestroy(ctx context.Context, sr string) error {
 		e.step(StepSRDestroyGC)
 		if err := e.lvm.VGRemove(ctx, s, a.VG); err != nil && !errors.Is(err, host.ErrNotFound) {
 			return err
+		} else if err != nil {
+			if err := e.provenGone(ctx, op, a, s, err); err != nil {
+				return err
+			}
 		}
 		e.step(StepSRDestroyVGRemove)
 	}
 	if err := e.lvm.PVRemove(ctx, s, a.Device); err != nil && !errors.Is(err, host.ErrNotFound) {
 		return err
+	} else if err != nil {
+		if err := e.provenGone(ctx, op, a, s, err); err != nil {
+			return err
+		}
 	}
 	e.step(StepSRDestroyPVRemove)
 	if err := e.detach(ctx, op, a, StepSRDestroyDetach); err != nil {

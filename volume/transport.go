@@ -19,14 +19,21 @@ type Transport interface {
 	// identity of the LUN or namespace (WWID, NGUID/UUID), never a device
 	// name. It may connect to look the identity up.
 	Prepare(ctx context.Context, cfg map[string]string) (map[string]string, error)
+	// DeviceID is the stable identity of the LUN or namespace a complete
+	// configuration names (WWID; NQN and namespace identifier), read from
+	// the configuration alone, without touching the host. Two
+	// configurations with the same DeviceID name the same device; the
+	// engine uses it to keep one SR's calls off another SR's device.
+	DeviceID(cfg map[string]string) (string, error)
 	// Attach connects every path, idempotently, and returns the SR's
 	// block device on this host. Partial success is success: the Device
 	// then reports fewer live paths.
 	Attach(ctx context.Context, cfg map[string]string) (Device, error)
 	// Detach releases what Attach made, leaving alone anything that one
 	// of the other SRs attached on this host (their device-configs are in
-	// others) still uses. The engine has already checked that no volume
-	// of this SR is active. Repeating it succeeds.
+	// others) still uses: a device another SR names is never flushed,
+	// deleted or disconnected. The engine has already checked that no
+	// volume of this SR is active. Repeating it succeeds.
 	Detach(ctx context.Context, cfg map[string]string, others []map[string]string) error
 	// Health reports the state of every path.
 	Health(ctx context.Context, cfg map[string]string) (Health, error)
@@ -36,6 +43,14 @@ type Transport interface {
 	Probe(ctx context.Context, cfg map[string]string, inspect Inspector) ([]Candidate, error)
 	// Diagnostics describes the transport's state on this host as text.
 	Diagnostics(ctx context.Context) string
+}
+
+// DeviceResolver is implemented by a transport whose recorded device
+// path must be checked before each use: ResolveDevice returns the path
+// that names, now, the device the configuration names (nvmetcp: the
+// by-id link of the namespace, re-pointed or migrated from a kernel name).
+type DeviceResolver interface {
+	ResolveDevice(ctx context.Context, cfg map[string]string, recorded string) (string, error)
 }
 
 // Device is the SR's block device on this host.

@@ -212,9 +212,10 @@ func (e *Engine) VolumeDestroy(ctx context.Context, sr, key string) error {
 		return err
 	}
 	defer unlock()
-	err = e.lvm.LVRemove(ctx, e.scope(a.Device), a.VG, lvName(key))
+	s := e.scope(a.Device)
+	err = e.lvm.LVRemove(ctx, s, a.VG, lvName(key))
 	if errors.Is(err, host.ErrNotFound) {
-		return nil
+		return e.provenGone(ctx, op, a, s, err)
 	}
 	if errors.Is(err, host.ErrBusy) {
 		return host.Errorf(host.KindBusy, op, fmt.Sprintf("volume %s is in use on the pool master", key),

@@ -34,6 +34,17 @@ type Sim struct {
 	vg     *simVG
 	// Ops counts commands by program/subcommand.
 	Ops map[string]int
+	// offline: every path to the device is down, as SetOffline says.
+	offline bool
+}
+
+// SetOffline cuts (true) or restores (false) every path to the device:
+// offline, nothing reads it (blkid and dd fail) and LVM sees no device,
+// so it reports its VG "not found" while the data stays intact.
+func (s *Sim) SetOffline(off bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.offline = off
 }
 
 type simPV struct {
@@ -181,8 +192,17 @@ func fail(format string, a ...any) Reply {
 
 func (s *Sim) do(c host.Cmd) Reply {
 	switch c.Name {
+	case "dd":
+		s.Ops["dd"]++
+		if s.offline || !slices.Contains(c.Args, "if="+s.Device) {
+			return Reply{Code: 1, Stderr: "dd: failed to open the input: No such device or address"}
+		}
+		return Reply{Stderr: "1+0 records in\n1+0 records out"}
 	case "blkid":
 		s.Ops["blkid"]++
+		if s.offline {
+			return Reply{Code: 2}
+		}
 		var lines []string
 		if s.pv != nil {
 			lines = append(lines, "TYPE=LVM2_member")
@@ -214,7 +234,7 @@ func (s *Sim) do(c host.Cmd) Reply {
 	} else {
 		return fail("lvmtest: %s without -qq --config", sub)
 	}
-	visible := strings.Contains(cfg, "^"+s.Device+"$")
+	visible := strings.Contains(cfg, "^"+s.Device+"$") && !s.offline
 	readOnly := strings.Contains(cfg, "metadata_read_only=1")
 	args := Args(c)
 	last := ""

@@ -8,9 +8,11 @@ package e2e
 // testdata. Each file name carries the tool (or kernel) version.
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -18,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"sanvol/lvm"
 	"sanvol/tests/labtarget"
 )
 
@@ -58,6 +61,37 @@ func (c *capturer) save(pkg, file, content, how string) {
 		c.t.Fatal(err)
 	}
 	c.index[pkg] = append(c.index[pkg], file+": "+how)
+}
+
+// lvmFails runs an LVM command that must fail, the way sanvol runs it
+// (lvm <sub> -qq --config <scope of dev>), and saves its exit status and
+// stderr as lvm/<file>: "exit N" on the first line, then stderr verbatim.
+// These are the messages lvm.MissingOf classifies.
+func (c *capturer) lvmFails(file, dev, sub string, args ...string) {
+	c.t.Helper()
+	s := lvm.Scope{Devices: []string{dev}}
+	if real, err := filepath.EvalSymlinks(dev); err == nil && real != dev {
+		s.Devices = append(s.Devices, real)
+	}
+	v, err := lvm.ParseVersion(mustRun(c.t, "lvm", "version"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	cfg, err := lvm.BuildConfig(v, s)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	argv := append([]string{sub, "-qq", "--config", cfg}, args...)
+	cmd := exec.Command("lvm", argv...)
+	cmd.Env = append(os.Environ(), "LC_ALL=C")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	err = cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) {
+		c.t.Fatalf("lvm %s %v: %v, want a failure", sub, args, err)
+	}
+	c.save("lvm", file, fmt.Sprintf("exit %d\n%s", ee.ExitCode(), stderr.String()), "lvm "+quoteArgs(append([]string{sub, "-qq", "--config", "<scope of " + dev + ">"}, args...)))
 }
 
 // writeIndex lists how every fixture was made, next to the fixtures.
@@ -273,6 +307,15 @@ func TestCaptureFixtures(t *testing.T) {
 	c.cmd("lvm", "lvs-"+lv+".json", "lvs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o", "+lv_tags,lv_uuid,lv_active,lv_path,lv_dm_path")
 	c.cmd("lvm", "pvs-"+lv+".json", "pvs", "--reportformat", "json", "--units", "b", "--nosuffix", "-o", "+pv_uuid,dev_size,pv_mda_size,pv_mda_free")
 	c.snapshot("lvm", "sysfs-"+kernel, []string{"/sys/devices/virtual/block/dm-"}, "/sys/block/dm-*")
+	// What LVM says when something is missing (lvm.MissingOf): a VG and
+	// an LV that are not there on a readable device, a device that does
+	// not exist.
+	c.lvmFails("lvm-error-vg-missing-"+lv+".txt", ndev, "lvs", "VG_sanvol-5f1c2a9e-1111-4c3b-9c1e-2f0d3a4b5c6d")
+	c.lvmFails("lvm-error-vg-missing-remove-"+lv+".txt", ndev, "lvremove", "VG_sanvol-5f1c2a9e-1111-4c3b-9c1e-2f0d3a4b5c6d/v-0b6f3d2a-2222-4e0f-8a11-7c9d5e3f1a2b")
+	c.lvmFails("lvm-error-lv-missing-"+lv+".txt", ndev, "lvremove", "capnvme/v-0b6f3d2a-2222-4e0f-8a11-7c9d5e3f1a2b")
+	gone := "/dev/disk/by-id/nvme-uuid.00000000-0000-4000-8000-00000000dead"
+	c.lvmFails("lvm-error-device-missing-pvremove-"+lv+".txt", gone, "pvremove", gone)
+	c.lvmFails("lvm-error-vg-missing-nodevice-"+lv+".txt", gone, "lvs", "capnvme")
 
 	// One path down on each stack: the NVMe controller on 127.0.0.2 goes
 	// "connecting"; the iSCSI session there goes FAILED and multipath
@@ -309,5 +352,11 @@ func TestCaptureFixtures(t *testing.T) {
 		n, m := liveCount(nvmeCtrls(nt.NQN)), activePaths(multipathPaths(it.WWID()))
 		return n == 2 && m == 2, fmt.Sprintf("nvme %d live, multipath %d active", n, m)
 	})
+	// A readable device whose PV label is gone (what a repeated SR.destroy
+	// sees after pvremove).
+	mustRun(t, "vgremove", "-ff", "-y", "capnvme")
+	mustRun(t, "pvremove", "-ff", "-y", ndev)
+	c.lvmFails("lvm-error-pv-missing-"+lv+".txt", ndev, "pvremove", ndev)
+	c.lvmFails("lvm-error-vg-missing-nopv-"+lv+".txt", ndev, "vgremove", "capnvme")
 	c.writeIndex(kernel)
 }

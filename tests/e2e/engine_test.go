@@ -42,6 +42,9 @@ func (l *labTransport) ConfigKeys() map[string]string {
 func (l *labTransport) Prepare(context.Context, map[string]string) (map[string]string, error) {
 	return map[string]string{"device": l.dev}, nil
 }
+func (l *labTransport) DeviceID(cfg map[string]string) (string, error) {
+	return "device:" + cfg["device"], nil
+}
 func (l *labTransport) Attach(context.Context, map[string]string) (volume.Device, error) {
 	return volume.Device{Path: l.dev, Health: l.health}, nil
 }
