@@ -147,6 +147,7 @@ func TestISCSILifecycle(t *testing.T) {
 		t.Fatalf("map %s: slaves %v (exists %t)", scsiID, slaves, ok)
 	}
 	l.wantHealth(t, "Healthy", func(h schema.Health) bool { return h.State == schema.Healthy })
+	scanKeepsPassing(t, l.ctx, l.sr, scsiID, "[2, 2]")
 
 	var vols []schema.Volume
 	for i, size := range []int64{64 << 20, 8 << 20, 8 << 20} {
@@ -170,19 +171,24 @@ func TestISCSILifecycle(t *testing.T) {
 			t.Fatal(err)
 		}
 		cut := time.Now()
-		h := l.wantHealth(t, "Recovering, 1 of 2 paths down", func(h schema.Health) bool {
-			return h.State == schema.Recovering && strings.HasPrefix(h.Message, "1 of 2 paths down")
+		// Degraded is Healthy: xapi scans only Healthy SRs.
+		h := l.wantHealth(t, "Healthy, 1 of 2 paths down", func(h schema.Health) bool {
+			return h.State == schema.Healthy && strings.HasPrefix(h.Message, "1 of 2 paths down")
 		})
 		t.Logf("%s after %s: %s", h.State, time.Since(cut).Round(100*time.Millisecond), h.Message)
 		if !strings.Contains(h.Message, labtarget.Addr2+":3260") {
 			t.Errorf("health %q does not name the portal that went", h.Message)
 		}
+		scanKeepsPassing(t, l.ctx, l.sr, scsiID, "[1, 2]")
 		load.waitWrites(t, 16, 2*time.Minute)
 		if err := tg.EnablePortal(labtarget.Addr2); err != nil {
 			t.Fatal(err)
 		}
 		back := time.Now()
-		h = l.wantHealth(t, "Healthy", func(h schema.Health) bool { return h.State == schema.Healthy })
+		h = l.wantHealth(t, "Healthy, 2 of 2 paths live", func(h schema.Health) bool {
+			return h.State == schema.Healthy && strings.HasPrefix(h.Message, "2 of 2 paths live")
+		})
+		scanKeepsPassing(t, l.ctx, l.sr, scsiID, "[2, 2]")
 		t.Logf("Healthy %s after the portal came back: %q", time.Since(back).Round(100*time.Millisecond), h.Message)
 		load.waitWrites(t, 8, time.Minute)
 		st := load.Stop()
@@ -246,6 +252,7 @@ func TestISCSILifecycle(t *testing.T) {
 	if err := l.sr.Unplug(l.ctx); err != nil {
 		t.Fatal(err)
 	}
+	wantNoPathKeys(t, l.sr, scsiID)
 	if s := sessionsOf(tg.IQN); len(s) != 0 {
 		t.Errorf("sessions after pbd-unplug: %+v", s)
 	}
