@@ -74,6 +74,15 @@ func (c *Call) pathKeys() *pathKeys {
 
 func pathFile(uuid string) string { return PathStateDir + "/" + uuid + ".json" }
 
+// lock serialises the SR's record and XenAPI writes: the newer daemon
+// runs calls in parallel, and two SR.stat each doing remove-then-add of
+// the same key would collide in MAP_DUPLICATE_KEY.
+func (p *pathKeys) lock(ctx context.Context, uuid string) (func(), error) {
+	lctx, cancel := context.WithTimeout(ctx, 2*xenAPITimeout)
+	defer cancel()
+	return host.FileLocker{Root: p.root}.Lock(lctx, "paths-"+uuid)
+}
+
 func (p *pathKeys) load(uuid string) (pathRecord, bool) {
 	var r pathRecord
 	b, err := p.root.ReadFile(pathFile(uuid))
@@ -103,6 +112,19 @@ func mpathValue(h volume.Health) string { return fmt.Sprintf("[%d, %d]", h.Live,
 // (always when force, i.e. at SR.attach). It never fails: the storage
 // call goes on whatever XenAPI answers.
 func (p *pathKeys) publish(ctx context.Context, uuid string, h volume.Health, force bool) pathRecord {
+	if h.Total == 0 {
+		// No path view (the transport could not read it): nothing to
+		// publish or compare.
+		rec, _ := p.load(uuid)
+		return rec
+	}
+	unlock, err := p.lock(ctx, uuid)
+	if err != nil {
+		p.log.Warn("path counts not published this time", zap.String("sr", uuid), zap.Error(err))
+		rec, _ := p.load(uuid)
+		return rec
+	}
+	defer unlock()
 	old, had := p.load(uuid)
 	rec := old
 	rec.ID, rec.Live, rec.Total = h.ID, h.Live, h.Total
@@ -141,6 +163,12 @@ func (p *pathKeys) publish(ctx context.Context, uuid string, h volume.Health, fo
 
 // unpublish removes the keys from this host's PBD and forgets the SR.
 func (p *pathKeys) unpublish(ctx context.Context, uuid string) {
+	unlock, err := p.lock(ctx, uuid)
+	if err != nil {
+		p.log.Warn("path counts not removed from the PBD", zap.String("sr", uuid), zap.Error(err))
+		return
+	}
+	defer unlock()
 	rec, had := p.load(uuid)
 	if had && rec.ID != "" && p.xapi != nil {
 		xctx, cancel := context.WithTimeout(ctx, xenAPITimeout)
@@ -153,6 +181,18 @@ func (p *pathKeys) unpublish(ctx context.Context, uuid string) {
 	if err := p.root.Remove(pathFile(uuid)); err != nil {
 		p.log.Warn("cannot remove the SR's path record", zap.String("sr", uuid), zap.Error(err))
 	}
+}
+
+// rememberSizes keeps the last sizes for an SR.stat that cannot read them.
+func (p *pathKeys) rememberSizes(ctx context.Context, st volume.SRStat) {
+	unlock, err := p.lock(ctx, st.UUID)
+	if err != nil {
+		return
+	}
+	defer unlock()
+	rec, _ := p.load(st.UUID)
+	rec.Name, rec.Description, rec.TotalSpace, rec.FreeSpace = st.Name, st.Description, st.TotalSpace, st.FreeSpace
+	p.save(st.UUID, rec)
 }
 
 // publishPaths writes the path counts of a freshly attached SR.
@@ -216,8 +256,7 @@ func (p *pathKeys) srStat(ctx context.Context, st volume.SRStat) (schema.SRStat,
 	rec := p.publish(ctx, st.UUID, st.Paths, false)
 	if st.Health != volume.Unreachable {
 		if rec.Name != st.Name || rec.Description != st.Description || rec.TotalSpace != st.TotalSpace || rec.FreeSpace != st.FreeSpace {
-			rec.Name, rec.Description, rec.TotalSpace, rec.FreeSpace = st.Name, st.Description, st.TotalSpace, st.FreeSpace
-			p.save(st.UUID, rec)
+			p.rememberSizes(ctx, st)
 		}
 		return toSRStat(st), nil
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"go.uber.org/zap"
@@ -106,10 +107,44 @@ func TestPathKeysWrittenOnlyOnChangeAndLoggedOnce(t *testing.T) {
 	if f.updates != 3 || f.other["mpath-eui.00a1"] != "[2, 2]" {
 		t.Fatalf("after the restore: %d updates, %v", f.updates, f.other)
 	}
+	// An SR.stat without a path view (the transport could not read it)
+	// changes nothing and logs no transition.
+	unknown := healthyStat(0, 0)
+	unknown.Paths = volume.Health{}
+	if _, err := p.srStat(ctx, unknown); err != nil {
+		t.Fatal(err)
+	}
+	if f.updates != 3 || f.other["mpath-eui.00a1"] != "[2, 2]" {
+		t.Fatalf("after an SR.stat without a path view: %d updates, %v", f.updates, f.other)
+	}
 	changes := logs.FilterMessageSnippet("paths changed").All()
 	if len(changes) != 2 || changes[0].Level != zap.WarnLevel || changes[1].Level != zap.InfoLevel ||
 		!strings.Contains(changes[0].Message, "from 2 of 2 to 1 of 2") || !strings.Contains(changes[1].Message, "from 1 of 2 to 2 of 2") {
 		t.Fatalf("transitions logged: %+v", changes)
+	}
+}
+
+// The newer daemon runs calls in parallel: SR.stats that all see the same
+// change write it once, without colliding in MAP_DUPLICATE_KEY.
+func TestPathKeysParallelStats(t *testing.T) {
+	f := &fakePBD{other: map[string]string{}}
+	p, logs := newPathKeys(t, f)
+	ctx := context.Background()
+	p.publish(ctx, pathsSR, volume.Health{ID: "eui.00a1", Live: 2, Total: 2}, true)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			if _, err := p.srStat(ctx, healthyStat(1, 2)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if f.updates != 2 || f.other["mpath-eui.00a1"] != "[1, 2]" {
+		t.Fatalf("%d updates, %v", f.updates, f.other)
+	}
+	if n := logs.FilterMessageSnippet("paths changed").Len(); n != 1 {
+		t.Fatalf("the change was logged %d times", n)
 	}
 }
 
