@@ -201,6 +201,37 @@ func TestISCSILifecycle(t *testing.T) {
 		}
 	})
 
+	// Both portals down, briefly (under the map's 60 s queueing): SR.stat
+	// answers Unreachable at once, reading nothing from the LUN, so xapi
+	// 24.18+ retries and then says "try again later"; the PBD reads [0, 2].
+	t.Run("AllPortalsDown", func(t *testing.T) {
+		for _, p := range []string{labtarget.Addr1, labtarget.Addr2} {
+			if err := tg.DisablePortal(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h := l.wantHealth(t, "Unreachable, 0 of 2 paths", func(h schema.Health) bool {
+			return h.State == schema.Unreachable && strings.HasPrefix(h.Message, "2 of 2 paths down")
+		})
+		start := time.Now()
+		if _, err := l.sr.Stat(l.ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s %q; SR.stat took %s", h.State, h.Message, time.Since(start).Round(time.Millisecond))
+		if v := l.sr.PBDOtherConfig()["mpath-"+scsiID]; v != "[0, 2]" {
+			t.Errorf("PBD mpath-%s = %q with no path, want [0, 2]", scsiID, v)
+		}
+		for _, p := range []string{labtarget.Addr1, labtarget.Addr2} {
+			if err := tg.EnablePortal(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		l.wantHealth(t, "Healthy, 2 of 2 paths live", func(h schema.Health) bool {
+			return h.State == schema.Healthy && strings.HasPrefix(h.Message, "2 of 2 paths live")
+		})
+		scanKeepsPassing(t, l.ctx, l.sr, scsiID, "[2, 2]")
+	})
+
 	// vdi-resize while the VM runs, on the master: the LV grows in place.
 	grown, err := l.sr.VDIResize(l.ctx, disk.Key, 96<<20)
 	if err != nil {
