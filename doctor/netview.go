@@ -306,24 +306,10 @@ func (v *netView) managementInterface() (names []string, evidence string) {
 	return names, fmt.Sprintf("no %s: taking the default route's interface %s as the management interface", inventoryPath, strings.Join(names, ","))
 }
 
-const inventoryPath = "/etc/xensource-inventory"
+const inventoryPath = host.InventoryPath
 
 // readInventory parses xapi's KEY='value' inventory; empty off XCP-ng.
-func readInventory(root host.Root) map[string]string {
-	out := map[string]string{}
-	b, err := root.ReadFile(inventoryPath)
-	if err != nil {
-		return out
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		k, val, ok := strings.Cut(strings.TrimSpace(line), "=")
-		if !ok {
-			continue
-		}
-		out[strings.TrimSpace(k)] = strings.Trim(strings.TrimSpace(val), `'"`)
-	}
-	return out
-}
+func readInventory(root host.Root) map[string]string { return host.ReadInventory(root) }
 
 // onXCPng reports whether the host is an XCP-ng (or XenServer) dom0, so
 // that fixes are given as xe commands rather than ip/sysctl ones.

@@ -18,6 +18,7 @@ const XapiSocket = "/var/lib/xcp/xapi"
 // XenAPI is a minimal JSON-RPC client for the local xapi.
 type XenAPI struct {
 	client *http.Client
+	root   Root
 }
 
 // NewXenAPI returns a client that talks to xapi over its local socket
@@ -30,7 +31,7 @@ func NewXenAPI(root Root) *XenAPI {
 			return d.DialContext(ctx, "unix", sock)
 		},
 	}
-	return &XenAPI{client: &http.Client{Transport: tr, Timeout: 30 * time.Second}}
+	return &XenAPI{client: &http.Client{Transport: tr, Timeout: 30 * time.Second}, root: root}
 }
 
 // XenAPIError is an error answered by xapi.

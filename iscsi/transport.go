@@ -375,7 +375,7 @@ func (t *Transport) health(ctx context.Context, c *config, paths []path, session
 			t.log.Debug("no dm path states; judging paths from sysfs alone", zap.Error(err))
 		}
 	}
-	h := volume.Health{}
+	h := volume.Health{ID: c.wwid}
 	var down []string
 	for _, p := range paths {
 		h.Total++

@@ -311,7 +311,7 @@ func TestHealthReportsDownPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.Live != 1 || h.Total != 2 {
+	if h.Live != 1 || h.Total != 2 || h.ID != testWWID {
 		t.Errorf("health %+v", h)
 	}
 	if !strings.HasPrefix(h.Detail, "1 of 2 paths down: 127.0.0.2:3260 (sd") || !strings.Contains(h.Detail, "FAILED") {

@@ -358,6 +358,16 @@ type NamespaceID struct {
 	Kind string
 }
 
+// StableID is the identifier as the kernel's wwid attribute spells it
+// ("uuid.<uuid>", "eui.<hex>"), the form SR.create records, or "" for an
+// NSID, which is not the same on every target.
+func (n NamespaceID) StableID() string {
+	if n.Hex == "" || n.Kind == "uuid|nguid" {
+		return ""
+	}
+	return n.String()
+}
+
 // IsZero reports whether no namespace was given.
 func (n NamespaceID) IsZero() bool { return n.NSID == 0 && n.Hex == "" }
 

@@ -810,7 +810,7 @@ func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (volume.D
 
 // pathHealth counts the configured portals whose controller is live.
 func pathHealth(c Config, id Identity, ctrls []Controller, failures map[string]error) volume.Health {
-	h := volume.Health{Total: len(c.Portals)}
+	h := volume.Health{ID: c.Namespace.StableID(), Total: len(c.Portals)}
 	var bad []string
 	for _, p := range c.Portals {
 		ctrl, ok := pathFor(ctrls, c, id, p)

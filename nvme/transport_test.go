@@ -240,6 +240,20 @@ func TestHealthReportsConnectingPath(t *testing.T) {
 	if k.ran("") != 0 {
 		t.Error("Health ran a command; it must only read sysfs")
 	}
+	// The id of the PBD's mpath-<id> key is the namespace's wwid as
+	// SR.create recorded it; an NSID names nothing stable, so no id.
+	for ns, id := range map[string]string{
+		"uuid.6A8E0C8D-2F4B-4D1E-9B7A-0C1D2E3F4A5B": "uuid.6a8e0c8d-2f4b-4d1e-9b7a-0c1d2e3f4a5b",
+		"eui.0123456789abcdef0123456789abcdef":      "eui.0123456789abcdef0123456789abcdef",
+		"eui.0123456789abcdef":                      "eui.0123456789abcdef",
+		"1":                                         "",
+	} {
+		cfg := baseCfg()
+		cfg[KeyNamespace] = ns
+		if h, err := k.transport(nil).Health(context.Background(), cfg); err != nil || h.ID != id {
+			t.Errorf("namespace %s: id %q, want %q (%v)", ns, h.ID, id, err)
+		}
+	}
 }
 
 func TestHealthIgnoresOtherHostIdentity(t *testing.T) {

@@ -33,6 +33,9 @@ type Deps struct {
 	// secrets it resolves are then kept for the boots to come, when it
 	// runs before xapi (host.BootSecrets).
 	StaticVDIs bool
+	// XenAPI is where SR.attach, SR.stat and SR.detach publish the path
+	// counts (PBD other-config) and learn xapi's version; nil for none.
+	XenAPI host.PBDRecords
 }
 
 // Services is what the SR and Volume methods of one SR type are served by.
@@ -135,11 +138,9 @@ func toVolume(v volume.Volume) schema.Volume {
 	}
 }
 
+// toSRStat encodes a Healthy SR (pathKeys.srStat handles Unreachable).
 func toSRStat(s volume.SRStat) schema.SRStat {
 	h := schema.Health{State: schema.Healthy, Message: s.HealthDetail}
-	if s.Health == volume.Recovering {
-		h.State = schema.Recovering
-	}
 	return schema.SRStat{
 		SR: s.SR, Name: s.Name, UUID: s.UUID, Description: s.Description,
 		FreeSpace: s.FreeSpace, TotalSpace: s.TotalSpace,
@@ -180,11 +181,12 @@ func srCreate(ctx context.Context, c *Call) (any, error) {
 func srAttach(ctx context.Context, c *Call) (any, error) {
 	return withEngine(c, func(e *volume.Engine) (string, error) {
 		cfg := c.Args.Dict("configuration")
-		h, err := e.SRAttach(ctx, cfg)
+		sr, err := e.SRAttach(ctx, cfg)
 		if err == nil {
 			separateSecrets(ctx, c, cfg)
+			c.publishPaths(ctx, e, sr)
 		}
-		return h, err
+		return sr, err
 	})
 }
 
@@ -216,17 +218,32 @@ func separateSecrets(ctx context.Context, c *Call, cfg map[string]string) {
 }
 
 func srDetach(ctx context.Context, c *Call) (any, error) {
-	return withEngine(c, func(e *volume.Engine) (any, error) { return unit(e.SRDetach(ctx, c.Args.Str("sr"))) })
+	return withEngine(c, func(e *volume.Engine) (any, error) {
+		err := e.SRDetach(ctx, c.Args.Str("sr"))
+		if err == nil {
+			c.unpublishPaths(ctx, c.Args.Str("sr"))
+		}
+		return unit(err)
+	})
 }
 
 func srDestroy(ctx context.Context, c *Call) (any, error) {
-	return withEngine(c, func(e *volume.Engine) (any, error) { return unit(e.SRDestroy(ctx, c.Args.Str("sr"))) })
+	return withEngine(c, func(e *volume.Engine) (any, error) {
+		err := e.SRDestroy(ctx, c.Args.Str("sr"))
+		if err == nil {
+			c.unpublishPaths(ctx, c.Args.Str("sr"))
+		}
+		return unit(err)
+	})
 }
 
 func srStat(ctx context.Context, c *Call) (any, error) {
 	return withEngine(c, func(e *volume.Engine) (schema.SRStat, error) {
 		s, err := e.SRStat(ctx, c.Args.Str("sr"))
-		return toSRStat(s), err
+		if err != nil {
+			return schema.SRStat{}, err
+		}
+		return c.pathKeys().srStat(ctx, s)
 	})
 }
 

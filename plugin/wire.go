@@ -16,6 +16,7 @@ func NewDeps(version string, stderr io.Writer, verbose bool) *Deps {
 		Log:     log,
 		Root:    root,
 		Runner:  host.NewExecRunner(log),
+		XenAPI:  host.NewXenAPI(root),
 	}
 	d.Services = func(srType string) (Services, error) { return newServices(d, srType) }
 	d.Datapath = func() (*datapath.Datapath, error) { return newDatapath(d) }

@@ -388,14 +388,28 @@ func TestSRStatHealth(t *testing.T) {
 	if n := v.sim.Count(lvmtest.LVM("")); n != 1 {
 		t.Fatalf("SR.stat ran %d LVM commands", n)
 	}
-	v.tr.health = volume.Health{Total: 2, Live: 1, Detail: "1 of 2 paths live: 127.0.0.2:4420 connecting"}
-	st, _ = v.e.SRStat(context.Background(), sr)
-	if st.Health != volume.Recovering || st.HealthDetail != v.tr.health.Detail {
-		t.Fatalf("degraded stat = %+v", st)
+	// One path of two down: still Healthy (xapi scans only Healthy SRs),
+	// with the detail and the counts for the PBD.
+	v.tr.health = volume.Health{ID: "eui.1", Total: 2, Live: 1, Detail: "1 of 2 paths live: 127.0.0.2:4420 connecting"}
+	st, err = v.e.SRStat(context.Background(), sr)
+	if err != nil || st.Health != volume.Healthy || st.HealthDetail != v.tr.health.Detail || st.Paths != v.tr.health || st.TotalSpace <= 0 {
+		t.Fatalf("degraded stat = %+v, %v", st, err)
 	}
+	// No path: Unreachable, and no LVM command that would wait on the
+	// queued I/O.
+	v.sim.Reset()
+	v.tr.health = volume.Health{ID: "eui.1", Total: 2, Live: 0, Detail: "0 of 2 paths live"}
+	st, err = v.e.SRStat(context.Background(), sr)
+	if err != nil || st.Health != volume.Unreachable || st.HealthDetail != "0 of 2 paths live" || st.UUID != srUUID || st.SR != sr {
+		t.Fatalf("stat without a path = %+v, %v", st, err)
+	}
+	if n := v.sim.Count(lvmtest.LVM("")); n != 0 {
+		t.Fatalf("SR.stat without a path ran %d LVM commands", n)
+	}
+	// Path state unknown, but the VG answers: Healthy, saying so.
 	v.tr.health, v.tr.healthErr = volume.Health{}, errors.New("sysfs gone")
 	st, _ = v.e.SRStat(context.Background(), sr)
-	if st.Health != volume.Recovering || !strings.Contains(st.HealthDetail, "sysfs gone") {
+	if st.Health != volume.Healthy || !strings.Contains(st.HealthDetail, "sysfs gone") {
 		t.Fatalf("unknown health = %+v", st)
 	}
 }

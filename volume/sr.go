@@ -370,11 +370,18 @@ func first(s []string, n int) []string {
 }
 
 // SRStat reports the SR's size, free space and health. It works on every
-// host: one LVM report, read-only off the master.
+// host: one LVM report, read-only off the master. The paths are looked at
+// first: when none serves I/O, LVM would wait on the queued I/O (for the
+// iscsi-ng path-loss-policy, or the NVMe ctrl-loss-tmo), so the answer is
+// Unreachable without sizes, which the caller fills from what it knew.
 func (e *Engine) SRStat(ctx context.Context, sr string) (SRStat, error) {
 	a, err := e.attached(sr)
 	if err != nil {
 		return SRStat{}, err
+	}
+	h, herr := e.t.Health(ctx, a.Configuration)
+	if herr == nil && h.Down() {
+		return SRStat{SR: a.Handle(), UUID: a.UUID, Health: Unreachable, HealthDetail: h.Detail, Paths: h}, nil
 	}
 	vgs, err := e.lvm.VGs(ctx, e.scope(a.Device), a.VG)
 	if err == nil && len(vgs) == 1 && e.followGrowth(ctx, a, vgs[0]) {
@@ -389,17 +396,23 @@ func (e *Engine) SRStat(ctx context.Context, sr string) (SRStat, error) {
 	m, _ := decodeSRTags(vgs[0].Tags)
 	st := SRStat{SR: a.Handle(), UUID: a.UUID, Name: m.Name, Description: m.Description,
 		TotalSpace: vgs[0].Size, FreeSpace: vgs[0].Free, Health: Healthy}
-	h, err := e.t.Health(ctx, a.Configuration)
-	switch {
-	case err != nil:
+	if herr != nil {
 		// The VG answered, so I/O works; only the path view is missing.
-		st.Health, st.HealthDetail = Recovering, "path state unknown: "+err.Error()
-	case h.Degraded():
-		st.Health, st.HealthDetail, st.Paths = Recovering, h.Detail, h
-	default:
-		st.Paths = h
+		st.HealthDetail = "path state unknown: " + herr.Error()
+		return st, nil
 	}
+	st.HealthDetail, st.Paths = h.Detail, h
 	return st, nil
+}
+
+// Paths reports the state of the attached SR's paths on this host, from
+// sysfs only (no I/O).
+func (e *Engine) Paths(ctx context.Context, sr string) (Health, error) {
+	a, err := e.attached(sr)
+	if err != nil {
+		return Health{}, err
+	}
+	return e.t.Health(ctx, a.Configuration)
 }
 
 // SRLs lists every volume of the SR in one LVM report. It is a read path

@@ -64,6 +64,10 @@ type Device struct {
 
 // Health summarises the paths to the SR's storage.
 type Health struct {
+	// ID names the LUN or namespace as multipath does: the SCSI WWID
+	// (iSCSI) or the namespace's wwid, "eui.<nguid>" or "uuid.<uuid>"
+	// (NVMe). The PBD's other-config key is "mpath-<ID>".
+	ID    string
 	Total int // paths configured
 	Live  int // paths carrying I/O
 	// Detail names the paths that are not live, e.g.
@@ -73,6 +77,9 @@ type Health struct {
 
 // Degraded reports whether any path is down.
 func (h Health) Degraded() bool { return h.Live < h.Total }
+
+// Down reports whether no path serves I/O.
+func (h Health) Down() bool { return h.Total > 0 && h.Live == 0 }
 
 // FoundSR is an existing sanvol SR seen on a device.
 type FoundSR struct {

@@ -21,14 +21,19 @@ type Volume struct {
 	Incomplete string
 }
 
-// HealthState is the SR health constructor sent to xapi. Only the two
-// constructors every xapi-storage-script generation can decode exist here.
+// HealthState is what the engine concludes about an attached SR. The
+// plugin decides what xapi is told (xapi-storage's health variant).
 type HealthState string
 
-// The health states sanvol reports.
+// The health states of an attached SR.
 const (
-	Healthy    HealthState = "Healthy"
-	Recovering HealthState = "Recovering"
+	// Healthy: I/O can be served, over every path or only some. A
+	// degraded SR is Healthy because xapi scans only Healthy SRs
+	// (xen-api ocaml/xapi-storage-script/main.ml sr_scan2_impl
+	// stat_with_retry); the path counts go to the PBD instead.
+	Healthy HealthState = "Healthy"
+	// Unreachable: no path serves I/O.
+	Unreachable HealthState = "Unreachable"
 )
 
 // SRStat is the answer of SR.stat (the contract's `sr_stat`).
@@ -41,7 +46,7 @@ type SRStat struct {
 	FreeSpace   int64
 	Health      HealthState
 	// HealthDetail is the message of the health variant, e.g.
-	// "1 of 2 paths live: 127.0.0.2:4420 connecting"; empty when healthy.
+	// "1 of 2 paths live: 127.0.0.2:4420 connecting".
 	HealthDetail string
 	// Paths is the transport's view the health was derived from.
 	Paths Health

@@ -139,9 +139,25 @@ func TestExamplesCoverEveryMethod(t *testing.T) {
 	}
 }
 
+// newerThanReference lists where ours follows the xen-api source past the
+// reference schema, which was cut from the IDL at an older base commit.
+// The health variant Unreachable came with xen-api v24.18
+// (ocaml/xapi-storage/generator/lib/control.ml, commit 2a018d785c);
+// sanvol sends it only to daemons that decode it (plugin: health).
+var newerThanReference = struct {
+	examples map[string]bool // example files valid only under the newer IDL
+	shapes   string          // the one shape difference that follows from it
+}{
+	examples: map[string]bool{"testdata/examples/res/SR.stat/ok-health-unreachable.json": true},
+	shapes:   "constructors Healthy,Recovering,Unreachable vs reference Healthy,Recovering",
+}
+
 func TestExamplesUnderReferenceSchema(t *testing.T) {
 	ref := loadReference(t)
 	for _, ex := range loadExamples(t) {
+		if newerThanReference.examples[ex.file] {
+			continue
+		}
 		err := ref.Validate(ex.def, ex.doc)
 		if errors.Is(err, ErrUnknownDef) {
 			t.Errorf("%s: the reference has no %s", ex.file, ex.def)
@@ -173,7 +189,9 @@ func TestShapesAgreeWithReference(t *testing.T) {
 		}
 		compared++
 		for _, diff := range compareShape(ours.defs[d], ref.defs[d], d, 0) {
-			t.Error(diff)
+			if !strings.HasSuffix(diff, ": "+newerThanReference.shapes) {
+				t.Error(diff)
+			}
 		}
 	}
 	if compared < 2*len(servedMethods) {

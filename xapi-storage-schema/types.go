@@ -39,14 +39,18 @@ func (v Volume) MarshalJSON() ([]byte, error) {
 	return json.Marshal(plain(v))
 }
 
-// HealthState is the constructor of the health variant. Only Healthy and
-// Recovering are sent: older daemons cannot decode the newer constructors.
+// HealthState is the constructor of the health variant. Unreachable and
+// Unavailable exist from xen-api v24.18 (ocaml/xapi-storage/generator/lib/
+// control.ml, commit 2a018d785c): an older daemon fails to decode them.
 type HealthState string
 
-// Health constructors of the base IDL.
+// Health constructors: Healthy and Recovering of the base IDL, the other
+// two of IDL v24.18+.
 const (
-	Healthy    HealthState = "Healthy"
-	Recovering HealthState = "Recovering"
+	Healthy     HealthState = "Healthy"
+	Recovering  HealthState = "Recovering"
+	Unreachable HealthState = "Unreachable"
+	Unavailable HealthState = "Unavailable"
 )
 
 // Health is the SR health variant, encoded as ["Healthy", "msg"].
@@ -71,7 +75,7 @@ func (h *Health) UnmarshalJSON(b []byte) error {
 	if err := json.Unmarshal(b, &arr); err != nil || len(arr) != 2 {
 		return fmt.Errorf("health: expected [\"Name\", \"message\"], got %s", b)
 	}
-	for _, c := range []HealthState{Healthy, Recovering, "Unreachable", "Unavailable"} {
+	for _, c := range []HealthState{Healthy, Recovering, Unreachable, Unavailable} {
 		if strings.EqualFold(arr[0], string(c)) {
 			h.State, h.Message = c, arr[1]
 			return nil

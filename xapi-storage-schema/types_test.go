@@ -67,17 +67,22 @@ func TestSRStatEncoding(t *testing.T) {
 	b = mustValidateValue(t, "sr_stat", SRStat{})
 	wantJSON(t, b, `{"sr":"","name":"","description":"","free_space":0,"total_space":0,"datasources":[],"clustered":false,"health":["Healthy",""]}`)
 
-	// Newer constructors decode, but our schema refuses to let them out:
-	// old daemons fail on them (spec §5.3).
+	// Newer constructors decode. Unreachable may go out (the plugin
+	// sends it only to daemons that decode it); Unavailable never does.
 	var h Health
-	if err := json.Unmarshal([]byte(`["unreachable","no path"]`), &h); err != nil || h.State != "Unreachable" {
+	if err := json.Unmarshal([]byte(`["unreachable","no path"]`), &h); err != nil || h.State != Unreachable {
+		t.Fatalf("decode newer health: %v %+v", err, h)
+	}
+	s.Health = h
+	mustValidateValue(t, "sr_stat", s)
+	if err := json.Unmarshal([]byte(`["Unavailable","reboot"]`), &h); err != nil || h.State != Unavailable {
 		t.Fatalf("decode newer health: %v %+v", err, h)
 	}
 	s.Health = h
 	err := Ours().ValidateValue("sr_stat", s)
 	var ve *ValidationError
 	if !errors.As(err, &ve) || ve.Path != "$.health[0]" {
-		t.Fatalf("Unreachable must be rejected at $.health[0], got %v", err)
+		t.Fatalf("Unavailable must be rejected at $.health[0], got %v", err)
 	}
 	for _, bad := range []string{`"Healthy"`, `["Healthy"]`, `["Sick",""]`, `["Healthy",1]`} {
 		if err := json.Unmarshal([]byte(bad), &h); err == nil {

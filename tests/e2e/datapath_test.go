@@ -50,6 +50,7 @@ func newDPLab(t *testing.T, srType string, deviceConfig map[string]string) *dpLa
 	installSanvol(t)
 	ctx := context.Background()
 	sim := xapisim.New(xapisim.DefaultRoot, os.Stdout)
+	serveXapi(t, sim)
 	sim.Register(ctx)
 	if refused := sim.Refused(ctx); len(refused) > 0 {
 		t.Fatalf("the daemon would not register datapath plugins: %v", refused)

@@ -83,8 +83,12 @@ func demoISCSI(d *demo, ctx context.Context, sim *xapisim.Sim) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return st.Health.State == schema.Recovering && strings.HasPrefix(st.Health.Message, "1 of 2 paths down"), st.Health.Message
+		// Still Healthy: I/O flows over the other portal, and xapi
+		// scans only Healthy SRs.
+		return st.Health.State == schema.Healthy && strings.HasPrefix(st.Health.Message, "1 of 2 paths down"), st.Health.Message
 	})
+	d.say("# the scan keeps working, and the PBD tells XO and xe the path count")
+	scanKeepsPassing(t, ctx, sr, scsiID, "[1, 2]")
 	load.waitWrites(t, 16, 2*time.Minute)
 	d.say("# the array enables the portal again")
 	if err := tg.EnablePortal(labtarget.Addr2); err != nil {
@@ -95,8 +99,9 @@ func demoISCSI(d *demo, ctx context.Context, sim *xapisim.Sim) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return st.Health.State == schema.Healthy, st.Health.Message
+		return st.Health.State == schema.Healthy && strings.HasPrefix(st.Health.Message, "2 of 2 paths live"), st.Health.Message
 	})
+	scanKeepsPassing(t, ctx, sr, scsiID, "[2, 2]")
 	load.waitWrites(t, 8, time.Minute)
 	st := load.Stop()
 	if err := load.Verify(); err != nil {
@@ -117,6 +122,7 @@ func demoISCSI(d *demo, ctx context.Context, sim *xapisim.Sim) {
 	if err := sr.Unplug(ctx); err != nil {
 		t.Fatal(err)
 	}
+	wantNoPathKeys(t, sr, scsiID)
 	if err := sr.Destroy(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/host"
 	"sanvol/tests/labtarget"
 	"sanvol/tests/xapisim"
 )
@@ -70,11 +69,7 @@ func TestDemo(t *testing.T) {
 	d.shell(SanvolBinary(), "install", "--root", "/")
 
 	sim := xapisim.New(xapisim.DefaultRoot, os.Stdout)
-	stop, err := sim.ServeXenAPI(host.XapiSocket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = stop() })
+	serveXapi(t, sim)
 	sim.Register(ctx)
 
 	d.chapter("Create the shared SR (xapi then plugs it on the host)")
@@ -111,9 +106,9 @@ func TestDemo(t *testing.T) {
 		return liveCount(c) == 1, fmt.Sprint(c)
 	})
 	load.waitWrites(t, 16, 2*time.Minute)
-	if _, err := sr.Stat(ctx); err != nil {
-		t.Fatal(err)
-	}
+	nsID := sr.Config["namespace"]
+	d.say("# one path of two: the SR stays Healthy, so the scan keeps working, and the PBD tells XO and xe the path count")
+	scanKeepsPassing(t, ctx, sr, nsID, "[1, 2]")
 	d.say("# the array brings the portal back")
 	if err := tgt.LinkPort(labtarget.Addr2); err != nil {
 		t.Fatal(err)
@@ -132,9 +127,7 @@ func TestDemo(t *testing.T) {
 	if len(st.Errors) > 0 {
 		t.Fatalf("writes failed during the cut: %v", st.Errors[0])
 	}
-	if _, err := sr.Stat(ctx); err != nil {
-		t.Fatal(err)
-	}
+	scanKeepsPassing(t, ctx, sr, nsID, "[2, 2]")
 
 	d.chapter("Shut the VM down, grow and delete the disk")
 	if err := sr.VMShutdown(ctx, a); err != nil {
@@ -154,6 +147,7 @@ func TestDemo(t *testing.T) {
 	if err := sr.Unplug(ctx); err != nil {
 		t.Fatal(err)
 	}
+	wantNoPathKeys(t, sr, nsID)
 	if err := sr.Destroy(ctx); err != nil {
 		t.Fatal(err)
 	}

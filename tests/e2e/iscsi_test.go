@@ -281,6 +281,10 @@ func TestISCSIFailover(t *testing.T) {
 	if !strings.HasPrefix(degraded.Detail, "1 of 2 paths down: 127.0.0.2:3260") {
 		t.Errorf("degraded detail %q", degraded.Detail)
 	}
+	// The id of the PBD's mpath-<id> key: the WWID, as sm's SCSIid.
+	if degraded.ID != tg.WWID() {
+		t.Errorf("health id %q, want the LUN's WWID %s", degraded.ID, tg.WWID())
+	}
 }
 
 // TestISCSIWriteStall measures the longest write while one of two portals

@@ -147,6 +147,7 @@ func TestISCSILifecycle(t *testing.T) {
 		t.Fatalf("map %s: slaves %v (exists %t)", scsiID, slaves, ok)
 	}
 	l.wantHealth(t, "Healthy", func(h schema.Health) bool { return h.State == schema.Healthy })
+	scanKeepsPassing(t, l.ctx, l.sr, scsiID, "[2, 2]")
 
 	var vols []schema.Volume
 	for i, size := range []int64{64 << 20, 8 << 20, 8 << 20} {
@@ -170,19 +171,24 @@ func TestISCSILifecycle(t *testing.T) {
 			t.Fatal(err)
 		}
 		cut := time.Now()
-		h := l.wantHealth(t, "Recovering, 1 of 2 paths down", func(h schema.Health) bool {
-			return h.State == schema.Recovering && strings.HasPrefix(h.Message, "1 of 2 paths down")
+		// Degraded is Healthy: xapi scans only Healthy SRs.
+		h := l.wantHealth(t, "Healthy, 1 of 2 paths down", func(h schema.Health) bool {
+			return h.State == schema.Healthy && strings.HasPrefix(h.Message, "1 of 2 paths down")
 		})
 		t.Logf("%s after %s: %s", h.State, time.Since(cut).Round(100*time.Millisecond), h.Message)
 		if !strings.Contains(h.Message, labtarget.Addr2+":3260") {
 			t.Errorf("health %q does not name the portal that went", h.Message)
 		}
+		scanKeepsPassing(t, l.ctx, l.sr, scsiID, "[1, 2]")
 		load.waitWrites(t, 16, 2*time.Minute)
 		if err := tg.EnablePortal(labtarget.Addr2); err != nil {
 			t.Fatal(err)
 		}
 		back := time.Now()
-		h = l.wantHealth(t, "Healthy", func(h schema.Health) bool { return h.State == schema.Healthy })
+		h = l.wantHealth(t, "Healthy, 2 of 2 paths live", func(h schema.Health) bool {
+			return h.State == schema.Healthy && strings.HasPrefix(h.Message, "2 of 2 paths live")
+		})
+		scanKeepsPassing(t, l.ctx, l.sr, scsiID, "[2, 2]")
 		t.Logf("Healthy %s after the portal came back: %q", time.Since(back).Round(100*time.Millisecond), h.Message)
 		load.waitWrites(t, 8, time.Minute)
 		st := load.Stop()
@@ -193,6 +199,37 @@ func TestISCSILifecycle(t *testing.T) {
 		if err := load.Verify(); err != nil {
 			t.Error(err)
 		}
+	})
+
+	// Both portals down, briefly (under the map's 60 s queueing): SR.stat
+	// answers Unreachable at once, reading nothing from the LUN, so xapi
+	// 24.18+ retries and then says "try again later"; the PBD reads [0, 2].
+	t.Run("AllPortalsDown", func(t *testing.T) {
+		for _, p := range []string{labtarget.Addr1, labtarget.Addr2} {
+			if err := tg.DisablePortal(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h := l.wantHealth(t, "Unreachable, 0 of 2 paths", func(h schema.Health) bool {
+			return h.State == schema.Unreachable && strings.HasPrefix(h.Message, "2 of 2 paths down")
+		})
+		start := time.Now()
+		if _, err := l.sr.Stat(l.ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s %q; SR.stat took %s", h.State, h.Message, time.Since(start).Round(time.Millisecond))
+		if v := l.sr.PBDOtherConfig()["mpath-"+scsiID]; v != "[0, 2]" {
+			t.Errorf("PBD mpath-%s = %q with no path, want [0, 2]", scsiID, v)
+		}
+		for _, p := range []string{labtarget.Addr1, labtarget.Addr2} {
+			if err := tg.EnablePortal(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		l.wantHealth(t, "Healthy, 2 of 2 paths live", func(h schema.Health) bool {
+			return h.State == schema.Healthy && strings.HasPrefix(h.Message, "2 of 2 paths live")
+		})
+		scanKeepsPassing(t, l.ctx, l.sr, scsiID, "[2, 2]")
 	})
 
 	// vdi-resize while the VM runs, on the master: the LV grows in place.
@@ -246,6 +283,7 @@ func TestISCSILifecycle(t *testing.T) {
 	if err := l.sr.Unplug(l.ctx); err != nil {
 		t.Fatal(err)
 	}
+	wantNoPathKeys(t, l.sr, scsiID)
 	if s := sessionsOf(tg.IQN); len(s) != 0 {
 		t.Errorf("sessions after pbd-unplug: %+v", s)
 	}

@@ -55,6 +55,7 @@ func (s *Sim) SRCreate(ctx context.Context, srType, name, description string, de
 		return nil, err
 	}
 	sr.Config = ret
+	s.recordSR(sr)
 	if err := sr.plug(ctx, o); err != nil {
 		return sr, err
 	}
@@ -65,7 +66,9 @@ func (s *Sim) SRCreate(ctx context.Context, srType, name, description string, de
 // Introduce gives the simulator an SR created elsewhere (another Sim
 // standing for the master), so this host can plug it.
 func (s *Sim) Introduce(other *SR) *SR {
-	return &SR{Type: other.Type, UUID: other.UUID, Name: other.Name, PBD: newUUID(), Config: other.Config, sim: s}
+	sr := &SR{Type: other.Type, UUID: other.UUID, Name: other.Name, PBD: newUUID(), Config: other.Config, sim: s}
+	s.recordSR(sr)
+	return sr
 }
 
 // Plug replays `xe pbd-plug` on this host (spec §8.2).
@@ -181,6 +184,7 @@ func (sr *SR) Destroy(ctx context.Context) error {
 		}
 		return err
 	}
+	sr.sim.forgetSR(sr.UUID)
 	return nil
 }
 

@@ -49,6 +49,7 @@ type Sim struct {
 	registered map[string]*Datapath // by scheme
 	refused    map[string]error     // datapath dirs the daemon would ignore, and why
 	secrets    map[string]string    // secret uuid -> value
+	xapi       xapiDB               // host, SR and PBD records (pbd.go)
 	narration  sync.Mutex
 	inflight   atomic.Int32
 	opSeq      atomic.Int32

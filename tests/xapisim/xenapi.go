@@ -13,9 +13,10 @@ import (
 )
 
 // ServeXenAPI answers, on a unix socket, the few XenAPI calls a plugin
-// makes to xapi's local socket (/var/lib/xcp/xapi): logging in as root and
-// reading the secrets xapi made from device-config passwords. Other
-// methods get MESSAGE_METHOD_UNKNOWN, as from a xapi that lacks them.
+// makes to xapi's local socket (/var/lib/xcp/xapi): logging in as root,
+// reading the secrets xapi made from device-config passwords, and this
+// host's, SRs' and PBDs' records (pbd.go). Other methods get
+// MESSAGE_METHOD_UNKNOWN, as from a xapi that lacks them.
 // stop closes the socket.
 func (s *Sim) ServeXenAPI(socket string) (stop func() error, err error) {
 	return serveUnix(socket, http.HandlerFunc(s.serveRPC))
@@ -88,7 +89,15 @@ func (s *Sim) serveRPC(w http.ResponseWriter, r *http.Request) {
 			resp["error"] = rpcError{Message: "HANDLE_INVALID", Data: []string{"secret", str(1)}}
 		}
 	default:
-		resp["error"] = rpcError{Message: "MESSAGE_METHOD_UNKNOWN", Data: []string{req.Method}}
+		res, rerr, ok := s.xenAPIRecords(req.Method, req.Params)
+		switch {
+		case !ok:
+			resp["error"] = rpcError{Message: "MESSAGE_METHOD_UNKNOWN", Data: []string{req.Method}}
+		case rerr != nil:
+			resp["error"] = *rerr
+		default:
+			resp["result"] = res
+		}
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(resp)

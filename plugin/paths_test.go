@@ -1,0 +1,243 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"sanvol/host"
+	"sanvol/volume"
+	schema "sanvol/xapi-storage-schema"
+)
+
+// fakePBD is this host's PBD as xapi holds it, with the calls made.
+type fakePBD struct {
+	other   map[string]string
+	version string
+	err     error // answered by every call while set
+	updates int
+	reads   int
+}
+
+func (f *fakePBD) UpdatePBDOtherConfig(_ context.Context, _ string, set map[string]string, remove []string) error {
+	f.updates++
+	if f.err != nil {
+		return f.err
+	}
+	for _, k := range remove {
+		delete(f.other, k)
+	}
+	for k, v := range set {
+		f.other[k] = v
+	}
+	return nil
+}
+
+func (f *fakePBD) XapiVersion(context.Context) (int, int, error) {
+	f.reads++
+	if f.err != nil {
+		return 0, 0, f.err
+	}
+	return host.ParseXapiVersion(f.version)
+}
+
+const pathsSR = "0b9e2a4c-6f1d-4a57-9c3e-1d2f3a4b5c6d"
+
+func newPathKeys(t *testing.T, f *fakePBD) (*pathKeys, *observer.ObservedLogs) {
+	t.Helper()
+	core, logs := observer.New(zap.InfoLevel)
+	return &pathKeys{root: host.NewRoot(t.TempDir()), xapi: f, log: zap.New(core)}, logs
+}
+
+func healthyStat(live, total int) volume.SRStat {
+	return volume.SRStat{SR: "nvmetcp://" + pathsSR, UUID: pathsSR, Name: "lab", TotalSpace: 4 << 30, FreeSpace: 3 << 30,
+		Health: volume.Healthy, HealthDetail: "detail",
+		Paths: volume.Health{ID: "eui.00a1", Live: live, Total: total, Detail: "detail"}}
+}
+
+func TestSRStatDegradedIsHealthyAndPublished(t *testing.T) {
+	f := &fakePBD{other: map[string]string{"unrelated": "x"}}
+	p, _ := newPathKeys(t, f)
+	out, err := p.srStat(context.Background(), healthyStat(1, 2))
+	if err != nil || out.Health.State != schema.Healthy || out.Health.Message != "detail" || out.TotalSpace != 4<<30 {
+		t.Fatalf("degraded SR.stat = %+v, %v", out, err)
+	}
+	want := map[string]string{"unrelated": "x", "multipathed": "true", "mpath-eui.00a1": "[1, 2]"}
+	if len(f.other) != len(want) {
+		t.Fatalf("other-config %v, want %v", f.other, want)
+	}
+	for k, v := range want {
+		if f.other[k] != v {
+			t.Fatalf("other-config %v, want %v", f.other, want)
+		}
+	}
+}
+
+func TestPathKeysWrittenOnlyOnChangeAndLoggedOnce(t *testing.T) {
+	f := &fakePBD{other: map[string]string{}}
+	p, logs := newPathKeys(t, f)
+	ctx := context.Background()
+	p.publish(ctx, pathsSR, volume.Health{ID: "eui.00a1", Live: 2, Total: 2}, true) // SR.attach
+	for range 3 {
+		if _, err := p.srStat(ctx, healthyStat(2, 2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if f.updates != 1 {
+		t.Fatalf("%d XenAPI updates for unchanged counts, want the attach's only", f.updates)
+	}
+	for range 3 {
+		if _, err := p.srStat(ctx, healthyStat(1, 2)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if f.updates != 2 || f.other["mpath-eui.00a1"] != "[1, 2]" {
+		t.Fatalf("after a path loss: %d updates, %v", f.updates, f.other)
+	}
+	if _, err := p.srStat(ctx, healthyStat(2, 2)); err != nil {
+		t.Fatal(err)
+	}
+	if f.updates != 3 || f.other["mpath-eui.00a1"] != "[2, 2]" {
+		t.Fatalf("after the restore: %d updates, %v", f.updates, f.other)
+	}
+	// An SR.stat without a path view (the transport could not read it)
+	// changes nothing and logs no transition.
+	unknown := healthyStat(0, 0)
+	unknown.Paths = volume.Health{}
+	if _, err := p.srStat(ctx, unknown); err != nil {
+		t.Fatal(err)
+	}
+	if f.updates != 3 || f.other["mpath-eui.00a1"] != "[2, 2]" {
+		t.Fatalf("after an SR.stat without a path view: %d updates, %v", f.updates, f.other)
+	}
+	changes := logs.FilterMessageSnippet("paths changed").All()
+	if len(changes) != 2 || changes[0].Level != zap.WarnLevel || changes[1].Level != zap.InfoLevel ||
+		!strings.Contains(changes[0].Message, "from 2 of 2 to 1 of 2") || !strings.Contains(changes[1].Message, "from 1 of 2 to 2 of 2") {
+		t.Fatalf("transitions logged: %+v", changes)
+	}
+}
+
+// The newer daemon runs calls in parallel: SR.stats that all see the same
+// change write it once, without colliding in MAP_DUPLICATE_KEY.
+func TestPathKeysParallelStats(t *testing.T) {
+	f := &fakePBD{other: map[string]string{}}
+	p, logs := newPathKeys(t, f)
+	ctx := context.Background()
+	p.publish(ctx, pathsSR, volume.Health{ID: "eui.00a1", Live: 2, Total: 2}, true)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			if _, err := p.srStat(ctx, healthyStat(1, 2)); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if f.updates != 2 || f.other["mpath-eui.00a1"] != "[1, 2]" {
+		t.Fatalf("%d updates, %v", f.updates, f.other)
+	}
+	if n := logs.FilterMessageSnippet("paths changed").Len(); n != 1 {
+		t.Fatalf("the change was logged %d times", n)
+	}
+}
+
+func TestPathKeysRemovedOnDetach(t *testing.T) {
+	f := &fakePBD{other: map[string]string{"keep": "1"}}
+	p, _ := newPathKeys(t, f)
+	ctx := context.Background()
+	p.publish(ctx, pathsSR, volume.Health{ID: "eui.00a1", Live: 2, Total: 2}, true)
+	p.unpublish(ctx, pathsSR)
+	if len(f.other) != 1 || f.other["keep"] != "1" {
+		t.Fatalf("other-config after detach: %v", f.other)
+	}
+	if _, err := os.Stat(filepath.Join(p.root.Dir, pathFile(pathsSR))); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("path record left after detach: %v", err)
+	}
+	// A repeated detach finds nothing to do and does not call xapi.
+	n := f.updates
+	p.unpublish(ctx, pathsSR)
+	if f.updates != n {
+		t.Fatal("a repeated detach called xapi")
+	}
+}
+
+func TestXenAPIFailureNeverFailsTheCall(t *testing.T) {
+	f := &fakePBD{other: map[string]string{}, err: &host.XenAPIError{Method: "PBD.add_to_other_config", Code: "HOST_STILL_BOOTING"}}
+	p, logs := newPathKeys(t, f)
+	ctx := context.Background()
+	out, err := p.srStat(ctx, healthyStat(1, 2))
+	if err != nil || out.Health.State != schema.Healthy {
+		t.Fatalf("SR.stat with xapi failing: %+v, %v", out, err)
+	}
+	if logs.FilterMessageSnippet("cannot publish").Len() != 1 {
+		t.Fatalf("the failure was not logged: %v", logs.All())
+	}
+	// Not written, so the next SR.stat tries again and succeeds.
+	f.err = nil
+	if _, err := p.srStat(ctx, healthyStat(1, 2)); err != nil {
+		t.Fatal(err)
+	}
+	if f.updates != 2 || f.other["mpath-eui.00a1"] != "[1, 2]" {
+		t.Fatalf("retry: %d updates, %v", f.updates, f.other)
+	}
+	// Without any XenAPI at all, SR.stat still answers.
+	p.xapi = nil
+	if _, err := p.srStat(ctx, healthyStat(2, 2)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestUnreachableOnlyToDaemonsThatDecodeIt(t *testing.T) {
+	ctx := context.Background()
+	down := volume.SRStat{SR: "nvmetcp://" + pathsSR, UUID: pathsSR, Health: volume.Unreachable, HealthDetail: "0 of 2 paths live",
+		Paths: volume.Health{ID: "eui.00a1", Live: 0, Total: 2, Detail: "0 of 2 paths live"}}
+	for _, c := range []struct {
+		version     string
+		unreachable bool
+	}{{"24.18", true}, {"26.1", true}, {"25.0", true}, {"24.17", false}, {"1.249", false}} {
+		f := &fakePBD{other: map[string]string{}, version: c.version}
+		p, _ := newPathKeys(t, f)
+		// The sizes of the last SR.stat that could read them.
+		if _, err := p.srStat(ctx, healthyStat(2, 2)); err != nil {
+			t.Fatal(err)
+		}
+		out, err := p.srStat(ctx, down)
+		if !c.unreachable {
+			if !errors.Is(err, host.ErrUnreachable) || !strings.Contains(err.Error(), "0 of 2 paths live") || !strings.Contains(err.Error(), "sanvol status") {
+				t.Errorf("xapi %s: err = %v, want an Unreachable error document", c.version, err)
+			}
+			continue
+		}
+		if err != nil || out.Health.State != schema.Unreachable || out.Health.Message != "0 of 2 paths live" ||
+			out.TotalSpace != 4<<30 || out.FreeSpace != 3<<30 || out.Name != "lab" {
+			t.Errorf("xapi %s: %+v, %v", c.version, out, err)
+		}
+		if err := schema.Ours().ValidateValue("res:SR.stat", out); err != nil {
+			t.Errorf("xapi %s: %v", c.version, err)
+		}
+		if f.other["mpath-eui.00a1"] != "[0, 2]" {
+			t.Errorf("xapi %s: other-config %v", c.version, f.other)
+		}
+		// The version is read once per boot.
+		if _, err := p.srStat(ctx, down); err != nil || f.reads != 1 {
+			t.Errorf("xapi %s: %d version reads, %v", c.version, f.reads, err)
+		}
+	}
+	// xapi does not answer: not cached, and an error document meanwhile.
+	f := &fakePBD{other: map[string]string{}, err: errors.New("connection refused")}
+	p, _ := newPathKeys(t, f)
+	if _, err := p.srStat(ctx, down); !errors.Is(err, host.ErrUnreachable) {
+		t.Fatalf("unknown daemon: %v", err)
+	}
+	f.err, f.version = nil, "24.18"
+	if out, err := p.srStat(ctx, down); err != nil || out.Health.State != schema.Unreachable {
+		t.Fatalf("once xapi answers: %+v, %v", out, err)
+	}
+}
