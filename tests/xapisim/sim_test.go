@@ -344,7 +344,7 @@ func TestUnplugAndDestroy(t *testing.T) {
 	if !errors.As(err, &ce) || ce.Doc.Code != "SR_BACKEND_FAILURE" {
 		t.Fatalf("failed destroy: %v, want the plugin's error document", err)
 	}
-	want := []string{vol + " Plugin.Query", vol + " SR.attach", vol + " SR.destroy", vol + " SR.detach"}
+	want := []string{vol + " Plugin.Query", vol + " SR.attach", vol + " SR.stat", vol + " SR.destroy", vol + " SR.detach"}
 	if diff := cmp.Diff(want, sequence(calls(t, root))); diff != "" {
 		t.Fatalf("failed sr-destroy (-want +got):\n%s", diff)
 	}
@@ -354,7 +354,7 @@ func TestUnplugAndDestroy(t *testing.T) {
 	if err := sr.Destroy(ctx); err != nil {
 		t.Fatal(err)
 	}
-	want = []string{vol + " Plugin.Query", vol + " SR.attach", vol + " SR.destroy"}
+	want = []string{vol + " Plugin.Query", vol + " SR.attach", vol + " SR.stat", vol + " SR.destroy"}
 	if diff := cmp.Diff(want, sequence(calls(t, root))); diff != "" {
 		t.Fatalf("sr-destroy (-want +got):\n%s", diff)
 	}
