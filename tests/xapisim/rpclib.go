@@ -197,7 +197,7 @@ var (
 		{name: "read_write", t: rBool{}}, {name: "sharable", t: rBool{}},
 		{name: "virtual_size", t: rInt64{}}, {name: "physical_utilisation", t: rInt64{}},
 		{name: "uri", t: tStringList}, {name: "keys", t: tStringMap},
-		{name: "volume_type", deflt: true}, {name: "cbt_enabled", t: rBool{}, deflt: true},
+		{name: "volume_type", t: rVariant{cases: map[string]rtype{"data": rUnit{}, "cbt_metadata": rUnit{}, "data_and_cbt_metadata": rUnit{}}}, deflt: true}, {name: "cbt_enabled", t: rBool{}, deflt: true},
 	}}
 	tBackend = rStruct{name: "backend", fields: []rField{{name: "implementations", t: rList{rVariant{cases: map[string]rtype{
 		"xendisk": rStruct{name: "xendisk", fields: []rField{
