@@ -414,12 +414,16 @@ func DomainOf(dp, vm string) string {
 }
 
 // validDomain refuses a domain string domain_of never produces, so a
-// test cannot hand the plugin something a real host would not.
-func validDomain(domain string) error {
-	if domain != "" && strings.Trim(domain, "0123456789") == "" && domain != "0" {
+// test cannot hand the plugin something a real host would not. On
+// teardown "" is possible: xenopsd passes it when the domain has already
+// gone from xenstore (ocaml/xenopsd/lib/storage.ml, vm_of_domid).
+func validDomain(domain string, teardown bool) error {
+	switch {
+	case domain == "" && teardown:
 		return nil
-	}
-	if strings.HasPrefix(domain, "u0_") && !strings.ContainsAny(domain, "/-") {
+	case domain != "" && domain != "0" && strings.Trim(domain, "0123456789") == "":
+		return nil
+	case strings.HasPrefix(domain, "u0_") && !strings.ContainsAny(domain, "/-"):
 		return nil
 	}
 	return fmt.Errorf("domain %q: the daemon sends a guest's domid or u0_<datapath> for dom0 (DomainOf), never this", domain)
@@ -453,7 +457,7 @@ func (sr *SR) vmStart(ctx context.Context, o *op, key, domain string, persistent
 	if err := sr.mustBePlugged("vm-start"); err != nil {
 		return nil, err
 	}
-	if err := validDomain(domain); err != nil {
+	if err := validDomain(domain, false); err != nil {
 		return nil, err
 	}
 	if err := sr.epochBegin(ctx, o, key, persistent); err != nil {
@@ -532,7 +536,7 @@ func (sr *SR) epochBegin(ctx context.Context, o *op, key string, persistent bool
 func (sr *SR) VMShutdown(ctx context.Context, a *Attachment) error {
 	o := sr.sim.begin(fmt.Sprintf("xe vm-shutdown vm=<VM with VDI %s>   # VBD unplug of domain %s", a.Key, a.Domain))
 	defer o.end()
-	if err := validDomain(a.Domain); err != nil {
+	if err := validDomain(a.Domain, true); err != nil {
 		return err
 	}
 	args := func(uri string) schema.DatapathArgs {
