@@ -54,6 +54,14 @@ type (
 	}
 )
 
+// marshalError is one of rpclib's messages, kept verbatim (capitalised
+// as rpclib writes them) since the daemon passes them on to xapi.
+type marshalError string
+
+func (e marshalError) Error() string { return string(e) }
+
+func merr(format string, a ...any) error { return marshalError(fmt.Sprintf(format, a...)) }
+
 func rpcString(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
@@ -61,7 +69,7 @@ func rpcString(v any) string {
 
 func (rString) unmarshal(v any) error {
 	if _, ok := v.(string); !ok {
-		return fmt.Errorf("Expected string, got '%s'", rpcString(v))
+		return merr("Expected string, got '%s'", rpcString(v))
 	}
 	return nil
 }
@@ -76,21 +84,21 @@ func (rInt64) unmarshal(v any) error {
 		if _, err := strconv.ParseInt(x, 0, 64); err == nil {
 			return nil
 		}
-		return fmt.Errorf("Expected int64, got string '%s'", x)
+		return merr("Expected int64, got string '%s'", x)
 	}
-	return fmt.Errorf("Expected int64, got '%s'", rpcString(v))
+	return merr("Expected int64, got '%s'", rpcString(v))
 }
 
 func (rBool) unmarshal(v any) error {
 	if _, ok := v.(bool); !ok {
-		return fmt.Errorf("Expected bool, got '%s'", rpcString(v))
+		return merr("Expected bool, got '%s'", rpcString(v))
 	}
 	return nil
 }
 
 func (rUnit) unmarshal(v any) error {
 	if v != nil {
-		return fmt.Errorf("Expected unit, got '%s'", rpcString(v))
+		return merr("Expected unit, got '%s'", rpcString(v))
 	}
 	return nil
 }
@@ -98,11 +106,11 @@ func (rUnit) unmarshal(v any) error {
 func (l rList) unmarshal(v any) error {
 	xs, ok := v.([]any)
 	if !ok {
-		return fmt.Errorf("Expecting array")
+		return merr("Expecting array")
 	}
 	for _, x := range xs {
 		if err := l.elem.unmarshal(x); err != nil {
-			return fmt.Errorf("Failed to unmarshal array: %s (when unmarshalling: %s)", err, rpcString(x))
+			return merr("Failed to unmarshal array: %s (when unmarshalling: %s)", err, rpcString(x))
 		}
 	}
 	return nil
@@ -111,11 +119,11 @@ func (l rList) unmarshal(v any) error {
 func (d rDict) unmarshal(v any) error {
 	m, ok := v.(map[string]any)
 	if !ok {
-		return fmt.Errorf("Unhandled")
+		return merr("Unhandled")
 	}
 	for _, x := range m {
 		if err := d.elem.unmarshal(x); err != nil {
-			return fmt.Errorf("Failed to unmarshal array: %s (when unmarshalling: %s)", err, rpcString(x))
+			return merr("Failed to unmarshal array: %s (when unmarshalling: %s)", err, rpcString(x))
 		}
 	}
 	return nil
@@ -124,7 +132,7 @@ func (d rDict) unmarshal(v any) error {
 func (s rStruct) unmarshal(v any) error {
 	m, ok := v.(map[string]any)
 	if !ok {
-		return fmt.Errorf("Expecting Rpc.Dict when unmarshalling a '%s'", s.name)
+		return merr("Expecting Rpc.Dict when unmarshalling a '%s'", s.name)
 	}
 	lower := make(map[string]any, len(m))
 	for k, x := range m {
@@ -137,7 +145,7 @@ func (s rStruct) unmarshal(v any) error {
 		case !present && (f.optional || f.deflt):
 			continue
 		case !present:
-			err = fmt.Errorf("No value found for key: '%s' when unmarshalling '%s'", f.name, s.name)
+			err = merr("No value found for key: '%s' when unmarshalling '%s'", f.name, s.name)
 		default:
 			err = f.t.unmarshal(x)
 		}
@@ -156,19 +164,19 @@ func (r rVariant) unmarshal(v any) error {
 		name = x
 	case []any:
 		if len(x) != 2 {
-			return fmt.Errorf("Expecting String or Enum when unmarshalling a variant")
+			return merr("Expecting String or Enum when unmarshalling a variant")
 		}
 		s, ok := x[0].(string)
 		if !ok {
-			return fmt.Errorf("Expecting String or Enum when unmarshalling a variant")
+			return merr("Expecting String or Enum when unmarshalling a variant")
 		}
 		name, contents = s, x[1]
 	default:
-		return fmt.Errorf("Expecting String or Enum when unmarshalling a variant")
+		return merr("Expecting String or Enum when unmarshalling a variant")
 	}
 	t, ok := r.cases[strings.ToLower(name)]
 	if !ok {
-		return fmt.Errorf("Unknown tag '%s'", strings.ToLower(name))
+		return merr("Unknown tag '%s'", strings.ToLower(name))
 	}
 	return t.unmarshal(contents)
 }
