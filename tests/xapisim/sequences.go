@@ -416,10 +416,13 @@ func DomainOf(dp, vm string) string {
 // validDomain refuses a domain string domain_of never produces, so a
 // test cannot hand the plugin something a real host would not. On
 // teardown "" is possible: xenopsd passes it when the domain has already
-// gone from xenstore (ocaml/xenopsd/lib/storage.ml, vm_of_domid).
-func validDomain(domain string, teardown bool) error {
+// gone from xenstore (ocaml/xenopsd/lib/storage.ml, vm_of_domid). The
+// 2020 daemon had no domain_of and sent "0" for every dom0 user.
+func validDomain(domain string, teardown, oldDaemon bool) error {
 	switch {
 	case domain == "" && teardown:
+		return nil
+	case domain == "0" && oldDaemon:
 		return nil
 	case domain != "" && domain != "0" && strings.Trim(domain, "0123456789") == "":
 		return nil
@@ -457,7 +460,7 @@ func (sr *SR) vmStart(ctx context.Context, o *op, key, domain string, persistent
 	if err := sr.mustBePlugged("vm-start"); err != nil {
 		return nil, err
 	}
-	if err := validDomain(domain, false); err != nil {
+	if err := validDomain(domain, false, sr.sim.OldDaemon); err != nil {
 		return nil, err
 	}
 	if err := sr.epochBegin(ctx, o, key, persistent); err != nil {
@@ -536,7 +539,7 @@ func (sr *SR) epochBegin(ctx context.Context, o *op, key string, persistent bool
 func (sr *SR) VMShutdown(ctx context.Context, a *Attachment) error {
 	o := sr.sim.begin(fmt.Sprintf("xe vm-shutdown vm=<VM with VDI %s>   # VBD unplug of domain %s", a.Key, a.Domain))
 	defer o.end()
-	if err := validDomain(a.Domain, true); err != nil {
+	if err := validDomain(a.Domain, true, sr.sim.OldDaemon); err != nil {
 		return err
 	}
 	args := func(uri string) schema.DatapathArgs {
