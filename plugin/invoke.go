@@ -38,6 +38,9 @@ type Outcome struct {
 	Stdout   []byte
 	Stderr   []byte
 	Elapsed  time.Duration
+	// Signal names the signal that killed the process, as the daemon
+	// (Core's Signal.to_string) spells it: "sigkill"; empty if it exited.
+	Signal string
 }
 
 // FindMethod looks a method file up in a plugin directory the way the
@@ -79,6 +82,9 @@ func Run(ctx context.Context, script string, stdin []byte) (Outcome, error) {
 	out := Outcome{Script: script, Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), Elapsed: time.Since(start)}
 	if cmd.ProcessState != nil {
 		out.ExitCode = cmd.ProcessState.ExitCode()
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			out.Signal = signalName(ws.Signal())
+		}
 	}
 	var ee *exec.ExitError
 	if err != nil && !errors.As(err, &ee) {
@@ -87,26 +93,52 @@ func Run(ctx context.Context, script string, stdin []byte) (Outcome, error) {
 	return out, nil
 }
 
-// Decode interprets an outcome as the daemon does: exit 0 with one JSON
-// value is success; non-zero with a complete error document is that error;
-// anything else is SCRIPT_FAILED.
+// signalName spells a signal as Core's Signal.to_string does ("sigkill"),
+// which is what the daemon puts in SCRIPT_FAILED.
+func signalName(sig syscall.Signal) string {
+	names := map[syscall.Signal]string{
+		syscall.SIGABRT: "sigabrt", syscall.SIGALRM: "sigalrm", syscall.SIGBUS: "sigbus",
+		syscall.SIGFPE: "sigfpe", syscall.SIGHUP: "sighup", syscall.SIGILL: "sigill",
+		syscall.SIGINT: "sigint", syscall.SIGKILL: "sigkill", syscall.SIGPIPE: "sigpipe",
+		syscall.SIGQUIT: "sigquit", syscall.SIGSEGV: "sigsegv", syscall.SIGTERM: "sigterm",
+		syscall.SIGUSR1: "sigusr1", syscall.SIGUSR2: "sigusr2", syscall.SIGXCPU: "sigxcpu",
+	}
+	if n, ok := names[sig]; ok {
+		return n
+	}
+	return fmt.Sprintf("<unknown signal %d>", int(sig))
+}
+
+// Decode interprets an outcome as the daemon does (xen-api
+// ocaml/xapi-storage-script/main.ml, fork_exec_rpc): killed by a signal
+// is SCRIPT_FAILED "signalled"; exit 0 with one JSON value is success;
+// non-zero with a complete error document is that error; anything else
+// is SCRIPT_FAILED. The params are the daemon's, in its order.
 func Decode(out Outcome) (json.RawMessage, error) {
+	fail := func(doc schema.ErrorDoc) error {
+		return &CallError{Script: out.Script, ExitCode: out.ExitCode, Doc: doc, Stderr: string(out.Stderr)}
+	}
+	if out.Signal != "" {
+		return nil, fail(scriptFailed(out, "signalled", out.Signal))
+	}
 	if out.ExitCode == 0 {
 		var v json.RawMessage
 		if err := strictOneValue(out.Stdout, &v); err != nil {
-			return nil, &CallError{Script: out.Script, Doc: scriptFailed(out, "bad json on stdout"), Stderr: string(out.Stderr)}
+			return nil, fail(schema.ErrorDoc{Code: "SCRIPT_FAILED", Params: []string{out.Script, "bad json on stdout", string(out.Stdout)}})
 		}
 		return v, nil
 	}
 	doc, ok := ParseErrorDoc(out.Stdout)
 	if !ok {
-		return nil, &CallError{Script: out.Script, ExitCode: out.ExitCode, Doc: scriptFailed(out, "non-zero exit and bad json on stdout"), Stderr: string(out.Stderr)}
+		return nil, fail(scriptFailed(out, "non-zero exit and bad json on stdout", fmt.Sprint(out.ExitCode)))
 	}
-	return nil, &CallError{Script: out.Script, ExitCode: out.ExitCode, Doc: doc, Stderr: string(out.Stderr)}
+	return nil, fail(doc)
 }
 
-func scriptFailed(out Outcome, why string) schema.ErrorDoc {
-	return schema.ErrorDoc{Code: "SCRIPT_FAILED", Params: []string{out.Script, why, fmt.Sprint(out.ExitCode), string(out.Stdout)}}
+// scriptFailed is main.ml's fail_because: script, description, cause,
+// and stdout twice (sic: the daemon passes stdout where stderr was meant).
+func scriptFailed(out Outcome, description, cause string) schema.ErrorDoc {
+	return schema.ErrorDoc{Code: "SCRIPT_FAILED", Params: []string{out.Script, description, cause, string(out.Stdout), string(out.Stdout)}}
 }
 
 func strictOneValue(b []byte, v any) error {

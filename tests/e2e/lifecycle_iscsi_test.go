@@ -232,11 +232,9 @@ func TestISCSILifecycle(t *testing.T) {
 		scanKeepsPassing(t, l.ctx, l.sr, scsiID, "[2, 2]")
 	})
 
-	// vdi-resize while the VM runs, on the master: the LV grows in place.
-	grown, err := l.sr.VDIResize(l.ctx, disk.Key, 96<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// A resize while the VM runs, on the master: the LV grows in place
+	// (xapi itself would refuse it: see resizeAttached).
+	grown := l.resizeAttached(t, disk.Key, 96<<20)
 	if grown.VirtualSize < 96<<20 {
 		t.Errorf("virtual_size after vdi-resize: %d", grown.VirtualSize)
 	}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"maps"
 	"net/url"
 	"os"
@@ -416,7 +415,7 @@ func (sr *SR) HAEnable(ctx context.Context, sv *StaticVDIs, deviceConfig map[str
 	if !slices.Contains(features, "VDI_GENERATE_CONFIG") && !slices.Contains(features, "VDI_ATTACH_OFFLINE") {
 		return statefile, redo, fmt.Errorf("SR_OPERATION_NOT_SUPPORTED [%s]: xapi's SM features %v have neither VDI_GENERATE_CONFIG nor VDI_ATTACH_OFFLINE", sr.UUID, features)
 	}
-	st, err := sr.stat(ctx, o)
+	st, err := sr.stat(ctx, o, sr.Handle)
 	if err != nil {
 		return statefile, redo, err
 	}
@@ -480,38 +479,13 @@ func (sv *StaticVDIs) HADisable(ctx context.Context) error {
 }
 
 // smFeatures are the features xapi records for the SR type: Plugin.Query's
-// plus what the daemon derives from the method files (main.ml,
-// QueryImpl.query_impl).
+// plus what the daemon derives from the method files (deriveFeatures).
 func (sr *SR) smFeatures(ctx context.Context) ([]string, error) {
 	var q schema.QueryResult
 	if err := pluginQuery(ctx, sr, &q); err != nil {
 		return nil, err
 	}
-	out := make([]string, 0, len(q.Features)+16)
-	for _, f := range q.Features {
-		if f == "VDI_DESTROY" {
-			f = "VDI_DELETE"
-		}
-		out = append(out, f)
-	}
-	entries, err := os.ReadDir(sr.sim.VolumeDir(sr.Type))
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, err
-	}
-	byFile := map[string]string{"sr.attach": "SR_ATTACH", "sr.create": "SR_CREATE", "sr.destroy": "SR_DELETE", "sr.detach": "SR_DETACH",
-		"sr.ls": "SR_SCAN", "sr.stat": "SR_UPDATE", "sr.probe": "SR_PROBE", "volume.create": "VDI_CREATE", "volume.clone": "VDI_CLONE",
-		"volume.snapshot": "VDI_SNAPSHOT", "volume.resize": "VDI_RESIZE", "volume.destroy": "VDI_DELETE", "volume.stat": "VDI_UPDATE"}
-	for _, e := range entries {
-		if f, ok := byFile[strings.ToLower(e.Name())]; ok {
-			out = append(out, f)
-		}
-	}
-	out = append(out, "VDI_ATTACH", "VDI_DETACH", "VDI_ACTIVATE", "VDI_DEACTIVATE", "VDI_INTRODUCE")
-	if slices.Contains(out, "VDI_CLONE") {
-		out = append(out, "VDI_RESET_ON_BOOT/2")
-	}
-	slices.Sort(out)
-	return slices.Compact(out), nil
+	return deriveFeatures(sr.sim.VolumeDir(sr.Type), q.Features), nil
 }
 
 func pluginQuery(ctx context.Context, sr *SR, q *schema.QueryResult) error {

@@ -5,8 +5,16 @@
 // every step as the xe command an admin would have typed and what each
 // method call answered, for people watching the demo.
 //
-// A Sim stands for one host's daemon. It is safe for concurrent use, as
-// newer xapi (≥ 24.40) runs plugin calls in parallel.
+// A Sim stands for one host's daemon. It is safe for concurrent use and,
+// like the daemon, runs plugin calls in parallel: main.ml's
+// watch_volume_plugins serves each volume plugin's queue with listen_p
+// (one Lwt thread per request) while `concurrent` is true, its default
+// (and the --concurrent flag can only set it). OldDaemon runs one call
+// at a time, as the daemon did before CA-395512 (2024).
+//
+// Every rule the simulator applies is the daemon's or xapi's, read from
+// the xen-api source and cited where it is applied (file and function);
+// docs/design.md lists them under "What xapi really does".
 package xapisim
 
 import (
@@ -19,6 +27,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -42,8 +51,13 @@ type Sim struct {
 	// PBD.plug then skips the master's second SR.stat.
 	Member bool
 	// OldDaemon replays the 2020 daemon (XCP-ng 8.2): VBD teardown calls
-	// Datapath.deactivate once, not twice.
+	// Datapath.deactivate once, not twice; calls run one at a time;
+	// sr-scan is SR.ls alone (no scan2); SR health knows only Healthy and
+	// Recovering.
 	OldDaemon bool
+	// ScanRetryWait replaces stat_with_retry's 1 s between SR.stat calls
+	// of a scan of an Unreachable SR, for tests; zero means 1 s.
+	ScanRetryWait time.Duration
 
 	mu         sync.Mutex
 	registered map[string]*Datapath // by scheme
@@ -51,6 +65,7 @@ type Sim struct {
 	secrets    map[string]string    // secret uuid -> value
 	xapi       xapiDB               // host, SR and PBD records (pbd.go)
 	narration  sync.Mutex
+	serial     sync.Mutex // OldDaemon's one call at a time
 	inflight   atomic.Int32
 	opSeq      atomic.Int32
 }
@@ -126,8 +141,7 @@ func (o *op) say(format string, a ...any) {
 // call runs one method file and narrates its outcome.
 func (o *op) call(ctx context.Context, dir, method string, args, result any) error {
 	start := time.Now()
-	var raw json.RawMessage
-	err := plugin.Invoke(ctx, dir, method, args, &raw)
+	raw, err := o.s.invoke(ctx, dir, method, args)
 	took := time.Since(start).Round(10 * time.Millisecond)
 	if err != nil {
 		o.say("    %-22s %7s  FAILED: %s", method, took, describeErr(err))
@@ -140,6 +154,143 @@ func (o *op) call(ctx context.Context, dir, method string, args, result any) err
 		}
 	}
 	return nil
+}
+
+// invoke runs a method file as the daemon does (main.ml, fork_exec_rpc
+// and Script.path) and decodes its result as the daemon's typed client
+// does (checkResult): a result the daemon could not unmarshal fails here.
+func (s *Sim) invoke(ctx context.Context, dir, method string, args any) (json.RawMessage, error) {
+	script, err := plugin.FindMethod(dir, method)
+	if err != nil {
+		code, why := "SCRIPT_MISSING", "Check whether the file exists and has correct permissions"
+		if strings.HasPrefix(err.Error(), "SCRIPT_NOT_EXECUTABLE") {
+			code, why = "SCRIPT_NOT_EXECUTABLE", err.Error()
+		}
+		return nil, &plugin.CallError{Script: filepath.Join(dir, method), Doc: schema.ErrorDoc{Code: code, Params: []string{filepath.Join(dir, method), why}}}
+	}
+	stdin, err := json.Marshal(args)
+	if err != nil {
+		return nil, err
+	}
+	if s.OldDaemon {
+		s.serial.Lock()
+		defer s.serial.Unlock()
+	}
+	out, err := plugin.Run(ctx, script, stdin)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := plugin.Decode(out)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkResult(method, script, raw, s.OldDaemon); err != nil {
+		return nil, err
+	}
+	return raw, nil
+}
+
+// APIError is an error xapi itself raises (a XenAPI error code and its
+// parameters), before or after the plugin is called.
+type APIError struct {
+	Code   string
+	Params []string
+}
+
+func (e *APIError) Error() string {
+	return fmt.Sprintf("xapi: %s %v", e.Code, e.Params)
+}
+
+// refuse narrates and returns an error xapi raises itself.
+func (o *op) refuse(code string, params ...string) error {
+	o.say("    refused by xapi: %s %s", code, strings.Join(params, " | "))
+	return &APIError{Code: code, Params: params}
+}
+
+func (s *Sim) retryWait() time.Duration {
+	if s.ScanRetryWait > 0 {
+		return s.ScanRetryWait
+	}
+	return time.Second
+}
+
+// featureFiles are the method files whose presence adds a feature,
+// whatever Plugin.Query says (main.ml, QueryImpl.query_impl).
+var featureFiles = [][2]string{
+	{"SR.attach", "SR_ATTACH"}, {"SR.create", "SR_CREATE"}, {"SR.destroy", "SR_DELETE"},
+	{"SR.detach", "SR_DETACH"}, {"SR.ls", "SR_SCAN"}, {"SR.stat", "SR_UPDATE"}, {"SR.probe", "SR_PROBE"},
+	{"Volume.create", "VDI_CREATE"}, {"Volume.clone", "VDI_CLONE"}, {"Volume.snapshot", "VDI_SNAPSHOT"},
+	{"Volume.resize", "VDI_RESIZE"}, {"Volume.destroy", "VDI_DELETE"}, {"Volume.stat", "VDI_UPDATE"},
+}
+
+// deriveFeatures is the feature list the daemon answers xapi's
+// Query.query with (main.ml, QueryImpl.query_impl): the plugin's
+// features with VDI_DESTROY renamed VDI_DELETE; one feature per method
+// file that exists as an executable regular file (Script.path,
+// lib.ml assert_is_executable), whether or not the plugin declared it;
+// VDI_ATTACH, VDI_DETACH, VDI_ACTIVATE, VDI_DEACTIVATE and VDI_INTRODUCE
+// always; and VDI_RESET_ON_BOOT/2 whenever VDI_CLONE is in the list. Nothing
+// is ever removed: a declared feature stays even without its file.
+func deriveFeatures(dir string, declared []string) []string {
+	var out []string
+	for _, f := range declared {
+		if f == "VDI_DESTROY" {
+			f = "VDI_DELETE"
+		}
+		out = append(out, f)
+	}
+	var files []string
+	for _, ff := range featureFiles {
+		if _, err := plugin.FindMethod(dir, ff[0]); err == nil {
+			files = append([]string{ff[1]}, files...) // the daemon's loop conses
+		}
+	}
+	out = append(out, files...)
+	out = append(out, "VDI_ATTACH", "VDI_DETACH", "VDI_ACTIVATE", "VDI_DEACTIVATE", "VDI_INTRODUCE")
+	if HasFeature(out, "VDI_CLONE") {
+		out = append([]string{"VDI_RESET_ON_BOOT/2"}, out...)
+	}
+	return out
+}
+
+// knownFeatures are the capabilities xapi understands (xen-api
+// ocaml/xapi/smint.ml, string_to_capability_table); it drops the others.
+var knownFeatures = strings.Fields(`SR_CREATE SR_DELETE SR_ATTACH SR_DETACH SR_SCAN SR_PROBE SR_UPDATE
+	SR_SUPPORTS_LOCAL_CACHING SR_METADATA SR_TRIM SR_MULTIPATH SR_CACHING SR_STATS VDI_CREATE VDI_DELETE
+	VDI_ATTACH VDI_DETACH VDI_MIRROR VDI_MIRROR_IN VDI_RESIZE VDI_RESIZE_ONLINE VDI_CLONE VDI_SNAPSHOT
+	VDI_ACTIVATE VDI_ACTIVATE_READONLY VDI_DEACTIVATE VDI_UPDATE VDI_INTRODUCE VDI_GENERATE_CONFIG
+	VDI_ATTACH_OFFLINE VDI_RESET_ON_BOOT VDI_CONFIG_CBT VDI_COMPOSE LARGE_VDI THIN_PROVISIONING
+	VDI_READ_CACHING VDI_REVERT`)
+
+// HasFeature tells whether xapi sees capability c in a feature list, as
+// Smint.Feature.has_capability does after parse_string_int64: a "/N"
+// version suffix is ignored and unknown names are dropped.
+func HasFeature(features []string, c string) bool {
+	if !slices.Contains(knownFeatures, c) {
+		return false
+	}
+	for _, f := range features {
+		if name, _, _ := strings.Cut(f, "/"); name == c {
+			return true
+		}
+	}
+	return false
+}
+
+// SMFeatures replays `xe sm-param-get uuid=<sm> param-name=features` after
+// xapi has bound the plugin: the daemon's Plugin.Query, and the features
+// it derives from the method files.
+func (s *Sim) SMFeatures(ctx context.Context, srType string) ([]string, error) {
+	o := s.begin("xe sm-param-get param-name=features   # type=" + srType)
+	defer o.end()
+	var q schema.QueryResult
+	dir := s.VolumeDir(srType)
+	if err := o.call(ctx, dir, "Plugin.Query", schema.DbgArgs{Dbg: o.dbg}, &q); err != nil {
+		return nil, err
+	}
+	f := deriveFeatures(dir, q.Features)
+	o.say("  = %s", strings.Join(f, " "))
+	return f, nil
 }
 
 func describeErr(err error) string {
@@ -173,7 +324,11 @@ func (s *Sim) registerLocked(ctx context.Context) {
 	for _, e := range entries {
 		dir := filepath.Join(s.Root, "datapath", e.Name())
 		var q schema.QueryResult
-		if err := plugin.Invoke(ctx, dir, "Plugin.Query", schema.DbgArgs{Dbg: "register"}, &q); err != nil {
+		raw, err := s.invoke(ctx, dir, "Plugin.Query", schema.DbgArgs{Dbg: "register"})
+		if err == nil {
+			err = json.Unmarshal(raw, &q)
+		}
+		if err != nil {
 			s.refused[e.Name()] = err
 			continue
 		}
@@ -209,17 +364,38 @@ func (s *Sim) ensureRegistered(ctx context.Context) {
 // does (spec §2.3): the first URI whose lower-cased scheme names a
 // registered datapath directory. The URI is returned verbatim.
 func (s *Sim) ChooseDatapath(ctx context.Context, uris []string) (*Datapath, string, error) {
+	return s.chooseDatapath(ctx, uris, true)
+}
+
+// chooseDatapath is main.ml's choose_datapath: URIs with a scheme naming
+// a registered datapath plugin, in order; for a non-persistent use
+// (epoch_begin persistent=false) those whose plugin declares
+// NONPERSISTENT come first.
+func (s *Sim) chooseDatapath(ctx context.Context, uris []string, persistent bool) (*Datapath, string, error) {
 	s.ensureRegistered(ctx)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	type cand struct {
+		d   *Datapath
+		uri string
+	}
+	var possible []cand
 	for _, u := range uris {
 		p, err := url.Parse(u)
 		if err != nil || p.Scheme == "" {
 			continue
 		}
 		if d, ok := s.registered[strings.ToLower(p.Scheme)]; ok {
-			return d, u, nil
+			possible = append(possible, cand{d, u})
 		}
+	}
+	if !persistent {
+		sort.SliceStable(possible, func(i, j int) bool {
+			return possible[i].d.NonPersistent() && !possible[j].d.NonPersistent()
+		})
+	}
+	if len(possible) > 0 {
+		return possible[0].d, possible[0].uri, nil
 	}
 	names := make([]string, 0, len(s.registered))
 	for n := range s.registered {
