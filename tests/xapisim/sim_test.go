@@ -894,7 +894,7 @@ func TestCallsRunInParallel(t *testing.T) {
 		sim := New(root, nil)
 		sr := plugged(t, root, sim)
 		sim.OldDaemon = old
-		write(t, root, "barrier", map[bool]string{false: "100", true: "10"}[old])
+		write(t, root, "barrier", map[bool]string{false: "600", true: "10"}[old]) // the parallel case leaves the loop as soon as both run
 		var wg sync.WaitGroup
 		for i := 0; i < 2; i++ {
 			wg.Add(1)
