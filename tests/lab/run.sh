@@ -6,7 +6,7 @@
 #   run.sh test    [--kernel K] [--dom0 xcpng8] [-run REGEX] [--timeout S]
 #                  [--keep] [--shards N] [--also KERNEL[+xcpng8]:REGEX]...
 #   run.sh demo    [--kernel K]
-#   run.sh capture [--kernel K] [--force]
+#   run.sh capture [--kernel K] [--dom0 xcpng8] [--force]
 #   run.sh shell   [--kernel K] [--keep]   interactive guest, for debugging
 #   run.sh durations TEST.LOG...         weights for --shards, from runs' logs
 #
@@ -500,12 +500,16 @@ main() {
 	capture)
 		rundir=$(new_rundir)
 		build "$rundir"
+		# With dom0's tools only LVM's fixtures are taken (the other
+		# tools' fixtures come from Debian's, which the parsers target).
+		local capture='^TestCapture(Fixtures|LVMErrors)$' pkgs="nvme iscsi lvm"
+		[ -z "$dom0" ] || { capture='^TestCaptureLVMErrors$' pkgs=lvm; }
 		run_guest "$kernel" "$rundir" "$limit" \
-			"SANVOL_LAB_CAPTURE=/lab/out/capture /lab/e2e.test -test.v -test.count=1 -test.run '^TestCaptureFixtures\$'"
+			"SANVOL_LAB_CAPTURE=/lab/out/capture /lab/e2e.test -test.v -test.count=1 -test.run '$capture'"
 		rc=$guest_rc
 		summary "$rundir" "$rc"
 		[ "$rc" = 0 ] || exit "$rc"
-		for pkg in nvme iscsi lvm; do
+		for pkg in $pkgs; do
 			[ -d "$rundir/share/out/capture/$pkg" ] && copy_fixtures "$rundir/share/out/capture/$pkg" "$repo/$pkg/testdata"
 		done
 		rm -rf "$rundir"
