@@ -88,22 +88,26 @@ dom0_tools() {
 
 # image_dir FLAVOUR: prints the cache directory of that image, building it
 # first if needed. FLAVOUR is KERNEL or KERNEL+DOM0 (bookworm+xcpng8). The
-# key hashes everything that goes into the image: with dom0 tools, every
-# file of their sources too.
+# key hashes everything that goes into the image. A dom0 image is derived
+# from the Debian image of its kernel (build-dom0.sh), and its key adds
+# build-dom0.sh and every file of the dom0 tools' sources.
 image_dir() {
-	local flavour=$1 kernel=${1%%+*} dom0= tools= key dir
-	[[ $flavour == *+* ]] && dom0=${flavour#*+}
-	[ -z "$dom0" ] || tools=$(dom0_tools)
+	local flavour=$1 kernel=${1%%+*} dom0= tools= base= key dir
+	if [[ $flavour == *+* ]]; then
+		dom0=${flavour#*+}
+		tools=$(dom0_tools)
+		base=$(image_dir "$kernel")
+	fi
 	key=$( {
 		cat "$here/build-image.sh" "$here/guest/lab-init"
 		echo "kernel=$kernel"
 		if [ -n "$dom0" ]; then
+			cat "$here/build-dom0.sh"
 			echo "dom0=$dom0"
 			(cd "$tools" && find . -type f | LC_ALL=C sort | xargs sha256sum)
 		fi
 	} | sha256sum | cut -c1-16)
-	local kernel_arg=$kernel
-	kernel=$flavour # the cache entry's and lock's name
+	kernel=$flavour # the cache entry's and the lock's name
 	dir=$cache/$kernel-$key
 	if [ -f "$dir/rootfs.img" ]; then
 		touch "$dir/.used"
@@ -119,7 +123,9 @@ image_dir() {
 		m=$(mirror)
 		tmp=$(mktemp -d "$cache/.build-$kernel-$key.XXXXXX")
 		say "building the $kernel guest image (one time, ~1-3 min) into $dir" >&2
-		if ! "$here/build-image.sh" "$tmp" "$kernel_arg" "$m" "$dom0" "$tools" >&2; then
+		local builder=("$here/build-image.sh" "$tmp" "$kernel" "$m")
+		[ -z "$dom0" ] || builder=("$here/build-dom0.sh" "$base" "$tmp" "$m" "$tools")
+		if ! "${builder[@]}" >&2; then
 			rm -rf "$tmp"
 			die "image build failed (logs were printed above)"
 		fi
