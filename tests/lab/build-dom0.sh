@@ -62,10 +62,18 @@ for t in lvm2 open-iscsi multipath; do
 done
 rm -rf "$mnt/tmp/dom0-tools" "$mnt/tmp/dom0-out"
 chroot "$mnt" dpkg-query -W -f '${Package}\n' | sort >"$out/pkgs.after"
-new=$(comm -13 "$out/pkgs.before" "$out/pkgs.after" | tr '\n' ' ')
+# The build packages go again, except the libraries the tools load (lvm2
+# links libreadline, which Debian's own storage tools do not need).
+chroot "$mnt" /bin/sh -c 'for f in /opt/xcpng8/sbin/* /opt/xcpng8/lib*/*.so* /opt/xcpng8/lib64/multipath/*.so; do
+	[ -f "$f" ] && LD_LIBRARY_PATH=/opt/xcpng8/lib:/opt/xcpng8/lib64 ldd "$f" 2>/dev/null; done |
+	awk "\$2 == \"=>\" && \$3 ~ /^\// && \$3 !~ /^\/opt\// { print \$3 }" | sort -u |
+	while read -r l; do dpkg -S "$l" 2>/dev/null || dpkg -S "$(readlink -f "$l")" 2>/dev/null || dpkg -S "/usr$l" 2>/dev/null; done |
+	cut -d: -f1 | sort -u' >"$out/pkgs.runtime"
+new=$(comm -13 "$out/pkgs.before" "$out/pkgs.after" | comm -23 - "$out/pkgs.runtime" | tr '\n' ' ')
+echo "lab: the dom0 tools' libraries kept: $(comm -13 "$out/pkgs.before" "$out/pkgs.after" | comm -12 - "$out/pkgs.runtime" | tr '\n' ' ')"
 chroot "$mnt" /bin/sh -c "DEBIAN_FRONTEND=noninteractive apt-get -q -y purge $new" >>"$out/dom0-build.log" 2>&1 ||
 	{ tail -30 "$out/dom0-build.log"; exit 1; }
-rm -f "$out/pkgs.before" "$out/pkgs.after" "$mnt/etc/apt/sources.list.d/dom0-build.list"
+rm -f "$out/pkgs.before" "$out/pkgs.after" "$out/pkgs.runtime" "$mnt/etc/apt/sources.list.d/dom0-build.list"
 rm -rf "$mnt/var/cache/apt/archives/"*.deb "$mnt/var/lib/apt/lists/"*
 printf '%s\n' "${built[@]}" >"$mnt/opt/xcpng8/BUILT"
 echo xcpng8 >"$mnt/etc/sanvol-lab-dom0"
