@@ -81,11 +81,19 @@ if [ "$(cat /etc/sanvol-lab-dom0 2>/dev/null)" = xcpng8 ]; then
 	# dom0's lvm.conf, made the way sm's RPM makes it (xcp-ng/sm
 	# mk/sm.spec.in %post) from the lvm.conf lvm2 2.02.180 installs:
 	# master/lvm.conf for writes, lvm.conf with metadata_read_only = 1.
+	# `make install` does not install lvm2's lvm.conf; its settings are
+	# lvm2's defaults, which lvmconfig prints in the same "key = value"
+	# form.
+	conf=/opt/xcpng8/etc/lvm/lvm.conf
+	if [ ! -s "$conf" ]; then
+		conf=/run/lvm-2.02-defaults.conf
+		/usr/local/sbin/lvm lvmconfig --type default --withspaces >"$conf" 9>&- 10>&-
+	fi
 	sed -e 's/metadata_read_only =.*/metadata_read_only = 0/' -e 's/archive = .*/archive = 0/' \
 		-e 's/udev_sync = 1/udev_sync = 0/' -e 's/udev_rules = 1/udev_rules = 0/' \
 		-e 's/obtain_device_list_from_udev = 1/obtain_device_list_from_udev = 0/' \
 		-e 's/write_cache_state = 1/write_cache_state = 0/' \
-		/opt/xcpng8/etc/lvm/lvm.conf >/etc/lvm/master/lvm.conf
+		"$conf" >/etc/lvm/master/lvm.conf
 	sed 's/metadata_read_only =.*/metadata_read_only = 1/' /etc/lvm/master/lvm.conf >/etc/lvm/lvm.conf
 	: >/etc/lvm/cache/.cache
 	# The lab's filter (pitfall 5) without the 2.03-only setting, which
