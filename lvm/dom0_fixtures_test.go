@@ -14,6 +14,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/tidwall/gjson"
+
 	"sanvol/host"
 	"sanvol/lvm"
 	"sanvol/lvm/lvmtest"
@@ -177,5 +180,50 @@ func TestDom0ChecksumErrorRetried(t *testing.T) {
 				t.Fatalf("err = %v (kind %s)", err, host.KindOf(err))
 			}
 		})
+	}
+}
+
+// The 2.02.180 reports: the same JSON shape as 2.03's, every number a
+// string of bytes, and what sanvol reads of them.
+func TestDom0Reports(t *testing.T) {
+	raw := fixture(t, "vgs-"+dom0LVM+".json")
+	vgs, err := lvm.ParseVGs(raw)
+	if err != nil || len(vgs) != 1 {
+		t.Fatalf("ParseVGs = %v, %v", vgs, err)
+	}
+	want := lvm.VG{Name: "caplvm", UUID: gjson.GetBytes(raw, "report.0.vg.0.vg_uuid").String(), Size: 264241152, Free: 213909504,
+		ExtentSize: 4 << 20, Tags: []string{"sanvol_v1", "sr_uuid=5f1c2a9e-1111-4c3b-9c1e-2f0d3a4b5c6d"},
+		MDASize: 1044480, MDAFree: gjson.GetBytes(raw, "report.0.vg.0.vg_mda_free").Int(), LVCount: 2, PVCount: 1}
+	if d := cmp.Diff(want, vgs[0]); d != "" || want.UUID == "" {
+		t.Fatalf("VG (-want +got):\n%s", d)
+	}
+
+	raw = fixture(t, "lvs-"+dom0LVM+".json")
+	lvs, err := lvm.ParseLVs(raw)
+	if err != nil || len(lvs) != 2 {
+		t.Fatalf("ParseLVs = %v, %v", lvs, err)
+	}
+	rows := gjson.GetBytes(raw, "report.0.lv").Array()
+	for i, l := range lvs {
+		if l.Active() != (rows[i].Get("lv_active").String() == "active") {
+			t.Errorf("%s: Active()=%v, lv_active=%q", l.Name, l.Active(), rows[i].Get("lv_active"))
+		}
+		if lvm.DevicePath(l.VG, l.Name) != rows[i].Get("lv_path").String() || l.UUID != rows[i].Get("lv_uuid").String() {
+			t.Errorf("%s: path %s uuid %s, LVM says %s %s", l.Name, lvm.DevicePath(l.VG, l.Name), l.UUID, rows[i].Get("lv_path"), rows[i].Get("lv_uuid"))
+		}
+	}
+	if a, b := lvs[0], lvs[1]; a.Name != "vol-a" || a.Size != 32<<20 || !a.Active() || len(a.Tags) != 2 ||
+		b.Name != "vol-b" || b.Size != 16<<20 || b.Active() || len(b.Tags) != 1 {
+		t.Fatalf("LVs = %+v", lvs)
+	}
+
+	raw = fixture(t, "pvs-"+dom0LVM+".json")
+	pvs, err := lvm.ParsePVs(raw)
+	if err != nil || len(pvs) != 1 {
+		t.Fatalf("ParsePVs = %v, %v", pvs, err)
+	}
+	if p := pvs[0]; p.Name != "/dev/nvme0n1" || p.VG != "caplvm" || p.Size != 264241152 || p.MDASize != 1044480 ||
+		p.UUID != gjson.GetBytes(raw, "report.0.pv.0.pv_uuid").String() {
+		t.Fatalf("PV = %+v", p)
 	}
 }
