@@ -87,7 +87,7 @@ if [ "$(cat /etc/sanvol-lab-dom0 2>/dev/null)" = xcpng8 ]; then
 	conf=/opt/xcpng8/etc/lvm/lvm.conf
 	if [ ! -s "$conf" ]; then
 		conf=/run/lvm-2.02-defaults.conf
-		/usr/local/sbin/lvm lvmconfig --type default --withspaces >"$conf" 9>&- 10>&-
+		/usr/local/sbin/lvm lvmconfig --type default --withspaces >"$conf"
 	fi
 	sed -e 's/metadata_read_only =.*/metadata_read_only = 0/' -e 's/archive = .*/archive = 0/' \
 		-e 's/udev_sync = 1/udev_sync = 0/' -e 's/udev_rules = 1/udev_rules = 0/' \
