@@ -227,3 +227,18 @@ func TestDom0Reports(t *testing.T) {
 		t.Fatalf("PV = %+v", p)
 	}
 }
+
+// 2.02.180's pvs under metadata_read_only=1 fails (exit 5: it takes a
+// write lock to "recover" standalone PVs) while printing the report. The
+// client reports the failure, not the half-answer: sanvol lists PVs only
+// on the master (SR.create), whose scope says metadata_read_only=0.
+func TestDom0PVsUnderReadOnly(t *testing.T) {
+	r := dom0Runner(t)
+	r.On(lvmtest.LVM("pvs"), captured(t, "read-only-pvs-"+dom0LVM+".txt"))
+	ro := scope
+	ro.ReadOnly = true
+	pvs, err := newClient(r).PVs(context.Background(), ro)
+	if !errors.Is(err, host.ErrNotMaster) || pvs != nil {
+		t.Fatalf("PVs = %v, %v; want NotPoolMaster", pvs, err)
+	}
+}
