@@ -90,8 +90,8 @@ func TestCaptureLVMErrors(t *testing.T) {
 	c.cmd("lvm", "lvm-version-"+lv+".txt", "lvm", "version")
 	// Reports as the master runs them: dom0's lvm.conf says
 	// metadata_read_only=1, under which 2.02.180's pvs fails (exit 5,
-	// "Recovery of standalone physical volumes failed") when it sees a PV
-	// without VG, while still printing the report; that is recorded below.
+	// "Recovery of standalone physical volumes failed": a write lock on the
+	// orphan PVs) while still printing the report; that is recorded below.
 	c.cmd("lvm", "vgs-"+lv+".json", "vgs", "--config", rw, "--reportformat", "json", "--units", "b", "--nosuffix", "-o", "+vg_tags,vg_uuid,vg_extent_size,vg_mda_size,vg_mda_free")
 	c.cmd("lvm", "lvs-"+lv+".json", "lvs", "--config", rw, "--reportformat", "json", "--units", "b", "--nosuffix", "-o", "+lv_tags,lv_uuid,lv_active,lv_path,lv_dm_path")
 	c.cmd("lvm", "pvs-"+lv+".json", "pvs", "--config", rw, "--reportformat", "json", "--units", "b", "--nosuffix", "-o", "+pv_uuid,dev_size,pv_mda_size,pv_mda_free")
