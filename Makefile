@@ -47,8 +47,11 @@ conformance:
 # in a third guest at the same time the NVMe DH-HMAC-CHAP scenarios on
 # bookworm-backports' 6.12 kernel, the first with NVMe auth. The guests
 # mostly wait on timeouts, so three of them share the two cores well.
+# The fourth guest runs the LVM-heavy scenarios with XCP-ng 8.x dom0's
+# lvm2 2.02.180, open-iscsi 2.0.874 and multipath 0.4.9 (tests/lab/README.md).
 lab:
-	tests/lab/run.sh test --shards 2 --also 'backports:^TestNVMeAuth'
+	tests/lab/run.sh test --shards 2 --also 'backports:^TestNVMeAuth' \
+		--also 'bookworm+xcpng8:^(TestEngineLifecycle|TestEngineNonMaster|TestEngineCrashVolumeSteps|TestDatapathNVMe|TestISCSILifecycle|TestISCSIFailover|TestISCSIGrow|TestBlockdevZeroOut)$$'
 
 
 # The main job: boot the lab and run a whole SR lifecycle, narrated as the

@@ -167,6 +167,9 @@ func (c *Client) exec(ctx context.Context, s Scope, m mode, sub string, args ...
 	for attempt := 0; ; attempt++ {
 		res, err := c.run.Run(ctx, host.Cmd{Name: "lvm", Args: argv, Timeout: timeout})
 		if err == nil {
+			if rerr := readOnlyRefusal(op, argv, res); rerr != nil {
+				return nil, rerr
+			}
 			return res.Stdout, nil
 		}
 		if m != once && attempt < c.ReadRetries && isChecksumError(err) {

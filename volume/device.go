@@ -3,7 +3,6 @@ package volume
 import (
 	"context"
 	"errors"
-	"strconv"
 	"strings"
 	"time"
 
@@ -16,15 +15,20 @@ const mib = 1 << 20
 
 // Zeroing policy. A new volume, and the part a resize adds, must never
 // show a guest what an older volume left on those extents. sanvol zeroes
-// them with BLKZEROOUT (`blkdiscard --zeroout`) before the volume becomes
-// visible. The kernel sends WRITE ZEROES (NVMe) / WRITE SAME (SCSI) when
-// the device offers it, which the array does without moving data, and
+// them with the BLKZEROOUT ioctl (package blockdev) before the volume
+// becomes visible. The kernel sends WRITE ZEROES (NVMe) / WRITE SAME (SCSI)
+// when the device offers it, which the array does without moving data, and
 // falls back to writing zero pages otherwise, so the result is zeroes in
 // every case. Plain discard is not used: whether discarded blocks read
 // back as zeroes is up to the array, and newer kernels no longer report it
-// (queue/discard_zeroes_data is always 0).
-// util-linux before 2.28 (XCP-ng 8.x dom0 has 2.23) lacks --zeroout; there
-// sanvol writes zeroes with dd and O_DIRECT, which is slower but as sound.
+// (queue/discard_zeroes_data is always 0). The ioctl needs no tool:
+// util-linux before 2.28 (XCP-ng 8.x dom0 has 2.23) has no
+// `blkdiscard --zeroout`, and dd would write every byte over the network.
+
+// Zeroer zeroes a byte range of a block device (blockdev.Zeroer).
+type Zeroer interface {
+	ZeroOut(ctx context.Context, dev string, off, length int64) error
+}
 
 // zeroFloorRate is the slowest zeroing speed the deadline allows for.
 const zeroFloorRate = 20 * mib // bytes per second
@@ -40,30 +44,15 @@ func (e *Engine) zero(ctx context.Context, op, dev string, off, length int64) er
 		return nil
 	}
 	start := e.now()
-	cmd := host.Cmd{Name: "blkdiscard", Timeout: zeroTimeout(length),
-		Args: []string{"--zeroout", "--offset", strconv.FormatInt(off, 10), "--length", strconv.FormatInt(length, 10), dev}}
-	_, err := e.run.Run(ctx, cmd)
-	var ee *host.ExitError
-	if err != nil && (errors.Is(err, host.ErrNotInstalled) || errors.As(err, &ee) && oldBlkdiscard(ee.Stderr)) {
-		e.log.Info("blkdiscard cannot zero here; writing zeroes with dd", zap.String("device", dev), zap.Error(err))
-		cmd = host.Cmd{Name: "dd", Timeout: zeroTimeout(length), Args: []string{
-			"if=/dev/zero", "of=" + dev, "bs=1M", "seek=" + strconv.FormatInt(off/mib, 10),
-			"count=" + strconv.FormatInt(length/mib, 10), "oflag=direct", "conv=fsync,notrunc"}}
-		_, err = e.run.Run(ctx, cmd)
-	}
-	if err != nil {
+	ctx, cancel := context.WithTimeout(ctx, zeroTimeout(length))
+	defer cancel()
+	if err := e.zeroer.ZeroOut(ctx, dev, off, length); err != nil {
 		return host.Errorf(host.KindOf(err), op, "could not zero "+dev,
 			"check the SR's paths and the kernel log (dmesg) for I/O errors, then retry", err)
 	}
 	e.log.Info("zeroed", zap.String("device", dev), zap.Int64("offset", off), zap.Int64("length", length),
 		zap.Duration("elapsed", e.now().Sub(start)))
 	return nil
-}
-
-// oldBlkdiscard recognises a blkdiscard that does not know --zeroout.
-func oldBlkdiscard(stderr string) bool {
-	s := strings.ToLower(stderr)
-	return strings.Contains(s, "unrecognized option") || strings.Contains(s, "invalid option") || strings.Contains(s, "unknown option")
 }
 
 // signatures lists what blkid's low-level probe finds on dev: file

@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"sanvol/blockdev"
 	"sanvol/host"
 	"sanvol/lvm"
 )
@@ -61,8 +62,11 @@ func FaultSteps() []string {
 type Options struct {
 	LVM       *lvm.Client
 	Transport Transport
-	// Runner runs the non-LVM tools: blkid, wipefs, blkdiscard, dd.
+	// Runner runs the non-LVM tools: blkid, wipefs.
 	Runner host.Runner
+	// Zeroer zeroes new extents; nil means blockdev's BLKZEROOUT on the
+	// devices under Root.
+	Zeroer Zeroer
 	Locker host.Locker
 	Root   host.Root
 	// Role is this host's pool role (host.ReadRole): only the master
@@ -97,6 +101,7 @@ type Engine struct {
 	version  string
 	lockWait time.Duration
 	hostID   string
+	zeroer   Zeroer
 }
 
 // New builds an engine.
@@ -105,9 +110,12 @@ func New(o Options) (*Engine, error) {
 		return nil, fmt.Errorf("volume.New: LVM, Transport, Runner and Locker are required")
 	}
 	e := &Engine{lvm: o.LVM, t: o.Transport, run: o.Runner, locker: o.Locker, root: o.Root, role: o.Role,
-		log: o.Log, now: o.Now, fault: o.Fault, version: o.Version, lockWait: o.LockWait, hostID: o.HostID}
+		log: o.Log, now: o.Now, fault: o.Fault, version: o.Version, lockWait: o.LockWait, hostID: o.HostID, zeroer: o.Zeroer}
 	if e.log == nil {
 		e.log = zap.NewNop()
+	}
+	if e.zeroer == nil {
+		e.zeroer = blockdev.New(e.root, e.log)
 	}
 	if e.now == nil {
 		e.now = time.Now

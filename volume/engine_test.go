@@ -111,7 +111,7 @@ func (v *env) engineWith(tr volume.Transport) *volume.Engine {
 
 func (v *env) engineOf(role host.Role, tr volume.Transport) *volume.Engine {
 	e, err := volume.New(volume.Options{
-		LVM: lvm.New(v.sim, nil), Transport: tr, Runner: v.sim, Locker: host.FileLocker{Root: v.root}, Root: v.root,
+		LVM: lvm.New(v.sim, nil), Transport: tr, Runner: v.sim, Zeroer: v.sim, Locker: host.FileLocker{Root: v.root}, Root: v.root,
 		Role: role, Version: "test-1.0", HostID: testHost,
 		Fault: func(step string) {
 			v.mu.Lock()
@@ -552,33 +552,13 @@ func TestVolumeCreateNoSpace(t *testing.T) {
 func TestZeroFailureRemovesTheLV(t *testing.T) {
 	v := newEnv(t, host.Role{Master: true})
 	sr := v.createSR()
-	v.sim.Once(lvmtest.Tool("blkdiscard"), lvmtest.Reply{Code: 1, Stderr: "blkdiscard: BLKZEROOUT ioctl failed: Input/output error"})
+	v.sim.Once(lvmtest.Tool(lvmtest.ZeroOutCmd), lvmtest.Reply{Code: 1, Stderr: "zeroing /dev/vg/lv failed at offset 0 length 134217728: input/output error"})
 	_, err := v.e.VolumeCreate(context.Background(), sr, "n", "", gib, false)
-	if err == nil || !strings.Contains(err.Error(), "Input/output error") {
+	if err == nil || !strings.Contains(err.Error(), "input/output error") {
 		t.Fatalf("err = %v", err)
 	}
 	if len(v.sim.LVs()) != 0 {
 		t.Fatal("the LV of a failed create was left behind")
-	}
-}
-
-func TestOldBlkdiscardFallsBackToDD(t *testing.T) {
-	v := newEnv(t, host.Role{Master: true})
-	sr := v.createSR()
-	v.sim.Once(lvmtest.Tool("blkdiscard"), lvmtest.Reply{Code: 1, Stderr: "blkdiscard: unrecognized option '--zeroout'"})
-	v.sim.Once(lvmtest.Tool("dd"), lvmtest.Reply{})
-	if _, err := v.e.VolumeCreate(context.Background(), sr, "n", "", 8*mib, false); err != nil {
-		t.Fatal(err)
-	}
-	dd := v.sim.Calls()
-	var found bool
-	for _, c := range dd {
-		if c.Name == "dd" {
-			found = slices.Contains(c.Args, "count=8") && slices.Contains(c.Args, "seek=0") && slices.Contains(c.Args, "oflag=direct")
-		}
-	}
-	if !found {
-		t.Fatal("no dd fallback with the right range")
 	}
 }
 

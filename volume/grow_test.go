@@ -50,7 +50,7 @@ func TestSRStatFollowsLUNGrowth(t *testing.T) {
 	for _, master := range []bool{true, false} {
 		v := newEnv(t, host.Role{Master: true})
 		rt := &rescanTransport{fakeTransport: v.tr}
-		e, err := volume.New(volume.Options{LVM: lvm.New(v.sim, nil), Transport: rt, Runner: v.sim,
+		e, err := volume.New(volume.Options{LVM: lvm.New(v.sim, nil), Transport: rt, Runner: v.sim, Zeroer: v.sim,
 			Locker: host.FileLocker{Root: v.root}, Root: v.root, Role: host.Role{Master: true}, Version: "t"})
 		if err != nil {
 			t.Fatal(err)
@@ -65,7 +65,7 @@ func TestSRStatFollowsLUNGrowth(t *testing.T) {
 		setDeviceSize(t, v.root, 150*gib)
 		v.sim.Grow(150 * gib)
 		if !master {
-			e, _ = volume.New(volume.Options{LVM: lvm.New(v.sim, nil), Transport: rt, Runner: v.sim,
+			e, _ = volume.New(volume.Options{LVM: lvm.New(v.sim, nil), Transport: rt, Runner: v.sim, Zeroer: v.sim,
 				Locker: host.FileLocker{Root: v.root}, Root: v.root, Role: host.Role{MasterAddr: "10.0.0.1"}, Version: "t"})
 		}
 		after, err := e.SRStat(ctx, sr)

@@ -13,6 +13,7 @@ import (
 
 	"sanvol/host"
 	"sanvol/lvm"
+	"sanvol/lvm/lvmtest"
 	"sanvol/volume"
 )
 
@@ -210,12 +211,12 @@ func TestForeignGrowMarkZeroesNothing(t *testing.T) {
 		l := v.lvmLV(vol.Key)
 		m := mark(l)
 		must(t, lvm.New(v.sim, nil).LVChangeTags(ctx, v.scope(), v.vg(), l.Name, nil, lvm.EncodeField("G", m)))
-		zeroes := v.sim.Ops["blkdiscard"]
+		zeroes := v.sim.Ops[lvmtest.ZeroOutCmd]
 		err = v.e.VolumeResize(ctx, sr, vol.Key, 16*mib)
 		if err == nil || !strings.Contains(err.Error(), "cannot trust") {
 			t.Fatalf("mark %q: resize = %v", m, err)
 		}
-		if v.sim.Ops["blkdiscard"] != zeroes {
+		if v.sim.Ops[lvmtest.ZeroOutCmd] != zeroes {
 			t.Fatalf("mark %q: resize zeroed on a foreign mark's word", m)
 		}
 		if got := v.lvmLV(vol.Key); got.Size != l.Size {
@@ -227,22 +228,22 @@ func TestForeignGrowMarkZeroesNothing(t *testing.T) {
 	}
 }
 
-// blockingRunner holds blkdiscard on one device until released, so a
+// blockingZeroer holds the zeroing of one device until released, so a
 // test can act while a resize zeroes.
-type blockingRunner struct {
-	host.Runner
+type blockingZeroer struct {
+	sim      *lvmtest.Sim
 	dev      string
 	started  chan struct{}
 	release  chan struct{}
 	startOne sync.Once
 }
 
-func (b *blockingRunner) Run(ctx context.Context, c host.Cmd) (host.Result, error) {
-	if c.Name == "blkdiscard" && c.Args[len(c.Args)-1] == b.dev {
+func (b *blockingZeroer) ZeroOut(ctx context.Context, dev string, off, length int64) error {
+	if dev == b.dev {
 		b.startOne.Do(func() { close(b.started) })
 		<-b.release
 	}
-	return b.Runner.Run(ctx, c)
+	return b.sim.ZeroOut(ctx, dev, off, length)
 }
 
 // A resize zeroes outside the SR lock: other calls on the SR go on, while
@@ -254,9 +255,9 @@ func TestResizeZeroesOutsideTheSRLock(t *testing.T) {
 	ctx := context.Background()
 	vol, err := v.e.VolumeCreate(ctx, sr, "n", "", 8*mib, false)
 	must(t, err)
-	br := &blockingRunner{Runner: v.sim, dev: "/dev/" + v.vg() + "/v-" + vol.Key, started: make(chan struct{}), release: make(chan struct{})}
-	engine := func(r host.Runner) *volume.Engine {
-		e, err := volume.New(volume.Options{LVM: lvm.New(v.sim, nil), Transport: v.tr, Runner: r, Locker: host.FileLocker{Root: v.root},
+	br := &blockingZeroer{sim: v.sim, dev: "/dev/" + v.vg() + "/v-" + vol.Key, started: make(chan struct{}), release: make(chan struct{})}
+	engine := func(z volume.Zeroer) *volume.Engine {
+		e, err := volume.New(volume.Options{LVM: lvm.New(v.sim, nil), Transport: v.tr, Runner: v.sim, Zeroer: z, Locker: host.FileLocker{Root: v.root},
 			Root: v.root, Role: host.Role{Master: true}, HostID: testHost, LockWait: 300 * time.Millisecond})
 		must(t, err)
 		return e

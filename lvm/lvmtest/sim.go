@@ -2,6 +2,7 @@ package lvmtest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -14,7 +15,7 @@ import (
 )
 
 // Sim is a stateful stand-in for lvm2 and the block tools (blkid, wipefs,
-// blkdiscard) on one shared device, for tests of the engine's logic:
+// and the BLKZEROOUT ioctl through ZeroOut) on one shared device, for tests of the engine's logic:
 // sequences, crash recovery, concurrency. It enforces what the real tools
 // enforce and what sanvol relies on: the --config filter decides whether
 // the device is visible at all, metadata_read_only=1 refuses metadata
@@ -216,8 +217,8 @@ func (s *Sim) do(c host.Cmd) Reply {
 		s.Ops["wipefs"]++
 		s.sigs, s.pv, s.vg = nil, nil, nil
 		return Reply{}
-	case "blkdiscard":
-		s.Ops["blkdiscard"]++
+	case ZeroOutCmd:
+		s.Ops[ZeroOutCmd]++
 		return s.zero(c)
 	case "lvm":
 	default:
@@ -408,20 +409,39 @@ func (s *Sim) do(c host.Cmd) Reply {
 	return fail("lvmtest: lvm %s not simulated", sub)
 }
 
+// ZeroOutCmd is the pseudo-command under which the sim records a ZeroOut
+// call (the real one is an ioctl, not a program), so that tests count and
+// fail zeroing with the same rules as commands.
+const ZeroOutCmd = "BLKZEROOUT"
+
+// ZeroOut makes the sim a volume.Zeroer: it zeroes [off, off+length) of an
+// active LV's device, or fails as the rules say.
+func (s *Sim) ZeroOut(ctx context.Context, dev string, off, length int64) error {
+	c := host.Cmd{Name: ZeroOutCmd, Args: []string{"--offset", strconv.FormatInt(off, 10), "--length", strconv.FormatInt(length, 10), dev}}
+	if _, err := s.Run(ctx, c); err != nil {
+		var ee *host.ExitError
+		if errors.As(err, &ee) {
+			return errors.New(ee.Stderr)
+		}
+		return err
+	}
+	return nil
+}
+
 func (s *Sim) zero(c host.Cmd) Reply {
 	dev := c.Args[len(c.Args)-1]
 	off, _ := strconv.ParseInt(Values(c, "--offset")[0], 10, 64)
 	length, _ := strconv.ParseInt(Values(c, "--length")[0], 10, 64)
 	if s.vg == nil {
-		return Reply{Code: 1, Stderr: "blkdiscard: cannot open " + dev + ": No such file or directory"}
+		return Reply{Code: 1, Stderr: "open " + dev + ": no such file or directory"}
 	}
 	lvn, ok := strings.CutPrefix(dev, "/dev/"+s.vg.name+"/")
 	l := s.vg.lvs[lvn]
 	if !ok || l == nil || !l.Active {
-		return Reply{Code: 1, Stderr: "blkdiscard: cannot open " + dev + ": No such file or directory"}
+		return Reply{Code: 1, Stderr: "open " + dev + ": no such file or directory"}
 	}
 	if off+length > l.Extents*s.vg.extent {
-		return Reply{Code: 1, Stderr: "blkdiscard: offset and length beyond the device"}
+		return Reply{Code: 1, Stderr: "BLKZEROOUT: invalid argument (beyond the end of the device)"}
 	}
 	l.zeroed = append(l.zeroed, span{off, off + length})
 	return Reply{}

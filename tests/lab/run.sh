@@ -3,17 +3,20 @@
 # runs the end-to-end tests inside. See tests/lab/README.md.
 #
 #   run.sh image   [--kernel bookworm|backports]
-#   run.sh test    [--kernel K] [-run REGEX] [--timeout S] [--keep]
-#                  [--shards N] [--also KERNEL:REGEX]
+#   run.sh test    [--kernel K] [--dom0 xcpng8] [-run REGEX] [--timeout S]
+#                  [--keep] [--shards N] [--also KERNEL[+xcpng8]:REGEX]...
 #   run.sh demo    [--kernel K]
-#   run.sh capture [--kernel K] [--force]
+#   run.sh capture [--kernel K] [--dom0 xcpng8] [--force]
 #   run.sh shell   [--kernel K] [--keep]   interactive guest, for debugging
 #   run.sh durations TEST.LOG...         weights for --shards, from runs' logs
 #
 # --shards N splits the scenarios between N guests booted side by side (by
 # the weights in tests/lab/durations); --also runs the scenarios matching
-# REGEX on another kernel in one more guest at the same time. Each guest's
-# scenarios still share its one boot.
+# REGEX on another kernel (or with XCP-ng 8.x dom0's tools: KERNEL+xcpng8)
+# in one more guest at the same time; it may be given more than once. Each
+# guest's scenarios still share its one boot. --dom0 xcpng8 runs the guest
+# with lvm2 2.02.180, open-iscsi 2.0.874 and multipath-tools 0.4.9 built
+# from ../shared/dom0-tools (tests/lab/README.md).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -71,11 +74,40 @@ mirror() {
 	echo "${m%/}"
 }
 
-# image_dir KERNEL: prints the cache directory of that image, building it
-# first if needed. The key hashes everything that goes into the image.
+# dom0_tools: the folder with XCP-ng 8.x dom0's tool sources. CI lays
+# shared/ beside the clone; a git worktree finds it beside its main
+# checkout.
+dom0_tools() {
+	local d
+	for d in "${SANVOL_LAB_DOM0_TOOLS:-}" "$repo/../shared/dom0-tools" \
+		"$(cd "$repo" && cd "$(git rev-parse --git-common-dir 2>/dev/null || echo .)/.." 2>/dev/null && pwd)/../shared/dom0-tools"; do
+		[ -n "$d" ] && [ -f "$d/build.sh" ] && { (cd "$d" && pwd); return; }
+	done
+	die "--dom0 xcpng8 needs shared/dom0-tools beside the repository (or SANVOL_LAB_DOM0_TOOLS)"
+}
+
+# image_dir FLAVOUR: prints the cache directory of that image, building it
+# first if needed. FLAVOUR is KERNEL or KERNEL+DOM0 (bookworm+xcpng8). The
+# key hashes everything that goes into the image. A dom0 image is derived
+# from the Debian image of its kernel (build-dom0.sh), and its key adds
+# build-dom0.sh and every file of the dom0 tools' sources.
 image_dir() {
-	local kernel=$1 key dir
-	key=$( { cat "$here/build-image.sh" "$here/guest/lab-init"; echo "kernel=$kernel"; } | sha256sum | cut -c1-16)
+	local flavour=$1 kernel=${1%%+*} dom0= tools= base= key dir
+	if [[ $flavour == *+* ]]; then
+		dom0=${flavour#*+}
+		tools=$(dom0_tools)
+		base=$(image_dir "$kernel")
+	fi
+	key=$( {
+		cat "$here/build-image.sh" "$here/guest/lab-init"
+		echo "kernel=$kernel"
+		if [ -n "$dom0" ]; then
+			cat "$here/build-dom0.sh"
+			echo "dom0=$dom0"
+			(cd "$tools" && find . -type f | LC_ALL=C sort | xargs sha256sum)
+		fi
+	} | sha256sum | cut -c1-16)
+	kernel=$flavour # the cache entry's and the lock's name
 	dir=$cache/$kernel-$key
 	if [ -f "$dir/rootfs.img" ]; then
 		touch "$dir/.used"
@@ -91,7 +123,9 @@ image_dir() {
 		m=$(mirror)
 		tmp=$(mktemp -d "$cache/.build-$kernel-$key.XXXXXX")
 		say "building the $kernel guest image (one time, ~1-3 min) into $dir" >&2
-		if ! "$here/build-image.sh" "$tmp" "$kernel" "$m" >&2; then
+		local builder=("$here/build-image.sh" "$tmp" "$kernel" "$m")
+		[ -z "$dom0" ] || builder=("$here/build-dom0.sh" "$base" "$tmp" "$m" "$tools")
+		if ! "${builder[@]}" >&2; then
 			rm -rf "$tmp"
 			die "image build failed (logs were printed above)"
 		fi
@@ -159,7 +193,7 @@ boot() {
 	# extensions are emulated), but slows the 6.12 guest's NVMe
 	# DH-HMAC-CHAP scenarios about twofold, so that kernel keeps "max".
 	local cpu=qemu64
-	case $img in */backports-*) cpu=max ;; esac
+	case $img in */backports-* | */backports+*) cpu=max ;; esac
 	cpu=${SANVOL_LAB_CPU:-$cpu}
 	local interactive=${4:-}
 	local args=(
@@ -396,7 +430,7 @@ copy_fixtures() {
 # checkouts share it) cannot change what the run does next.
 main() {
 	local kernel=bookworm run=. limit=1200 keep= force= sub rundir rc t0 dir pkg
-	local shards=1 also= jobs=() line k
+	local shards=1 also=() jobs=() line k dom0= a
 	sub=${1:-}; [ -n "$sub" ] || usage; shift
 	while [ $# -gt 0 ]; do
 		case $1 in
@@ -406,16 +440,19 @@ main() {
 		--keep) keep=1; shift ;;
 		--force) force=1; shift ;;
 		--shards) shards=$2; shift 2 ;;
-		--also) also=$2; shift 2 ;;
+		--also) also+=("$2"); shift 2 ;;
+		--dom0) dom0=$2; shift 2 ;;
 		*) [ "$sub" = durations ] && break; usage ;;
 		esac
 	done
 	case $kernel in bookworm | backports) ;; *) die "--kernel must be bookworm or backports" ;; esac
 	case $shards in [1-9]) ;; *) die "--shards must be 1 to 9" ;; esac
-	if [ -n "$also" ]; then
-		case ${also%%:*} in bookworm | backports) ;; *) die "--also must be KERNEL:REGEX with KERNEL bookworm or backports" ;; esac
+	case $dom0 in "") ;; xcpng8) kernel=$kernel+$dom0 ;; *) die "--dom0 must be xcpng8" ;; esac
+	for a in "${also[@]}"; do
+		case ${a%%:*} in bookworm | backports | bookworm+xcpng8 | backports+xcpng8) ;;
+		*) die "--also must be KERNEL[+xcpng8]:REGEX with KERNEL bookworm or backports" ;; esac
 		[ "$sub" = test ] || die "--also is for test"
-	fi
+	done
 	if [ "$sub" = durations ]; then
 		[ $# -gt 0 ] || usage
 		durations "$@"
@@ -433,7 +470,7 @@ main() {
 		[ "$sub" = demo ] && run='^TestDemo$'
 		# Several guests side by side: shards of one kernel's scenarios (a
 		# -run naming subtests is not split) and the --also job.
-		if [ "$sub" = test ] && { [ "$shards" -gt 1 ] || [ -n "$also" ]; }; then
+		if [ "$sub" = test ] && { [ "$shards" -gt 1 ] || [ ${#also[@]} -gt 0 ]; }; then
 			rundir=$(new_rundir)
 			build "$rundir"
 			if [ "$shards" -gt 1 ] && [[ $run != */* ]]; then
@@ -448,7 +485,9 @@ main() {
 			else
 				jobs+=("$kernel $kernel $run")
 			fi
-			[ -n "$also" ] && jobs+=("${also%%:*} ${also%%:*} ${also#*:}")
+			for a in "${also[@]}"; do
+				jobs+=("${a%%:*} ${a%%:*} ${a#*:}")
+			done
 			run_jobs "$rundir" "$limit" "${jobs[@]}"
 			rm -rf "$rundir"
 			say "$sub finished in $((SECONDS - t0)) s with exit $jobs_rc"
@@ -467,12 +506,16 @@ main() {
 	capture)
 		rundir=$(new_rundir)
 		build "$rundir"
+		# With dom0's tools only LVM's fixtures are taken (the other
+		# tools' fixtures come from Debian's, which the parsers target).
+		local capture='^TestCapture(Fixtures|LVMErrors)$' pkgs="nvme iscsi lvm"
+		[ -z "$dom0" ] || { capture='^TestCaptureLVMErrors$' pkgs=lvm; }
 		run_guest "$kernel" "$rundir" "$limit" \
-			"SANVOL_LAB_CAPTURE=/lab/out/capture /lab/e2e.test -test.v -test.count=1 -test.run '^TestCaptureFixtures\$'"
+			"SANVOL_LAB_CAPTURE=/lab/out/capture /lab/e2e.test -test.v -test.count=1 -test.run '$capture'"
 		rc=$guest_rc
 		summary "$rundir" "$rc"
 		[ "$rc" = 0 ] || exit "$rc"
-		for pkg in nvme iscsi lvm; do
+		for pkg in $pkgs; do
 			[ -d "$rundir/share/out/capture/$pkg" ] && copy_fixtures "$rundir/share/out/capture/$pkg" "$repo/$pkg/testdata"
 		done
 		rm -rf "$rundir"

@@ -56,10 +56,66 @@ devices {
 }
 LVM
 
-cat >/etc/multipath.conf <<'MP'
+mpdir=
+# XCP-ng 8.x dom0's tools (image built with run.sh --dom0 xcpng8): they sit
+# in /opt/xcpng8, built from ../shared/dom0-tools, and go ahead of Debian's
+# through wrappers in /usr/local/sbin (first in PATH for the scenarios, and
+# first in host.ExecDirs for sanvol). Their own libraries are not Debian's
+# (lvm2's libdevmapper 1.02.149), so only the wrappers see them.
+if [ "$(cat /etc/sanvol-lab-dom0 2>/dev/null)" = xcpng8 ]; then
+	mkdir -p /usr/local/sbin /run/lock/lvm /etc/lvm/master /etc/lvm/cache
+	built=$(cat /opt/xcpng8/BUILT)
+	for f in /opt/xcpng8/sbin/*; do
+		n=${f##*/}
+		case $n in
+		iscsi*) tool=open-iscsi env= ;;
+		multipath* | mpathpersist | kpartx | mpathconf) tool=multipath env="LD_LIBRARY_PATH=/opt/xcpng8/lib64" ;;
+		# dom0's lvm.conf is /etc/lvm/lvm.conf; sm points LVM_SYSTEM_DIR
+		# at /etc/lvm/master for writes, so a caller's value is kept.
+		*) tool=lvm2 env='LD_LIBRARY_PATH=/opt/xcpng8/lib LVM_SYSTEM_DIR=${LVM_SYSTEM_DIR:-/etc/lvm}' ;;
+		esac
+		case " $(echo $built) " in *" $tool "*) ;; *) continue ;; esac
+		printf '#!/bin/sh\n%s exec %s "$@"\n' "${env:+export $env;}" "$f" >"/usr/local/sbin/$n"
+		chmod 755 "/usr/local/sbin/$n"
+	done
+	# dom0's lvm.conf, made the way sm's RPM makes it (xcp-ng/sm
+	# mk/sm.spec.in %post) from the lvm.conf lvm2 2.02.180 installs:
+	# master/lvm.conf for writes, lvm.conf with metadata_read_only = 1.
+	# `make install` does not install lvm2's lvm.conf; its settings are
+	# lvm2's defaults, which lvmconfig prints in the same "key = value"
+	# form.
+	conf=/opt/xcpng8/etc/lvm/lvm.conf
+	if [ ! -s "$conf" ]; then
+		conf=/run/lvm-2.02-defaults.conf
+		/usr/local/sbin/lvm lvmconfig --type default --withspaces >"$conf"
+	fi
+	sed -e 's/metadata_read_only =.*/metadata_read_only = 0/' -e 's/archive = .*/archive = 0/' \
+		-e 's/udev_sync = 1/udev_sync = 0/' -e 's/udev_rules = 1/udev_rules = 0/' \
+		-e 's/obtain_device_list_from_udev = 1/obtain_device_list_from_udev = 0/' \
+		-e 's/write_cache_state = 1/write_cache_state = 0/' \
+		"$conf" >/etc/lvm/master/lvm.conf
+	sed 's/metadata_read_only =.*/metadata_read_only = 1/' /etc/lvm/master/lvm.conf >/etc/lvm/lvm.conf
+	: >/etc/lvm/cache/.cache
+	# The lab's filter (pitfall 5) without the 2.03-only setting, which
+	# 2.02.180 would warn about on every command.
+	sed '/use_devicesfile/d' /etc/lvm/lvmlocal.conf >/etc/lvm/master/lvmlocal.conf
+	cp /etc/lvm/master/lvmlocal.conf /etc/lvm/lvmlocal.conf
+	# dom0 has no udev auto-activation (no lvmetad); Debian's rule would
+	# run Debian's lvm 2.03 on every PV that appears.
+	: >/etc/udev/rules.d/69-lvm.rules
+	case " $(echo $built) " in *" multipath "*) mpdir="	multipath_dir /opt/xcpng8/lib64/multipath" ;; esac
+	PATH=/usr/local/sbin:$PATH
+	export PATH
+	say "XCP-ng 8.x dom0 tools ahead of Debian's: $(echo $built)"
+fi
+
+# multipath-tools 0.4.9 looks for its checkers in /lib64/multipath unless
+# told (dom0 mode only).
+cat >/etc/multipath.conf <<MP
 defaults {
 	find_multipaths no
 	user_friendly_names no
+$mpdir
 }
 blacklist {
 	devnode "^(vd|loop|ram|nvme)"
