@@ -103,7 +103,7 @@ docs/doctor.md for every check and the guide it comes from.`,
 	cmd.Flags().StringVar(&target, "target", "", "portals (device-config:target), with --type")
 	cmd.Flags().StringArrayVar(&cfg, "config", nil, "other device-config key=value, with --type")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "machine-readable output")
-	cmd.Flags().BoolVar(&o.ReadOnly, "read-only", false, "do not record this host's NVMe host NQN in its XenAPI host record")
+	cmd.Flags().BoolVar(&o.Record, "record", false, "store this host's NVMe host NQN in its XenAPI host record (other-config:hostnqn), where the other hosts' doctors compare it; without it the doctor writes nothing")
 	return cmd
 }
 
