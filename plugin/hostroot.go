@@ -1,8 +1,7 @@
-//go:build !sanvoltest
-
 package plugin
 
-// hostRootDir is the directory the binary sees as the host's "/". Only a
-// test build (tag sanvoltest, tests/conformance) can move it: the shipped
-// binary has no flag nor variable that points it elsewhere.
-func hostRootDir() string { return "/" }
+// TestRootEnv names the variable a test build (tag sanvoltest) reads for
+// its host root, so tests/conformance never touches the machine's /run,
+// /etc, /sys or kernel modules. The shipped binary is built without the
+// tag and ignores it: nothing a daemon passes can move its root.
+const TestRootEnv = "SANVOL_TEST_ROOT"

@@ -42,12 +42,22 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(tmp)
 	binary = filepath.Join(tmp, "sanvol")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-X main.version=conformance", "-o", binary, "sanvol/cmd/sanvol")
+	// The sanvoltest tag lets the binary take its host root from
+	// SANVOL_TEST_ROOT: every method call then reads and writes an empty
+	// tree under tmp, never this machine's /run, /etc or /sys, even as
+	// root. The shipped binary has no such switch (plugin/hostroot.go).
+	build := exec.Command("go", "build", "-tags", "sanvoltest", "-trimpath", "-ldflags", "-X main.version=conformance", "-o", binary, "sanvol/cmd/sanvol")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build sanvol: %v\n%s", err, out)
 		return 1
 	}
+	hostRoot := filepath.Join(tmp, "host")
+	if err := os.MkdirAll(hostRoot, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	os.Setenv(plugin.TestRootEnv, hostRoot) //nolint:errcheck // cannot fail for a valid name
 	root = filepath.Join(tmp, "root")
 	if out, err := exec.Command(binary, "install", "--root", root).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "sanvol install: %v\n%s", err, out)
