@@ -22,11 +22,13 @@ type Rescanner interface {
 }
 
 // RescanInterval is the least time between two rescans of one SR's LUN
-// by SR.stat on one host. xapi calls SR.stat every 30 s per SR and host
-// (xapi_sr.ml's scanning thread, SR.update on each PBD), and a rescan costs
-// a sysfs write per path plus a `udevadm settle`, which waits for the whole
-// udev queue; a LUN grows on the array a few times a year. Five minutes
-// bounds how long a grown LUN goes unnoticed at a tenth of the work.
+// by SR.stat on one host. SR.stat runs at every sr-scan and sr-update and
+// every 30 s for auto-scan SRs (Xapi_sr.scan_all; docs/design.md "When
+// SR.stat runs"), and a rescan costs a sysfs write per path plus a
+// `udevadm settle`, which waits for the whole udev queue, while a LUN grows
+// on the array a few times a year. SR.stat cannot tell an admin's sr-scan
+// from the periodic one, so the interval is short: five minutes bounds how
+// long a grown LUN goes unnoticed, at a tenth of the work for auto-scan.
 const RescanInterval = 5 * time.Minute
 
 // RescanDir holds, per SR, when this host last rescanned its LUN. It is
