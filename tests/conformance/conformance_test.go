@@ -26,8 +26,9 @@ import (
 )
 
 var (
-	binary string // the built sanvol
-	root   string // the install root
+	binary   string // the built sanvol
+	root     string // the install root
+	hostRoot string // the host's "/" as the test build sees it
 )
 
 func TestMain(m *testing.M) {
@@ -52,7 +53,7 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "build sanvol: %v\n%s", err, out)
 		return 1
 	}
-	hostRoot := filepath.Join(tmp, "host")
+	hostRoot = filepath.Join(tmp, "host")
 	if err := os.MkdirAll(hostRoot, 0o755); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -359,5 +360,15 @@ func TestObserverShims(t *testing.T) {
 	out := call(t, script, []byte(`{"dbg":"d"}`))
 	if out.ExitCode != 0 {
 		t.Fatalf("direct run: exit %d %s", out.ExitCode, out.Stdout)
+	}
+}
+
+// The calls ran against the test's host root: what a Datapath call keeps
+// on a host (its lock under /run/sanvol/locks) is in the temporary tree.
+func TestCallsUseTheTestHostRoot(t *testing.T) {
+	call(t, pluginDir(filepath.Join("datapath", plugin.DatapathScheme, "Datapath.deactivate")), []byte(requests["Datapath.deactivate"]))
+	lock := filepath.Join(hostRoot, "run/sanvol/locks/dp-6e0a7c7e-9e8f-4a61-9a37-1d4d3c0e9a01-k.lock")
+	if _, err := os.Stat(lock); err != nil {
+		t.Fatalf("Datapath.deactivate took its lock elsewhere than the test host root: %v", err)
 	}
 }
