@@ -64,8 +64,10 @@ func doctorCmd(deps *Deps) *cobra.Command {
 rp_filter settings, MTU end to end, NVMe (nvme-tcp, native multipath, iopolicy,
 host NQN) and iSCSI (iscsid, multipathd, node-record timeouts, map settings,
 initiator IQN), and pool-wide uniqueness of IQNs and host NQNs through XenAPI.
-Without --sr or --type it checks every sanvol SR attached on this host. See
-docs/doctor.md for every check and the guide it comes from.`,
+Without --sr or --type it checks every sanvol SR attached on this host. It
+only reads; --record also stores this host's NVMe host NQN in XenAPI, where
+the other hosts' doctors compare it. See docs/doctor.md for every check and
+the guide it comes from.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.Type != "" {
