@@ -2,8 +2,9 @@ package doctor
 
 import "strings"
 
-// Source names the guide a check comes from: a file under the project's
-// seeds (or research) and the section in it.
+// Source names the public document a check comes from, by title, and the
+// section in it. A user running the doctor has only the public documents,
+// so no Source names a file: docs/references.md lists them.
 type Source struct {
 	Doc     string
 	Section string
@@ -11,14 +12,15 @@ type Source struct {
 
 func (s Source) String() string { return s.Doc + ", " + s.Section }
 
-// The guides. The seed files are the admin best-practice guides the
-// product was built from; docs/doctor.md quotes the same references.
+// The public guides the checks come from (docs/references.md, with what
+// each one says that a check relies on).
 const (
-	seedISCSI   = "seeds/000_94f6480fda203482.txt (iSCSI on XCP-ng, Best Practices Guide)"
-	seedNVMe    = "seeds/001_9fec071b397dc277.txt (NVMe-TCP on XCP-ng, Best Practices Guide)"
-	seedCitrix  = "seeds/002_1b6e3e38b327db45.txt (Citrix, Configuring iSCSI Multipathing Support for XenServer)"
-	seedNexenta = "seeds/003_5d22d115440864c8.txt (NexentaStor High-Availability iSCSI with Linux Clients)"
-	research    = "research/ecosystem-xcpng.md (XCP-ng storage ecosystem survey)"
+	seedISCSI   = "iSCSI on XCP-ng, Best Practices Guide"
+	seedNVMe    = "NVMe-TCP on XCP-ng, Best Practices Guide"
+	seedCitrix  = "Citrix XenServer Design: Configuring iSCSI Multipathing Support for XenServer"
+	seedNexenta = "NexentaStor High-Availability iSCSI with Linux Clients"
+	xcpngDocs   = "XCP-ng documentation (docs.xcp-ng.org)"
+	xcpngKernel = "XCP-ng dom0 kernel configuration (xcp-ng-rpms/kernel, SOURCES/kernel-x86_64.config)"
 )
 
 // CheckInfo describes one check for the documentation and the tests.
@@ -87,10 +89,10 @@ var checks = []CheckInfo{
 	{chkDefaultRoute, "no path through the default route", nil, []Source{
 		{seedISCSI, "Security Best Practices › Network Isolation (\"No default gateway: storage interfaces should not have default routes\")"},
 		{seedNVMe, "Security Best Practices › Network Isolation"},
-		{research, "§1.3 Admin workflow today (XCP-ng multipathing doc: no routes on iSCSI interfaces)"}}},
+		{xcpngDocs, "Storage › Multipathing (no routes on iSCSI interfaces)"}}},
 	{chkBond, "no NIC bond under a multipath path", nil, []Source{
 		{seedCitrix, "Chapter 1 › Creating Redundancy for Storage Traffic (\"do not mix NIC bonding and iSCSI multipathing\")"},
-		{research, "§1.3 Admin workflow today (XCP-ng multipathing doc: two NICs, two switches, no bonds)"}}},
+		{xcpngDocs, "Storage › Multipathing (two NICs, two switches, no bonds)"}}},
 	{chkARP, "ARP sysctls for storage NICs sharing a subnet", nil, []Source{
 		{seedISCSI, "Network Design › ARP Configuration for Same-Subnet Multipath"},
 		{seedNVMe, "Network Design › ARP Configuration for Same-Subnet Multipath"}}},
@@ -102,7 +104,7 @@ var checks = []CheckInfo{
 	{chkNVMeCLI, "nvme-cli installed", nvmeOnly, []Source{{seedNVMe, "XCP-ng-Specific Considerations › Package Installation"}}},
 	{chkNVMeTCP, "kernel has nvme-tcp", nvmeOnly, []Source{
 		{seedNVMe, "XCP-ng-Specific Considerations › Package Installation (modprobe nvme-tcp)"},
-		{research, "§1.5 NVMe-TCP on XCP-ng today (the 8.2/8.3 dom0 kernel 4.19 has no CONFIG_NVME_TCP)"}}},
+		{xcpngKernel, "8.2 and 8.3 branches: Linux 4.19 without CONFIG_NVME_TCP"}}},
 	{chkNVMeMP, "native NVMe multipath on", nvmeOnly, []Source{{seedNVMe, "NVMe Multipath Configuration › Native NVMe Multipath (nvme_core multipath=Y)"}}},
 	{chkIOPolicy, "subsystem iopolicy as configured", nvmeOnly, []Source{{seedNVMe, "NVMe Multipath Configuration › Configure IO Policy (round-robin)"}}},
 	{chkHostNQN, "host NQN present and this host's own", nvmeOnly, []Source{{seedNVMe, "NVMe Multipath Configuration › Connecting to Storage (nvme gen-hostnqn)"}}},

@@ -239,8 +239,8 @@ func (r *run) checkPoolHostNQN(ctx context.Context, local string) {
 	var ev []string
 	if me := findHost(hosts, self); me != nil && me.HostNQN != local {
 		switch {
-		case r.o.ReadOnly:
-			ev = append(ev, fmt.Sprintf("this host's XenAPI record has other-config:%s=%q (not updated: read-only run)", otherConfigHostNQN, me.HostNQN))
+		case !r.o.Record:
+			ev = append(ev, fmt.Sprintf("this host's XenAPI record has other-config:%s=%q, not this host's NQN (run sanvol doctor --record to store it)", otherConfigHostNQN, me.HostNQN))
 		default:
 			if err := r.d.Pool.RecordHostNQN(ctx, self, local); err != nil {
 				ev = append(ev, "could not record this host's NQN in XenAPI: "+err.Error())
@@ -251,5 +251,5 @@ func (r *run) checkPoolHostNQN(ctx context.Context, local string) {
 	}
 	r.uniqueInPool(chkPoolHostNQN, "host NQN", local, hosts, self, func(h PoolHost) string { return h.HostNQN }, ev,
 		genNQN+"\n# on this host; then allow the new NQN on the array and re-plug the nvmetcp SRs here",
-		"run sanvol doctor on each host listed, which records its NQN, then run it here again")
+		"run sanvol doctor --record on each host listed, which records its NQN, then run it here again")
 }

@@ -183,10 +183,12 @@ type Options struct {
 	Config map[string]string
 	// Neither: every sanvol SR attached on this host.
 
-	// ReadOnly forbids the one write the doctor makes: recording this
+	// Record allows the one write the doctor can make: recording this
 	// host's NVMe host NQN in its XenAPI host record, where the other
 	// hosts' doctors compare it (xapi has no field of its own for it).
-	ReadOnly bool
+	// Without it the doctor only reads, so an admin can run it anywhere,
+	// any time, without changing what the pool holds.
+	Record bool
 }
 
 // Deps is what the doctor reads the host through.

@@ -122,7 +122,7 @@ func TestReportFormats(t *testing.T) {
 		t.Fatalf("exit %d", rep.ExitCode())
 	}
 	out := text(rep)
-	for _, want := range []string{"SR " + srUUID + " (iscsi-ng)", "FAIL  paths.count", "fix: ", "source: seeds/000_94f6480fda203482.txt", "PASS, 1 WARN, 1 FAIL"} {
+	for _, want := range []string{"SR " + srUUID + " (iscsi-ng)", "FAIL  paths.count", "fix: ", "source: iSCSI on XCP-ng, Best Practices Guide, ", "PASS, 1 WARN, 1 FAIL"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("text lacks %q:\n%s", want, out)
 		}

@@ -121,25 +121,32 @@ func TestHostNQNDuplicateInPool(t *testing.T) {
 func TestHostNQNNotRecordedElsewhere(t *testing.T) {
 	h := newFakeHost(t)
 	h.pool.hosts[1].HostNQN = ""
-	expect(t, nvmeRun(h), chkPoolHostNQN, Warn, "cannot check pool-wide uniqueness against xcp2", "run sanvol doctor on each host listed")
+	expect(t, nvmeRun(h), chkPoolHostNQN, Warn, "cannot check pool-wide uniqueness against xcp2", "run sanvol doctor --record on each host listed")
 }
 
 func TestHostNQNRecorded(t *testing.T) {
 	h := newFakeHost(t)
 	h.pool.hosts[0].HostNQN = ""
-	r := expect(t, nvmeRun(h), chkPoolHostNQN, Pass, "unique among the pool's 2 hosts", "")
+	h.attach(TypeNVMeTCP, nvmeConfig())
+	r := expect(t, h.doctor(Options{Record: true}), chkPoolHostNQN, Pass, "unique among the pool's 2 hosts", "")
 	if h.pool.recorded[selfUUID] != localNQN {
 		t.Errorf("recorded %v", h.pool.recorded)
 	}
 	if !strings.Contains(r.Evidence[0], "recorded this host's NQN in XenAPI") {
 		t.Errorf("evidence %q", r.Evidence)
 	}
-	h = newFakeHost(t)
+}
+
+// Without --record the doctor writes nothing, and says how to record.
+func TestHostNQNNotRecordedWithoutRecord(t *testing.T) {
+	h := newFakeHost(t)
 	h.pool.hosts[0].HostNQN = ""
-	h.attach(TypeNVMeTCP, nvmeConfig())
-	h.doctor(Options{ReadOnly: true})
+	r := find(t, nvmeRun(h), chkPoolHostNQN)
 	if h.pool.recorded != nil {
-		t.Errorf("read-only run recorded %v", h.pool.recorded)
+		t.Errorf("a run without --record recorded %v", h.pool.recorded)
+	}
+	if len(r.Evidence) == 0 || !strings.Contains(r.Evidence[0], "sanvol doctor --record") {
+		t.Errorf("evidence %q", r.Evidence)
 	}
 }
 

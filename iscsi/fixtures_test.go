@@ -131,8 +131,8 @@ func TestMapFixturesMatchMultipath(t *testing.T) {
 		if !cmp.Equal(llDevs, m.slaves) || m.name != fixtureWWID || m.size != 256<<20 {
 			t.Errorf("%s: sysfs map %+v, multipath -ll paths %v", sfx, m, llDevs)
 		}
-		// multipathd calls the WWID "uuid" in its JSON (lab-notes
-		// pitfall 12); it is the map sanvol found.
+		// multipathd calls the WWID "uuid" in its JSON (docs/lab-pitfalls.md
+		// §12); it is the map sanvol found.
 		js := fixture(t, "multipathd-show-maps-json-0.9.4"+sfx+".json")
 		if got := gjson.Get(js, `maps.#(uuid=="`+fixtureWWID+`").sysfs`).String(); got != m.dev {
 			t.Errorf("%s: multipathd JSON has the map on %q, sysfs on %s", sfx, got, m.dev)

@@ -23,7 +23,7 @@ func CLI(deps *Deps, stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(versionCmd(deps), installCmd(), uninstallCmd(), callCmd(), probeCmd(deps), doctorCmd(deps), statusCmd(deps))
+	root.AddCommand(versionCmd(deps), installCmd(), uninstallCmd(), callCmd(), probeCmd(deps), doctorCmd(deps), statusCmd(deps), logLevelCmd(deps))
 	return root
 }
 

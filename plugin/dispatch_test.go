@@ -28,13 +28,15 @@ func TestResolve(t *testing.T) {
 		{"/x/datapath/Sanvol/DATAPATH.DETACH", DatapathPlugin, "", "Datapath.detach"},
 	}
 	for _, c := range cases {
-		got, err := Resolve(c.argv0)
-		if err != nil {
-			t.Fatalf("%s: %v", c.argv0, err)
-		}
-		if got.Kind != c.kind || got.SRType != c.srType || got.Method.Name != c.method {
-			t.Errorf("%s: got kind %v type %q method %q", c.argv0, got.Kind, got.SRType, got.Method.Name)
-		}
+		t.Run(c.argv0, func(t *testing.T) {
+			got, err := Resolve(c.argv0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Kind != c.kind || got.SRType != c.srType || got.Method.Name != c.method {
+				t.Errorf("got kind %v type %q method %q", got.Kind, got.SRType, got.Method.Name)
+			}
+		})
 	}
 	for _, bad := range []string{
 		"/x/volume/org.xen.xapi.storage.zfs-vol/Plugin.Query",
@@ -43,9 +45,11 @@ func TestResolve(t *testing.T) {
 		"/x/volume/org.xen.xapi.storage.nvmetcp/Datapath.attach",
 		"/x/volume/org.xen.xapi.storage.nvmetcp/Volume.copy",
 	} {
-		if _, err := Resolve(bad); err == nil || host.KindOf(err) != host.KindInvalid {
-			t.Errorf("%s: err = %v", bad, err)
-		}
+		t.Run(bad, func(t *testing.T) {
+			if _, err := Resolve(bad); err == nil || host.KindOf(err) != host.KindInvalid {
+				t.Errorf("err = %v", err)
+			}
+		})
 	}
 }
 

@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"sanvol/host"
 )
 
@@ -248,6 +250,19 @@ func replaceDir(final string, want map[string]fileSpec) error {
 		}
 	}
 	if _, err := os.Lstat(final); err == nil {
+		// One renameat2(RENAME_EXCHANGE) swaps the two directories: the
+		// daemon's inotify watch sees the new plugin appear in place of the
+		// old, never a moment without one. The stage then holds the old
+		// directory and the deferred RemoveAll drops it.
+		err := unix.Renameat2(unix.AT_FDCWD, stage, unix.AT_FDCWD, final, unix.RENAME_EXCHANGE)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOSYS) {
+			return &os.LinkError{Op: "renameat2 RENAME_EXCHANGE", Old: stage, New: final, Err: err}
+		}
+		// The filesystem (or kernel) refuses the exchange: fall back to
+		// two renames, which leave the plugin absent between them.
 		old := filepath.Join(filepath.Dir(parent), oldPrefix+filepath.Base(final))
 		_ = os.RemoveAll(old)
 		if err := os.Rename(final, old); err != nil {

@@ -107,6 +107,10 @@ func TestInstallRepairsAndSwapsWholeDirectories(t *testing.T) {
 	if err := os.Remove(filepath.Join(dp, "Datapath.detach")); err != nil {
 		t.Fatal(err)
 	}
+	before, err := os.Stat(dp)
+	if err != nil {
+		t.Fatal(err)
+	}
 	rep, err := Install(InstallOptions{Root: root, Binary: bin})
 	if err != nil {
 		t.Fatal(err)
@@ -116,6 +120,10 @@ func TestInstallRepairsAndSwapsWholeDirectories(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dp, "Datapath.detach")); err != nil {
 		t.Fatal(err)
+	}
+	// Swapped whole (renameat2 RENAME_EXCHANGE), not repaired in place.
+	if after, err := os.Stat(dp); err != nil || os.SameFile(before, after) {
+		t.Fatalf("the directory was not replaced whole (err %v)", err)
 	}
 	leftovers, _ := filepath.Glob(filepath.Join(root, ScriptRoot, ".sanvol-*"))
 	if len(leftovers) != 0 {

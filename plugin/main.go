@@ -13,8 +13,7 @@ import (
 // in a plugin directory, the admin CLI when the binary runs under its own
 // name. It returns the exit code.
 func Main(version string, argv []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	verbose := false
-	deps := NewDeps(version, stderr, verbose)
+	deps := NewDeps(version, stderr)
 	defer deps.Log.Sync() //nolint:errcheck // nothing useful to do on a failed flush
 	ctx := context.Background()
 	if strings.EqualFold(filepath.Base(argv[0]), "sanvol") {

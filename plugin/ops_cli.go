@@ -64,8 +64,10 @@ func doctorCmd(deps *Deps) *cobra.Command {
 rp_filter settings, MTU end to end, NVMe (nvme-tcp, native multipath, iopolicy,
 host NQN) and iSCSI (iscsid, multipathd, node-record timeouts, map settings,
 initiator IQN), and pool-wide uniqueness of IQNs and host NQNs through XenAPI.
-Without --sr or --type it checks every sanvol SR attached on this host. See
-docs/doctor.md for every check and the guide it comes from.`,
+Without --sr or --type it checks every sanvol SR attached on this host. It
+only reads; --record also stores this host's NVMe host NQN in XenAPI, where
+the other hosts' doctors compare it. See docs/doctor.md for every check and
+the guide it comes from.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.Type != "" {
@@ -103,7 +105,7 @@ docs/doctor.md for every check and the guide it comes from.`,
 	cmd.Flags().StringVar(&target, "target", "", "portals (device-config:target), with --type")
 	cmd.Flags().StringArrayVar(&cfg, "config", nil, "other device-config key=value, with --type")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "machine-readable output")
-	cmd.Flags().BoolVar(&o.ReadOnly, "read-only", false, "do not record this host's NVMe host NQN in its XenAPI host record")
+	cmd.Flags().BoolVar(&o.Record, "record", false, "store this host's NVMe host NQN in its XenAPI host record (other-config:hostnqn), where the other hosts' doctors compare it; without it the doctor writes nothing")
 	return cmd
 }
 

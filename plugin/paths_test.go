@@ -202,33 +202,35 @@ func TestUnreachableOnlyToDaemonsThatDecodeIt(t *testing.T) {
 		version     string
 		unreachable bool
 	}{{"24.18", true}, {"26.1", true}, {"25.0", true}, {"24.17", false}, {"1.249", false}} {
-		f := &fakePBD{other: map[string]string{}, version: c.version}
-		p, _ := newPathKeys(t, f)
-		// The sizes of the last SR.stat that could read them.
-		if _, err := p.srStat(ctx, healthyStat(2, 2)); err != nil {
-			t.Fatal(err)
-		}
-		out, err := p.srStat(ctx, down)
-		if !c.unreachable {
-			if !errors.Is(err, host.ErrUnreachable) || !strings.Contains(err.Error(), "0 of 2 paths live") || !strings.Contains(err.Error(), "sanvol status") {
-				t.Errorf("xapi %s: err = %v, want an Unreachable error document", c.version, err)
+		t.Run("xapi "+c.version, func(t *testing.T) {
+			f := &fakePBD{other: map[string]string{}, version: c.version}
+			p, _ := newPathKeys(t, f)
+			// The sizes of the last SR.stat that could read them.
+			if _, err := p.srStat(ctx, healthyStat(2, 2)); err != nil {
+				t.Fatal(err)
 			}
-			continue
-		}
-		if err != nil || out.Health.State != schema.Unreachable || out.Health.Message != "0 of 2 paths live" ||
-			out.TotalSpace != 4<<30 || out.FreeSpace != 3<<30 || out.Name != "lab" {
-			t.Errorf("xapi %s: %+v, %v", c.version, out, err)
-		}
-		if err := schema.Ours().ValidateValue("res:SR.stat", out); err != nil {
-			t.Errorf("xapi %s: %v", c.version, err)
-		}
-		if f.other["mpath-eui.00a1"] != "[0, 2]" {
-			t.Errorf("xapi %s: other-config %v", c.version, f.other)
-		}
-		// The version is read once per boot.
-		if _, err := p.srStat(ctx, down); err != nil || f.reads != 1 {
-			t.Errorf("xapi %s: %d version reads, %v", c.version, f.reads, err)
-		}
+			out, err := p.srStat(ctx, down)
+			if !c.unreachable {
+				if !errors.Is(err, host.ErrUnreachable) || !strings.Contains(err.Error(), "0 of 2 paths live") || !strings.Contains(err.Error(), "sanvol status") {
+					t.Errorf("xapi %s: err = %v, want an Unreachable error document", c.version, err)
+				}
+				return
+			}
+			if err != nil || out.Health.State != schema.Unreachable || out.Health.Message != "0 of 2 paths live" ||
+				out.TotalSpace != 4<<30 || out.FreeSpace != 3<<30 || out.Name != "lab" {
+				t.Errorf("xapi %s: %+v, %v", c.version, out, err)
+			}
+			if err := schema.Ours().ValidateValue("res:SR.stat", out); err != nil {
+				t.Errorf("xapi %s: %v", c.version, err)
+			}
+			if f.other["mpath-eui.00a1"] != "[0, 2]" {
+				t.Errorf("xapi %s: other-config %v", c.version, f.other)
+			}
+			// The version is read once per boot.
+			if _, err := p.srStat(ctx, down); err != nil || f.reads != 1 {
+				t.Errorf("xapi %s: %d version reads, %v", c.version, f.reads, err)
+			}
+		})
 	}
 	// xapi does not answer: not cached, and an error document meanwhile.
 	f := &fakePBD{other: map[string]string{}, err: errors.New("connection refused")}

@@ -48,22 +48,24 @@ func TestPositionalFormOfEveryStaticVDIsCall(t *testing.T) {
 		{dpDir + "Datapath.detach", []string{volU, "0"}, map[string]string{"dbg": "static-vdis", "uri": volU, "domain": "0"}, nil},
 	}
 	for _, c := range cases {
-		tg, err := Resolve(c.file)
-		if err != nil {
-			t.Fatal(err)
-		}
-		args, err := DecodePositional(tg.Method.Name, append([]string{"static-vdis"}, c.argv...), tg.Method.Args)
-		if err != nil {
-			t.Fatalf("%s %v: %v", c.file, c.argv, err)
-		}
-		if diff := cmp.Diff(c.strs, args.strs); diff != "" {
-			t.Errorf("%s strings:\n%s", c.file, diff)
-		}
-		if c.dicts != nil {
-			if diff := cmp.Diff(c.dicts, args.dicts); diff != "" {
-				t.Errorf("%s dicts:\n%s", c.file, diff)
+		t.Run(c.file[strings.LastIndex(c.file, "/")+1:], func(t *testing.T) {
+			tg, err := Resolve(c.file)
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
+			args, err := DecodePositional(tg.Method.Name, append([]string{"static-vdis"}, c.argv...), tg.Method.Args)
+			if err != nil {
+				t.Fatalf("%v: %v", c.argv, err)
+			}
+			if diff := cmp.Diff(c.strs, args.strs); diff != "" {
+				t.Errorf("%s strings:\n%s", c.file, diff)
+			}
+			if c.dicts != nil {
+				if diff := cmp.Diff(c.dicts, args.dicts); diff != "" {
+					t.Errorf("%s dicts:\n%s", c.file, diff)
+				}
+			}
+		})
 	}
 }
 

@@ -8,9 +8,10 @@ import (
 )
 
 // NewDeps wires the real dependencies of a call on this host.
-func NewDeps(version string, stderr io.Writer, verbose bool) *Deps {
-	log := NewLogger(stderr, verbose)
-	root := host.NewRoot("/")
+// The log level comes from ConfigPath, read once here.
+func NewDeps(version string, stderr io.Writer) *Deps {
+	root := host.NewRoot(hostRootDir())
+	log := NewLogger(stderr, ReadLogLevel(root) == LogDebug)
 	d := &Deps{
 		Version: version,
 		Log:     log,

@@ -20,8 +20,10 @@ var servedMethods = []string{
 	"Datapath.open", "Datapath.attach", "Datapath.activate", "Datapath.deactivate", "Datapath.detach", "Datapath.close",
 }
 
-// referencePath is the contract's reference schema, beside the repository
-// (the CI clones main with shared/ next to it).
+// referencePath is the project's reference schema: a JSON schema of every
+// xapi-storage request, result and error document, written from the IDL
+// and kept beside the repository, not in it (the CI clones main with
+// shared/ next to it). The test reads it at run time and skips without it.
 const referencePath = "../../shared/spec/xapi-storage-schema.json"
 
 func loadReference(t *testing.T) *Schema {

@@ -26,8 +26,9 @@ import (
 )
 
 var (
-	binary string // the built sanvol
-	root   string // the install root
+	binary   string // the built sanvol
+	root     string // the install root
+	hostRoot string // the host's "/" as the test build sees it
 )
 
 func TestMain(m *testing.M) {
@@ -42,12 +43,22 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(tmp)
 	binary = filepath.Join(tmp, "sanvol")
-	build := exec.Command("go", "build", "-trimpath", "-ldflags", "-X main.version=conformance", "-o", binary, "sanvol/cmd/sanvol")
+	// The sanvoltest tag lets the binary take its host root from
+	// SANVOL_TEST_ROOT: every method call then reads and writes an empty
+	// tree under tmp, never this machine's /run, /etc or /sys, even as
+	// root. The shipped binary has no such switch (plugin/hostroot.go).
+	build := exec.Command("go", "build", "-tags", "sanvoltest", "-trimpath", "-ldflags", "-X main.version=conformance", "-o", binary, "sanvol/cmd/sanvol")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build sanvol: %v\n%s", err, out)
 		return 1
 	}
+	hostRoot = filepath.Join(tmp, "host")
+	if err := os.MkdirAll(hostRoot, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	os.Setenv(plugin.TestRootEnv, hostRoot) //nolint:errcheck // cannot fail for a valid name
 	root = filepath.Join(tmp, "root")
 	if out, err := exec.Command(binary, "install", "--root", root).CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "sanvol install: %v\n%s", err, out)
@@ -349,5 +360,15 @@ func TestObserverShims(t *testing.T) {
 	out := call(t, script, []byte(`{"dbg":"d"}`))
 	if out.ExitCode != 0 {
 		t.Fatalf("direct run: exit %d %s", out.ExitCode, out.Stdout)
+	}
+}
+
+// The calls ran against the test's host root: what a Datapath call keeps
+// on a host (its lock under /run/sanvol/locks) is in the temporary tree.
+func TestCallsUseTheTestHostRoot(t *testing.T) {
+	call(t, pluginDir(filepath.Join("datapath", plugin.DatapathScheme, "Datapath.deactivate")), []byte(requests["Datapath.deactivate"]))
+	lock := filepath.Join(hostRoot, "run/sanvol/locks/dp-6e0a7c7e-9e8f-4a61-9a37-1d4d3c0e9a01-k.lock")
+	if _, err := os.Stat(lock); err != nil {
+		t.Fatalf("Datapath.deactivate took its lock elsewhere than the test host root: %v", err)
 	}
 }

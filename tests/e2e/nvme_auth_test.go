@@ -66,7 +66,7 @@ func authCfg(tg *labtarget.NVMeTarget, secrets mapSecrets, hostKey, ctrlKey stri
 }
 
 // On a kernel without NVMe in-band authentication a configured key must
-// be refused, never silently ignored (lab-notes pitfall 7).
+// be refused, never silently ignored (docs/lab-pitfalls.md §7).
 func TestNVMeAuthRefusedWithoutKernelSupport(t *testing.T) {
 	nvmeLab(t)
 	key := genKey(t)

@@ -12,7 +12,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 # Only what the scenarios use: the initiators, the tools that talk to the
 # kernel targets through configfs, and LVM. fio and targetcli are left out on
-# purpose (ceph/python dependencies, lab-notes).
+# purpose (ceph/python dependencies).
 packages=kmod,udev,initramfs-tools,nvme-cli,open-iscsi,multipath-tools,lvm2,util-linux,iproute2,iputils-ping,e2fsprogs,procps,psmisc,jq
 
 root=$out/root
@@ -52,7 +52,7 @@ chroot "$root" /bin/sh -c "DEBIAN_FRONTEND=noninteractive apt-get -q update && \
 	>"$out/kernel.log" 2>&1 || { tail -30 "$out/kernel.log"; exit 1; }
 
 # Packages create host identities at build time; every boot makes its own
-# (lab-notes pitfall 2), so none may survive in the image.
+# (docs/lab-pitfalls.md §2), so none may survive in the image.
 rm -f "$root/etc/nvme/hostnqn" "$root/etc/nvme/hostid" "$root/etc/iscsi/initiatorname.iscsi"
 install -m 0755 "$here/guest/lab-init" "$root/sbin/lab-init"
 mkdir -p "$root/lab" "$root/srv/lab" "$root/etc/target"

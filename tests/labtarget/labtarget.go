@@ -5,7 +5,7 @@
 //
 // Both targets keep their data in plain files on the guest's tmpfs, never in
 // loop or brd devices: a block device would be seen by LVM, multipath and
-// blkid next to the initiator's view of the same data (lab-notes pitfall 5).
+// blkid next to the initiator's view of the same data (docs/lab-pitfalls.md §5).
 package labtarget
 
 import (

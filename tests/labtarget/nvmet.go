@@ -63,7 +63,7 @@ type DHChap struct {
 
 // ErrNoTargetAuth says the running kernel's nvmet lacks DH-HMAC-CHAP
 // (CONFIG_NVME_TARGET_AUTH): Debian 12's 6.1 kernel; the backports 6.12
-// kernel has it (lab-notes pitfall 7).
+// kernel has it (docs/lab-pitfalls.md §7).
 var ErrNoTargetAuth = errors.New("this kernel's nvmet has no DH-HMAC-CHAP support (boot the lab with --kernel backports)")
 
 // NewNVMe creates the subsystem, its first namespace and its ports, open

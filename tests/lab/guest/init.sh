@@ -2,7 +2,7 @@
 # The lab guest's real init, run as PID 1 by /sbin/lab-init from the 9p
 # share (/lab). It brings up only what the scenarios need, runs the command
 # in /lab/cmd under a deadline, writes the results to /lab/out and powers the
-# guest off. Every fix here is one of the pitfalls in lab-notes.md.
+# guest off. Every fix here is one of docs/lab-pitfalls.md.
 PATH=/usr/sbin:/usr/bin:/sbin:/bin
 export PATH
 L=/lab
