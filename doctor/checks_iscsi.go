@@ -30,7 +30,7 @@ const (
 )
 
 func (r *run) checkISCSIHost(ctx context.Context) {
-	r.checkDaemon(chkISCSId, "iscsid", "systemctl enable --now iscsid")
+	r.checkIscsid(ctx)
 	r.checkDaemon(chkMultipathd, "multipathd", "systemctl enable --now multipathd")
 	local := r.checkInitiatorIQN()
 	r.checkPoolIQN(ctx, local)
@@ -55,6 +55,45 @@ func (r *run) checkDaemon(id, name, fix string) {
 		return
 	}
 	r.add(result(id, scopeISCSIHost, Fail, name+" is not running", []string{"no process named " + name + " in /proc"}, fix))
+}
+
+// checkIscsid reports whether iscsid runs and, when it does not, whether
+// sanvol can start it. XCP-ng 8.x keeps iscsid.service disabled by preset
+// and sm starts it on demand (xcp-ng/sm drivers/iscsilib.py,
+// ensure_daemon_running_ok -> restart_daemon: systemctl start
+// iscsid.service); the iscsi-ng transport does the same before discovery,
+// login and logout, so "enable it" would be the wrong advice there.
+// Sessions without iscsid are another matter: the kernel keeps them, but
+// nothing re-logs a path in after an error, so that is a failure.
+func (r *run) checkIscsid(ctx context.Context) {
+	const unit = "iscsid.service"
+	if pids := r.running("iscsid"); len(pids) > 0 {
+		r.add(result(chkISCSId, scopeISCSIHost, Pass, "iscsid is running (pid "+strings.Join(pids, ",")+")", nil, ""))
+		return
+	}
+	ev := []string{"no process named iscsid in /proc"}
+	sessions, _ := r.d.Root.Glob("/sys/class/iscsi_session/session*")
+	// LoadState without --value: CentOS 7's systemd 219 predates it.
+	res, err := r.d.Runner.Run(ctx, host.Cmd{Name: "systemctl", Args: []string{"show", "-p", "LoadState", unit}, Timeout: 10 * time.Second})
+	state := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(res.Stdout)), "LoadState="))
+	switch {
+	case err != nil:
+		ev = append(ev, "systemctl show "+unit+": "+err.Error())
+		r.add(result(chkISCSId, scopeISCSIHost, Fail, "iscsid is not running and sanvol cannot start it: systemctl does not answer", ev,
+			"start iscsid by hand (iscsid), or install iscsi-initiator-utils (Debian: open-iscsi)"))
+	case state != "loaded":
+		ev = append(ev, unit+" LoadState="+orDash(state))
+		r.add(result(chkISCSId, scopeISCSIHost, Fail, "iscsid is not running and sanvol cannot start it: "+unit+" is not installed", ev,
+			"yum install -y iscsi-initiator-utils   (Debian: apt-get install open-iscsi)"))
+	case len(sessions) > 0:
+		ev = append(ev, fmt.Sprintf("%d iSCSI session(s) in /sys/class/iscsi_session", len(sessions)))
+		r.add(result(chkISCSId, scopeISCSIHost, Fail,
+			"iscsid is not running while iSCSI sessions exist: a path that fails is never logged in again", ev,
+			"systemctl start "+unit+"   # XCP-ng keeps the unit disabled by preset; starting it is what sm and sanvol do"))
+	default:
+		r.add(result(chkISCSId, scopeISCSIHost, Pass,
+			"iscsid is not running; sanvol starts it ("+"systemctl start "+unit+") at the next iscsi-ng attach or probe, as sm does", ev, ""))
+	}
 }
 
 // distroIQNs are the prefixes distribution packages generate initiator

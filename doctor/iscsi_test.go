@@ -15,7 +15,7 @@ func TestDaemonsNotRunning(t *testing.T) {
 	h.remove("/proc/101")
 	h.remove("/proc/102")
 	rep := iscsiRun(h)
-	expect(t, rep, chkISCSId, Fail, "iscsid is not running", "systemctl enable --now iscsid")
+	expect(t, rep, chkISCSId, Fail, "iscsid is not running and sanvol cannot start it: systemctl does not answer", "iscsi-initiator-utils")
 	expect(t, rep, chkMultipathd, Fail, "multipathd is not running", "systemctl enable --now multipathd")
 }
 
@@ -200,4 +200,31 @@ multipaths {
 	if _, npr := runningStanza(conf, "36001405none"); npr != "" {
 		t.Fatalf("unknown wwid: %q", npr)
 	}
+}
+
+// XCP-ng keeps iscsid.service disabled: with no session the doctor says
+// sanvol will start it, and never tells the admin to enable it.
+func TestIscsidStoppedSanvolStartsIt(t *testing.T) {
+	h := newFakeHost(t)
+	h.remove("/proc/101")
+	h.remove("/sys/class/iscsi_session")
+	h.run.on("systemctl show -p LoadState iscsid.service", "LoadState=loaded\n", nil)
+	r := expect(t, iscsiRun(h), chkISCSId, Pass, "sanvol starts it (systemctl start iscsid.service)", "")
+	if strings.Contains(r.Fix+r.Summary, "enable") {
+		t.Errorf("advice to enable a unit XCP-ng keeps disabled: %+v", r)
+	}
+}
+
+func TestIscsidStoppedWithSessionsFails(t *testing.T) {
+	h := newFakeHost(t)
+	h.remove("/proc/101")
+	h.run.on("systemctl show -p LoadState iscsid.service", "LoadState=loaded\n", nil)
+	expect(t, iscsiRun(h), chkISCSId, Fail, "while iSCSI sessions exist", "systemctl start iscsid.service")
+}
+
+func TestIscsidNotInstalled(t *testing.T) {
+	h := newFakeHost(t)
+	h.remove("/proc/101")
+	h.run.on("systemctl show -p LoadState iscsid.service", "LoadState=not-found\n", nil)
+	expect(t, iscsiRun(h), chkISCSId, Fail, "iscsid.service is not installed", "yum install -y iscsi-initiator-utils")
 }
