@@ -474,3 +474,62 @@ func policyText(queue int) string {
 	}
 	return fmt.Sprintf("queue I/O for %d s when every path is down", queue)
 }
+
+// smRefDir is where sm counts, per target IQN, the SMAPIv1 iSCSI SRs
+// (lvmoiscsi, iscsi) attached on this host: one file named after the IQN,
+// one SR uuid a line (xcp-ng/sm drivers/util.py ISCSI_REFDIR,
+// _incr_iscsiSR_refcount, called from BaseISCSI.attach).
+const smRefDir = "/var/run/sr-ref"
+
+// checkSMShared reports an sm iSCSI SR attached here on the target IQN of
+// a sanvol SR. sm does not know sanvol's sessions: when its last SR on the
+// IQN detaches it logs out every session to that IQN (BaseISCSI
+// detach_and_delete -> iscsilib.logout all=True, `iscsiadm -m node -T
+// <iqn> -u`, which matches sessions by target name whatever their iface
+// or node record), and an sr-destroy of a raw iscsi SR also deletes every
+// node record of the IQN (iscsilib.delete). docs/iscsi-ng.md, "SMAPIv1
+// next door", gives the decision: one target IQN per SR stack.
+func (r *run) checkSMShared(s *subject) {
+	iqn := strings.TrimSpace(s.Config[keyTargetIQN])
+	iqns := []string{iqn}
+	if iqn == "" || iqn == "*" {
+		iqns = nil
+		addrs := map[string]bool{}
+		for _, p := range s.Portals {
+			addrs[p.Addr.String()] = true
+		}
+		for _, se := range r.sessions() {
+			if addrs[se.Addr] {
+				iqns = append(iqns, se.Target)
+			}
+		}
+		iqns = dedupSorted(iqns)
+	}
+	var ev []string
+	for _, q := range iqns {
+		if q == "" || strings.ContainsAny(q, "/*") {
+			continue
+		}
+		b, err := r.d.Root.ReadFile(pathpkg.Join(smRefDir, q))
+		if err != nil {
+			continue
+		}
+		var srs []string
+		for _, l := range strings.Split(string(b), "\n") {
+			if l = strings.TrimSpace(l); l != "" {
+				srs = append(srs, l)
+			}
+		}
+		if len(srs) > 0 {
+			ev = append(ev, fmt.Sprintf("%s/%s lists SMAPIv1 SR(s) %s attached here on %s", smRefDir, q, strings.Join(srs, ", "), q))
+		}
+	}
+	if len(ev) == 0 {
+		r.add(result(chkSMShared, s.scope(), Pass, "no SMAPIv1 iSCSI SR (lvmoiscsi, iscsi) is attached here on this SR's target IQN", nil, ""))
+		return
+	}
+	r.add(result(chkSMShared, s.scope(), Fail,
+		"a SMAPIv1 iSCSI SR shares this SR's target IQN: when sm detaches it, it logs out every session to the IQN, sanvol's too, and this SR loses its paths",
+		ev,
+		"give each SR stack its own target IQN on the array (move the LUN of one of them to another target); until then do not unplug, forget or destroy the SMAPIv1 SR while this SR is plugged, and re-plug this SR (xe pbd-unplug / xe pbd-plug) if it lost its paths"))
+}

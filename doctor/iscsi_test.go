@@ -228,3 +228,23 @@ func TestIscsidNotInstalled(t *testing.T) {
 	h.run.on("systemctl show -p LoadState iscsid.service", "LoadState=not-found\n", nil)
 	expect(t, iscsiRun(h), chkISCSId, Fail, "iscsid.service is not installed", "yum install -y iscsi-initiator-utils")
 }
+
+// sm's refcount file for the IQN names an lvmoiscsi SR attached here: its
+// detach would log sanvol's sessions out too.
+func TestSMSharedTarget(t *testing.T) {
+	h := newFakeHost(t)
+	h.write(smRefDir+"/"+targetIQN, "7d0b1c2e-1111-4a2b-9c3d-4e5f60718293\n")
+	h.write(smRefDir+"/iqn.2001-05.com.example:other", "8e1c2d3f-2222-4a2b-9c3d-4e5f60718293\n")
+	r := expect(t, iscsiRun(h), chkSMShared, Fail, "logs out every session to the IQN", "its own target IQN")
+	ev := strings.Join(r.Evidence, "\n")
+	if !strings.Contains(ev, "7d0b1c2e-1111-4a2b-9c3d-4e5f60718293") || strings.Contains(ev, "8e1c2d3f") {
+		t.Errorf("evidence %q", ev)
+	}
+}
+
+func TestSMSharedTargetNone(t *testing.T) {
+	h := newFakeHost(t)
+	h.write(smRefDir+"/iqn.2001-05.com.example:other", "8e1c2d3f-2222-4a2b-9c3d-4e5f60718293\n")
+	h.write(smRefDir+"/"+targetIQN, "") // sm unlinks it after its last detach; an empty one counts as none
+	expect(t, iscsiRun(h), chkSMShared, Pass, "no SMAPIv1 iSCSI SR", "")
+}
