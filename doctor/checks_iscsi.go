@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"sanvol/host"
+	"sanvol/iscsi"
 )
 
 const (
@@ -475,19 +476,13 @@ func policyText(queue int) string {
 	return fmt.Sprintf("queue I/O for %d s when every path is down", queue)
 }
 
-// smRefDir is where sm counts, per target IQN, the SMAPIv1 iSCSI SRs
-// (lvmoiscsi, iscsi) attached on this host: one file named after the IQN,
-// one SR uuid a line (xcp-ng/sm drivers/util.py ISCSI_REFDIR,
-// _incr_iscsiSR_refcount, called from BaseISCSI.attach).
-const smRefDir = "/var/run/sr-ref"
-
 // checkSMShared reports an sm iSCSI SR attached here on the target IQN of
 // a sanvol SR. sm does not know sanvol's sessions: when its last SR on the
 // IQN detaches it logs out every session to that IQN (BaseISCSI
 // detach_and_delete -> iscsilib.logout all=True, `iscsiadm -m node -T
 // <iqn> -u`, which matches sessions by target name whatever their iface
-// or node record), and an sr-destroy of a raw iscsi SR also deletes every
-// node record of the IQN (iscsilib.delete). docs/iscsi-ng.md, "SMAPIv1
+// or node record); a raw iscsi SR's detach also deletes every node
+// record of the IQN (RawISCSISR.detach -> iscsilib.delete). docs/iscsi-ng.md, "SMAPIv1
 // next door", gives the decision: one target IQN per SR stack.
 func (r *run) checkSMShared(s *subject) {
 	iqn := strings.TrimSpace(s.Config[keyTargetIQN])
@@ -507,21 +502,9 @@ func (r *run) checkSMShared(s *subject) {
 	}
 	var ev []string
 	for _, q := range iqns {
-		if q == "" || strings.ContainsAny(q, "/*") {
-			continue
-		}
-		b, err := r.d.Root.ReadFile(pathpkg.Join(smRefDir, q))
-		if err != nil {
-			continue
-		}
-		var srs []string
-		for _, l := range strings.Split(string(b), "\n") {
-			if l = strings.TrimSpace(l); l != "" {
-				srs = append(srs, l)
-			}
-		}
+		srs := iscsi.SMAPIv1SRsOn(r.d.Root, q)
 		if len(srs) > 0 {
-			ev = append(ev, fmt.Sprintf("%s/%s lists SMAPIv1 SR(s) %s attached here on %s", smRefDir, q, strings.Join(srs, ", "), q))
+			ev = append(ev, fmt.Sprintf("%s/%s lists SMAPIv1 SR(s) %s attached here on %s", iscsi.SMRefDir, q, strings.Join(srs, ", "), q))
 		}
 	}
 	if len(ev) == 0 {

@@ -3,6 +3,8 @@ package doctor
 import (
 	"strings"
 	"testing"
+
+	"sanvol/iscsi"
 )
 
 func iscsiRun(h *fakeHost) Report {
@@ -233,8 +235,8 @@ func TestIscsidNotInstalled(t *testing.T) {
 // detach would log sanvol's sessions out too.
 func TestSMSharedTarget(t *testing.T) {
 	h := newFakeHost(t)
-	h.write(smRefDir+"/"+targetIQN, "7d0b1c2e-1111-4a2b-9c3d-4e5f60718293\n")
-	h.write(smRefDir+"/iqn.2001-05.com.example:other", "8e1c2d3f-2222-4a2b-9c3d-4e5f60718293\n")
+	h.write(iscsi.SMRefDir+"/"+targetIQN, "7d0b1c2e-1111-4a2b-9c3d-4e5f60718293\n")
+	h.write(iscsi.SMRefDir+"/iqn.2001-05.com.example:other", "8e1c2d3f-2222-4a2b-9c3d-4e5f60718293\n")
 	r := expect(t, iscsiRun(h), chkSMShared, Fail, "logs out every session to the IQN", "its own target IQN")
 	ev := strings.Join(r.Evidence, "\n")
 	if !strings.Contains(ev, "7d0b1c2e-1111-4a2b-9c3d-4e5f60718293") || strings.Contains(ev, "8e1c2d3f") {
@@ -244,7 +246,7 @@ func TestSMSharedTarget(t *testing.T) {
 
 func TestSMSharedTargetNone(t *testing.T) {
 	h := newFakeHost(t)
-	h.write(smRefDir+"/iqn.2001-05.com.example:other", "8e1c2d3f-2222-4a2b-9c3d-4e5f60718293\n")
-	h.write(smRefDir+"/"+targetIQN, "") // sm unlinks it after its last detach; an empty one counts as none
+	h.write(iscsi.SMRefDir+"/iqn.2001-05.com.example:other", "8e1c2d3f-2222-4a2b-9c3d-4e5f60718293\n")
+	h.write(iscsi.SMRefDir+"/"+targetIQN, "") // sm unlinks it after its last detach; an empty one counts as none
 	expect(t, iscsiRun(h), chkSMShared, Pass, "no SMAPIv1 iSCSI SR", "")
 }

@@ -130,6 +130,9 @@ func (t *Transport) Prepare(ctx context.Context, cfg map[string]string) (map[str
 	if err != nil {
 		return nil, err
 	}
+	if err := t.refuseSMShared(op, c); err != nil {
+		return nil, err
+	}
 	if c.wwid != "" {
 		return map[string]string{keySCSIid: c.wwid}, nil
 	}
@@ -171,6 +174,7 @@ func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (volume.D
 	if err := t.ensureIscsid(ctx, op); err != nil {
 		return volume.Device{}, err
 	}
+	t.warnSMShared(c)
 	if err := t.ensureIfaces(ctx, op, c); err != nil {
 		return volume.Device{}, err
 	}
