@@ -93,7 +93,7 @@ func (r *run) checkIscsid(ctx context.Context) {
 			"systemctl start "+unit+"   # XCP-ng keeps the unit disabled by preset; starting it is what sm and sanvol do"))
 	default:
 		r.add(result(chkISCSId, scopeISCSIHost, Pass,
-			"iscsid is not running; sanvol starts it ("+"systemctl start "+unit+") at the next iscsi-ng attach or probe, as sm does", ev, ""))
+			"iscsid is not running; sanvol starts it (systemctl start "+unit+") at the next iscsi-ng attach or probe, as sm does", ev, ""))
 	}
 }
 
