@@ -21,6 +21,7 @@ const (
 	seedNexenta = "NexentaStor High-Availability iSCSI with Linux Clients"
 	xcpngDocs   = "XCP-ng documentation (docs.xcp-ng.org)"
 	xcpngKernel = "XCP-ng dom0 kernel configuration (xcp-ng-rpms/kernel, SOURCES/kernel-x86_64.config)"
+	smCode      = "xcp-ng/sm (SMAPIv1 drivers, docs/iscsi-ng.md § SMAPIv1 next door)"
 )
 
 // CheckInfo describes one check for the documentation and the tests.
@@ -62,6 +63,7 @@ const (
 	chkISCSId       = "iscsi.iscsid"
 	chkMultipathd   = "iscsi.multipathd"
 	chkNodeRecords  = "iscsi.node-timeouts"
+	chkSMShared     = "iscsi.sm-shared-target"
 	chkMap          = "iscsi.map"
 	chkIQN          = "iscsi.initiator-iqn"
 	chkPoolIQN      = "pool.iqn"
@@ -115,6 +117,8 @@ var checks = []CheckInfo{
 	{chkMultipathd, "multipathd running", iscsiOnly, []Source{{seedISCSI, "XCP-ng-Specific Considerations › Package Management (systemctl status multipathd)"}, {seedNexenta, "Steps Client-Side 2"}}},
 	{chkNodeRecords, "node records and sessions use the SR's timeouts", iscsiOnly, []Source{
 		{seedNexenta, "Steps Client-Side 10 (node.session.timeo.replacement_timeout = 10)"}}},
+	{chkSMShared, "no SMAPIv1 iSCSI SR on the same target IQN", iscsiOnly, []Source{
+		{smCode, "drivers/BaseISCSI.py detach_and_delete (iscsilib.logout all=True: iscsiadm -m node -T <iqn> -u)"}}},
 	{chkMap, "multipath map has the SR's settings", iscsiOnly, []Source{
 		{seedISCSI, "Multipath Configuration › Custom Multipath Configuration (no_path_retry, custom.conf in conf.d)"},
 		{seedNexenta, "Steps Client-Side 11 (features / no_path_retry)"}}},

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"sanvol/host"
+	"sanvol/iscsi"
 )
 
 const (
@@ -30,7 +31,7 @@ const (
 )
 
 func (r *run) checkISCSIHost(ctx context.Context) {
-	r.checkDaemon(chkISCSId, "iscsid", "systemctl enable --now iscsid")
+	r.checkIscsid(ctx)
 	r.checkDaemon(chkMultipathd, "multipathd", "systemctl enable --now multipathd")
 	local := r.checkInitiatorIQN()
 	r.checkPoolIQN(ctx, local)
@@ -55,6 +56,45 @@ func (r *run) checkDaemon(id, name, fix string) {
 		return
 	}
 	r.add(result(id, scopeISCSIHost, Fail, name+" is not running", []string{"no process named " + name + " in /proc"}, fix))
+}
+
+// checkIscsid reports whether iscsid runs and, when it does not, whether
+// sanvol can start it. XCP-ng 8.x keeps iscsid.service disabled by preset
+// and sm starts it on demand (xcp-ng/sm drivers/iscsilib.py,
+// ensure_daemon_running_ok -> restart_daemon: systemctl start
+// iscsid.service); the iscsi-ng transport does the same before discovery,
+// login and logout, so "enable it" would be the wrong advice there.
+// Sessions without iscsid are another matter: the kernel keeps them, but
+// nothing re-logs a path in after an error, so that is a failure.
+func (r *run) checkIscsid(ctx context.Context) {
+	const unit = "iscsid.service"
+	if pids := r.running("iscsid"); len(pids) > 0 {
+		r.add(result(chkISCSId, scopeISCSIHost, Pass, "iscsid is running (pid "+strings.Join(pids, ",")+")", nil, ""))
+		return
+	}
+	ev := []string{"no process named iscsid in /proc"}
+	sessions, _ := r.d.Root.Glob("/sys/class/iscsi_session/session*")
+	// LoadState without --value: CentOS 7's systemd 219 predates it.
+	res, err := r.d.Runner.Run(ctx, host.Cmd{Name: "systemctl", Args: []string{"show", "-p", "LoadState", unit}, Timeout: 10 * time.Second})
+	state := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(res.Stdout)), "LoadState="))
+	switch {
+	case err != nil:
+		ev = append(ev, "systemctl show "+unit+": "+err.Error())
+		r.add(result(chkISCSId, scopeISCSIHost, Fail, "iscsid is not running and sanvol cannot start it: systemctl does not answer", ev,
+			"start iscsid by hand (iscsid), or install iscsi-initiator-utils (Debian: open-iscsi)"))
+	case state != "loaded":
+		ev = append(ev, unit+" LoadState="+orDash(state))
+		r.add(result(chkISCSId, scopeISCSIHost, Fail, "iscsid is not running and sanvol cannot start it: "+unit+" is not installed", ev,
+			"yum install -y iscsi-initiator-utils   (Debian: apt-get install open-iscsi)"))
+	case len(sessions) > 0:
+		ev = append(ev, fmt.Sprintf("%d iSCSI session(s) in /sys/class/iscsi_session", len(sessions)))
+		r.add(result(chkISCSId, scopeISCSIHost, Fail,
+			"iscsid is not running while iSCSI sessions exist: a path that fails is never logged in again", ev,
+			"systemctl start "+unit+"   # XCP-ng keeps the unit disabled by preset; starting it is what sm and sanvol do"))
+	default:
+		r.add(result(chkISCSId, scopeISCSIHost, Pass,
+			"iscsid is not running; sanvol starts it (systemctl start "+unit+") at the next iscsi-ng attach or probe, as sm does", ev, ""))
+	}
 }
 
 // distroIQNs are the prefixes distribution packages generate initiator
@@ -434,4 +474,45 @@ func policyText(queue int) string {
 		return "fail I/O when every path is down"
 	}
 	return fmt.Sprintf("queue I/O for %d s when every path is down", queue)
+}
+
+// checkSMShared reports an sm iSCSI SR attached here on the target IQN of
+// a sanvol SR. sm does not know sanvol's sessions: when its last SR on the
+// IQN detaches it logs out every session to that IQN (BaseISCSI
+// detach_and_delete -> iscsilib.logout all=True, `iscsiadm -m node -T
+// <iqn> -u`, which matches sessions by target name whatever their iface
+// or node record); a raw iscsi SR's detach also deletes every node
+// record of the IQN (RawISCSISR.detach -> iscsilib.delete). docs/iscsi-ng.md, "SMAPIv1
+// next door", gives the decision: one target IQN per SR stack.
+func (r *run) checkSMShared(s *subject) {
+	iqn := strings.TrimSpace(s.Config[keyTargetIQN])
+	iqns := []string{iqn}
+	if iqn == "" || iqn == "*" {
+		iqns = nil
+		addrs := map[string]bool{}
+		for _, p := range s.Portals {
+			addrs[p.Addr.String()] = true
+		}
+		for _, se := range r.sessions() {
+			if addrs[se.Addr] {
+				iqns = append(iqns, se.Target)
+			}
+		}
+		iqns = dedupSorted(iqns)
+	}
+	var ev []string
+	for _, q := range iqns {
+		srs := iscsi.SMAPIv1SRsOn(r.d.Root, q)
+		if len(srs) > 0 {
+			ev = append(ev, fmt.Sprintf("%s/%s lists SMAPIv1 SR(s) %s attached here on %s", iscsi.SMRefDir, q, strings.Join(srs, ", "), q))
+		}
+	}
+	if len(ev) == 0 {
+		r.add(result(chkSMShared, s.scope(), Pass, "no SMAPIv1 iSCSI SR (lvmoiscsi, iscsi) is attached here on this SR's target IQN", nil, ""))
+		return
+	}
+	r.add(result(chkSMShared, s.scope(), Fail,
+		"a SMAPIv1 iSCSI SR shares this SR's target IQN: when sm detaches it, it logs out every session to the IQN, sanvol's too, and this SR loses its paths",
+		ev,
+		"give each SR stack its own target IQN on the array (move the LUN of one of them to another target); until then do not unplug, forget or destroy the SMAPIv1 SR while this SR is plugged, and re-plug this SR (xe pbd-unplug / xe pbd-plug) if it lost its paths"))
 }

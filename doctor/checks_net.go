@@ -137,18 +137,26 @@ func (r *run) checkRPFilter(s *subject, paths []path) {
 	r.add(result(chkRPFilter, s.scope(), worst, summary, ev, fix))
 }
 
-// ping runs one ping and returns its last output line.
+// ping runs one ping and returns its last output line. An IPv6 portal is
+// pinged with ping6: CentOS 7's iputils (20160308, XCP-ng 8.x dom0) has
+// separate ping and ping6 programs and its ping has no -6, while newer
+// iputils merged them (ping -6), where distributions may drop the ping6
+// link; so ping -6 is the fallback when ping6 is not installed.
 func (r *run) ping(ctx context.Context, p path, size int, df bool) (bool, string, error) {
 	var args []string
-	if p.Portal.Addr.Is6() {
-		args = append(args, "-6")
-	}
 	if df {
 		args = append(args, "-M", "do")
 	}
 	args = append(args, "-s", strconv.Itoa(size), "-c", "1", "-W", "2", "-I", p.Iface, p.Portal.Addr.String())
 	cmd := host.Cmd{Name: "ping", Args: args, Timeout: 10 * time.Second}
+	if p.Portal.Addr.Is6() {
+		cmd.Name = "ping6"
+	}
 	res, err := r.d.Runner.Run(ctx, cmd)
+	if cmd.Name == "ping6" && errors.Is(err, host.ErrNotInstalled) {
+		cmd.Name, cmd.Args = "ping", append([]string{"-6"}, args...)
+		res, err = r.d.Runner.Run(ctx, cmd)
+	}
 	out := lastLine(string(res.Stdout) + "\n" + string(res.Stderr))
 	if errors.Is(err, host.ErrNotInstalled) {
 		return false, "", err

@@ -304,6 +304,7 @@ func (r *run) checkSubject(ctx context.Context, s *subject) {
 		r.checkIOPolicy(s)
 	case TypeISCSI:
 		r.checkNodeRecords(ctx, s, paths)
+		r.checkSMShared(s)
 		r.checkMap(ctx, s)
 	}
 }

@@ -3,6 +3,8 @@ package doctor
 import (
 	"strings"
 	"testing"
+
+	"sanvol/iscsi"
 )
 
 func iscsiRun(h *fakeHost) Report {
@@ -15,7 +17,7 @@ func TestDaemonsNotRunning(t *testing.T) {
 	h.remove("/proc/101")
 	h.remove("/proc/102")
 	rep := iscsiRun(h)
-	expect(t, rep, chkISCSId, Fail, "iscsid is not running", "systemctl enable --now iscsid")
+	expect(t, rep, chkISCSId, Fail, "iscsid is not running and sanvol cannot start it: systemctl does not answer", "iscsi-initiator-utils")
 	expect(t, rep, chkMultipathd, Fail, "multipathd is not running", "systemctl enable --now multipathd")
 }
 
@@ -200,4 +202,51 @@ multipaths {
 	if _, npr := runningStanza(conf, "36001405none"); npr != "" {
 		t.Fatalf("unknown wwid: %q", npr)
 	}
+}
+
+// XCP-ng keeps iscsid.service disabled: with no session the doctor says
+// sanvol will start it, and never tells the admin to enable it.
+func TestIscsidStoppedSanvolStartsIt(t *testing.T) {
+	h := newFakeHost(t)
+	h.remove("/proc/101")
+	h.remove("/sys/class/iscsi_session")
+	h.run.on("systemctl show -p LoadState iscsid.service", "LoadState=loaded\n", nil)
+	r := expect(t, iscsiRun(h), chkISCSId, Pass, "sanvol starts it (systemctl start iscsid.service)", "")
+	if strings.Contains(r.Fix+r.Summary, "enable") {
+		t.Errorf("advice to enable a unit XCP-ng keeps disabled: %+v", r)
+	}
+}
+
+func TestIscsidStoppedWithSessionsFails(t *testing.T) {
+	h := newFakeHost(t)
+	h.remove("/proc/101")
+	h.run.on("systemctl show -p LoadState iscsid.service", "LoadState=loaded\n", nil)
+	expect(t, iscsiRun(h), chkISCSId, Fail, "while iSCSI sessions exist", "systemctl start iscsid.service")
+}
+
+func TestIscsidNotInstalled(t *testing.T) {
+	h := newFakeHost(t)
+	h.remove("/proc/101")
+	h.run.on("systemctl show -p LoadState iscsid.service", "LoadState=not-found\n", nil)
+	expect(t, iscsiRun(h), chkISCSId, Fail, "iscsid.service is not installed", "yum install -y iscsi-initiator-utils")
+}
+
+// sm's refcount file for the IQN names an lvmoiscsi SR attached here: its
+// detach would log sanvol's sessions out too.
+func TestSMSharedTarget(t *testing.T) {
+	h := newFakeHost(t)
+	h.write(iscsi.SMRefDir+"/"+targetIQN, "7d0b1c2e-1111-4a2b-9c3d-4e5f60718293\n")
+	h.write(iscsi.SMRefDir+"/iqn.2001-05.com.example:other", "8e1c2d3f-2222-4a2b-9c3d-4e5f60718293\n")
+	r := expect(t, iscsiRun(h), chkSMShared, Fail, "logs out every session to the IQN", "its own target IQN")
+	ev := strings.Join(r.Evidence, "\n")
+	if !strings.Contains(ev, "7d0b1c2e-1111-4a2b-9c3d-4e5f60718293") || strings.Contains(ev, "8e1c2d3f") {
+		t.Errorf("evidence %q", ev)
+	}
+}
+
+func TestSMSharedTargetNone(t *testing.T) {
+	h := newFakeHost(t)
+	h.write(iscsi.SMRefDir+"/iqn.2001-05.com.example:other", "8e1c2d3f-2222-4a2b-9c3d-4e5f60718293\n")
+	h.write(iscsi.SMRefDir+"/"+targetIQN, "") // sm unlinks it after its last detach; an empty one counts as none
+	expect(t, iscsiRun(h), chkSMShared, Pass, "no SMAPIv1 iSCSI SR", "")
 }

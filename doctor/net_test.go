@@ -148,3 +148,28 @@ func TestRetryDumpInterrupted(t *testing.T) {
 		t.Errorf("another error: %v after %d calls", err, calls)
 	}
 }
+
+// CentOS 7's iputils has no ping -6: an IPv6 portal is pinged with ping6,
+// and with ping -6 only where ping6 is not installed (newer iputils).
+func TestMTUIPv6UsesPing6(t *testing.T) {
+	for _, tc := range []struct {
+		name, prog string
+	}{{"centos7", "ping6 "}, {"merged iputils", "ping -6 "}} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newFakeHost(t)
+			h.net.addAddr("eth1", "fd00:1::5/64")
+			h.run.off("ping ")
+			h.run.on(tc.prog, "1 packets transmitted, 1 received, 0% packet loss, time 0ms", nil)
+			rep := h.doctor(Options{Type: TypeISCSI, Config: map[string]string{"target": "[fd00:1::10]"}})
+			r := expect(t, rep, chkMTU, Pass, "full-size don't-fragment pings reach every portal", "")
+			if ev := strings.Join(r.Evidence, "\n"); !strings.Contains(ev, tc.prog+"-M do -s 8952 -c 1 -W 2 -I eth1 fd00:1::10") {
+				t.Errorf("evidence %q lacks %s", ev, tc.prog)
+			}
+			for _, c := range h.run.calls {
+				if strings.HasPrefix(c, "ping ") && !strings.HasPrefix(c, "ping -6 ") {
+					t.Errorf("IPv4 ping for an IPv6 portal: %s", c)
+				}
+			}
+		})
+	}
+}

@@ -56,6 +56,8 @@ type fakeHost struct {
 	loginDelay time.Duration
 	// initiatorACL, when set, is the only initiator the targets admit.
 	initiatorACL string
+	// startFails makes `systemctl start iscsid.service` fail.
+	startFails bool
 }
 
 type fakeTarget struct {
@@ -130,6 +132,8 @@ func newFakeHost(t *testing.T) *fakeHost {
 	}
 	f.write("/etc/iscsi/initiatorname.iscsi", "## comment\nInitiatorName="+testInitiator+"\n")
 	f.write("/proc/sys/kernel/osrelease", "6.1.0-test-amd64")
+	// iscsid runs unless a test stops it (stopIscsid).
+	f.write(fakeIscsidComm, "iscsid\n")
 	f.mkdir("/sys/class/iscsi_session")
 	f.mkdir("/sys/class/iscsi_connection")
 	f.mkdir("/sys/class/net/lo")
@@ -247,6 +251,8 @@ func (f *fakeHost) Run(ctx context.Context, c host.Cmd) (host.Result, error) {
 		return f.dmsetup(c)
 	case "udevadm":
 		return host.Result{}, nil
+	case "systemctl":
+		return f.systemctl(c)
 	}
 	return host.Result{}, &host.CmdError{Cmd: c.String(), Err: fmt.Errorf("%w: %s", host.ErrNotInstalled, c.Name)}
 }
@@ -324,6 +330,11 @@ func (f *fakeHost) iscsiadm(ctx context.Context, c host.Cmd) (host.Result, error
 	o := parseIscsiOpts(c.Args)
 	if o.version {
 		return ok("iscsiadm version 2.1.8\n")
+	}
+	// Discovery, login and logout go through iscsid's IPC socket;
+	// iscsiadm exits with ISCSI_ERR_ISCSID_NOTCONN without it.
+	if (o.discover || o.login || o.logout) && !f.iscsidUp() {
+		return fail(c, errIscsidNotConn, "iscsiadm: can not connect to iSCSI daemon (111)!\n")
 	}
 	switch o.mode {
 	case "discovery", "discoverydb":
@@ -938,4 +949,31 @@ func baseConfig() map[string]string {
 	return map[string]string{
 		keyTarget: "127.0.0.1,127.0.0.2", keyTargetIQN: testIQN, keySCSIid: testWWID,
 	}
+}
+
+const fakeIscsidComm = "/proc/100/comm"
+
+func (f *fakeHost) iscsidUp() bool {
+	_, err := os.Stat(f.path(fakeIscsidComm))
+	return err == nil
+}
+
+// stopIscsid plays XCP-ng's boot: iscsid.service is disabled by preset.
+func (f *fakeHost) stopIscsid() {
+	f.t.Helper()
+	if err := os.Remove(f.path(fakeIscsidComm)); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// systemctl plays `systemctl start iscsid.service`.
+func (f *fakeHost) systemctl(c host.Cmd) (host.Result, error) {
+	if len(c.Args) != 2 || c.Args[0] != "start" || c.Args[1] != "iscsid.service" {
+		return fail(c, 1, "fake systemctl: unexpected "+c.String()+"\n")
+	}
+	if f.startFails {
+		return fail(c, 1, "Job for iscsid.service failed because the control process exited with error code.\n")
+	}
+	f.write(fakeIscsidComm, "iscsid\n")
+	return ok("")
 }

@@ -123,7 +123,7 @@ func toolError(op, tool, pkg string, err error) error {
 		return host.Errorf(host.KindUnsupported, op, tool+" is not installed on this host", "install "+pkg, err)
 	}
 	if exitCode(err) == errIscsidNotConn && tool == "iscsiadm" {
-		return host.Errorf(host.KindUnsupported, op, "iscsid is not running on this host", "start it: systemctl enable --now iscsid", err)
+		return host.Errorf(host.KindUnsupported, op, "iscsid is not running on this host", "start it: systemctl start iscsid.service (XCP-ng keeps the unit disabled by preset; sanvol starts it as sm does), then see journalctl -u iscsid if it stops again", err)
 	}
 	return nil
 }

@@ -130,6 +130,9 @@ func (t *Transport) Prepare(ctx context.Context, cfg map[string]string) (map[str
 	if err != nil {
 		return nil, err
 	}
+	if err := t.refuseSMShared(op, c); err != nil {
+		return nil, err
+	}
 	if c.wwid != "" {
 		return map[string]string{keySCSIid: c.wwid}, nil
 	}
@@ -168,6 +171,10 @@ func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (volume.D
 	if err != nil {
 		return volume.Device{}, err
 	}
+	if err := t.ensureIscsid(ctx, op); err != nil {
+		return volume.Device{}, err
+	}
+	t.warnSMShared(c)
 	if err := t.ensureIfaces(ctx, op, c); err != nil {
 		return volume.Device{}, err
 	}
@@ -288,6 +295,14 @@ func (t *Transport) Detach(ctx context.Context, cfg map[string]string, others []
 		}
 		if oc.iqn == wildcardIQN {
 			otherWild = append(otherWild, configuredPaths(oc, wildcardIQN)...)
+		}
+	}
+	// Logout goes through iscsid: a daemon stopped since the attach (sm's
+	// restart path stops it) is started again rather than leaving the
+	// sessions behind.
+	if len(ours) > 0 {
+		if err := t.ensureIscsid(ctx, op); err != nil {
+			t.log.Warn("cannot start iscsid for the logout", zap.Error(err))
 		}
 	}
 	var errs []error
@@ -460,6 +475,9 @@ func (t *Transport) Probe(ctx context.Context, cfg map[string]string, inspect vo
 	const op = "iscsi-ng probe"
 	c, err := t.parseConfig(ctx, op, cfg, parseNeeds{secrets: true})
 	if err != nil {
+		return nil, err
+	}
+	if err := t.ensureIscsid(ctx, op); err != nil {
 		return nil, err
 	}
 	if err := t.ensureIfaces(ctx, op, c); err != nil {
@@ -963,7 +981,7 @@ func (t *Transport) loginFailure(ctx context.Context, op string, c *config, init
 	case host.KindNotFound:
 		fix = "the target refused initiator " + initiator + ": check its ACL or host group on the array, and its session limits"
 	case host.KindUnsupported:
-		fix = "install open-iscsi (iscsi-initiator-utils) and start iscsid: systemctl enable --now iscsid"
+		fix = "install iscsi-initiator-utils (Debian: open-iscsi) and start iscsid: systemctl start iscsid.service; see journalctl -u iscsid"
 	case host.KindUnreachable, host.KindTimeout:
 		fix = "check the portal addresses and port, that the array's iSCSI service listens there, and the storage network from this host (ping; nc -zv <address> <port>)"
 	default:

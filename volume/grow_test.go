@@ -113,7 +113,7 @@ func TestSRStatRescansAtMostOncePerInterval(t *testing.T) {
 	v := newEnv(t, host.Role{Master: true})
 	rt := &rescanTransport{fakeTransport: v.tr}
 	clk := &clock{t: time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)}
-	e, err := volume.New(volume.Options{LVM: lvm.New(v.sim, nil), Transport: rt, Runner: v.sim,
+	e, err := volume.New(volume.Options{LVM: lvm.New(v.sim, nil), Transport: rt, Runner: v.sim, Zeroer: v.sim,
 		Locker: host.FileLocker{Root: v.root}, Root: v.root, Role: host.Role{Master: true}, Version: "t", Now: clk.now})
 	if err != nil {
 		t.Fatal(err)

@@ -114,7 +114,9 @@ func TestRPMFiles(t *testing.T) {
 	pkg := thePackage(t)
 	list := strings.Fields(must(t, "", nil, "rpm", "-qp", "--list", pkg))
 	docs, _ := filepath.Glob(filepath.Join(repoRoot(t), "docs", "*.md"))
-	want := []string{"/usr/libexec/sanvol", "/usr/libexec/sanvol/sanvol", "/usr/share/doc/sanvol", "/usr/share/doc/sanvol/README.md"}
+	want := []string{"/usr/libexec/sanvol", "/usr/libexec/sanvol/sanvol", "/usr/share/doc/sanvol", "/usr/share/doc/sanvol/README.md",
+		"/usr/lib/udev/rules.d/12-sanvol-dm-disk.rules"}
+	want = append(want, pluginDirs...)
 	for _, d := range docs {
 		want = append(want, "/usr/share/doc/sanvol/"+filepath.Base(d))
 	}
@@ -130,6 +132,38 @@ func TestRPMFiles(t *testing.T) {
 	modes := must(t, "", nil, "rpm", "-qp", "--qf", "[%{FILEMODES:perms} %{FILENAMES}\n]", pkg)
 	if !strings.Contains(modes, "-rwxr-xr-x /usr/libexec/sanvol/sanvol\n") {
 		t.Errorf("binary mode:\n%s", modes)
+	}
+}
+
+// pluginDirs are the directories `sanvol install` fills; the package owns
+// them, as XCP-ng's SMAPIv3 plugin packages own theirs.
+var pluginDirs = []string{
+	"/usr/libexec/xapi-storage-script/datapath/sanvol",
+	"/usr/libexec/xapi-storage-script/volume/org.xen.xapi.storage.iscsi-ng",
+	"/usr/libexec/xapi-storage-script/volume/org.xen.xapi.storage.nvmetcp",
+}
+
+// The package declares what it runs, by dom0's package names, and
+// nothing XCP-ng 8.x lacks (nvme-cli).
+func TestRPMRequires(t *testing.T) {
+	pkg := thePackage(t)
+	var reqs []string
+	for _, l := range strings.Split(must(t, "", nil, "rpm", "-qp", "--requires", pkg), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "rpmlib(") && !strings.HasPrefix(l, "/") {
+			reqs = append(reqs, l)
+		}
+	}
+	sort.Strings(reqs)
+	want := []string{"device-mapper-multipath", "iscsi-initiator-utils", "lvm2", "util-linux", "xapi-storage-script"}
+	if strings.Join(reqs, ",") != strings.Join(want, ",") {
+		t.Errorf("requires %q, want %q", reqs, want)
+	}
+	for _, d := range pluginDirs {
+		// %ghost: sanvol install/uninstall make and remove them, rpm
+		// only records the ownership.
+		if owner := must(t, "", nil, "rpm", "-qp", "--qf", "[%{FILEMODES:perms} %{FILEFLAGS:fflags} %{FILENAMES}\n]", pkg); !strings.Contains(owner, "drwxr-xr-x g "+d+"\n") {
+			t.Errorf("%s is not a %%ghost directory of the package:\n%s", d, owner)
+		}
 	}
 }
 
@@ -307,6 +341,12 @@ func TestRPMLifecycle(t *testing.T) {
 	out, err := rpmIn(t, root, "-i", "--nodeps", pkg)
 	if err != nil {
 		t.Fatalf("rpm -i: %v\n%s", err, out)
+	}
+	// The plugin directories %post made belong to the package.
+	for _, d := range pluginDirs {
+		if q, err := rpmIn(t, root, "-qf", d); err != nil || !strings.HasPrefix(q, "sanvol-") {
+			t.Errorf("rpm -qf %s: %q %v", d, q, err)
+		}
 	}
 	if !strings.Contains(out, "Run xe-toolstack-restart") {
 		t.Errorf("no toolstack hint on install:\n%s", out)

@@ -1,0 +1,64 @@
+package iscsi
+
+import (
+	"fmt"
+	pathpkg "path"
+	"strings"
+
+	"go.uber.org/zap"
+
+	"sanvol/host"
+)
+
+// SMRefDir is where sm counts, per target IQN, its SMAPIv1 iSCSI SRs
+// (lvmoiscsi, iscsi) attached on this host: a file named after the IQN
+// with one SR uuid a line (xcp-ng/sm drivers/util.py ISCSI_REFDIR,
+// _incr_iscsiSR_refcount from BaseISCSI.attach; the file goes with the
+// last detach, _decr_iscsiSR_refcount).
+const SMRefDir = "/var/run/sr-ref"
+
+// SMAPIv1SRsOn returns the SMAPIv1 iSCSI SRs sm has attached on this host
+// on the target iqn, from sm's reference file. The doctor reports them;
+// the transport refuses to create an SR next to them.
+func SMAPIv1SRsOn(root host.Root, iqn string) []string {
+	if iqn == "" || strings.ContainsAny(iqn, "/*") {
+		return nil
+	}
+	b, err := root.ReadFile(pathpkg.Join(SMRefDir, iqn))
+	if err != nil {
+		return nil
+	}
+	var srs []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			srs = append(srs, l)
+		}
+	}
+	return srs
+}
+
+// refuseSMShared refuses to create an SR on a target IQN that a SMAPIv1
+// iSCSI SR uses on this host: when sm detaches its last SR on the IQN it
+// logs out every session to it (BaseISCSI.detach_and_delete ->
+// iscsilib.logout all=True: iscsiadm -m node -T <iqn> -u), sanvol's
+// included, whatever iface or node record they use (docs/iscsi-ng.md,
+// "SMAPIv1 next door"). Only this host's attachments are visible here;
+// SR.create runs on the master, where a shared SMAPIv1 SR is plugged too.
+func (t *Transport) refuseSMShared(op string, c *config) error {
+	srs := SMAPIv1SRsOn(t.root, c.iqn)
+	if len(srs) == 0 {
+		return nil
+	}
+	return host.Errorf(host.KindBusy, op,
+		fmt.Sprintf("target %s is used by SMAPIv1 iSCSI SR(s) %s on this host (%s/%s): when sm detaches them it logs out every session to that IQN, this SR's too", c.iqn, strings.Join(srs, ", "), SMRefDir, c.iqn),
+		"put this SR's LUN on another target IQN of the array (one IQN per SR stack), or move the SMAPIv1 SR off this IQN first", nil)
+}
+
+// warnSMShared says at attach what refuseSMShared refuses at create: an
+// SR that exists is attached all the same, so that its VMs keep running.
+func (t *Transport) warnSMShared(c *config) {
+	if srs := SMAPIv1SRsOn(t.root, c.iqn); len(srs) > 0 {
+		t.log.Warn("a SMAPIv1 iSCSI SR shares this target IQN: its detach logs out this SR's sessions too; give each its own IQN (docs/iscsi-ng.md, SMAPIv1 next door)",
+			zap.String("iqn", c.iqn), zap.Strings("sm_srs", srs))
+	}
+}

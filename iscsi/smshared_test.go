@@ -1,0 +1,70 @@
+package iscsi
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"sanvol/host"
+)
+
+const smSR = "7d0b1c2e-1111-4a2b-9c3d-4e5f60718293"
+
+// An lvmoiscsi SR attached here on the same IQN: SR.create refuses,
+// before any login, and names the SR and what to do.
+func TestPrepareRefusesIQNOfSMAPIv1SR(t *testing.T) {
+	f := newFakeHost(t)
+	f.write(SMRefDir+"/"+testIQN, smSR+"\n")
+	_, err := f.transport(nil).Prepare(context.Background(), baseConfig())
+	var he *host.Error
+	if !errors.Is(err, host.ErrBusy) || !errors.As(err, &he) {
+		t.Fatalf("prepare: %v, want a Busy error", err)
+	}
+	if !strings.Contains(he.Msg, smSR) || !strings.Contains(he.Msg, testIQN) || !strings.Contains(he.Fix, "another target IQN") {
+		t.Errorf("error %q fix %q", he.Msg, he.Fix)
+	}
+	if n := len(f.commands("iscsiadm")); n != 0 {
+		t.Errorf("%d iscsiadm calls before refusing", n)
+	}
+}
+
+// sm's files for other IQNs, or none, change nothing.
+func TestPrepareIgnoresOtherSMAPIv1IQNs(t *testing.T) {
+	f := newFakeHost(t)
+	f.write(SMRefDir+"/"+testIQN2, smSR+"\n")
+	if _, err := f.transport(nil).Prepare(context.Background(), baseConfig()); err != nil {
+		t.Fatalf("prepare: %v", err)
+	}
+}
+
+// An SR that exists still attaches (its VMs must run), with a warning.
+func TestAttachWarnsOfSMAPIv1SRSharingTheIQN(t *testing.T) {
+	f := newFakeHost(t)
+	f.write(SMRefDir+"/"+testIQN, smSR+"\n")
+	core, logs := observer.New(zapcore.WarnLevel)
+	tr := f.transport(nil)
+	tr.log = zap.New(core)
+	attach(t, tr, baseConfig())
+	w := logs.FilterMessageSnippet("SMAPIv1 iSCSI SR shares this target IQN").All()
+	if len(w) != 1 {
+		t.Fatalf("warnings %v", logs.All())
+	}
+	if got := w[0].ContextMap()["sm_srs"]; got == nil || !strings.Contains(strings.Join(anyStrings(got), ","), smSR) {
+		t.Errorf("sm_srs field %v", got)
+	}
+}
+
+func anyStrings(v any) []string {
+	var out []string
+	if l, ok := v.([]any); ok {
+		for _, e := range l {
+			out = append(out, e.(string))
+		}
+	}
+	return out
+}
