@@ -739,37 +739,3 @@ func TestStatProcessCount(t *testing.T) {
 		t.Errorf("Rescan ran %v, want one udevadm settle", rescan)
 	}
 }
-
-// TestStatWallTime times the transport's part of SR.stat on the fake host
-// (docs/benchmarks.md): before, every SR.stat ran Health and Rescan; now
-// Rescan runs once per volume.RescanInterval, so Health alone is the common
-// case. The fake's udevadm costs nothing, so on a host each saved Rescan
-// also saves a process and udev's queue wait.
-func TestStatWallTime(t *testing.T) {
-	if testing.Short() {
-		t.Skip("timing only")
-	}
-	f := newFakeHost(t)
-	tr := f.transport(nil)
-	attach(t, tr, baseConfig())
-	ctx := context.Background()
-	run := func(rescan bool) testing.BenchmarkResult {
-		return testing.Benchmark(func(b *testing.B) {
-			for range b.N {
-				if _, err := tr.Health(ctx, baseConfig()); err != nil {
-					b.Fatal(err)
-				}
-				if rescan {
-					if _, err := tr.Rescan(ctx, baseConfig()); err != nil {
-						b.Fatal(err)
-					}
-				}
-			}
-		})
-	}
-	every, health := run(true), run(false)
-	if every.N == 0 || health.N == 0 {
-		t.Fatal("the benchmark did not run")
-	}
-	t.Logf("Health+Rescan: %s/op; Health alone: %s/op", time.Duration(every.NsPerOp()), time.Duration(health.NsPerOp()))
-}
