@@ -704,38 +704,3 @@ func TestDeviceID(t *testing.T) {
 		t.Fatalf("without SCSIid: %v", err)
 	}
 }
-
-// What SR.stat costs this transport on an attached SR, in processes: Health
-// reads sysfs and asks the map's state (`dmsetup status`); Rescan writes
-// each path's rescan attribute and waits for udev (one `udevadm settle`). docs/benchmarks.md records the counts;
-// the engine calls Rescan at most once per volume.RescanInterval.
-func TestStatProcessCount(t *testing.T) {
-	f := newFakeHost(t)
-	tr := f.transport(nil)
-	attach(t, tr, baseConfig())
-	count := func(call func() error) []string {
-		t.Helper()
-		f.mu.Lock()
-		n := len(f.calls)
-		f.mu.Unlock()
-		if err := call(); err != nil {
-			t.Fatal(err)
-		}
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		var names []string
-		for _, c := range f.calls[n:] {
-			names = append(names, c.Name+" "+strings.Join(c.Args, " "))
-		}
-		return names
-	}
-	health := count(func() error { _, err := tr.Health(context.Background(), baseConfig()); return err })
-	rescan := count(func() error { _, err := tr.Rescan(context.Background(), baseConfig()); return err })
-	t.Logf("Health: %d processes %v; Rescan: %d processes %v", len(health), health, len(rescan), rescan)
-	if len(health) != 1 || !strings.HasPrefix(health[0], "dmsetup status") {
-		t.Errorf("Health ran %v, want one dmsetup status", health)
-	}
-	if len(rescan) != 1 || !strings.HasPrefix(rescan[0], "udevadm settle") {
-		t.Errorf("Rescan ran %v, want one udevadm settle", rescan)
-	}
-}

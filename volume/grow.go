@@ -6,7 +6,6 @@ import (
 	"path"
 	"strconv"
 	"strings"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -21,64 +20,21 @@ type Rescanner interface {
 	Rescan(ctx context.Context, cfg map[string]string) (grew bool, err error)
 }
 
-// RescanInterval is the least time between two rescans of one SR's LUN
-// by SR.stat on one host. SR.stat runs at every sr-scan and sr-update and
-// every 30 s for auto-scan SRs (Xapi_sr.scan_all; docs/design.md "When
-// SR.stat runs"), and a rescan costs a sysfs write per path plus a
-// `udevadm settle`, which waits for the whole udev queue, while a LUN grows
-// on the array a few times a year. SR.stat cannot tell an admin's sr-scan
-// from the periodic one, so the interval is short: five minutes bounds how
-// long a grown LUN goes unnoticed, at a tenth of the work for auto-scan.
-const RescanInterval = 5 * time.Minute
-
-// RescanDir holds, per SR, when this host last rescanned its LUN. It is
-// under /run: after a reboot the first SR.stat rescans.
-const RescanDir = "/run/sanvol/rescan"
-
-// rescanDue reports whether this host's last rescan of the SR is older than
-// RescanInterval (or unknown, or in the future: the clock went back).
-func (e *Engine) rescanDue(uuid string) bool {
-	b, err := e.root.ReadFile(path.Join(RescanDir, uuid))
-	if err != nil {
-		return true
-	}
-	last, err := time.Parse(time.RFC3339Nano, strings.TrimSpace(string(b)))
-	if err != nil {
-		return true
-	}
-	age := e.now().Sub(last)
-	return age < 0 || age >= RescanInterval
-}
-
-// rescanned records a rescan; losing the record only costs one more rescan.
-func (e *Engine) rescanned(uuid string) {
-	stamp := e.now().UTC().Format(time.RFC3339Nano) + "\n"
-	if err := e.root.WriteFileAtomic(path.Join(RescanDir, uuid), []byte(stamp), 0o644); err != nil {
-		e.log.Debug("cannot record the rescan time", zap.String("sr", uuid), zap.Error(err))
-	}
-}
-
 // followGrowth lets the SR's size follow its LUN: every host rescans its
-// own paths (at most once per RescanInterval), and the master, which alone
-// may write metadata, grows the PV whenever the device is larger than the
-// VG (vg is the report SR.stat just made). The size comparison is one
-// sysfs read and runs at every SR.stat, so a pvresize that failed once, or
-// growth another host's rescan made visible, is done at the next SR.stat.
-// It never fails the caller: the SR works at its old size until growth
-// succeeds. It reports whether the PV grew, so the caller reads the VG
-// again.
+// own paths, and the master, which alone may write metadata, grows the PV
+// whenever the device is larger than the VG (vg is the report SR.stat just
+// made). Comparing sizes rather than trusting the rescan's "grew" means a
+// pvresize that failed once is done at the next SR.stat. It never fails
+// the caller: the SR works at its old size until growth succeeds. It
+// reports whether the PV grew, so the caller reads the VG again.
 func (e *Engine) followGrowth(ctx context.Context, a Attached, vg lvm.VG) bool {
 	log := e.log.With(zap.String("sr", a.UUID), zap.String("device", a.Device))
-	if r, ok := e.t.(Rescanner); ok && e.rescanDue(a.UUID) {
+	if r, ok := e.t.(Rescanner); ok {
 		grew, err := r.Rescan(ctx, a.Configuration)
 		if err != nil {
-			// Not recorded: the next SR.stat tries again.
 			log.Warn("LUN rescan failed; the SR keeps its size until the next SR.stat", zap.Error(err))
-		} else {
-			e.rescanned(a.UUID)
-			if grew {
-				log.Info("the LUN grew on the array")
-			}
+		} else if grew {
+			log.Info("the LUN grew on the array")
 		}
 	}
 	if !e.role.Master {

@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"testing"
-	"time"
 
 	"sanvol/host"
 	"sanvol/lvm"
@@ -47,18 +46,12 @@ func setDeviceSize(t *testing.T, root host.Root, size int64) {
 	}
 }
 
-// clock is a settable Now for the engine's rescan interval.
-type clock struct{ t time.Time }
-
-func (c *clock) now() time.Time { return c.t }
-
 func TestSRStatFollowsLUNGrowth(t *testing.T) {
 	for _, master := range []bool{true, false} {
 		v := newEnv(t, host.Role{Master: true})
 		rt := &rescanTransport{fakeTransport: v.tr}
-		clk := &clock{t: time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)}
 		e, err := volume.New(volume.Options{LVM: lvm.New(v.sim, nil), Transport: rt, Runner: v.sim, Zeroer: v.sim,
-			Locker: host.FileLocker{Root: v.root}, Root: v.root, Role: host.Role{Master: true}, Version: "t", Now: clk.now})
+			Locker: host.FileLocker{Root: v.root}, Root: v.root, Role: host.Role{Master: true}, Version: "t"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -71,12 +64,9 @@ func TestSRStatFollowsLUNGrowth(t *testing.T) {
 		}
 		setDeviceSize(t, v.root, 150*gib)
 		v.sim.Grow(150 * gib)
-		// The LUN grew on the array; the next rescan is due one interval
-		// after the last.
-		clk.t = clk.t.Add(volume.RescanInterval)
 		if !master {
 			e, _ = volume.New(volume.Options{LVM: lvm.New(v.sim, nil), Transport: rt, Runner: v.sim, Zeroer: v.sim,
-				Locker: host.FileLocker{Root: v.root}, Root: v.root, Role: host.Role{MasterAddr: "10.0.0.1"}, Version: "t", Now: clk.now})
+				Locker: host.FileLocker{Root: v.root}, Root: v.root, Role: host.Role{MasterAddr: "10.0.0.1"}, Version: "t"})
 		}
 		after, err := e.SRStat(ctx, sr)
 		if err != nil {
@@ -104,39 +94,4 @@ func TestSRStatFollowsLUNGrowth(t *testing.T) {
 			t.Fatalf("master=%v: pvresize ran again with nothing to grow", master)
 		}
 	}
-}
-
-// SR.stat rescans the LUN at most once per RescanInterval per SR and host:
-// xapi stats every SR every 30 s, and each rescan waits for udev. A failed
-// rescan is retried at the next SR.stat; a detach forgets the stamp.
-func TestSRStatRescansAtMostOncePerInterval(t *testing.T) {
-	v := newEnv(t, host.Role{Master: true})
-	rt := &rescanTransport{fakeTransport: v.tr}
-	clk := &clock{t: time.Date(2026, 12, 2, 12, 0, 0, 0, time.UTC)}
-	e, err := volume.New(volume.Options{LVM: lvm.New(v.sim, nil), Transport: rt, Runner: v.sim, Zeroer: v.sim,
-		Locker: host.FileLocker{Root: v.root}, Root: v.root, Role: host.Role{Master: true}, Version: "t", Now: clk.now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	v.e = e
-	sr := v.createSR()
-	ctx := context.Background()
-	stat := func(wantRescans int, when string) {
-		t.Helper()
-		if _, err := e.SRStat(ctx, sr); err != nil {
-			t.Fatal(err)
-		}
-		if rt.rescans != wantRescans {
-			t.Fatalf("%s: %d rescans, want %d", when, rt.rescans, wantRescans)
-		}
-	}
-	stat(1, "first SR.stat")
-	for range 9 { // 30 s apart, as xapi calls it
-		clk.t = clk.t.Add(30 * time.Second)
-		stat(1, "within the interval")
-	}
-	clk.t = clk.t.Add(volume.RescanInterval - 4*time.Minute - 30*time.Second)
-	stat(2, "one interval after the first")
-	clk.t = clk.t.Add(-time.Hour) // the clock went back: rescan rather than wait an hour
-	stat(3, "after the clock went back")
 }

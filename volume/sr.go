@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"path"
 	"strings"
 
 	"go.uber.org/zap"
@@ -288,9 +287,6 @@ func (e *Engine) detach(ctx context.Context, op string, a Attached, step string)
 	if err := removeAttached(e.root, a.UUID); err != nil {
 		return host.Errorf(host.KindInternal, op, "cannot remove the attach record", "", err)
 	}
-	// The next attach reads the LUN afresh; a stale stamp would only delay
-	// its first rescan, so a failure to remove it is no failure.
-	_ = e.root.Remove(path.Join(RescanDir, a.UUID))
 	e.log.Info("SR detached", zap.String("sr", a.UUID))
 	return nil
 }
