@@ -7,6 +7,10 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
 
 	"sanvol/host"
 	"sanvol/nvme"
@@ -76,7 +80,7 @@ func TestNVMeAuthRefusedWithoutKernelSupport(t *testing.T) {
 	}
 	secrets := mapSecrets{}
 	cfg := authCfg(tg, secrets, key, "")
-	_, err := newNVMeTransport(t, secrets).Attach(context.Background(), cfg)
+	_, err := newAuthTransport(t, secrets).Attach(context.Background(), cfg)
 	t.Logf("attach: %v", err)
 	if !errors.Is(err, host.ErrUnsupported) || !strings.Contains(err.Error(), "cannot authenticate") {
 		t.Fatalf("err = %v, want Unsupported: kernel cannot authenticate", err)
@@ -98,7 +102,7 @@ func TestNVMeAuthRightKey(t *testing.T) {
 	}
 	secrets := mapSecrets{}
 	cfg := authCfg(tg, secrets, key, "")
-	tr := newNVMeTransport(t, secrets)
+	tr := newAuthTransport(t, secrets)
 	dev, err := tr.Attach(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -124,7 +128,7 @@ func TestNVMeAuthWrongKey(t *testing.T) {
 	}
 	secrets := mapSecrets{}
 	wrong := genKey(t)
-	_, err := newNVMeTransport(t, secrets).Attach(context.Background(), authCfg(tg, secrets, wrong, ""))
+	_, err := newAuthTransport(t, secrets).Attach(context.Background(), authCfg(tg, secrets, wrong, ""))
 	t.Logf("attach: %v", err)
 	if !errors.Is(err, host.ErrAuth) {
 		t.Fatalf("err = %v, want AuthenticationFailed", err)
@@ -143,7 +147,7 @@ func TestNVMeAuthRequiredButNoKey(t *testing.T) {
 	if !ok {
 		t.Skip(labtarget.ErrNoTargetAuth.Error())
 	}
-	_, err := newNVMeTransport(t, nil).Attach(context.Background(), cfgFor(tg))
+	_, err := newAuthTransport(t, nil).Attach(context.Background(), cfgFor(tg))
 	t.Logf("attach: %v", err)
 	if !errors.Is(err, host.ErrAuth) {
 		t.Fatalf("err = %v, want AuthenticationFailed", err)
@@ -162,7 +166,7 @@ func TestNVMeAuthBidirectional(t *testing.T) {
 	}
 	secrets := mapSecrets{}
 	cfg := authCfg(tg, secrets, hk, ck)
-	tr := newNVMeTransport(t, secrets)
+	tr := newAuthTransport(t, secrets)
 	if _, err := tr.Attach(context.Background(), cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +183,7 @@ func TestNVMeAuthBidirectional(t *testing.T) {
 	// side of the exchange.
 	tg2, _ := authTarget(t, "authbidi2", &labtarget.DHChap{HostKey: hk, CtrlKey: ck})
 	secrets2 := mapSecrets{}
-	_, err := newNVMeTransport(t, secrets2).Attach(context.Background(), authCfg(tg2, secrets2, hk, genKey(t)))
+	_, err := newAuthTransport(t, secrets2).Attach(context.Background(), authCfg(tg2, secrets2, hk, genKey(t)))
 	t.Logf("attach with a wrong controller key: %v", err)
 	if !errors.Is(err, host.ErrAuth) {
 		t.Fatalf("err = %v, want AuthenticationFailed", err)
@@ -187,4 +191,26 @@ func TestNVMeAuthBidirectional(t *testing.T) {
 	if c := controllersOf(t, tg2.NQN); len(c) != 0 {
 		t.Fatalf("controllers %v", c)
 	}
+}
+
+// newAuthTransport is the lab's transport with the connect and discover
+// bounds widened: the guest's DH-HMAC-CHAP exchange runs on an emulated
+// CPU, and when three guests share two cores the kernel's answer to a
+// wrong key came after the 20 s connect bound, so the scenario saw "no
+// answer" instead of the refusal it checks. These scenarios check the
+// classification of the kernel's answer, not how fast it comes.
+func newAuthTransport(t *testing.T, secrets host.SecretResolver) *nvme.Transport {
+	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
+	root := host.NewRoot("/")
+	to := nvme.DefaultTimeouts()
+	to.Connect, to.Discover = 90*time.Second, 60*time.Second
+	return nvme.New(nvme.Deps{
+		Runner:   host.NewExecRunner(log),
+		Root:     root,
+		Locker:   host.FileLocker{Root: root},
+		Secrets:  secrets,
+		Router:   nvme.NetlinkRouter{},
+		Log:      log,
+		Timeouts: to,
+	})
 }
