@@ -1,4 +1,4 @@
-module sanvol
+module github.com/sanvol/sanvol
 
 go 1.26
 

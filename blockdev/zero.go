@@ -14,7 +14,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // blkZeroOut is BLKZEROOUT, _IO(0x12, 127) in linux/fs.h (Linux >= 3.7):

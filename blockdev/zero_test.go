@@ -12,8 +12,8 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
-	"sanvol/blockdev"
-	"sanvol/host"
+	"github.com/sanvol/sanvol/blockdev"
+	"github.com/sanvol/sanvol/host"
 )
 
 type call struct{ off, length uint64 }

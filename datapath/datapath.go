@@ -19,8 +19,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"sanvol/host"
-	"sanvol/lvm"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
 )
 
 // Scheme is the URI scheme and the datapath directory's name.

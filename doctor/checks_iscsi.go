@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
-	"sanvol/host"
-	"sanvol/iscsi"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/iscsi"
 )
 
 const (

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // sysctl reads net.ipv4.conf.<iface>.<key> through /proc.

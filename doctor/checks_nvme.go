@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 const (

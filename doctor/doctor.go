@@ -23,8 +23,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"sanvol/host"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/volume"
 )
 
 // Status is the outcome of one check.

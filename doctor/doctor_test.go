@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"sanvol/host"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/volume"
 )
 
 func noProblems(t *testing.T, rep Report) {

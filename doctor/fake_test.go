@@ -11,8 +11,8 @@ import (
 	"sync"
 	"testing"
 
-	"sanvol/host"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/volume"
 )
 
 // fakeNet is a routing table and a set of links and addresses.

@@ -4,7 +4,7 @@ import (
 	"strings"
 	"testing"
 
-	"sanvol/iscsi"
+	"github.com/sanvol/sanvol/iscsi"
 )
 
 func iscsiRun(h *fakeHost) Report {

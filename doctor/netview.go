@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // path is one way from this host to a portal: the interface the traffic

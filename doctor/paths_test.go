@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/volume"
 )
 
 func TestOnePath(t *testing.T) {

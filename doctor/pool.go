@@ -7,7 +7,7 @@ import (
 	"sort"
 	"strings"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // PoolHost is what the uniqueness checks need of a pool host.

@@ -11,7 +11,7 @@ import (
 	"sync"
 	"testing"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // fakeXapi serves the JSON-RPC calls XenAPIPool makes on the local

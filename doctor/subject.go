@@ -8,8 +8,8 @@ import (
 	"strconv"
 	"strings"
 
-	"sanvol/host"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/volume"
 )
 
 // portal is one storage address of an SR.

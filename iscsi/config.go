@@ -10,7 +10,7 @@ import (
 	"strconv"
 	"strings"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // The device-config keys of an iscsi-ng SR.

@@ -8,7 +8,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 func TestParsePortals(t *testing.T) {

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // Diagnostics describes the transport's state on this host: tool versions,

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // fakeHost is a host.Runner that behaves like iscsiadm, multipath(d),

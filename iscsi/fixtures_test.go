@@ -11,7 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/tidwall/gjson"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // These tests read what the lab guest captured (testdata/FIXTURES.txt and

@@ -13,7 +13,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // defaultIface is open-iscsi's iface for "no binding": the kernel routes.

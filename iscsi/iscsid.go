@@ -7,7 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // iscsidUnit is the unit sm starts. XCP-ng 8.x ships iscsid.service and

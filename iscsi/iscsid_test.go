@@ -10,7 +10,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // On XCP-ng 8.x iscsid is disabled by preset; the first attach starts it

@@ -14,7 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // DropInPath holds sanvol's multipath settings. multipath reads every file

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 func TestCheckIQN(t *testing.T) {

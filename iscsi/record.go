@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // CHAP secrets never travel on an iscsiadm command line: argv is

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // CHAP reaches the node record through its file, never iscsiadm's argv,

@@ -7,7 +7,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // SMRefDir is where sm counts, per target IQN, its SMAPIv1 iSCSI SRs

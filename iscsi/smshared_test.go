@@ -10,7 +10,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 const smSR = "7d0b1c2e-1111-4a2b-9c3d-4e5f60718293"

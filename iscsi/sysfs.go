@@ -12,7 +12,7 @@ import (
 	"strconv"
 	"strings"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // Session states as the kernel's iSCSI transport class prints them in

@@ -27,8 +27,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"sanvol/host"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/volume"
 )
 
 // Type is the SR type: `xe sr-create type=iscsi-ng`.

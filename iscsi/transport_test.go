@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/host"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/volume"
 )
 
 func attach(t *testing.T, tr *Transport, cfg map[string]string) volume.Device {

@@ -17,9 +17,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/tidwall/gjson"
 
-	"sanvol/host"
-	"sanvol/lvm"
-	"sanvol/lvm/lvmtest"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/lvm/lvmtest"
 )
 
 const dom0LVM = "2.02.180"

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"strings"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // LVM's exit codes are coarse (5 = "failed" for nearly everything), so the

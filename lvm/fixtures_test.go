@@ -8,8 +8,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/tidwall/gjson"
 
-	"sanvol/lvm"
-	"sanvol/lvm/lvmtest"
+	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/lvm/lvmtest"
 )
 
 // Reports captured from lvm2 2.03.16 in the lab guest (testdata/FIXTURES.txt).

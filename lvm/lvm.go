@@ -14,7 +14,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // Client runs LVM commands. It is safe for concurrent use.

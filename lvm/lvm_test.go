@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/host"
-	"sanvol/lvm"
-	"sanvol/lvm/lvmtest"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/lvm/lvmtest"
 )
 
 var scope = lvm.Scope{Devices: []string{"/dev/disk/by-id/nvme-uuid.1234-ab", "/dev/nvme0n1"}}

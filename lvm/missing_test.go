@@ -8,9 +8,9 @@ import (
 	"strings"
 	"testing"
 
-	"sanvol/host"
-	"sanvol/lvm"
-	"sanvol/lvm/lvmtest"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/lvm/lvmtest"
 )
 
 // MissingOf reads exit code and message together: the same words with

@@ -3,7 +3,7 @@ package lvm
 import (
 	"strings"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // lvm2 2.02.180 refuses a metadata-changing command under

@@ -7,7 +7,7 @@ import (
 
 	"github.com/tidwall/gjson"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // VG is one row of `vgs`.

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // versionRunner answers `lvm version` and counts how often it was asked.

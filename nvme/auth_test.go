@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"sanvol/host"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/volume"
 )
 
 func authCfg() map[string]string {

@@ -11,7 +11,7 @@ import (
 
 	"github.com/tidwall/gjson"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 const nvmeCmd = "nvme"

@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"strings"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // Device-config keys. The dhchap keys end in "password" on purpose: xapi

@@ -11,7 +11,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 func readFixture(t *testing.T, name string) string {

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // Diagnostics describes the NVMe state of this host: versions, kernel

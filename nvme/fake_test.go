@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // fakeKernel is a host.Runner that behaves like nvme-cli on a kernel with

@@ -6,7 +6,7 @@ import (
 	"io/fs"
 	"strings"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // Host identity files, as nvme-cli and nvmf-autoconnect use them.

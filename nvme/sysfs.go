@@ -10,7 +10,7 @@ import (
 	"strconv"
 	"strings"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // sysfs locations (kernel drivers/nvme/host/{core,sysfs,multipath}.c).

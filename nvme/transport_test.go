@@ -12,8 +12,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"sanvol/host"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/volume"
 )
 
 func TestAttachConnectsEveryPortalWithExplicitOptions(t *testing.T) {

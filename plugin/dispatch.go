@@ -11,7 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // Directory names of the plugins (spec §2.2, §2.3).

@@ -9,9 +9,9 @@ import (
 
 	"go.uber.org/zap"
 
-	"sanvol/datapath"
-	"sanvol/host"
-	schema "sanvol/xapi-storage-schema"
+	"github.com/sanvol/sanvol/datapath"
+	"github.com/sanvol/sanvol/host"
+	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
 func TestResolve(t *testing.T) {

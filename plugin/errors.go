@@ -4,8 +4,8 @@ import (
 	"errors"
 	"strings"
 
-	"sanvol/host"
-	schema "sanvol/xapi-storage-schema"
+	"github.com/sanvol/sanvol/host"
+	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
 // ErrorCode is the XenAPI error code of every sanvol failure. xapi shows

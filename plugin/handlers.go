@@ -11,10 +11,10 @@ import (
 
 	"go.uber.org/zap"
 
-	"sanvol/datapath"
-	"sanvol/host"
-	"sanvol/volume"
-	schema "sanvol/xapi-storage-schema"
+	"github.com/sanvol/sanvol/datapath"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/volume"
+	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
 // Deps are the real or fake dependencies a call is served with. main

@@ -13,7 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // Install paths, relative to the install root.

@@ -13,7 +13,7 @@ import (
 	"syscall"
 	"time"
 
-	schema "sanvol/xapi-storage-schema"
+	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
 // CallError is a method that failed the way xapi-storage-script sees it:

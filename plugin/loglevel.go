@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // ConfigPath is the host's sanvol settings file. Every process reads it

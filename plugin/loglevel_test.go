@@ -5,7 +5,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 func TestLogLevelFile(t *testing.T) {

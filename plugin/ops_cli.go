@@ -8,9 +8,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"sanvol/doctor"
-	"sanvol/lvm"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/doctor"
+	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/volume"
 )
 
 // ExitCodeError carries a command's own exit status (sanvol doctor: 1 for

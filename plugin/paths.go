@@ -10,9 +10,9 @@ import (
 
 	"go.uber.org/zap"
 
-	"sanvol/host"
-	"sanvol/volume"
-	schema "sanvol/xapi-storage-schema"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/volume"
+	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
 // Where the plugin keeps, per boot, what it last saw and published.

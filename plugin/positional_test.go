@@ -9,7 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	schema "sanvol/xapi-storage-schema"
+	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
 const (

@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/volume"
 )
 
 func probeCmd(deps *Deps) *cobra.Command {

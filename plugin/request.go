@@ -10,7 +10,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // MaxRequest bounds what we read from stdin. xapi's largest request is a

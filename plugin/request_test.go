@@ -7,7 +7,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 var createSpec = []argSpec{aDbg, aSR, aName, aDescription, {"size", tInt64}, {"sharable", tBool}}

@@ -7,12 +7,12 @@ import (
 	"slices"
 	"syscall"
 
-	"sanvol/datapath"
-	"sanvol/host"
-	"sanvol/iscsi"
-	"sanvol/lvm"
-	"sanvol/nvme"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/datapath"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/iscsi"
+	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/nvme"
+	"github.com/sanvol/sanvol/volume"
 )
 
 // CrashEnv names the fault-injection hook used by the lab's crash tests:

@@ -3,8 +3,8 @@ package plugin
 import (
 	"io"
 
-	"sanvol/datapath"
-	"sanvol/host"
+	"github.com/sanvol/sanvol/datapath"
+	"github.com/sanvol/sanvol/host"
 )
 
 // NewDeps wires the real dependencies of a call on this host.

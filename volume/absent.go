@@ -8,8 +8,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"sanvol/host"
-	"sanvol/lvm"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
 )
 
 // provenGone decides whether an LVM "not found" (notFound, from the

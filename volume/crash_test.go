@@ -8,9 +8,9 @@ import (
 	"sync"
 	"testing"
 
-	"sanvol/host"
-	"sanvol/lvm"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/volume"
 )
 
 // Every step of every metadata-changing operation: kill the call there,

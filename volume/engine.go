@@ -8,9 +8,9 @@ import (
 
 	"go.uber.org/zap"
 
-	"sanvol/blockdev"
-	"sanvol/host"
-	"sanvol/lvm"
+	"github.com/sanvol/sanvol/blockdev"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
 )
 
 // FaultHook is called after every step of the operations that change

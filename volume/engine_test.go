@@ -13,10 +13,10 @@ import (
 	"sync"
 	"testing"
 
-	"sanvol/host"
-	"sanvol/lvm"
-	"sanvol/lvm/lvmtest"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/lvm/lvmtest"
+	"github.com/sanvol/sanvol/volume"
 )
 
 const (

@@ -11,7 +11,7 @@ import (
 	"strings"
 	"time"
 
-	"sanvol/lvm"
+	"github.com/sanvol/sanvol/lvm"
 )
 
 // Tag fields (lvm.EncodeField) of an SR's VG. They are written by the one

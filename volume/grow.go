@@ -9,8 +9,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"sanvol/host"
-	"sanvol/lvm"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
 )
 
 // Rescanner is a transport that can notice its LUN grew on the array: it

@@ -7,9 +7,9 @@ import (
 	"strconv"
 	"testing"
 
-	"sanvol/host"
-	"sanvol/lvm"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/volume"
 )
 
 // rescanTransport is the fake transport plus a Rescan that reports the

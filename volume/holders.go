@@ -6,7 +6,7 @@ import (
 
 	"go.uber.org/zap"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // Safety rule: a device (WWID, NQN and namespace) that an attach record of

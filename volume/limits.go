@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"math"
 
-	"sanvol/host"
-	"sanvol/lvm"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
 )
 
 // Byte limits on what a request may store in the SR's LVM metadata. Every

@@ -7,9 +7,9 @@ import (
 	"strings"
 	"testing"
 
-	"sanvol/host"
-	"sanvol/lvm/lvmtest"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm/lvmtest"
+	"github.com/sanvol/sanvol/volume"
 )
 
 // wantInvalid checks for an InvalidArgument that names the limit.

@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/host"
-	"sanvol/lvm"
-	"sanvol/lvm/lvmtest"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/lvm/lvmtest"
+	"github.com/sanvol/sanvol/volume"
 )
 
 // Tags are data: anyone who can write the LUN can write them. These tests

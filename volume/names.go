@@ -3,8 +3,8 @@ package volume
 import (
 	"fmt"
 
-	"sanvol/host"
-	"sanvol/lvm"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
 )
 
 // LVName is the LV that holds the volume with this key; the datapath

@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"sanvol/host"
-	"sanvol/lvm"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
 )
 
 func TestUsable(t *testing.T) {

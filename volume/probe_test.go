@@ -5,9 +5,9 @@ import (
 	"strings"
 	"testing"
 
-	"sanvol/host"
-	"sanvol/lvm"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/volume"
 )
 
 // secretTransport answers a probe the way the iscsi-ng transport did: it

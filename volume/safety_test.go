@@ -7,10 +7,10 @@ import (
 	"strings"
 	"testing"
 
-	"sanvol/host"
-	"sanvol/lvm"
-	"sanvol/lvm/lvmtest"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/lvm/lvmtest"
+	"github.com/sanvol/sanvol/volume"
 )
 
 // With every path down LVM says "Volume group not found" and "No device

@@ -9,8 +9,8 @@ import (
 
 	"go.uber.org/zap"
 
-	"sanvol/host"
-	"sanvol/lvm"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
 )
 
 // Sizing of a new SR's PV.

@@ -10,7 +10,7 @@ import (
 	"sort"
 	"strings"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // StateDir holds one file per SR attached on this host, written by

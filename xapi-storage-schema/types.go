@@ -1,10 +1,3 @@
-// Package schema holds the wire types of the xapi-storage v5 contract that
-// sanvol's volume and datapath plugins speak, and an embedded JSON schema
-// of every method's request, result and error document.
-//
-// Encoding rules (spec §4): optional fields are omitted, never null; maps
-// and lists are {} and [], never null; variants are ["Name", arg]; sizes
-// are int64 integer literals.
 package schema
 
 import (

@@ -5,7 +5,7 @@ package main
 import (
 	"os"
 
-	"sanvol/plugin"
+	"github.com/sanvol/sanvol/plugin"
 )
 
 // version is stamped at link time with -ldflags "-X main.version=…".

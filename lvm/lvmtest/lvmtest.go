@@ -13,8 +13,8 @@ import (
 	"strings"
 	"sync"
 
-	"sanvol/host"
-	"sanvol/lvm"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
 )
 
 // Reply is what a faked command does.

@@ -10,8 +10,8 @@ import (
 	"strings"
 	"sync"
 
-	"sanvol/host"
-	"sanvol/lvm"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
 )
 
 // Sim is a stateful stand-in for lvm2 and the block tools (blkid, wipefs,

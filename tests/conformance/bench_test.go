@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/plugin"
+	"github.com/sanvol/sanvol/plugin"
 )
 
 // pythonFloor is the least a Python 3 SMAPIv3 plugin does: start the

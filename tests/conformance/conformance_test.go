@@ -21,8 +21,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"sanvol/plugin"
-	schema "sanvol/xapi-storage-schema"
+	"github.com/sanvol/sanvol/plugin"
+	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
 var (
@@ -47,7 +47,7 @@ func run(m *testing.M) int {
 	// SANVOL_TEST_ROOT: every method call then reads and writes an empty
 	// tree under tmp, never this machine's /run, /etc or /sys, even as
 	// root. The shipped binary has no such switch (plugin/hostroot.go).
-	build := exec.Command("go", "build", "-tags", "sanvoltest", "-trimpath", "-ldflags", "-X main.version=conformance", "-o", binary, "sanvol/cmd/sanvol")
+	build := exec.Command("go", "build", "-tags", "sanvoltest", "-trimpath", "-ldflags", "-X main.version=conformance", "-o", binary, "github.com/sanvol/sanvol/cmd/sanvol")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build sanvol: %v\n%s", err, out)

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/plugin"
+	"github.com/sanvol/sanvol/plugin"
 )
 
 // TestStaticVDIsPositionalForm runs the installed method files the way

@@ -21,7 +21,7 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/tests/labtarget"
+	"github.com/sanvol/sanvol/tests/labtarget"
 )
 
 // failing runs an LVM command expected to fail (or to refuse without

@@ -20,8 +20,8 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/lvm"
-	"sanvol/tests/labtarget"
+	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/tests/labtarget"
 )
 
 type capturer struct {

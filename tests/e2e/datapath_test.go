@@ -24,13 +24,13 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"sanvol/datapath"
-	"sanvol/host"
-	"sanvol/plugin"
-	"sanvol/tests/labtarget"
-	"sanvol/tests/xapisim"
-	"sanvol/volume"
-	schema "sanvol/xapi-storage-schema"
+	"github.com/sanvol/sanvol/datapath"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/plugin"
+	"github.com/sanvol/sanvol/tests/labtarget"
+	"github.com/sanvol/sanvol/tests/xapisim"
+	"github.com/sanvol/sanvol/volume"
+	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
 // dpLab is one SR created through the simulator, shared by the subtests

@@ -7,9 +7,9 @@ import (
 	"strings"
 	"time"
 
-	"sanvol/tests/labtarget"
-	"sanvol/tests/xapisim"
-	schema "sanvol/xapi-storage-schema"
+	"github.com/sanvol/sanvol/tests/labtarget"
+	"github.com/sanvol/sanvol/tests/xapisim"
+	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
 // demoISCSI is the demo's second half: the same lifecycle on an iSCSI

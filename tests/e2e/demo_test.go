@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/tests/labtarget"
-	"sanvol/tests/xapisim"
+	"github.com/sanvol/sanvol/tests/labtarget"
+	"github.com/sanvol/sanvol/tests/xapisim"
 )
 
 type demo struct {

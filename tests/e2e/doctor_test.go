@@ -15,8 +15,8 @@ import (
 	"strings"
 	"testing"
 
-	"sanvol/doctor"
-	"sanvol/host"
+	"github.com/sanvol/sanvol/doctor"
+	"github.com/sanvol/sanvol/host"
 )
 
 // The guest has only lo. A real host has two storage NICs, each on its

@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/host"
-	"sanvol/lvm"
-	"sanvol/tests/labtarget"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/tests/labtarget"
+	"github.com/sanvol/sanvol/volume"
 )
 
 // Scale measurements of the SR engine on real lvm2: SR.ls, Volume.stat and

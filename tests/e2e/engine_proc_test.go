@@ -13,12 +13,12 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/host"
-	"sanvol/lvm"
-	"sanvol/nvme"
-	"sanvol/plugin"
-	"sanvol/volume"
-	schema "sanvol/xapi-storage-schema"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/nvme"
+	"github.com/sanvol/sanvol/plugin"
+	"github.com/sanvol/sanvol/volume"
+	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
 // The SR engine as xapi-storage-script drives it: every call is a process

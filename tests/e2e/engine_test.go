@@ -17,10 +17,10 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
-	"sanvol/host"
-	"sanvol/lvm"
-	"sanvol/tests/labtarget"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/tests/labtarget"
+	"github.com/sanvol/sanvol/volume"
 )
 
 // The SR engine against real lvm2 on a real NVMe/TCP namespace (the

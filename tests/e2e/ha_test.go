@@ -18,9 +18,9 @@ import (
 	"strings"
 	"testing"
 
-	"sanvol/host"
-	"sanvol/tests/labtarget"
-	"sanvol/tests/xapisim"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/tests/labtarget"
+	"github.com/sanvol/sanvol/tests/xapisim"
 )
 
 // haLUNSize holds the metadata area, the statefile and the lab's redo log.

@@ -16,10 +16,10 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
-	"sanvol/host"
-	"sanvol/iscsi"
-	"sanvol/tests/labtarget"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/iscsi"
+	"github.com/sanvol/sanvol/tests/labtarget"
+	"github.com/sanvol/sanvol/volume"
 )
 
 // These scenarios drive the iscsi-ng transport directly against the

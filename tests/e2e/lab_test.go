@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/tests/labtarget"
+	"github.com/sanvol/sanvol/tests/labtarget"
 )
 
 // nvmeCtrl is one controller (path) of an NVMe subsystem as sysfs shows it.

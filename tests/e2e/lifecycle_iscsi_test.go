@@ -17,11 +17,11 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/plugin"
-	"sanvol/tests/labtarget"
-	"sanvol/tests/xapisim"
-	"sanvol/volume"
-	schema "sanvol/xapi-storage-schema"
+	"github.com/sanvol/sanvol/plugin"
+	"github.com/sanvol/sanvol/tests/labtarget"
+	"github.com/sanvol/sanvol/tests/xapisim"
+	"github.com/sanvol/sanvol/volume"
+	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
 // probeSCSIid replays `xe sr-probe-ext type=iscsi-ng` with the portals and

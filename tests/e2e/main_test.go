@@ -25,7 +25,7 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/tests/labtarget"
+	"github.com/sanvol/sanvol/tests/labtarget"
 )
 
 func TestMain(m *testing.M) {

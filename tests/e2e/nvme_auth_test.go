@@ -12,9 +12,9 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
-	"sanvol/host"
-	"sanvol/nvme"
-	"sanvol/tests/labtarget"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/nvme"
+	"github.com/sanvol/sanvol/tests/labtarget"
 )
 
 // DH-HMAC-CHAP scenarios. The target side needs CONFIG_NVME_TARGET_AUTH,

@@ -17,10 +17,10 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
-	"sanvol/host"
-	"sanvol/nvme"
-	"sanvol/tests/labtarget"
-	"sanvol/volume"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/nvme"
+	"github.com/sanvol/sanvol/tests/labtarget"
+	"github.com/sanvol/sanvol/volume"
 )
 
 // These scenarios drive the NVMe/TCP transport directly against the

@@ -6,8 +6,8 @@ import (
 	"context"
 	"testing"
 
-	"sanvol/host"
-	"sanvol/tests/xapisim"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/tests/xapisim"
 )
 
 // serveXapi stands the simulator in for xapi on its local socket, with an

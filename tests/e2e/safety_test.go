@@ -16,11 +16,11 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/host"
-	"sanvol/plugin"
-	"sanvol/tests/labtarget"
-	"sanvol/volume"
-	schema "sanvol/xapi-storage-schema"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/plugin"
+	"github.com/sanvol/sanvol/tests/labtarget"
+	"github.com/sanvol/sanvol/volume"
+	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
 // wantKind checks that a plugin call failed with the given kind and that

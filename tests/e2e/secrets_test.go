@@ -14,8 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/host"
-	"sanvol/tests/labtarget"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/tests/labtarget"
 )
 
 // cmdlineWatch polls /proc/<pid>/cmdline of every process while a call

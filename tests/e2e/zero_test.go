@@ -21,9 +21,9 @@ import (
 	"testing"
 	"time"
 
-	"sanvol/blockdev"
-	"sanvol/host"
-	"sanvol/tests/labtarget"
+	"github.com/sanvol/sanvol/blockdev"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/tests/labtarget"
 )
 
 // writeZeroesMax reads queue/write_zeroes_max_bytes of a block device and

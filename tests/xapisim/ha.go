@@ -17,7 +17,7 @@ import (
 	"strings"
 	"time"
 
-	schema "sanvol/xapi-storage-schema"
+	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
 // HA sizes and names, from xen-api.

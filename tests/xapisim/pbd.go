@@ -9,7 +9,7 @@ import (
 	"strings"
 	"sync"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // xapiDB is the part of xapi's database a plugin reads and writes through

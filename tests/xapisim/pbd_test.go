@@ -9,7 +9,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // xapiHost serves the simulator's XenAPI under a host tree whose

@@ -12,7 +12,7 @@ import (
 	"strings"
 	"sync"
 
-	schema "sanvol/xapi-storage-schema"
+	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
 // Pool is the part of xapi's database that shared SRs, their PBDs and the

@@ -7,7 +7,7 @@ import (
 	"slices"
 	"testing"
 
-	"sanvol/host"
+	"github.com/sanvol/sanvol/host"
 )
 
 // echoPlugin's SR.create hands back the configuration it was given plus

@@ -7,8 +7,8 @@ import (
 	"strconv"
 	"strings"
 
-	"sanvol/plugin"
-	schema "sanvol/xapi-storage-schema"
+	"github.com/sanvol/sanvol/plugin"
+	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
 // The daemon does not read a method's stdout as loosely as encoding/json:

@@ -7,8 +7,8 @@ import (
 	"strings"
 	"time"
 
-	"sanvol/plugin"
-	schema "sanvol/xapi-storage-schema"
+	"github.com/sanvol/sanvol/plugin"
+	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
 // SR is an SR as this host's xapi knows it: the device-config every PBD

@@ -1,6 +1,6 @@
 // Package xapisim plays xapi and xapi-storage-script against an installed
 // plugin tree: it runs the method files exactly as the daemon does (through
-// sanvol/plugin's Invoke), picks the datapath plugin by URI scheme, and
+// sanvol's plugin.Invoke), picks the datapath plugin by URI scheme, and
 // replays the call sequences of the xe commands (spec §8). It can narrate
 // every step as the xe command an admin would have typed and what each
 // method call answered, for people watching the demo.
@@ -34,8 +34,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"sanvol/plugin"
-	schema "sanvol/xapi-storage-schema"
+	"github.com/sanvol/sanvol/plugin"
+	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
 // DefaultRoot is where XCP-ng's packaging points xapi-storage-script.

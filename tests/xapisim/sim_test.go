@@ -16,8 +16,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"sanvol/host"
-	"sanvol/plugin"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/plugin"
 )
 
 // fakePlugin answers like a plugin and records every call (its directory,
