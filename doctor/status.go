@@ -14,7 +14,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/iscsi"
 	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/nvme"
 	"github.com/sanvol/sanvol/volume"
 )
 
@@ -131,14 +133,15 @@ func ReadStatus(ctx context.Context, d StatusDeps, srs []volume.Attached, verbos
 	rep := StatusReport{Host: hostname(d.Root), Product: product(d.Root), Kernel: kernelRelease(d.Root), Time: time.Now()}
 	rep.Versions = append([]ToolVersion{{"sanvol", orDash(d.Version)}}, toolVersions(ctx, d.Runner)...)
 	var nv *netView
-	dd := Deps{Root: d.Root, Runner: d.Runner, Net: d.Net, Resolve: net.DefaultResolver.LookupHost}
+	dd := Deps{Root: d.Root, Runner: d.Runner, Net: d.Net, Resolve: net.DefaultResolver.LookupHost, Log: d.Log}
 	if d.Net != nil {
 		nv = newNetView(ctx, dd)
 	}
+	tr := newTransports(dd)
 	for _, a := range srs {
 		st := SRStatus{UUID: a.UUID, Type: a.Type, Device: a.Device, VG: a.VG, Config: redactConfig(a.Configuration)}
 		if nv != nil {
-			if s := newSubject(ctx, dd, a.Type, a.UUID, a.Configuration); s.err == nil {
+			if s := newSubject(ctx, tr, a.Type, a.UUID, a.Configuration); s.err == nil {
 				for _, p := range nv.paths(s) {
 					st.Paths = append(st.Paths, p.String())
 				}
@@ -299,8 +302,8 @@ func (s StatusReport) Text(w io.Writer) error {
 }
 
 func targetLine(sr SRStatus) string {
-	parts := []string{sr.Config[keyTarget]}
-	for _, k := range []string{keyNQN, keyTargetIQN, keySCSIid, "namespace"} {
+	parts := []string{sr.Config[nvme.KeyTarget]}
+	for _, k := range []string{nvme.KeyNQN, iscsi.KeyTargetIQN, iscsi.KeySCSIid, nvme.KeyNamespace} {
 		if v := sr.Config[k]; v != "" {
 			parts = append(parts, k+"="+v)
 		}
