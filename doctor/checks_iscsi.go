@@ -115,8 +115,9 @@ func (r *run) checkInitiatorIQN() string {
 	case err != nil:
 		r.add(result(chkIQN, scopeISCSIHost, Fail, "no InitiatorName in "+initiatorFile, nil, r.iqnFix()))
 		return ""
-	case !strings.HasPrefix(iqn, "iqn.") && !strings.HasPrefix(iqn, "eui."):
-		r.add(result(chkIQN, scopeISCSIHost, Fail, fmt.Sprintf("InitiatorName %q is not an iSCSI name", iqn), nil, r.iqnFix()))
+	case iscsi.CheckIQN(iqn) != nil:
+		r.add(result(chkIQN, scopeISCSIHost, Fail, fmt.Sprintf("InitiatorName %q is not an iSCSI name", iqn),
+			[]string{"InitiatorName " + iscsi.CheckIQN(iqn).Error()}, r.iqnFix()))
 		return iqn
 	case placeholderIQN.MatchString(iqn):
 		r.add(result(chkIQN, scopeISCSIHost, Fail, fmt.Sprintf("InitiatorName %s is a placeholder", iqn), nil, r.iqnFix()))

@@ -5,8 +5,11 @@
 // it. It also renders `sanvol status`, the at-a-glance view of the SRs
 // attached on the host, which Plugin.diagnostics returns too.
 //
-// It reads the host only through host.Root (sysfs, /proc, /etc, /run),
-// host.Runner (ping, nvme, iscsiadm, multipathd, dmsetup, ovs-vsctl),
+// It reads an SR's device-config, sessions, node records, subsystems and
+// multipath map only through its transport's read-only views (nvme and
+// iscsi, inspect.go), so it never reads an SR otherwise than the transport
+// that attached it. The rest of the host it reads through host.Root
+// (sysfs, /proc, /etc, /run), host.Runner (ping, systemctl, ovs-vsctl),
 // the Net interface (netlink) and the Pool interface (XenAPI), so every
 // check is unit tested against a fake host.
 package doctor

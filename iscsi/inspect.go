@@ -84,6 +84,9 @@ func (t *Transport) ParseConfig(ctx context.Context, cfg map[string]string) (Con
 	return out, nil
 }
 
+// CheckIQN says why s is not an iSCSI name (RFC 3720), or nil.
+func CheckIQN(s string) error { return checkIQN(s) }
+
 // NormaliseWWID spells a LUN identity (SCSIid, sysfs wwid) the way
 // multipath names the LUN's map.
 func NormaliseWWID(s string) string { return normaliseWWID(s) }
@@ -186,6 +189,18 @@ func (t *Transport) RunningMultipathd(ctx context.Context) (MultipathdConfig, er
 	// function of its own yet.
 	c.PollingInterval = t.pollingInterval(ctx)
 	return c, nil
+}
+
+// IscsiadmVersion is the line where iscsiadm names its version
+// ("iscsiadm version 2.1.8"), or why it could not be read.
+func (t *Transport) IscsiadmVersion(ctx context.Context) string {
+	return t.toolVersion(ctx, "iscsiadm", "--version")
+}
+
+// MultipathVersion is the line where multipath names its version
+// ("multipath-tools v0.9.4 (12/19, 2022)"), or why it could not be read.
+func (t *Transport) MultipathVersion(ctx context.Context) string {
+	return t.toolVersion(ctx, "multipath", "-h")
 }
 
 // InitiatorName is the host's initiator IQN. A file that cannot be read

@@ -160,3 +160,24 @@ func TestRunningMultipathdFixture(t *testing.T) {
 		t.Errorf("%+v, %v", got, err)
 	}
 }
+
+func TestToolVersionLines(t *testing.T) {
+	ctx := context.Background()
+	tr := New(Deps{Runner: cannedRunner{"iscsiadm version 2.1.8\n"}, Root: host.NewRoot(t.TempDir())})
+	if v := tr.IscsiadmVersion(ctx); v != "iscsiadm version 2.1.8" {
+		t.Errorf("iscsiadm: %q", v)
+	}
+	tr = New(Deps{Runner: cannedRunner{"multipath-tools v0.9.4 (12/19, 2022)\nUsage: multipath [-v level] …\n"}, Root: host.NewRoot(t.TempDir())})
+	if v := tr.MultipathVersion(ctx); v != "multipath-tools v0.9.4 (12/19, 2022)" {
+		t.Errorf("multipath: %q", v)
+	}
+}
+
+func TestExportedCheckIQN(t *testing.T) {
+	if err := CheckIQN(testIQN); err != nil {
+		t.Errorf("%s: %v", testIQN, err)
+	}
+	if err := CheckIQN("host1"); err == nil || !strings.Contains(err.Error(), "not an iSCSI name") {
+		t.Errorf("host1: %v", err)
+	}
+}

@@ -11,8 +11,8 @@ import (
 // After an attach, the read-only views see the subsystem and the paths
 // the transport connected.
 func TestInspectAttached(t *testing.T) {
-	ctx := context.Background()
 	k := newFakeKernel(t)
+	ctx := t.Context()
 	if _, err := k.transport(nil).Attach(ctx, baseCfg()); err != nil {
 		t.Fatalf("attach: %v", err)
 	}
