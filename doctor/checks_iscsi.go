@@ -15,19 +15,8 @@ import (
 )
 
 const (
-	initiatorFile  = "/etc/iscsi/initiatorname.iscsi"
+	initiatorFile  = iscsi.InitiatorFile
 	scopeISCSIHost = "this host (iscsi-ng)"
-	// The iscsi-ng defaults (docs/iscsi-ng.md): 10 s before a dead
-	// session fails its I/O over to dm-multipath (NexentaStor guide; the
-	// open-iscsi default is 120 s), and 60 s of queueing when every path
-	// is down.
-	defaultReplacementTimeout = 10
-	defaultQueueSeconds       = 60
-	// defaultPollingInterval is multipathd's checker interval when the
-	// configuration sets none (multipath-tools 0.4.9 and 0.9.x).
-	defaultPollingInterval = 5
-	// dropIn is where the iscsi-ng transport writes its multipath stanzas.
-	dropIn = "/etc/multipath/conf.d/sanvol.conf"
 )
 
 func (r *run) checkISCSIHost(ctx context.Context) {
@@ -67,7 +56,7 @@ func (r *run) checkDaemon(id, name, fix string) {
 // Sessions without iscsid are another matter: the kernel keeps them, but
 // nothing re-logs a path in after an error, so that is a failure.
 func (r *run) checkIscsid(ctx context.Context) {
-	const unit = "iscsid.service"
+	const unit = iscsi.IscsidUnit
 	if pids := r.running("iscsid"); len(pids) > 0 {
 		r.add(result(chkISCSId, scopeISCSIHost, Pass, "iscsid is running (pid "+strings.Join(pids, ",")+")", nil, ""))
 		return
@@ -107,21 +96,6 @@ var distroIQNs = []string{
 
 var placeholderIQN = regexp.MustCompile(`(?i)(:default|:changeme|:unknown|:)$`)
 
-// readInitiator returns the InitiatorName of /etc/iscsi/initiatorname.iscsi.
-func readInitiator(root host.Root) (string, error) {
-	b, err := root.ReadFile(initiatorFile)
-	if err != nil {
-		return "", err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		if v, ok := strings.CutPrefix(line, "InitiatorName="); ok {
-			return strings.TrimSpace(v), nil
-		}
-	}
-	return "", nil
-}
-
 func (r *run) iqnFix() string {
 	name := strings.ReplaceAll(hostname(r.d.Root), " ", "-")
 	iqn := "iqn." + r.rep.Time.Format("2006-01") + ".<your reversed domain>:" + name
@@ -132,16 +106,18 @@ func (r *run) iqnFix() string {
 }
 
 func (r *run) checkInitiatorIQN() string {
-	iqn, err := readInitiator(r.d.Root)
+	iqn, err := r.tr.iscsi.InitiatorName()
+	var he *host.Error
 	switch {
-	case err != nil:
-		r.add(result(chkIQN, scopeISCSIHost, Fail, "no initiator name: "+initiatorFile+" is unreadable", []string{err.Error()}, r.iqnFix()))
+	case errors.As(err, &he) && he.Err != nil:
+		r.add(result(chkIQN, scopeISCSIHost, Fail, "no initiator name: "+initiatorFile+" is unreadable", []string{he.Err.Error()}, r.iqnFix()))
 		return ""
-	case iqn == "":
+	case err != nil:
 		r.add(result(chkIQN, scopeISCSIHost, Fail, "no InitiatorName in "+initiatorFile, nil, r.iqnFix()))
 		return ""
-	case !strings.HasPrefix(iqn, "iqn.") && !strings.HasPrefix(iqn, "eui."):
-		r.add(result(chkIQN, scopeISCSIHost, Fail, fmt.Sprintf("InitiatorName %q is not an iSCSI name", iqn), nil, r.iqnFix()))
+	case iscsi.CheckIQN(iqn) != nil:
+		r.add(result(chkIQN, scopeISCSIHost, Fail, fmt.Sprintf("InitiatorName %q is not an iSCSI name", iqn),
+			[]string{"InitiatorName " + iscsi.CheckIQN(iqn).Error()}, r.iqnFix()))
 		return iqn
 	case placeholderIQN.MatchString(iqn):
 		r.add(result(chkIQN, scopeISCSIHost, Fail, fmt.Sprintf("InitiatorName %s is a placeholder", iqn), nil, r.iqnFix()))
@@ -176,81 +152,14 @@ func (r *run) checkPoolIQN(ctx context.Context, local string) {
 		"set an IQN on each host listed: xe host-param-set uuid=<host> iscsi_iqn=<unique IQN>")
 }
 
-// nodeRecord runs `iscsiadm -m node` for one record and parses it.
-func (r *run) nodeRecord(ctx context.Context, iqn string, p portal, iface string) (map[string]string, error) {
-	res, err := r.d.Runner.Run(ctx, host.Cmd{Name: "iscsiadm", Args: []string{"-m", "node", "-T", iqn, "-p", p.String(), "-I", iface}, Timeout: 15 * time.Second})
-	if err != nil {
-		return nil, err
-	}
-	rec := map[string]string{}
-	for _, line := range strings.Split(string(res.Stdout), "\n") {
-		k, v, ok := strings.Cut(line, " = ")
-		if ok {
-			rec[strings.TrimSpace(k)] = strings.TrimSpace(v)
-		}
-	}
-	return rec, nil
-}
-
-// noRecord is iscsiadm's ISCSI_ERR_NO_OBJS_FOUND.
-func noRecord(err error) bool {
-	var ee *host.ExitError
-	return errors.As(err, &ee) && ee.Code == 21
-}
-
-func wantedTimeout(cfg map[string]string) int {
-	if n, err := strconv.Atoi(strings.TrimSpace(cfg[keyReplacement])); err == nil && n > 0 {
-		return n
-	}
-	return defaultReplacementTimeout
-}
-
-// session is a live iSCSI session, from sysfs.
-type session struct {
-	ID          string
-	Target      string
-	Addr        string
-	RecoveryTmo int
-}
-
-func (r *run) sessions() []session {
-	dirs, _ := r.d.Root.Glob("/sys/class/iscsi_session/session*")
-	var out []session
-	for _, d := range dirs {
-		id := strings.TrimPrefix(pathpkg.Base(d), "session")
-		s := session{ID: id}
-		s.Target, _ = r.d.Root.ReadString(d + "/targetname")
-		s.Addr, _ = r.d.Root.ReadString("/sys/class/iscsi_connection/connection" + id + ":0/persistent_address")
-		if v, err := r.d.Root.ReadString(d + "/recovery_tmo"); err == nil {
-			s.RecoveryTmo, _ = strconv.Atoi(v)
-		}
-		out = append(out, s)
-	}
-	return out
-}
-
 // checkNodeRecords compares the SR's node records (read at every login)
 // and its live sessions (recovery_tmo) with the replacement timeout the
 // SR asks for.
 func (r *run) checkNodeRecords(ctx context.Context, s *subject, paths []path) {
-	want := wantedTimeout(s.Config)
-	iqn := strings.TrimSpace(s.Config[keyTargetIQN])
-	addrs := map[string]bool{}
-	for _, p := range s.Portals {
-		addrs[p.Addr.String()] = true
-	}
-	sess := r.sessions()
-	var targets []string
-	if iqn == "" || iqn == "*" {
-		for _, se := range sess {
-			if addrs[se.Addr] {
-				targets = append(targets, se.Target)
-			}
-		}
-		targets = dedupSorted(targets)
-	} else {
-		targets = []string{iqn}
-	}
+	want := s.iscsi.ReplacementTimeout
+	sess, _ := r.tr.iscsi.Sessions()
+	addrs := portalAddrs(s)
+	targets := targetIQNs(s, sess)
 	if len(targets) == 0 {
 		r.add(result(chkNodeRecords, s.scope(), Skip, "no target IQN known and no session yet: sanvol writes the node records when it attaches the SR", nil, ""))
 		return
@@ -259,14 +168,11 @@ func (r *run) checkNodeRecords(ctx context.Context, s *subject, paths []path) {
 	seen := 0
 	for _, t := range targets {
 		for _, p := range paths {
-			iface := "default"
-			if p.Bound != "" {
-				iface = "sanvol-" + p.Bound
-			}
-			rec, err := r.nodeRecord(ctx, t, p.Portal, iface)
+			iface := iscsi.IfaceName(p.Bound)
+			rec, found, err := r.tr.iscsi.NodeRecord(ctx, t, iscsi.Portal{Addr: p.Portal.Addr.String(), Port: p.Portal.Port}, iface)
 			sel := fmt.Sprintf("-T %s -p %s -I %s", t, p.Portal, iface)
 			switch {
-			case noRecord(err):
+			case err == nil && !found:
 				ev = append(ev, "no node record "+sel)
 				continue
 			case errors.Is(err, host.ErrNotInstalled):
@@ -291,13 +197,13 @@ func (r *run) checkNodeRecords(ctx context.Context, s *subject, paths []path) {
 		}
 	}
 	for _, se := range sess {
-		if !addrs[se.Addr] || !contains(targets, se.Target) {
+		if !addrs[se.Portal.Addr] || !contains(targets, se.Target) {
 			continue
 		}
-		ev = append(ev, fmt.Sprintf("session %s to %s at %s: recovery_tmo=%d", se.ID, se.Target, se.Addr, se.RecoveryTmo))
+		ev = append(ev, fmt.Sprintf("session %d to %s at %s: recovery_tmo=%d", se.ID, se.Target, se.Portal.Addr, se.RecoveryTmo))
 		if se.RecoveryTmo != want {
-			bad = append(bad, fmt.Sprintf("session %s has recovery_tmo=%d, want %d", se.ID, se.RecoveryTmo, want))
-			fix = append(fix, fmt.Sprintf("echo %d > /sys/class/iscsi_session/session%s/recovery_tmo", want, se.ID))
+			bad = append(bad, fmt.Sprintf("session %d has recovery_tmo=%d, want %d", se.ID, se.RecoveryTmo, want))
+			fix = append(fix, fmt.Sprintf("echo %d > /sys/class/iscsi_session/session%d/recovery_tmo", want, se.ID))
 		}
 	}
 	switch {
@@ -313,6 +219,32 @@ func (r *run) checkNodeRecords(ctx context.Context, s *subject, paths []path) {
 	}
 }
 
+// portalAddrs is the set of the subject's portal addresses, spelled as
+// the transport spells a session's.
+func portalAddrs(s *subject) map[string]bool {
+	addrs := map[string]bool{}
+	for _, p := range s.iscsi.Portals {
+		addrs[p.Addr] = true
+	}
+	return addrs
+}
+
+// targetIQNs is the SR's target IQN or, for none or the wildcard, the
+// IQNs of the sessions to its portals.
+func targetIQNs(s *subject, sess []iscsi.Session) []string {
+	if iqn := s.iscsi.TargetIQN; iqn != "" && iqn != iscsi.WildcardIQN {
+		return []string{iqn}
+	}
+	addrs := portalAddrs(s)
+	var iqns []string
+	for _, se := range sess {
+		if addrs[se.Portal.Addr] {
+			iqns = append(iqns, se.Target)
+		}
+	}
+	return dedupSorted(iqns)
+}
+
 func contains(list []string, s string) bool {
 	for _, v := range list {
 		if v == s {
@@ -322,151 +254,71 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// wantedQueue is the path-loss-policy in seconds of queueing (0: fail).
-func wantedQueue(cfg map[string]string) int {
-	v := strings.TrimSpace(cfg[keyPathLoss])
-	switch {
-	case v == "fail":
-		return 0
-	case strings.HasPrefix(v, "queue:"):
-		if n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(v, "queue:"), "s")); err == nil && n > 0 {
-			return n
-		}
-	}
-	return defaultQueueSeconds
-}
-
-// normaliseWWID turns a SCSIid into the name multipath gives the map.
-func normaliseWWID(s string) string {
-	s = strings.TrimSpace(s)
-	low := strings.ToLower(s)
-	switch {
-	case strings.HasPrefix(low, "naa."):
-		return "3" + low[4:]
-	case strings.HasPrefix(low, "eui."):
-		return "2" + low[4:]
-	}
-	return s
-}
-
-var (
-	pollingRE = regexp.MustCompile(`^\s*polling_interval\s+"?(\d+)"?`)
-	wwidRE    = regexp.MustCompile(`^\s*wwid\s+"?([^"\s]+)"?`)
-	nprRE     = regexp.MustCompile(`^\s*no_path_retry\s+"?([^"\s]+)"?`)
-)
-
-// runningStanza reads multipathd's running configuration: the checker
-// interval and the no_path_retry of the WWID's multipaths stanza ("" when
-// the daemon has none: the drop-in was not loaded).
-func runningStanza(conf, wwid string) (interval int, npr string) {
-	interval = defaultPollingInterval
-	inStanza, section := false, ""
-	depth := 0
-	for _, line := range strings.Split(conf, "\n") {
-		t := strings.TrimSpace(line)
-		if depth == 0 && strings.HasSuffix(t, "{") {
-			section = strings.TrimSpace(strings.TrimSuffix(t, "{"))
-		}
-		if strings.HasSuffix(t, "{") {
-			depth++
-			if section == "multipaths" && depth == 2 {
-				inStanza = false
-			}
-			continue
-		}
-		if t == "}" {
-			depth--
-			continue
-		}
-		if section == "defaults" && depth == 1 {
-			if m := pollingRE.FindStringSubmatch(line); m != nil {
-				interval, _ = strconv.Atoi(m[1])
-			}
-		}
-		if section == "multipaths" && depth == 2 {
-			if m := wwidRE.FindStringSubmatch(line); m != nil {
-				inStanza = m[1] == wwid
-			}
-			if m := nprRE.FindStringSubmatch(line); m != nil && inStanza {
-				npr = m[1]
-			}
-		}
-	}
-	return interval, npr
-}
-
 // checkMap verifies what the iscsi-ng transport applies to the SR's
 // dm-multipath map: the stanza is loaded by multipathd with the
 // no_path_retry of the SR's path-loss-policy, and the map's table queues
 // (or fails) I/O accordingly.
 func (r *run) checkMap(ctx context.Context, s *subject) {
-	wwid := normaliseWWID(s.Config[keySCSIid])
+	wwid := s.iscsi.WWID
 	if wwid == "" {
 		r.add(result(chkMap, s.scope(), Skip, "no SCSIid in the device-config yet", nil, ""))
 		return
 	}
 	var ev []string
-	mapName := ""
-	uuids, _ := r.d.Root.Glob("/sys/block/dm-*/dm/uuid")
-	for _, u := range uuids {
-		if v, _ := r.d.Root.ReadString(u); v == "mpath-"+wwid {
-			mapName, _ = r.d.Root.ReadString(pathpkg.Dir(u) + "/name")
-			ev = append(ev, fmt.Sprintf("map %s (%s)", mapName, pathpkg.Base(pathpkg.Dir(pathpkg.Dir(u)))))
-		}
+	m, err := r.tr.iscsi.FindMap(wwid)
+	if err != nil {
+		ev = append(ev, err.Error())
 	}
-	if mapName == "" {
+	if m == nil {
 		if s.SR == "" {
-			r.add(result(chkMap, s.scope(), Skip, "no multipath map for "+wwid+" yet: sanvol builds it when it attaches the SR", nil, ""))
+			r.add(result(chkMap, s.scope(), Skip, "no multipath map for "+wwid+" yet: sanvol builds it when it attaches the SR", ev, ""))
 		} else {
-			r.add(result(chkMap, s.scope(), Fail, "the attached SR has no multipath map for "+wwid, nil,
+			r.add(result(chkMap, s.scope(), Fail, "the attached SR has no multipath map for "+wwid, ev,
 				"multipathd -k\"add map "+wwid+"\"   # or re-plug the SR: xe pbd-unplug uuid=<PBD> && xe pbd-plug uuid=<PBD>"))
 		}
 		return
 	}
-	queue := wantedQueue(s.Config)
-	res, err := r.d.Runner.Run(ctx, host.Cmd{Name: "multipathd", Args: []string{"-kshow config"}, Timeout: 15 * time.Second})
+	ev = append(ev, fmt.Sprintf("map %s (%s)", m.Name, m.Dev))
+	queue := s.iscsi.QueueSeconds
+	mpd, err := r.tr.iscsi.RunningMultipathd(ctx)
 	if err != nil {
 		r.add(result(chkMap, s.scope(), Fail, "cannot read multipathd's configuration", []string{err.Error()}, "systemctl restart multipathd"))
 		return
 	}
-	interval, npr := runningStanza(string(res.Stdout), wwid)
-	want := "fail"
-	if queue > 0 {
-		want = strconv.Itoa(max((queue+interval-1)/interval, 1))
-	}
-	ev = append(ev, fmt.Sprintf("path-loss-policy %s → no_path_retry %s (polling_interval %d)", policyText(queue), want, interval))
+	want := iscsi.NoPathRetry(queue, mpd.PollingInterval)
+	ev = append(ev, fmt.Sprintf("path-loss-policy %s → no_path_retry %s (polling_interval %d)", policyText(queue), want, mpd.PollingInterval))
 	var bad, fix []string
-	switch npr {
+	switch npr := mpd.NoPathRetry[wwid]; npr {
 	case "":
 		bad = append(bad, "multipathd has no stanza for "+wwid)
-		fix = append(fix, "grep -A4 "+wwid+" "+dropIn+"   # the stanza sanvol wrote", "multipathd -k\"reconfigure\"")
+		fix = append(fix, "grep -A4 "+wwid+" "+iscsi.DropInPath+"   # the stanza sanvol wrote", "multipathd -k\"reconfigure\"")
 	case want:
 		ev = append(ev, "multipathd: no_path_retry "+npr)
 	default:
 		bad = append(bad, fmt.Sprintf("multipathd runs no_path_retry %s for %s, want %s", npr, wwid, want))
-		fix = append(fix, "multipathd -k\"reconfigure\"   # or re-plug the SR, which rewrites "+dropIn)
+		fix = append(fix, "multipathd -k\"reconfigure\"   # or re-plug the SR, which rewrites "+iscsi.DropInPath)
 	}
-	tab, err := r.d.Runner.Run(ctx, host.Cmd{Name: "dmsetup", Args: []string{"table", mapName}, Timeout: 15 * time.Second})
+	tab, err := r.tr.iscsi.MapTable(ctx, m.Name)
 	if err != nil {
 		bad = append(bad, "cannot read the map's table: "+err.Error())
 	} else {
-		line := strings.TrimSpace(string(tab.Stdout))
-		ev = append(ev, "dmsetup table "+mapName+": "+line)
+		line := strings.TrimSpace(tab)
+		ev = append(ev, "dmsetup table "+m.Name+": "+line)
 		queues := strings.Contains(line, "queue_if_no_path")
 		switch {
 		case queue > 0 && !queues:
 			bad = append(bad, "the map does not queue I/O when every path is down (no queue_if_no_path)")
-			fix = append(fix, fmt.Sprintf("dmsetup message %s 0 queue_if_no_path", mapName))
+			fix = append(fix, fmt.Sprintf("dmsetup message %s 0 queue_if_no_path", m.Name))
 		case queue == 0 && queues:
 			bad = append(bad, "the map queues I/O when every path is down (queue_if_no_path), the SR's policy is to fail it")
-			fix = append(fix, fmt.Sprintf("dmsetup message %s 0 fail_if_no_path", mapName))
+			fix = append(fix, fmt.Sprintf("dmsetup message %s 0 fail_if_no_path", m.Name))
 		}
 	}
 	if len(bad) > 0 {
 		r.add(result(chkMap, s.scope(), Fail, strings.Join(bad, "; "), ev, strings.Join(fix, "\n")))
 		return
 	}
-	r.add(result(chkMap, s.scope(), Pass, fmt.Sprintf("map %s: no_path_retry %s, %s", mapName, want, policyText(queue)), ev, ""))
+	r.add(result(chkMap, s.scope(), Pass, fmt.Sprintf("map %s: no_path_retry %s, %s", m.Name, want, policyText(queue)), ev, ""))
 }
 
 func policyText(queue int) string {
@@ -485,21 +337,8 @@ func policyText(queue int) string {
 // record of the IQN (RawISCSISR.detach -> iscsilib.delete). docs/iscsi-ng.md, "SMAPIv1
 // next door", gives the decision: one target IQN per SR stack.
 func (r *run) checkSMShared(s *subject) {
-	iqn := strings.TrimSpace(s.Config[keyTargetIQN])
-	iqns := []string{iqn}
-	if iqn == "" || iqn == "*" {
-		iqns = nil
-		addrs := map[string]bool{}
-		for _, p := range s.Portals {
-			addrs[p.Addr.String()] = true
-		}
-		for _, se := range r.sessions() {
-			if addrs[se.Addr] {
-				iqns = append(iqns, se.Target)
-			}
-		}
-		iqns = dedupSorted(iqns)
-	}
+	sess, _ := r.tr.iscsi.Sessions()
+	iqns := targetIQNs(s, sess)
 	var ev []string
 	for _, q := range iqns {
 		srs := iscsi.SMAPIv1SRsOn(r.d.Root, q)

@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -282,14 +283,7 @@ func (r *run) mtuFix(p path, mtu int, std bool) string {
 }
 
 func dedupInts(m map[string]int) []int {
-	seen := map[int]bool{}
-	var out []int
-	for _, v := range m {
-		if !seen[v] {
-			seen[v] = true
-			out = append(out, v)
-		}
-	}
-	sort.Ints(out)
-	return out
+	out := slices.Collect(maps.Values(m))
+	slices.Sort(out)
+	return slices.Compact(out)
 }

@@ -4,18 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	pathpkg "path"
 	"regexp"
 	"strings"
-	"time"
 
 	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/nvme"
 )
 
 const (
-	hostNQNFile       = "/etc/nvme/hostnqn"
-	sysMultipathParam = "/sys/module/nvme_core/parameters/multipath"
-	defaultIOPolicy   = "round-robin"
+	hostNQNFile       = nvme.HostNQNFile
+	sysMultipathParam = nvme.MultipathParam
 	scopeNVMeHost     = "this host (nvmetcp)"
 	// genNQN makes a random host NQN and its paired host ID, as sanvol
 	// does at the first attach. nvme gen-hostnqn is not used: nvme-cli
@@ -33,13 +31,10 @@ func (r *run) checkNVMeHost(ctx context.Context, subjects []*subject) {
 }
 
 func (r *run) checkNVMeCLI(ctx context.Context) {
-	cmd := host.Cmd{Name: "nvme", Args: []string{"version"}, Timeout: 10 * time.Second}
-	res, err := r.d.Runner.Run(ctx, cmd)
+	v, err := r.tr.nvme.CLIVersion(ctx)
 	switch {
 	case err == nil:
-		// nvme-cli 2.x adds a "libnvme version" line after its own.
-		v := strings.TrimSpace(strings.SplitN(strings.TrimSpace(string(res.Stdout)), "\n", 2)[0])
-		r.add(result(chkNVMeCLI, scopeNVMeHost, Pass, v, nil, ""))
+		r.add(result(chkNVMeCLI, scopeNVMeHost, Pass, "nvme-cli "+v, nil, ""))
 	case errors.Is(err, host.ErrNotInstalled):
 		r.add(result(chkNVMeCLI, scopeNVMeHost, Fail, "nvme-cli is not installed", []string{err.Error()}, "yum install -y nvme-cli"))
 	default:
@@ -151,30 +146,27 @@ func (r *run) modprobeOverrides() []string {
 }
 
 func (r *run) checkIOPolicy(s *subject) {
-	nqn := strings.TrimSpace(s.Config[keyNQN])
-	want := strings.TrimSpace(s.Config[keyIOPolicy])
-	if want == "" {
-		want = defaultIOPolicy
-	}
+	nqn, want := s.nvme.NQN, s.nvme.IOPolicy
 	if nqn == "" {
 		r.add(result(chkIOPolicy, s.scope(), Skip, "no subsystem NQN in the device-config yet", nil, ""))
 		return
 	}
-	files, _ := r.d.Root.Glob("/sys/class/nvme-subsystem/*/subsysnqn")
+	subs, err := r.tr.nvme.Subsystems()
 	var ev []string
+	if err != nil {
+		ev = append(ev, err.Error())
+	}
 	worst, summary := Skip, "subsystem not connected on this host; sanvol sets iopolicy="+want+" when it attaches"
 	var fix []string
-	for _, f := range files {
-		got, err := r.d.Root.ReadString(f)
-		if err != nil || got != nqn {
+	for _, sub := range subs {
+		if sub.NQN != nqn {
 			continue
 		}
-		dir := pathpkg.Dir(f)
-		pol, err := r.d.Root.ReadString(dir + "/iopolicy")
-		if err != nil {
+		pol := sub.IOPolicy
+		if pol == "" {
 			pol = "(unreadable)"
 		}
-		ev = append(ev, fmt.Sprintf("%s/iopolicy = %s", dir, pol))
+		ev = append(ev, fmt.Sprintf("%s/iopolicy = %s", sub.Dir(), pol))
 		if pol == want {
 			if worst < Pass {
 				worst, summary = Pass, "iopolicy="+want
@@ -182,7 +174,7 @@ func (r *run) checkIOPolicy(s *subject) {
 			continue
 		}
 		worst, summary = Fail, fmt.Sprintf("iopolicy is %s, the SR wants %s", pol, want)
-		fix = append(fix, fmt.Sprintf("echo %s > %s/iopolicy", want, dir))
+		fix = append(fix, fmt.Sprintf("echo %s > %s/iopolicy", want, sub.Dir()))
 	}
 	if worst == Fail {
 		fix = append(fix, "# sanvol sets it at every attach: if it changes back, look for a udev rule or tool that sets it: grep -rl iopolicy /etc/udev/rules.d /usr/lib/udev/rules.d")
@@ -202,7 +194,7 @@ func (r *run) checkHostNQN(subjects []*subject) string {
 		fix = genNQN + "\n# then allow this NQN on the array"
 		ev = append(ev, err.Error())
 		local = ""
-	case !strings.HasPrefix(local, "nqn.") || len(local) > 223:
+	case !nvme.ValidNQN(local):
 		worst, summary = Fail, fmt.Sprintf("%s holds %q, which is not an NQN", hostNQNFile, local)
 		fix = genNQN + "\n# then update the array's host ACL and re-plug the nvmetcp SRs on this host"
 	default:
@@ -213,7 +205,7 @@ func (r *run) checkHostNQN(subjects []*subject) string {
 		if s.Type != TypeNVMeTCP {
 			continue
 		}
-		if v := strings.TrimSpace(s.Config[keyHostNQN]); v != "" {
+		if v := s.nvme.HostNQN; v != "" {
 			ev = append(ev, fmt.Sprintf("%s sets device-config:hostnqn=%s", s.scope(), v))
 			if worst < Warn {
 				worst = Warn

@@ -5,8 +5,11 @@
 // it. It also renders `sanvol status`, the at-a-glance view of the SRs
 // attached on the host, which Plugin.diagnostics returns too.
 //
-// It reads the host only through host.Root (sysfs, /proc, /etc, /run),
-// host.Runner (ping, nvme, iscsiadm, multipathd, dmsetup, ovs-vsctl),
+// It reads an SR's device-config, sessions, node records, subsystems and
+// multipath map only through its transport's read-only views (nvme and
+// iscsi, inspect.go), so it never reads an SR otherwise than the transport
+// that attached it. The rest of the host it reads through host.Root
+// (sysfs, /proc, /etc, /run), host.Runner (ping, systemctl, ovs-vsctl),
 // the Net interface (netlink) and the Pool interface (XenAPI), so every
 // check is unit tested against a fake host.
 package doctor
@@ -24,6 +27,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/iscsi"
+	"github.com/sanvol/sanvol/nvme"
 	"github.com/sanvol/sanvol/volume"
 )
 
@@ -224,8 +229,8 @@ func NewDeps(root host.Root, run host.Runner, log *zap.Logger) Deps {
 
 // The SR types the doctor knows.
 const (
-	TypeNVMeTCP = "nvmetcp"
-	TypeISCSI   = "iscsi-ng"
+	TypeNVMeTCP = nvme.SRType
+	TypeISCSI   = iscsi.Type
 )
 
 // Run runs every check that applies and returns the report. The error is
@@ -239,11 +244,12 @@ func Run(ctx context.Context, d Deps, o Options) (Report, error) {
 		d.Resolve = net.DefaultResolver.LookupHost
 	}
 	rep := Report{Host: hostname(d.Root), Kernel: kernelRelease(d.Root), Time: time.Now()}
-	subjects, err := subjectsFor(ctx, d, o)
+	tr := newTransports(d)
+	subjects, err := subjectsFor(ctx, d, tr, o)
 	if err != nil {
 		return rep, err
 	}
-	r := &run{d: d, o: o, net: newNetView(ctx, d), rep: &rep}
+	r := &run{d: d, o: o, tr: tr, net: newNetView(ctx, d), rep: &rep}
 	if len(subjects) == 0 {
 		rep.Results = append(rep.Results, result(chkScope, "this host", Warn,
 			"no sanvol SR is attached on this host, so there is nothing to check",
@@ -269,6 +275,7 @@ func Run(ctx context.Context, d Deps, o Options) (Report, error) {
 type run struct {
 	d   Deps
 	o   Options
+	tr  transports
 	net *netView
 	rep *Report
 }

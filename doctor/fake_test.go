@@ -283,6 +283,7 @@ func (h *fakeHost) node(iqn, portal, iface, timeout string) {
 func (h *fakeHost) session(id int, iqn, addr string, tmo int) {
 	h.write(fmt.Sprintf("/sys/class/iscsi_session/session%d/targetname", id), iqn)
 	h.write(fmt.Sprintf("/sys/class/iscsi_session/session%d/recovery_tmo", id), fmt.Sprint(tmo))
+	h.write(fmt.Sprintf("/sys/class/iscsi_session/session%d/device/uevent", id), "")
 	h.write(fmt.Sprintf("/sys/class/iscsi_connection/connection%d:0/persistent_address", id), addr)
 }
 

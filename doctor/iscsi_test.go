@@ -173,37 +173,6 @@ func TestIQNPoolUnreachable(t *testing.T) {
 	expect(t, iscsiRun(h), chkPoolIQN, Warn, "cannot check pool-wide uniqueness", "systemctl status xapi")
 }
 
-func TestRunningStanza(t *testing.T) {
-	conf := `defaults {
-	verbosity 2
-	polling_interval 7
-}
-devices {
-	device {
-		vendor "LIO-ORG"
-		no_path_retry 99
-	}
-}
-multipaths {
-	multipath {
-		wwid "36001405other"
-		no_path_retry 4
-	}
-	multipath {
-		wwid "` + lunWWID + `"
-		alias "` + lunWWID + `"
-		no_path_retry 9
-	}
-}`
-	iv, npr := runningStanza(conf, lunWWID)
-	if iv != 7 || npr != "9" {
-		t.Fatalf("interval %d npr %q", iv, npr)
-	}
-	if _, npr := runningStanza(conf, "36001405none"); npr != "" {
-		t.Fatalf("unknown wwid: %q", npr)
-	}
-}
-
 // XCP-ng keeps iscsid.service disabled: with no session the doctor says
 // sanvol will start it, and never tells the admin to enable it.
 func TestIscsidStoppedSanvolStartsIt(t *testing.T) {

@@ -184,9 +184,9 @@ func TestBoundToMissingInterface(t *testing.T) {
 }
 
 func TestPortalForms(t *testing.T) {
-	s := newSubject(t.Context(), Deps{Resolve: func(_ context.Context, name string) ([]string, error) {
+	s := newSubject(t.Context(), newTransports(Deps{Resolve: func(_ context.Context, name string) ([]string, error) {
 		return []string{"fd00::10", "10.0.1.10"}, nil
-	}}, TypeISCSI, "", map[string]string{"target": "10.0.1.10, [fd00::1]:3261 ,fd00::2,array.example:3262", "iface": "eth1=10.0.1.10,eth2"})
+	}}), TypeISCSI, "", map[string]string{"target": "10.0.1.10, [fd00::1]:3261 ,fd00::2,array.example:3262", "iface": "eth1=10.0.1.10,eth2"})
 	if s.err != nil {
 		t.Fatal(s.err)
 	}

@@ -14,7 +14,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/iscsi"
 	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/nvme"
 	"github.com/sanvol/sanvol/volume"
 )
 
@@ -129,16 +131,17 @@ type StatusReport struct {
 // cannot read it says.
 func ReadStatus(ctx context.Context, d StatusDeps, srs []volume.Attached, verbose bool) StatusReport {
 	rep := StatusReport{Host: hostname(d.Root), Product: product(d.Root), Kernel: kernelRelease(d.Root), Time: time.Now()}
-	rep.Versions = append([]ToolVersion{{"sanvol", orDash(d.Version)}}, toolVersions(ctx, d.Runner)...)
 	var nv *netView
-	dd := Deps{Root: d.Root, Runner: d.Runner, Net: d.Net, Resolve: net.DefaultResolver.LookupHost}
+	dd := Deps{Root: d.Root, Runner: d.Runner, Net: d.Net, Resolve: net.DefaultResolver.LookupHost, Log: d.Log}
 	if d.Net != nil {
 		nv = newNetView(ctx, dd)
 	}
+	tr := newTransports(dd)
+	rep.Versions = append([]ToolVersion{{"sanvol", orDash(d.Version)}}, toolVersions(ctx, d.Runner, tr)...)
 	for _, a := range srs {
 		st := SRStatus{UUID: a.UUID, Type: a.Type, Device: a.Device, VG: a.VG, Config: redactConfig(a.Configuration)}
 		if nv != nil {
-			if s := newSubject(ctx, dd, a.Type, a.UUID, a.Configuration); s.err == nil {
+			if s := newSubject(ctx, tr, a.Type, a.UUID, a.Configuration); s.err == nil {
 				for _, p := range nv.paths(s) {
 					st.Paths = append(st.Paths, p.String())
 				}
@@ -203,34 +206,36 @@ func product(root host.Root) string {
 
 var versionRE = regexp.MustCompile(`v?(\d+\.\d+(?:\.\d+)*)`)
 
-// toolVersions asks each storage tool for its version; a missing tool is
-// reported as "-".
-func toolVersions(ctx context.Context, run host.Runner) []ToolVersion {
-	tools := []struct{ name, cmd, marker string }{
-		{"nvme-cli", "nvme version", "nvme"},
-		{"open-iscsi", "iscsiadm --version", "iscsiadm"},
-		{"multipath-tools", "multipath -h", "multipath-tools"},
-		{"lvm2", "lvm version", "LVM version"},
+// toolVersions asks each storage tool for its version: nvme-cli,
+// open-iscsi and multipath-tools through the transports that drive them,
+// lvm2 directly. A missing tool is reported as "-".
+func toolVersions(ctx context.Context, run host.Runner, tr transports) []ToolVersion {
+	nvmeCLI, err := tr.nvme.CLIVersion(ctx)
+	if err != nil || nvmeCLI == "" {
+		nvmeCLI = "-"
 	}
-	var out []ToolVersion
-	for _, t := range tools {
-		f := strings.Fields(t.cmd)
-		res, err := run.Run(ctx, host.Cmd{Name: f[0], Args: f[1:], Timeout: 5 * time.Second})
-		v := "-"
-		// `multipath -h` exits non-zero; its banner is still the answer.
-		if err == nil || res.ExitCode != 0 {
-			for _, line := range strings.Split(string(res.Stdout)+"\n"+string(res.Stderr), "\n") {
-				if strings.Contains(line, t.marker) {
-					if m := versionRE.FindStringSubmatch(line[strings.Index(line, t.marker):]); m != nil {
-						v = m[1]
-						break
-					}
-				}
-			}
-		}
-		out = append(out, ToolVersion{t.name, v})
+	lvm2 := "-"
+	if res, err := run.Run(ctx, host.Cmd{Name: "lvm", Args: []string{"version"}, Timeout: 5 * time.Second}); err == nil {
+		lvm2 = versionAfter(string(res.Stdout), "LVM version")
 	}
-	return out
+	return []ToolVersion{
+		{"nvme-cli", nvmeCLI},
+		{"open-iscsi", versionAfter(tr.iscsi.IscsiadmVersion(ctx), "iscsiadm version")},
+		{"multipath-tools", versionAfter(tr.iscsi.MultipathVersion(ctx), "multipath-tools")},
+		{"lvm2", lvm2},
+	}
+}
+
+// versionAfter is the version number that follows marker in text, or "-".
+func versionAfter(text, marker string) string {
+	i := strings.Index(text, marker)
+	if i < 0 {
+		return "-"
+	}
+	if m := versionRE.FindStringSubmatch(text[i:]); m != nil {
+		return m[1]
+	}
+	return "-"
 }
 
 func orDash(s string) string {
@@ -299,8 +304,8 @@ func (s StatusReport) Text(w io.Writer) error {
 }
 
 func targetLine(sr SRStatus) string {
-	parts := []string{sr.Config[keyTarget]}
-	for _, k := range []string{keyNQN, keyTargetIQN, keySCSIid, "namespace"} {
+	parts := []string{sr.Config[nvme.KeyTarget]}
+	for _, k := range []string{nvme.KeyNQN, iscsi.KeyTargetIQN, iscsi.KeySCSIid, nvme.KeyNamespace} {
 		if v := sr.Config[k]; v != "" {
 			parts = append(parts, k+"="+v)
 		}
