@@ -1,6 +1,7 @@
 package host
 
 import (
+	"context"
 	"errors"
 	"strings"
 )
@@ -91,13 +92,16 @@ func Errorf(kind Kind, op, msg, fix string, cause error) *Error {
 }
 
 // KindOf returns the kind of the outermost *Error in the chain, or
-// KindTimeout for a command deadline, or KindInternal.
+// KindTimeout for a command, lock or Poll deadline, or KindInternal.
 func KindOf(err error) Kind {
 	var e *Error
 	if errors.As(err, &e) {
 		return e.Kind
 	}
 	if errors.Is(err, ErrTimeout) || errors.Is(err, ErrLockTimeout) {
+		return KindTimeout
+	}
+	if te := (*TimeoutError)(nil); errors.As(err, &te) && errors.Is(te.Err, context.DeadlineExceeded) {
 		return KindTimeout
 	}
 	return KindInternal

@@ -155,6 +155,26 @@ func TestReadsRetryChecksumErrors(t *testing.T) {
 	}
 }
 
+// A call that ends while a report waits to be retried reports what lvm
+// said, not the wait: the checksum error is the cause an admin can act on.
+func TestReadRetryEndsWithTheCallsContext(t *testing.T) {
+	r := &lvmtest.Runner{}
+	r.On(lvmtest.LVM("version"), lvmtest.Version("2.03.16"))
+	r.On(lvmtest.LVM("lvs"), lvmtest.Reply{Code: 5, Stderr: "  Incorrect checksum in metadata area header on /dev/sdb at 4096"})
+	c := newClient(r)
+	c.RetryDelay = time.Hour
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := c.LVs(ctx, scope, "vg")
+	var te *host.TimeoutError
+	if err == nil || errors.As(err, &te) || !strings.Contains(err.Error(), "Incorrect checksum") {
+		t.Fatalf("LVs = %v, want lvm's checksum error", err)
+	}
+	if n := r.Count(lvmtest.LVM("lvs")); n != 1 {
+		t.Fatalf("lvs ran %d times, want 1", n)
+	}
+}
+
 func TestWritesAreNotRetried(t *testing.T) {
 	r := &lvmtest.Runner{}
 	r.On(lvmtest.LVM("version"), lvmtest.Version("2.03.16"))
