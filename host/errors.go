@@ -36,6 +36,9 @@ type Error struct {
 	Err  error  // the cause, may be nil
 }
 
+// Error renders "op: msg: cause. Fix: fix". One piece of advice ends the
+// sentence: the outermost Fix when it has one, else the nearest one below,
+// which is then left out of the cause's text so it is not said twice.
 func (e *Error) Error() string {
 	var b strings.Builder
 	if e.Op != "" {
@@ -43,17 +46,43 @@ func (e *Error) Error() string {
 		b.WriteString(": ")
 	}
 	b.WriteString(e.Msg)
+	fix := e.Fix
 	if e.Err != nil {
 		if e.Msg != "" {
 			b.WriteString(": ")
 		}
-		b.WriteString(e.Err.Error())
+		cause := e.Err.Error()
+		if inner := (*Error)(nil); errors.As(e.Err, &inner) {
+			if f := inner.advice(); f != "" {
+				if i := strings.LastIndex(cause, fixSep+f); i >= 0 {
+					cause = cause[:i] + cause[i+len(fixSep+f):]
+				}
+				if fix == "" {
+					fix = f
+				}
+			}
+		}
+		b.WriteString(cause)
 	}
-	if e.Fix != "" {
-		b.WriteString(". Fix: ")
-		b.WriteString(e.Fix)
+	if fix != "" {
+		b.WriteString(fixSep)
+		b.WriteString(fix)
 	}
 	return b.String()
+}
+
+const fixSep = ". Fix: "
+
+// advice is the Fix that e's text ends with: its own, else the nearest
+// one in its cause.
+func (e *Error) advice() string {
+	if e.Fix != "" {
+		return e.Fix
+	}
+	if inner := (*Error)(nil); errors.As(e.Err, &inner) {
+		return inner.advice()
+	}
+	return ""
 }
 
 func (e *Error) Unwrap() error { return e.Err }

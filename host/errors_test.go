@@ -30,3 +30,36 @@ func TestKindOfTimeout(t *testing.T) {
 		t.Fatalf("KindOf = %s", KindOf(err))
 	}
 }
+
+// One piece of advice per message: the outer Fix wins, or the inner one
+// is kept once when the outer has none.
+func TestErrorAdviceIsGivenOnce(t *testing.T) {
+	inner := Errorf(KindNoSpace, "lock x", "cannot create /run/sanvol/locks", "free space on /run", errors.New("ENOSPC"))
+	for _, tc := range []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"outer fix wins",
+			Errorf(KindBusy, "SR.attach", "cannot take a lock", "retry later", inner),
+			"SR.attach: cannot take a lock: lock x: cannot create /run/sanvol/locks: ENOSPC. Fix: retry later"},
+		{"inner fix kept once",
+			Errorf(KindNoSpace, "SR.attach", "cannot take a lock", "", inner),
+			"SR.attach: cannot take a lock: lock x: cannot create /run/sanvol/locks: ENOSPC. Fix: free space on /run"},
+		{"through fmt wrapping",
+			Errorf(KindBusy, "SR.attach", "", "retry later", fmt.Errorf("step 2: %w", inner)),
+			"SR.attach: step 2: lock x: cannot create /run/sanvol/locks: ENOSPC. Fix: retry later"},
+		{"three levels, the middle without advice",
+			Errorf(KindAuth, "SR.create", "failed", "check the key", Errorf(KindNoSpace, "mid", "m", "", inner)),
+			"SR.create: failed: mid: m: lock x: cannot create /run/sanvol/locks: ENOSPC. Fix: check the key"},
+		{"no advice anywhere",
+			Errorf(KindInternal, "a", "b", "", Errorf(KindInternal, "c", "d", "", nil)),
+			"a: b: c: d"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := tc.err.Error(); got != tc.want {
+				t.Fatalf("Error() =\n %q\nwant\n %q", got, tc.want)
+			}
+		})
+	}
+}
