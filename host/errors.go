@@ -22,6 +22,7 @@ const (
 	KindAuth        Kind = "AuthenticationFailed" // CHAP / DH-HMAC-CHAP refused
 	KindUnreachable Kind = "Unreachable"          // no path to the storage
 	KindTimeout     Kind = "Timeout"              // a deadline passed
+	KindInterrupted Kind = "Interrupted"          // SIGTERM or SIGINT stopped the call
 	KindNotAttached Kind = "SRNotAttached"        // SR not plugged on this host
 	KindUnimpl      Kind = "Unimplemented"        // method not built yet
 	KindInternal    Kind = "InternalError"        // a bug or an unexpected tool answer
