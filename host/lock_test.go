@@ -111,3 +111,20 @@ func TestFileLockerWaitIsBounded(t *testing.T) {
 		t.Fatalf("KindOf(%v) = %s", err, KindOf(err))
 	}
 }
+
+// An already-ended ctx still gets one try: taken when free, ErrLockTimeout
+// at once when held. volume's tryLock depends on this.
+func TestFileLockerTriesOnceOnAnEndedContext(t *testing.T) {
+	l := FileLocker{Root: NewRoot(t.TempDir())}
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	unlock, err := l.Lock(ended, "x")
+	if err != nil {
+		t.Fatalf("a free lock with an ended ctx: %v", err)
+	}
+	start := time.Now()
+	if _, err := l.Lock(ended, "x"); !errors.Is(err, ErrLockTimeout) || time.Since(start) > time.Second {
+		t.Fatalf("a held lock with an ended ctx = %v after %s, want ErrLockTimeout at once", err, time.Since(start))
+	}
+	unlock()
+}
