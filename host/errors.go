@@ -86,15 +86,23 @@ func (e *Error) advice() string {
 	return ""
 }
 
-func (e *Error) Unwrap() error { return e.Err }
-
-// Is makes errors.Is(err, host.ErrNotFound) and friends work on kinds.
+// Is answers errors.Is for kinds with the kind of this, the outermost,
+// *Error only: an AuthenticationFailed that wraps a NotFound is not
+// NotFound, since the caller deciding on it sees the outer kind in the
+// error document too. Any other target (a command timeout, a context's
+// error, a sentinel of another package) is looked for in the cause as
+// errors.Is always does. *Error has no Unwrap for that reason: with one,
+// errors.Is would ask the inner *Errors about kinds as well.
 func (e *Error) Is(target error) bool {
-	var k kindSentinel
-	if errors.As(target, &k) {
+	if k, ok := target.(kindSentinel); ok {
 		return Kind(k) == e.Kind
 	}
-	return false
+	return e.Err != nil && errors.Is(e.Err, target)
+}
+
+// As lets errors.As reach into the cause, as Unwrap would.
+func (e *Error) As(target any) bool {
+	return e.Err != nil && errors.As(e.Err, target)
 }
 
 type kindSentinel Kind
