@@ -3,6 +3,7 @@ package blockdev_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -86,9 +87,11 @@ func TestZeroOutRefusesUnalignedRanges(t *testing.T) {
 		return nil
 	})
 	for _, r := range [][2]int64{{1, 512}, {0, 100}, {-512, 512}, {512, -512}} {
-		if err := z.ZeroOut(context.Background(), "/dev/vg/lv", r[0], r[1]); !errors.Is(err, host.ErrInvalid) {
-			t.Errorf("ZeroOut(%d, %d) = %v, want InvalidArgument", r[0], r[1], err)
-		}
+		t.Run(fmt.Sprint(r), func(t *testing.T) {
+			if err := z.ZeroOut(context.Background(), "/dev/vg/lv", r[0], r[1]); !errors.Is(err, host.ErrInvalid) {
+				t.Errorf("ZeroOut(%d, %d) = %v, want InvalidArgument", r[0], r[1], err)
+			}
+		})
 	}
 	if err := z.ZeroOut(context.Background(), "/dev/vg/lv", 512, 0); err != nil {
 		t.Errorf("empty range: %v", err)

@@ -112,9 +112,11 @@ func TestParseURI(t *testing.T) {
 		t.Fatalf("%+v %v", got, err)
 	}
 	for _, bad := range []string{"", "sanvol://", "tapdisk://" + srUUID + "/k", "sanvol://not-a-uuid/k", "sanvol://" + srUUID + "/", "sanvol://" + srUUID + "/a/b", "sanvol://" + srUUID + "/-k", "sanvol://" + srUUID + "/k%20x"} {
-		if _, err := ParseURI("t", bad); !errors.Is(err, host.ErrInvalid) {
-			t.Errorf("%q: %v", bad, err)
-		}
+		t.Run(bad, func(t *testing.T) {
+			if _, err := ParseURI("t", bad); !errors.Is(err, host.ErrInvalid) {
+				t.Errorf("%q: %v", bad, err)
+			}
+		})
 	}
 	if URI(srUUID, "k") != "sanvol://"+srUUID+"/k" {
 		t.Fatal(URI(srUUID, "k"))

@@ -1,6 +1,7 @@
 package host
 
 import (
+	"context"
 	"errors"
 	"strings"
 )
@@ -21,6 +22,7 @@ const (
 	KindAuth        Kind = "AuthenticationFailed" // CHAP / DH-HMAC-CHAP refused
 	KindUnreachable Kind = "Unreachable"          // no path to the storage
 	KindTimeout     Kind = "Timeout"              // a deadline passed
+	KindInterrupted Kind = "Interrupted"          // SIGTERM or SIGINT stopped the call
 	KindNotAttached Kind = "SRNotAttached"        // SR not plugged on this host
 	KindUnimpl      Kind = "Unimplemented"        // method not built yet
 	KindInternal    Kind = "InternalError"        // a bug or an unexpected tool answer
@@ -35,6 +37,9 @@ type Error struct {
 	Err  error  // the cause, may be nil
 }
 
+// Error renders "op: msg: cause. Fix: fix". One piece of advice ends the
+// sentence: the outermost Fix when it has one, else the nearest one below,
+// which is then left out of the cause's text so it is not said twice.
 func (e *Error) Error() string {
 	var b strings.Builder
 	if e.Op != "" {
@@ -42,28 +47,62 @@ func (e *Error) Error() string {
 		b.WriteString(": ")
 	}
 	b.WriteString(e.Msg)
+	fix := e.Fix
 	if e.Err != nil {
 		if e.Msg != "" {
 			b.WriteString(": ")
 		}
-		b.WriteString(e.Err.Error())
+		cause := e.Err.Error()
+		if inner := (*Error)(nil); errors.As(e.Err, &inner) {
+			if f := inner.advice(); f != "" {
+				if i := strings.LastIndex(cause, fixSep+f); i >= 0 {
+					cause = cause[:i] + cause[i+len(fixSep+f):]
+				}
+				if fix == "" {
+					fix = f
+				}
+			}
+		}
+		b.WriteString(cause)
 	}
-	if e.Fix != "" {
-		b.WriteString(". Fix: ")
-		b.WriteString(e.Fix)
+	if fix != "" {
+		b.WriteString(fixSep)
+		b.WriteString(fix)
 	}
 	return b.String()
 }
 
-func (e *Error) Unwrap() error { return e.Err }
+const fixSep = ". Fix: "
 
-// Is makes errors.Is(err, host.ErrNotFound) and friends work on kinds.
+// advice is the Fix that e's text ends with: its own, else the nearest
+// one in its cause.
+func (e *Error) advice() string {
+	if e.Fix != "" {
+		return e.Fix
+	}
+	if inner := (*Error)(nil); errors.As(e.Err, &inner) {
+		return inner.advice()
+	}
+	return ""
+}
+
+// Is answers errors.Is for kinds with the kind of this, the outermost,
+// *Error only: an AuthenticationFailed that wraps a NotFound is not
+// NotFound, since the caller deciding on it sees the outer kind in the
+// error document too. Any other target (a command timeout, a context's
+// error, a sentinel of another package) is looked for in the cause as
+// errors.Is always does. *Error has no Unwrap for that reason: with one,
+// errors.Is would ask the inner *Errors about kinds as well.
 func (e *Error) Is(target error) bool {
-	var k kindSentinel
-	if errors.As(target, &k) {
+	if k, ok := target.(kindSentinel); ok {
 		return Kind(k) == e.Kind
 	}
-	return false
+	return e.Err != nil && errors.Is(e.Err, target)
+}
+
+// As lets errors.As reach into the cause, as Unwrap would.
+func (e *Error) As(target any) bool {
+	return e.Err != nil && errors.As(e.Err, target)
 }
 
 type kindSentinel Kind
@@ -91,13 +130,16 @@ func Errorf(kind Kind, op, msg, fix string, cause error) *Error {
 }
 
 // KindOf returns the kind of the outermost *Error in the chain, or
-// KindTimeout for a command deadline, or KindInternal.
+// KindTimeout for a command, lock or Poll deadline, or KindInternal.
 func KindOf(err error) Kind {
 	var e *Error
 	if errors.As(err, &e) {
 		return e.Kind
 	}
 	if errors.Is(err, ErrTimeout) || errors.Is(err, ErrLockTimeout) {
+		return KindTimeout
+	}
+	if te := (*TimeoutError)(nil); errors.As(err, &te) && errors.Is(te.Err, context.DeadlineExceeded) {
 		return KindTimeout
 	}
 	return KindInternal

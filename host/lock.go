@@ -22,17 +22,27 @@ type Locker interface {
 	Lock(ctx context.Context, name string) (unlock func(), err error)
 }
 
+// DefaultLockWait bounds a lock wait whose caller set no earlier deadline:
+// the longest any caller waits today (volume's per-SR lock), so that no
+// call can queue for ever behind one stuck in the kernel.
+const DefaultLockWait = 5 * time.Minute
+
 // FileLocker implements Locker with flock(2) on files under Root.
 // flock is released by the kernel when the process dies, so a killed call
 // never leaves a stale lock behind.
 type FileLocker struct {
 	Root Root
+	// Wait bounds every lock wait; 0 means DefaultLockWait. A ctx with an
+	// earlier deadline ends the wait sooner.
+	Wait time.Duration
 }
 
-// Lock blocks until the named lock is held or ctx ends. Only contention
-// ends in ErrLockTimeout; a lock that cannot be taken at all (the lock
-// directory full, read-only or forbidden) is an *Error that says so at
-// once, without waiting for the deadline.
+// Lock blocks until the named lock is held, ctx ends or Wait passes. Only
+// contention ends in ErrLockTimeout; a lock that cannot be taken at all
+// (the lock directory full, read-only or forbidden) is an *Error that says
+// so at once, without waiting for the deadline. The lock is tried once
+// even when ctx has already ended, which is how a caller asks "is it free
+// now?".
 func (l FileLocker) Lock(ctx context.Context, name string) (func(), error) {
 	dir := l.Root.Path(LockDir)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -43,29 +53,34 @@ func (l FileLocker) Lock(ctx context.Context, name string) (func(), error) {
 	if err != nil {
 		return nil, lockFailure(name, filepath.Join(LockDir, name+".lock"), "open the lock file", err)
 	}
-	delay := 5 * time.Millisecond
-	for {
+	wait := l.Wait
+	if wait <= 0 {
+		wait = DefaultLockWait
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	err = PollBackoff(ctx, 5*time.Millisecond, 100*time.Millisecond, func(context.Context) (bool, error) {
 		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 		if err == nil {
-			return func() {
-				_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-				f.Close()
-			}, nil
+			return true, nil
 		}
 		if !errors.Is(err, syscall.EWOULDBLOCK) {
-			f.Close()
-			return nil, lockFailure(name, filepath.Join(LockDir, name+".lock"), "flock the lock file", err)
+			return false, lockFailure(name, filepath.Join(LockDir, name+".lock"), "flock the lock file", err)
 		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("lock %s: %w (%v)", name, ErrLockTimeout, ctx.Err())
-		case <-time.After(delay):
-		}
-		if delay < 100*time.Millisecond {
-			delay *= 2
-		}
+		return false, nil
+	})
+	if te := (*TimeoutError)(nil); errors.As(err, &te) {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w (%v)", name, ErrLockTimeout, te.Err)
 	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
 }
 
 // lockFailure says why a lock could not be taken at all, by errno: these

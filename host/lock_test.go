@@ -90,3 +90,41 @@ func TestLockFailureNamesTheCause(t *testing.T) {
 		})
 	}
 }
+
+// A wait is bounded even when the caller's ctx has no deadline.
+func TestFileLockerWaitIsBounded(t *testing.T) {
+	root := NewRoot(t.TempDir())
+	unlock, err := FileLocker{Root: root}.Lock(context.Background(), "x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	start := time.Now()
+	_, err = FileLocker{Root: root, Wait: 40 * time.Millisecond}.Lock(context.Background(), "x")
+	if !errors.Is(err, ErrLockTimeout) || !strings.Contains(err.Error(), "deadline exceeded") {
+		t.Fatalf("Lock without a ctx deadline = %v", err)
+	}
+	if waited := time.Since(start); waited < 35*time.Millisecond || waited > 5*time.Second {
+		t.Fatalf("Lock gave up after %s, want about Wait (40ms)", waited)
+	}
+	if KindOf(err) != KindTimeout {
+		t.Fatalf("KindOf(%v) = %s", err, KindOf(err))
+	}
+}
+
+// An already-ended ctx still gets one try: taken when free, ErrLockTimeout
+// at once when held. volume's tryLock depends on this.
+func TestFileLockerTriesOnceOnAnEndedContext(t *testing.T) {
+	l := FileLocker{Root: NewRoot(t.TempDir())}
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	unlock, err := l.Lock(ended, "x")
+	if err != nil {
+		t.Fatalf("a free lock with an ended ctx: %v", err)
+	}
+	start := time.Now()
+	if _, err := l.Lock(ended, "x"); !errors.Is(err, ErrLockTimeout) || time.Since(start) > time.Second {
+		t.Fatalf("a held lock with an ended ctx = %v after %s, want ErrLockTimeout at once", err, time.Since(start))
+	}
+	unlock()
+}

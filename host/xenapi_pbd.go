@@ -9,7 +9,8 @@ import (
 )
 
 // PBDRecords is the part of xapi that the plugin publishes path counts
-// through and asks which daemon it runs with.
+// through, asks which daemon it runs with, and gives each PBD its own
+// secrets through.
 type PBDRecords interface {
 	// UpdatePBDOtherConfig makes this host's PBD of the SR carry the
 	// values in set and none of the keys in remove.
@@ -17,6 +18,9 @@ type PBDRecords interface {
 	// XapiVersion is this host's xapi version, major and minor, from
 	// host.software_version.
 	XapiVersion(ctx context.Context) (major, minor int, err error)
+	// SeparatePBDSecrets gives each PBD of the SR its own copy of every
+	// shared secret and returns the PBDs it changed (see *XenAPI's).
+	SeparatePBDSecrets(ctx context.Context, srUUID string) ([]string, error)
 }
 
 // localHost logs in and finds this host's record: INSTALLATION_UUID of

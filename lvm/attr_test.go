@@ -14,8 +14,10 @@ func TestLVActiveStates(t *testing.T) {
 		"":           false,
 	}
 	for attr, want := range cases {
-		if got := (LV{Attr: attr}).Active(); got != want {
-			t.Errorf("%q: Active() = %v, want %v", attr, got, want)
-		}
+		t.Run(attr, func(t *testing.T) {
+			if got := (LV{Attr: attr}).Active(); got != want {
+				t.Errorf("%q: Active() = %v, want %v", attr, got, want)
+			}
+		})
 	}
 }

@@ -104,19 +104,21 @@ func TestFakeReportsMatchCapturedShape(t *testing.T) {
 			return out, err
 		}},
 	} {
-		raw := fixture(t, tc.file)
-		out, err := tc.render(raw)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got, want := skeleton(out), skeleton(string(raw)); got != want {
-			t.Errorf("%s: skeleton differs:\n got %q\nwant %q", tc.file, got, want)
-		}
-		for _, line := range strings.Split(out, "\n") {
-			if strings.HasPrefix(strings.TrimSpace(line), "{\"") && !strings.HasPrefix(line, "                  {\"") {
-				t.Errorf("%s: row indent differs: %q", tc.file, line)
+		t.Run(tc.file, func(t *testing.T) {
+			raw := fixture(t, tc.file)
+			out, err := tc.render(raw)
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
+			if got, want := skeleton(out), skeleton(string(raw)); got != want {
+				t.Errorf("%s: skeleton differs:\n got %q\nwant %q", tc.file, got, want)
+			}
+			for _, line := range strings.Split(out, "\n") {
+				if strings.HasPrefix(strings.TrimSpace(line), "{\"") && !strings.HasPrefix(line, "                  {\"") {
+					t.Errorf("%s: row indent differs: %q", tc.file, line)
+				}
+			}
+		})
 	}
 }
 

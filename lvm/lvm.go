@@ -7,6 +7,7 @@ package lvm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -164,23 +165,28 @@ func (c *Client) exec(ctx context.Context, s Scope, m mode, sub string, args ...
 	if len(args) > 0 && !strings.HasPrefix(args[len(args)-1], "-") {
 		op += " " + args[len(args)-1]
 	}
-	for attempt := 0; ; attempt++ {
+	var out []byte
+	var last error // the run that failed, for when ctx ends between retries
+	attempt := 0
+	err = host.Poll(ctx, c.RetryDelay, func(ctx context.Context) (bool, error) {
 		res, err := c.run.Run(ctx, host.Cmd{Name: "lvm", Args: argv, Timeout: timeout})
 		if err == nil {
 			if rerr := readOnlyRefusal(op, argv, res); rerr != nil {
-				return nil, rerr
+				return false, rerr
 			}
-			return res.Stdout, nil
+			out = res.Stdout
+			return true, nil
 		}
 		if m != once && attempt < c.ReadRetries && isChecksumError(err) {
-			c.log.Info("LVM metadata changed under a reader; retrying", zap.String("cmd", op), zap.Int("attempt", attempt+1))
-			select {
-			case <-ctx.Done():
-				return nil, classify(op, err)
-			case <-time.After(c.RetryDelay):
-			}
-			continue
+			attempt++
+			last = err
+			c.log.Info("LVM metadata changed under a reader; retrying", zap.String("cmd", op), zap.Int("attempt", attempt))
+			return false, nil
 		}
-		return nil, classify(op, err)
+		return false, classify(op, err)
+	})
+	if te := (*host.TimeoutError)(nil); errors.As(err, &te) {
+		return nil, classify(op, last)
 	}
+	return out, err
 }

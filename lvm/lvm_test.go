@@ -58,9 +58,11 @@ func TestConfig202(t *testing.T) {
 
 func TestConfigRefusesUnsafePaths(t *testing.T) {
 	for _, p := range []string{"", "sda", "/dev/a|b", `/dev/a"b`, "/dev/a b", "/tmp/x"} {
-		if _, err := lvm.BuildConfig(lvm.Version{Major: 2, Minor: 3}, lvm.Scope{Devices: []string{p}}); err == nil {
-			t.Errorf("path %q accepted", p)
-		}
+		t.Run(p, func(t *testing.T) {
+			if _, err := lvm.BuildConfig(lvm.Version{Major: 2, Minor: 3}, lvm.Scope{Devices: []string{p}}); err == nil {
+				t.Errorf("path %q accepted", p)
+			}
+		})
 	}
 	if _, err := lvm.BuildConfig(lvm.Version{Major: 2, Minor: 3}, lvm.Scope{}); err == nil {
 		t.Error("empty scope accepted")
@@ -72,10 +74,12 @@ func TestParseVersion(t *testing.T) {
 		"  LVM version:     2.03.16(2) (2022-05-18)\n  Library version: 1.02.185 (2022-05-18)\n": {2, 3, 16},
 		"  LVM version:     2.02.180(2)-RHEL7 (2018-07-20)\n":                                    {2, 2, 180},
 	} {
-		v, err := lvm.ParseVersion(out)
-		if err != nil || v != want {
-			t.Errorf("ParseVersion(%q) = %v, %v; want %v", out, v, err, want)
-		}
+		t.Run(want.String(), func(t *testing.T) {
+			v, err := lvm.ParseVersion(out)
+			if err != nil || v != want {
+				t.Errorf("ParseVersion(%q) = %v, %v; want %v", out, v, err, want)
+			}
+		})
 	}
 	if _, err := lvm.ParseVersion("garbage"); err == nil {
 		t.Error("garbage parsed")
@@ -155,6 +159,26 @@ func TestReadsRetryChecksumErrors(t *testing.T) {
 	}
 }
 
+// A call that ends while a report waits to be retried reports what lvm
+// said, not the wait: the checksum error is the cause an admin can act on.
+func TestReadRetryEndsWithTheCallsContext(t *testing.T) {
+	r := &lvmtest.Runner{}
+	r.On(lvmtest.LVM("version"), lvmtest.Version("2.03.16"))
+	r.On(lvmtest.LVM("lvs"), lvmtest.Reply{Code: 5, Stderr: "  Incorrect checksum in metadata area header on /dev/sdb at 4096"})
+	c := newClient(r)
+	c.RetryDelay = time.Hour
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := c.LVs(ctx, scope, "vg")
+	var te *host.TimeoutError
+	if err == nil || errors.As(err, &te) || !strings.Contains(err.Error(), "Incorrect checksum") {
+		t.Fatalf("LVs = %v, want lvm's checksum error", err)
+	}
+	if n := r.Count(lvmtest.LVM("lvs")); n != 1 {
+		t.Fatalf("lvs ran %d times, want 1", n)
+	}
+}
+
 func TestWritesAreNotRetried(t *testing.T) {
 	r := &lvmtest.Runner{}
 	r.On(lvmtest.LVM("version"), lvmtest.Version("2.03.16"))
@@ -183,13 +207,15 @@ func TestTypedErrors(t *testing.T) {
 		{`  Something odd.`, host.KindInternal},
 	}
 	for _, tc := range cases {
-		r := &lvmtest.Runner{}
-		r.On(lvmtest.LVM("version"), lvmtest.Version("2.03.16"))
-		r.On(lvmtest.LVM("lvremove"), lvmtest.Reply{Code: 5, Stderr: tc.stderr})
-		err := newClient(r).LVRemove(context.Background(), scope, "vg", "v-1")
-		if host.KindOf(err) != tc.kind {
-			t.Errorf("%q: kind %s, want %s (%v)", tc.stderr, host.KindOf(err), tc.kind, err)
-		}
+		t.Run(tc.stderr, func(t *testing.T) {
+			r := &lvmtest.Runner{}
+			r.On(lvmtest.LVM("version"), lvmtest.Version("2.03.16"))
+			r.On(lvmtest.LVM("lvremove"), lvmtest.Reply{Code: 5, Stderr: tc.stderr})
+			err := newClient(r).LVRemove(context.Background(), scope, "vg", "v-1")
+			if host.KindOf(err) != tc.kind {
+				t.Errorf("%q: kind %s, want %s (%v)", tc.stderr, host.KindOf(err), tc.kind, err)
+			}
+		})
 	}
 	r := &lvmtest.Runner{}
 	r.On(lvmtest.LVM("version"), lvmtest.Version("2.03.16"))

@@ -30,13 +30,15 @@ func TestMissingOf(t *testing.T) {
 		{5, `  Something odd.`, lvm.MissingNothing},
 	}
 	for _, tc := range cases {
-		r := &lvmtest.Runner{}
-		r.On(lvmtest.LVM("version"), lvmtest.Version("2.03.16"))
-		r.On(lvmtest.LVM("lvremove"), lvmtest.Reply{Code: tc.code, Stderr: tc.stderr})
-		err := newClient(r).LVRemove(context.Background(), scope, "vg", "v-1")
-		if got := lvm.MissingOf(err); got != tc.want {
-			t.Errorf("exit %d %q: %s, want %s", tc.code, tc.stderr, got, tc.want)
-		}
+		t.Run(tc.stderr, func(t *testing.T) {
+			r := &lvmtest.Runner{}
+			r.On(lvmtest.LVM("version"), lvmtest.Version("2.03.16"))
+			r.On(lvmtest.LVM("lvremove"), lvmtest.Reply{Code: tc.code, Stderr: tc.stderr})
+			err := newClient(r).LVRemove(context.Background(), scope, "vg", "v-1")
+			if got := lvm.MissingOf(err); got != tc.want {
+				t.Errorf("exit %d %q: %s, want %s", tc.code, tc.stderr, got, tc.want)
+			}
+		})
 	}
 	if got := lvm.MissingOf(host.Errorf(host.KindNotFound, "x", "not found", "", nil)); got != lvm.MissingNothing {
 		t.Errorf("an error without LVM's exit status: %s", got)

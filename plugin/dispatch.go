@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 
 	"go.uber.org/zap"
 
@@ -167,7 +169,7 @@ func Serve(ctx context.Context, argv []string, stdin io.Reader, stdout, stderr i
 	log = log.With(zap.String("dbg", args.Str("dbg")), zap.String("method", method), zap.String("plugin", t.Dir))
 	call := &Call{Target: t, Args: args, Deps: deps, Log: log}
 	log.Debug("call")
-	res, err := t.Method.Run(ctx, call)
+	res, err := runInterruptible(ctx, call)
 	if err != nil {
 		log.Warn("call failed", zap.Error(err))
 		writeJSON(stdout, ErrorDocument(method, err))
@@ -176,6 +178,30 @@ func Serve(ctx context.Context, argv []string, stdin io.Reader, stdout, stderr i
 	log.Debug("call ok")
 	writeJSON(stdout, res)
 	return 0
+}
+
+// runInterruptible runs the call with SIGTERM and SIGINT cancelling its
+// context, so that a call stopped by xapi or an admin ends its commands
+// (host.Runner kills them), rolls back what it can and still answers with
+// an error document that says it was interrupted, rather than dying
+// half-way with no document. A call that finishes in spite of the signal
+// keeps its result: the work is done.
+func runInterruptible(ctx context.Context, c *Call) (any, error) {
+	sctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	res, err := c.Target.Method.Run(sctx, c)
+	if err != nil && sctx.Err() != nil && ctx.Err() == nil {
+		return nil, interrupted(c.Target.Method.Name, context.Cause(sctx), err)
+	}
+	return res, err
+}
+
+// interrupted is the error of a call a signal stopped: its own kind, so
+// that xe shows "Interrupted" and not the kind of whatever step the
+// signal cut short, which is in the cause.
+func interrupted(method string, signal, err error) error {
+	return host.Errorf(host.KindInterrupted, method, "the call was interrupted ("+signal.Error()+")",
+		"the signal came from xapi or an admin; check what the call left (xe sr-scan, xe vdi-list) and retry", err)
 }
 
 func writeJSON(w io.Writer, v any) {

@@ -193,11 +193,15 @@ func srAttach(ctx context.Context, c *Call) (any, error) {
 // separateSecrets gives every PBD of the SR its own CHAP secret (see
 // host.XenAPI.SeparatePBDSecrets for why). The pool master does it, at
 // each attach, best effort: the plug itself already succeeded, and with
-// xapi down (static-vdis at boot) there is nothing to do.
+// xapi down (static-vdis at boot) or no XenAPI wired there is nothing to
+// do.
 func separateSecrets(ctx context.Context, c *Call, cfg map[string]string) {
 	shared := false
 	for k := range cfg {
 		shared = shared || strings.HasSuffix(k, "password_secret")
+	}
+	if c.Deps.XenAPI == nil {
+		return
 	}
 	if role, err := host.ReadRole(c.Deps.Root); !shared || err != nil || !role.Master {
 		return
@@ -205,7 +209,7 @@ func separateSecrets(ctx context.Context, c *Call, cfg map[string]string) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	sr := strings.ToLower(cfg["sr_uuid"])
-	changed, err := host.NewXenAPI(c.Deps.Root).SeparatePBDSecrets(ctx, sr)
+	changed, err := c.Deps.XenAPI.SeparatePBDSecrets(ctx, sr)
 	switch {
 	case err != nil && errors.Is(err, host.ErrUnreachable):
 		c.Log.Debug("xapi not reachable; PBD secrets left as they are", zap.String("sr", sr))

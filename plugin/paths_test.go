@@ -24,6 +24,18 @@ type fakePBD struct {
 	err     error // answered by every call while set
 	updates int
 	reads   int
+	// separated is the SRs SeparatePBDSecrets was asked about; changed
+	// what it answers.
+	separated []string
+	changed   []string
+}
+
+func (f *fakePBD) SeparatePBDSecrets(_ context.Context, srUUID string) ([]string, error) {
+	f.separated = append(f.separated, srUUID)
+	if f.err != nil {
+		return nil, f.err
+	}
+	return f.changed, nil
 }
 
 func (f *fakePBD) UpdatePBDOtherConfig(_ context.Context, _ string, set map[string]string, remove []string) error {
@@ -242,4 +254,54 @@ func TestUnreachableOnlyToDaemonsThatDecodeIt(t *testing.T) {
 	if out, err := p.srStat(ctx, down); err != nil || out.Health.State != schema.Unreachable {
 		t.Fatalf("once xapi answers: %+v, %v", out, err)
 	}
+}
+
+// SR.attach's secret separation goes through the injected XenAPI, only on
+// the master and only for a configuration with a secret, and never fails
+// the call.
+func TestSeparateSecretsUsesTheInjectedXenAPI(t *testing.T) {
+	withSecret := map[string]string{"sr_uuid": strings.ToUpper(pathsSR), "chappassword_secret": "s-uuid"}
+	for _, tc := range []struct {
+		name    string
+		role    string // pool.conf; "" for none (a stand-alone master)
+		cfg     map[string]string
+		err     error
+		changed []string
+		asked   bool
+		log     string // a message expected in the log
+	}{
+		{name: "master with a secret", role: "master", cfg: withSecret, changed: []string{"pbd-2"}, asked: true, log: "gave PBDs their own copy of a shared secret"},
+		{name: "stand-alone host", cfg: withSecret, asked: true},
+		{name: "pool member", role: "slave:10.0.0.1", cfg: withSecret},
+		{name: "no secret in the configuration", role: "master", cfg: map[string]string{"sr_uuid": pathsSR, "chappassword": "x"}},
+		{name: "xapi unreachable", role: "master", cfg: withSecret, asked: true,
+			err: host.Errorf(host.KindUnreachable, "xapi", "no answer", "", nil), log: "xapi not reachable; PBD secrets left as they are"},
+		{name: "xapi fails", role: "master", cfg: withSecret, asked: true,
+			err: &host.XenAPIError{Method: "PBD.set_device_config", Code: "HOST_STILL_BOOTING"}, log: "could not give each PBD its own secret; removing a host from the pool may break the other hosts' next plug of this SR"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := host.NewRoot(t.TempDir())
+			if tc.role != "" {
+				if err := root.WriteFileAtomic(host.PoolConf, []byte(tc.role), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f := &fakePBD{err: tc.err, changed: tc.changed}
+			core, logs := observer.New(zap.DebugLevel)
+			c := &Call{Deps: &Deps{Root: root, XenAPI: f}, Log: zap.New(core)}
+			separateSecrets(context.Background(), c, tc.cfg)
+			if asked := len(f.separated) > 0; asked != tc.asked {
+				t.Fatalf("SeparatePBDSecrets asked: %v, want %v", asked, tc.asked)
+			}
+			if tc.asked && (len(f.separated) != 1 || f.separated[0] != pathsSR) {
+				t.Fatalf("SeparatePBDSecrets asked about %v, want the lower-case SR uuid %s once", f.separated, pathsSR)
+			}
+			if tc.log != "" && logs.FilterMessage(tc.log).Len() != 1 {
+				t.Fatalf("log lacks %q: %v", tc.log, logs.All())
+			}
+		})
+	}
+	// Without a XenAPI there is nothing to ask, and nothing breaks.
+	c := &Call{Deps: &Deps{Root: host.NewRoot(t.TempDir())}, Log: zap.NewNop()}
+	separateSecrets(context.Background(), c, withSecret)
 }

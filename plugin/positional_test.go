@@ -155,17 +155,19 @@ func TestPositionalFormIsOnlyForStaticVDIs(t *testing.T) {
 // kept for boot (host.BootSecrets.Keep) only for static-vdis' calls.
 func TestOnlyPositionalCallsKeepBootSecrets(t *testing.T) {
 	for argv, want := range map[string]bool{"static-vdis": true, "--json": false} {
-		d := testDeps(t)
-		var out bytes.Buffer
-		if rc := Serve(context.Background(), []string{isDir + "Plugin.Query", argv}, strings.NewReader(`{"dbg":"d"}`), &out, &bytes.Buffer{}, d); rc != 0 {
-			t.Fatalf("%s: rc %d %s", argv, rc, out.String())
-		}
-		svc, err := d.Services(TypeISCSI)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if d.StaticVDIs != want || svc.(*srServices).keep != want {
-			t.Errorf("%s: StaticVDIs %t, services keep %t; want %t", argv, d.StaticVDIs, svc.(*srServices).keep, want)
-		}
+		t.Run(argv, func(t *testing.T) {
+			d := testDeps(t)
+			var out bytes.Buffer
+			if rc := Serve(context.Background(), []string{isDir + "Plugin.Query", argv}, strings.NewReader(`{"dbg":"d"}`), &out, &bytes.Buffer{}, d); rc != 0 {
+				t.Fatalf("%s: rc %d %s", argv, rc, out.String())
+			}
+			svc, err := d.Services(TypeISCSI)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.StaticVDIs != want || svc.(*srServices).keep != want {
+				t.Errorf("%s: StaticVDIs %t, services keep %t; want %t", argv, d.StaticVDIs, svc.(*srServices).keep, want)
+			}
+		})
 	}
 }

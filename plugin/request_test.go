@@ -102,9 +102,11 @@ func TestDecodeArgsDict(t *testing.T) {
 		t.Fatal(diff)
 	}
 	for _, bad := range []string{`{"dbg":"d","configuration":{"port":3260}}`, `{"dbg":"d","configuration":[]}`, `{"dbg":"d","configuration":null}`} {
-		if _, err := DecodeArgs("SR.attach", []byte(bad), spec); err == nil {
-			t.Errorf("accepted %s", bad)
-		}
+		t.Run(bad, func(t *testing.T) {
+			if _, err := DecodeArgs("SR.attach", []byte(bad), spec); err == nil {
+				t.Errorf("accepted %s", bad)
+			}
+		})
 	}
 }
 

@@ -85,9 +85,11 @@ func TestSRStatEncoding(t *testing.T) {
 		t.Fatalf("Unavailable must be rejected at $.health[0], got %v", err)
 	}
 	for _, bad := range []string{`"Healthy"`, `["Healthy"]`, `["Sick",""]`, `["Healthy",1]`} {
-		if err := json.Unmarshal([]byte(bad), &h); err == nil {
-			t.Errorf("Health decoded %s", bad)
-		}
+		t.Run(bad, func(t *testing.T) {
+			if err := json.Unmarshal([]byte(bad), &h); err == nil {
+				t.Errorf("Health decoded %s", bad)
+			}
+		})
 	}
 }
 
@@ -112,11 +114,13 @@ func TestProbeResultEncodingAndCheck(t *testing.T) {
 		{"sr without sr_uuid incomplete", ProbeResult{SR: stat}, false},
 		{"sr with sr_uuid incomplete", ProbeResult{Configuration: map[string]string{"sr_uuid": "u"}, SR: stat}, false},
 	} {
-		checkErr := c.p.Check()
-		schemaErr := Ours().ValidateValue("probe_result", c.p)
-		if (checkErr == nil) != c.ok || (schemaErr == nil) != c.ok {
-			t.Errorf("%s: Check() = %v, schema = %v, want ok=%v", c.name, checkErr, schemaErr, c.ok)
-		}
+		t.Run(c.name, func(t *testing.T) {
+			checkErr := c.p.Check()
+			schemaErr := Ours().ValidateValue("probe_result", c.p)
+			if (checkErr == nil) != c.ok || (schemaErr == nil) != c.ok {
+				t.Errorf("%s: Check() = %v, schema = %v, want ok=%v", c.name, checkErr, schemaErr, c.ok)
+			}
+		})
 	}
 	mustValidateValue(t, "res:SR.probe", []ProbeResult{{}, {Configuration: map[string]string{"sr_uuid": "u"}, Complete: true, SR: stat}})
 }
@@ -174,9 +178,11 @@ func TestBackendEncoding(t *testing.T) {
 	}
 	var impl Implementation
 	for _, bad := range []string{`["BlockDevice","/dev/x"]`, `["Tapdisk",{}]`, `["File"]`, `{"File":{"path":"/x"}}`, `["Nbd",{"path":"/x"}]`} {
-		if err := json.Unmarshal([]byte(bad), &impl); err == nil {
-			t.Errorf("Implementation decoded %s", bad)
-		}
+		t.Run(bad, func(t *testing.T) {
+			if err := json.Unmarshal([]byte(bad), &impl); err == nil {
+				t.Errorf("Implementation decoded %s", bad)
+			}
+		})
 	}
 }
 

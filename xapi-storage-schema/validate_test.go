@@ -200,17 +200,19 @@ func TestRefAndNestedPaths(t *testing.T) {
 		{"tight", `1`, "$", "expected string"},
 	}
 	for _, c := range cases {
-		err := s.Validate(c.def, []byte(c.doc))
-		if c.path == "" {
-			if err != nil {
-				t.Errorf("%s %s: %v", c.def, c.doc, err)
+		t.Run(c.def+" "+c.doc, func(t *testing.T) {
+			err := s.Validate(c.def, []byte(c.doc))
+			if c.path == "" {
+				if err != nil {
+					t.Errorf("%s %s: %v", c.def, c.doc, err)
+				}
+				return
 			}
-			continue
-		}
-		var ve *ValidationError
-		if !errors.As(err, &ve) || ve.Path != c.path || !strings.Contains(ve.Msg, c.msg) {
-			t.Errorf("%s %s: got %v, want path %s msg %q", c.def, c.doc, err, c.path, c.msg)
-		}
+			var ve *ValidationError
+			if !errors.As(err, &ve) || ve.Path != c.path || !strings.Contains(ve.Msg, c.msg) {
+				t.Errorf("%s %s: got %v, want path %s msg %q", c.def, c.doc, err, c.path, c.msg)
+			}
+		})
 	}
 }
 
@@ -230,11 +232,13 @@ func TestBadDocuments(t *testing.T) {
 		{`01`, "invalid JSON"},
 		{`NaN`, "invalid JSON"},
 	} {
-		err := s.Validate("t", []byte(c.doc))
-		var ve *ValidationError
-		if !errors.As(err, &ve) || ve.Path != "$" || !strings.Contains(ve.Msg, c.msg) {
-			t.Errorf("%q: got %v, want a ValidationError at $ containing %q", c.doc, err, c.msg)
-		}
+		t.Run(c.doc, func(t *testing.T) {
+			err := s.Validate("t", []byte(c.doc))
+			var ve *ValidationError
+			if !errors.As(err, &ve) || ve.Path != "$" || !strings.Contains(ve.Msg, c.msg) {
+				t.Errorf("%q: got %v, want a ValidationError at $ containing %q", c.doc, err, c.msg)
+			}
+		})
 	}
 	// Whitespace around the value is legal JSON (the daemon adds none, but
 	// a trailing newline from a plugin is fine, spec §3.2).
@@ -278,11 +282,13 @@ func TestLoadRejects(t *testing.T) {
 		{`{"$defs":{"a":{"oneOf":[{"type":"string"},{"$ref":"#/$defs/a"}]}}}`, `cycle`},
 		{`{"$defs":{},"$defs":{}}`, `duplicate member`},
 	} {
-		_, err := Load([]byte(c.doc))
-		var se *SchemaError
-		if !errors.As(err, &se) || !strings.Contains(err.Error(), c.msg) {
-			t.Errorf("Load(%s): got %v, want a SchemaError containing %q", c.doc, err, c.msg)
-		}
+		t.Run(c.doc, func(t *testing.T) {
+			_, err := Load([]byte(c.doc))
+			var se *SchemaError
+			if !errors.As(err, &se) || !strings.Contains(err.Error(), c.msg) {
+				t.Errorf("Load(%s): got %v, want a SchemaError containing %q", c.doc, err, c.msg)
+			}
+		})
 	}
 	// Recursion through the document is fine: it ends with the document.
 	s := mustLoad(t, `{"$defs":{"tree":{"type":"array","items":{"$ref":"#/$defs/tree"}}}}`)
@@ -329,13 +335,17 @@ func TestDecimalCompare(t *testing.T) {
 		{"9223372036854775807", "9223372036854775808", -1}, {"12", "123", -1}, {"13", "123", -1},
 		{"0.13", "0.123", 1}, {"1E+3", "999", 1}, {"00", "0", 0},
 	} {
-		if got := parseDecimal(c.a).cmp(parseDecimal(c.b)); got != c.want {
-			t.Errorf("cmp(%s, %s) = %d, want %d", c.a, c.b, got, c.want)
-		}
+		t.Run(c.a+" vs "+c.b, func(t *testing.T) {
+			if got := parseDecimal(c.a).cmp(parseDecimal(c.b)); got != c.want {
+				t.Errorf("cmp(%s, %s) = %d, want %d", c.a, c.b, got, c.want)
+			}
+		})
 	}
 	for in, want := range map[string]string{"-9223372036854775808": "-9223372036854775808", "1.5": "1.5", "0.05": "0.05", "-0": "0", "1e100": "0.1e101", "2.5e-50": "0.25e-49"} {
-		if got := parseDecimal(in).String(); got != want {
-			t.Errorf("String(%s) = %s, want %s", in, got, want)
-		}
+		t.Run(in, func(t *testing.T) {
+			if got := parseDecimal(in).String(); got != want {
+				t.Errorf("String(%s) = %s, want %s", in, got, want)
+			}
+		})
 	}
 }
