@@ -3,6 +3,7 @@ package blockdev
 import (
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 
@@ -139,5 +140,34 @@ func TestCreateReadOnly(t *testing.T) {
 	}
 	if want := "dmsetup create m --readonly --table 0 8 snapshot b c P 16"; r.calls[0] != want {
 		t.Errorf("got %q, want %q", r.calls[0], want)
+	}
+}
+
+// TestParseSnapStatusLab reads the status lines the 6.1 kernel gave in the
+// lab's TestDMSnapshotPrimitives: an overlay in use, then a merge done.
+func TestParseSnapStatusLab(t *testing.T) {
+	b, err := os.ReadFile("testdata/dmsetup-status-snapshot-linux-6.1.0-50.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	want := []struct {
+		st     SnapStatus
+		merged bool
+	}{
+		{SnapStatus{Allocated: 65696, Total: 163840, Metadata: 160}, false},
+		{SnapStatus{Allocated: 32, Total: 163840, Metadata: 32}, true},
+	}
+	if len(lines) != len(want) {
+		t.Fatalf("%d lines", len(lines))
+	}
+	for i, line := range lines {
+		got, err := ParseSnapStatus(line)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want[i].st || got.Merged() != want[i].merged {
+			t.Errorf("%q: got %+v merged=%v", line, got, got.Merged())
+		}
 	}
 }
