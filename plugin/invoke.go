@@ -4,15 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/sanvol/sanvol/host"
 	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
@@ -67,30 +66,15 @@ func FindMethod(dir, method string) (string, error) {
 	return "", fmt.Errorf("SCRIPT_MISSING: no %s in %s", method, dir)
 }
 
-// Run invokes a method file exactly as xapi-storage-script does: argv[0]
-// is the file's path, the only argument is --json, the arguments object is
-// written to stdin which is then closed, and stdout and stderr are read to
-// EOF before the exit status is looked at.
+// Run invokes a method file exactly as xapi-storage-script does (see
+// host.RunMethod) and names a killing signal as the daemon does.
 func Run(ctx context.Context, script string, stdin []byte) (Outcome, error) {
-	cmd := exec.CommandContext(ctx, script, "--json")
-	cmd.Stdin = bytes.NewReader(stdin)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	start := time.Now()
-	err := cmd.Run()
-	out := Outcome{Script: script, Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), Elapsed: time.Since(start)}
-	if cmd.ProcessState != nil {
-		out.ExitCode = cmd.ProcessState.ExitCode()
-		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			out.Signal = signalName(ws.Signal())
-		}
+	r, err := host.RunMethod(ctx, script, stdin)
+	out := Outcome{Script: script, ExitCode: r.ExitCode, Stdout: r.Stdout, Stderr: r.Stderr, Elapsed: r.Elapsed}
+	if r.Signal != 0 {
+		out.Signal = signalName(r.Signal)
 	}
-	var ee *exec.ExitError
-	if err != nil && !errors.As(err, &ee) {
-		return out, err
-	}
-	return out, nil
+	return out, err
 }
 
 // signalName spells a signal as Core's Signal.to_string does ("sigkill"),

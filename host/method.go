@@ -1,0 +1,50 @@
+package host
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os/exec"
+	"syscall"
+	"time"
+)
+
+// MethodRun is what one fork of a plugin method file produced.
+type MethodRun struct {
+	ExitCode int
+	Stdout   []byte
+	Stderr   []byte
+	Elapsed  time.Duration
+	// Signal is the signal that killed the process, or 0 if it exited.
+	Signal syscall.Signal
+}
+
+// RunMethod forks a plugin method file the way xapi-storage-script does
+// (xen-api ocaml/xapi-storage-script/main.ml, fork_exec_rpc): argv[0] is
+// the file's path, the only argument is --json, the arguments object is
+// written to stdin, which is then closed, and stdout and stderr are read to
+// EOF before the exit status is looked at. It is the one process start
+// besides Runner's, for `sanvol call`, the simulator and the conformance
+// suite; unlike Runner it feeds stdin, because that is the contract. The
+// process runs in its own group and ctx's end kills it.
+func RunMethod(ctx context.Context, script string, stdin []byte) (MethodRun, error) {
+	cmd := exec.CommandContext(ctx, script, "--json")
+	cmd.Stdin = bytes.NewReader(stdin)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	start := time.Now()
+	err := cmd.Run()
+	out := MethodRun{Stdout: stdout.Bytes(), Stderr: stderr.Bytes(), Elapsed: time.Since(start)}
+	if cmd.ProcessState != nil {
+		out.ExitCode = cmd.ProcessState.ExitCode()
+		if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			out.Signal = ws.Signal()
+		}
+	}
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		return out, err
+	}
+	return out, nil
+}
