@@ -28,7 +28,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sanvol/sanvol/host"
-	"github.com/sanvol/sanvol/volume"
+	"github.com/sanvol/sanvol/transport"
 )
 
 // Type is the SR type: `xe sr-create type=iscsi-ng`.
@@ -87,7 +87,7 @@ type Deps struct {
 	Lookup func(ctx context.Context, name string) ([]string, error)
 }
 
-// Transport implements volume.Transport for iSCSI with dm-multipath.
+// Transport implements transport.Transport for iSCSI with dm-multipath.
 type Transport struct {
 	run     host.Runner
 	root    host.Root
@@ -99,7 +99,7 @@ type Transport struct {
 	lookup  func(ctx context.Context, name string) ([]string, error)
 }
 
-var _ volume.Transport = (*Transport)(nil)
+var _ transport.Transport = (*Transport)(nil)
 
 // New returns the iscsi-ng transport.
 func New(d Deps) *Transport {
@@ -160,44 +160,44 @@ func (t *Transport) DeviceID(cfg map[string]string) (string, error) {
 
 // Attach logs in to every path, finds the LUN's disks by WWID, makes sure
 // its multipath map exists with this SR's settings, and returns the map.
-func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (volume.Device, error) {
+func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (transport.Device, error) {
 	const op = "iscsi-ng attach"
 	start := time.Now()
 	c, err := t.parseConfig(ctx, op, cfg, parseNeeds{iqn: true, wwid: true, secrets: true})
 	if err != nil {
-		return volume.Device{}, err
+		return transport.Device{}, err
 	}
 	initiator, err := t.initiatorName(op)
 	if err != nil {
-		return volume.Device{}, err
+		return transport.Device{}, err
 	}
 	if err := t.ensureIscsid(ctx, op); err != nil {
-		return volume.Device{}, err
+		return transport.Device{}, err
 	}
 	t.warnSMShared(c)
 	if err := t.ensureIfaces(ctx, op, c); err != nil {
-		return volume.Device{}, err
+		return transport.Device{}, err
 	}
 	paths, discErrs := t.plan(ctx, op, c)
 	if len(realPaths(paths)) == 0 {
-		return volume.Device{}, firstError(discErrs)
+		return transport.Device{}, firstError(discErrs)
 	}
 	unlock, err := t.lockTargets(ctx, op, paths)
 	if err != nil {
-		return volume.Device{}, err
+		return transport.Device{}, err
 	}
 	defer unlock()
 
 	before, err := t.sys.sessions()
 	if err != nil {
-		return volume.Device{}, host.Errorf(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", sysfsFix, err)
+		return transport.Device{}, host.Errorf(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", sysfsFix, err)
 	}
 	results := t.connect(ctx, op, c, paths, before)
 	failures := loginFailures(results)
 	if len(failures) == len(results) {
 		err := t.loginFailure(ctx, op, c, initiator, failures)
 		t.rollback(ctx, before, paths)
-		return volume.Device{}, err
+		return transport.Device{}, err
 	}
 	for _, f := range failures {
 		t.log.Warn("path did not log in; attaching with the others", zap.String("path", f.path.String()), zap.String("reason", f.msg), zap.Error(f.err))
@@ -209,17 +209,17 @@ func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (volume.D
 	sessions, disks, err := t.waitDisks(ctx, op, c, paths)
 	if err != nil {
 		t.rollback(ctx, before, paths)
-		return volume.Device{}, err
+		return transport.Device{}, err
 	}
 	m, err := t.ensureMap(ctx, op, c, disks)
 	if err != nil {
 		t.rollback(ctx, before, paths)
-		return volume.Device{}, err
+		return transport.Device{}, err
 	}
 	dev, err := t.devicePath(ctx, op, c, m)
 	if err != nil {
 		t.rollback(ctx, before, paths)
-		return volume.Device{}, err
+		return transport.Device{}, err
 	}
 	h := t.health(ctx, c, paths, sessions, m)
 	t.warnRecoveryTimeout(c, ourSessions(sessions, paths))
@@ -228,7 +228,7 @@ func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (volume.D
 	}
 	t.log.Info("attached", zap.String("wwid", c.wwid), zap.String("device", dev), zap.Int("live", h.Live), zap.Int("total", h.Total),
 		zap.String("path_loss_policy", policyString(c.queueSeconds)), zap.Duration("elapsed", time.Since(start)))
-	return volume.Device{Path: dev, Health: h}, nil
+	return transport.Device{Path: dev, Health: h}, nil
 }
 
 // Detach flushes the LUN's map, deletes its disks and logs out the
@@ -335,19 +335,19 @@ func (t *Transport) Detach(ctx context.Context, cfg map[string]string, others []
 
 // Health reports the state of every path of the SR, e.g.
 // "1 of 2 paths down: 127.0.0.2:3260 (sdc failed)".
-func (t *Transport) Health(ctx context.Context, cfg map[string]string) (volume.Health, error) {
+func (t *Transport) Health(ctx context.Context, cfg map[string]string) (transport.Health, error) {
 	const op = "iscsi-ng stat"
 	c, err := t.parseConfig(ctx, op, cfg, parseNeeds{iqn: true, wwid: true})
 	if err != nil {
-		return volume.Health{}, err
+		return transport.Health{}, err
 	}
 	v, err := t.view(op, c)
 	if err != nil {
-		return volume.Health{}, err
+		return transport.Health{}, err
 	}
 	paths, sessions, ours, m := v.paths, v.sessions, v.ours, v.m
 	if m == nil && len(ours) == 0 {
-		return volume.Health{}, host.Errorf(host.KindNotAttached, op, fmt.Sprintf("LUN %s has no session and no multipath map on this host", c.wwid), "plug the SR on this host (xe pbd-plug)", nil)
+		return transport.Health{}, host.Errorf(host.KindNotAttached, op, fmt.Sprintf("LUN %s has no session and no multipath map on this host", c.wwid), "plug the SR on this host (xe pbd-plug)", nil)
 	}
 	return t.health(ctx, c, paths, sessions, m), nil
 }
@@ -382,7 +382,7 @@ func (t *Transport) view(op string, c *config) (lunView, error) {
 
 // health judges every planned path: live when its session is logged in,
 // its disk runs and the kernel's multipath target uses it.
-func (t *Transport) health(ctx context.Context, c *config, paths []path, sessions []session, m *dmMap) volume.Health {
+func (t *Transport) health(ctx context.Context, c *config, paths []path, sessions []session, m *dmMap) transport.Health {
 	var states map[string]dmPathState
 	if m != nil {
 		var err error
@@ -390,7 +390,7 @@ func (t *Transport) health(ctx context.Context, c *config, paths []path, session
 			t.log.Debug("no dm path states; judging paths from sysfs alone", zap.Error(err))
 		}
 	}
-	h := volume.Health{ID: c.wwid}
+	h := transport.Health{ID: c.wwid}
 	var down []string
 	for _, p := range paths {
 		h.Total++
@@ -471,7 +471,7 @@ func (t *Transport) warnRecoveryTimeout(c *config, sessions []session) {
 // Probe discovers what a partial device-config reaches: without targetIQN
 // the target IQNs of the portals, with it the LUNs, each inspected for an
 // existing sanvol SR. What the probe logs in, it logs out again.
-func (t *Transport) Probe(ctx context.Context, cfg map[string]string, inspect volume.Inspector) ([]volume.Candidate, error) {
+func (t *Transport) Probe(ctx context.Context, cfg map[string]string, inspect transport.Inspector) ([]transport.Candidate, error) {
 	const op = "iscsi-ng probe"
 	c, err := t.parseConfig(ctx, op, cfg, parseNeeds{secrets: true})
 	if err != nil {
@@ -490,22 +490,18 @@ func (t *Transport) Probe(ctx context.Context, cfg map[string]string, inspect vo
 	if err != nil {
 		return nil, err
 	}
-	var out []volume.Candidate
+	var out []transport.Candidate
 	for _, l := range luns {
 		conf := copyConfig(cfg)
 		conf[keySCSIid] = l.wwid
-		cand := volume.Candidate{Configuration: conf, Complete: true, SR: l.sr, Extra: l.extra(c)}
-		if l.sr != nil {
-			// xapi refuses a result with an SR but no sr_uuid.
-			conf["sr_uuid"] = l.sr.UUID
-		}
+		cand := transport.Candidate{Configuration: conf, Complete: true, SR: l.sr, Extra: l.extra(c)}
 		out = append(out, cand)
 	}
 	return out, nil
 }
 
 // probeTargets lists the IQNs the portals offer.
-func (t *Transport) probeTargets(ctx context.Context, op string, c *config, cfg map[string]string) ([]volume.Candidate, error) {
+func (t *Transport) probeTargets(ctx context.Context, op string, c *config, cfg map[string]string) ([]transport.Candidate, error) {
 	byIQN := map[string][]record{}
 	var errs []error
 	for i, p := range c.portals {
@@ -532,7 +528,7 @@ func (t *Transport) probeTargets(ctx context.Context, op string, c *config, cfg 
 		iqns = append(iqns, iqn)
 	}
 	sort.Strings(iqns)
-	var out []volume.Candidate
+	var out []transport.Candidate
 	for _, iqn := range iqns {
 		conf := copyConfig(cfg)
 		conf[keyTargetIQN] = iqn
@@ -541,14 +537,14 @@ func (t *Transport) probeTargets(ctx context.Context, op string, c *config, cfg 
 			portals = appendOnce(portals, r.portal.String())
 			tpgts = appendOnce(tpgts, strconv.Itoa(r.tpgt))
 		}
-		out = append(out, volume.Candidate{Configuration: conf, Extra: map[string]string{
+		out = append(out, transport.Candidate{Configuration: conf, Extra: map[string]string{
 			"targetIQN": iqn, "portals": strings.Join(portals, ","), "tpgt": strings.Join(tpgts, ","),
 		}})
 	}
 	if len(iqns) > 1 {
 		conf := copyConfig(cfg)
 		conf[keyTargetIQN] = wildcardIQN
-		out = append(out, volume.Candidate{Configuration: conf, Extra: map[string]string{
+		out = append(out, transport.Candidate{Configuration: conf, Extra: map[string]string{
 			"targetIQN": wildcardIQN,
 			"note":      "log in to every IQN each portal offers at its own address: for arrays that expose one IQN per portal",
 		}})
@@ -565,7 +561,7 @@ type lun struct {
 	size    int64
 	iqns    []string
 	portals []string
-	sr      *volume.FoundSR
+	sr      *transport.FoundSR
 	inspect string // why inspection failed, if it did
 }
 
@@ -591,7 +587,7 @@ func describeLUNs(luns []lun) string {
 
 // listLUNs logs in to the target, lists its LUNs (only c.wwid when given),
 // inspects each when inspect is set, and logs out what it logged in.
-func (t *Transport) listLUNs(ctx context.Context, op string, c *config, inspect volume.Inspector) ([]lun, error) {
+func (t *Transport) listLUNs(ctx context.Context, op string, c *config, inspect transport.Inspector) ([]lun, error) {
 	initiator, err := t.initiatorName(op)
 	if err != nil {
 		return nil, err

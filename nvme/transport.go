@@ -21,7 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sanvol/sanvol/host"
-	"github.com/sanvol/sanvol/volume"
+	"github.com/sanvol/sanvol/transport"
 )
 
 // SRType is the SR type admins give to `xe sr-create type=`.
@@ -40,7 +40,7 @@ type Deps struct {
 	Timeouts Timeouts // zero fields take DefaultTimeouts
 }
 
-// Transport implements volume.Transport for NVMe/TCP.
+// Transport implements transport.Transport for NVMe/TCP.
 type Transport struct {
 	run     host.Runner
 	root    host.Root
@@ -52,7 +52,7 @@ type Transport struct {
 	to      Timeouts
 }
 
-var _ volume.Transport = (*Transport)(nil)
+var _ transport.Transport = (*Transport)(nil)
 
 // New returns the NVMe/TCP transport.
 func New(d Deps) *Transport {
@@ -730,7 +730,7 @@ func (t *Transport) ResolveDevice(ctx context.Context, cfg map[string]string, re
 }
 
 // ---------------------------------------------------------------------
-// volume.Transport
+// transport.Transport
 
 // Prepare connects, finds the namespace and returns its stable identity
 // as device-config:namespace. It leaves the host as it found it.
@@ -776,16 +776,16 @@ func (t *Transport) DeviceID(cfg map[string]string) (string, error) {
 
 // Attach connects every portal, finds the namespace, sets the iopolicy
 // and returns the device.
-func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (volume.Device, error) {
+func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (transport.Device, error) {
 	const op = "SR.attach: nvmetcp"
 	c, err := parseConfig(ctx, cfg, parseOpts{needNQN: true, secrets: t.secrets})
 	if err != nil {
-		return volume.Device{}, err
+		return transport.Device{}, err
 	}
 	start := time.Now()
 	s, err := t.connectAll(ctx, c, op)
 	if err != nil {
-		return volume.Device{}, err
+		return transport.Device{}, err
 	}
 	sub, ns, err := t.waitNamespace(ctx, c, op)
 	if err == nil {
@@ -793,24 +793,24 @@ func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (volume.D
 	}
 	if err != nil {
 		t.rollback(ctx, s)
-		return volume.Device{}, err
+		return transport.Device{}, err
 	}
 	path, err := t.devicePath(ctx, op, ns)
 	if err != nil {
 		t.rollback(ctx, s)
-		return volume.Device{}, err
+		return transport.Device{}, err
 	}
 	defer s.done()
 	ctrls, _ := t.sys.controllers()
 	h := pathHealth(s.cfg, s.id, ctrls, s.failures)
-	dev := volume.Device{Path: path, Health: h}
+	dev := transport.Device{Path: path, Health: h}
 	t.log.Info("attached", zapStr("nqn", c.NQN), zapStr("device", dev.Path), zapStr("health", h.Detail), zap.Duration("elapsed", time.Since(start)))
 	return dev, nil
 }
 
 // pathHealth counts the configured portals whose controller is live.
-func pathHealth(c Config, id Identity, ctrls []Controller, failures map[string]error) volume.Health {
-	h := volume.Health{ID: c.Namespace.StableID(), Total: len(c.Portals)}
+func pathHealth(c Config, id Identity, ctrls []Controller, failures map[string]error) transport.Health {
+	h := transport.Health{ID: c.Namespace.StableID(), Total: len(c.Portals)}
 	var bad []string
 	for _, p := range c.Portals {
 		ctrl, ok := pathFor(ctrls, c, id, p)
@@ -857,18 +857,18 @@ func reason(err error) string {
 }
 
 // Health reads every configured path's controller state from sysfs.
-func (t *Transport) Health(ctx context.Context, cfg map[string]string) (volume.Health, error) {
+func (t *Transport) Health(ctx context.Context, cfg map[string]string) (transport.Health, error) {
 	c, err := parseConfig(ctx, cfg, parseOpts{needNQN: true})
 	if err != nil {
-		return volume.Health{}, err
+		return transport.Health{}, err
 	}
 	id, err := t.identity(ctx, c, false)
 	if err != nil {
-		return volume.Health{}, err
+		return transport.Health{}, err
 	}
 	ctrls, err := t.sys.controllers()
 	if err != nil {
-		return volume.Health{}, host.Errorf(host.KindInternal, "SR.stat: nvmetcp", "cannot read "+sysClassNVMe, "", err)
+		return transport.Health{}, host.Errorf(host.KindInternal, "SR.stat: nvmetcp", "cannot read "+sysClassNVMe, "", err)
 	}
 	return pathHealth(c, id, ctrls, nil), nil
 }
@@ -960,7 +960,7 @@ type probeSubsys struct {
 
 // Probe lists the subsystems the portals offer and, for each, the
 // namespaces with their size and identity and any sanvol SR on them.
-func (t *Transport) Probe(ctx context.Context, cfg map[string]string, inspect volume.Inspector) ([]volume.Candidate, error) {
+func (t *Transport) Probe(ctx context.Context, cfg map[string]string, inspect transport.Inspector) ([]transport.Candidate, error) {
 	const op = "SR.probe: nvmetcp"
 	c, err := parseConfig(ctx, cfg, parseOpts{secrets: t.secrets})
 	if err != nil {
@@ -1033,11 +1033,11 @@ func (t *Transport) Probe(ctx context.Context, cfg map[string]string, inspect vo
 		subs = []*probeSubsys{ps}
 	}
 	listNamespaces := len(subs) <= maxProbeSubsystems
-	var out []volume.Candidate
+	var out []transport.Candidate
 	for _, ps := range subs {
 		base := probeConfig(cfg, ps)
 		if !listNamespaces {
-			out = append(out, volume.Candidate{Configuration: base, Extra: map[string]string{
+			out = append(out, transport.Candidate{Configuration: base, Extra: map[string]string{
 				"nqn": ps.nqn, "portals": portalList(ps.portals),
 				"namespaces": fmt.Sprintf("not listed: %d subsystems found; probe again with device-config:nqn", len(subs)),
 			}})
@@ -1091,7 +1091,7 @@ func probeConfig(cfg map[string]string, ps *probeSubsys) map[string]string {
 
 // probeSubsystem connects one path of the subsystem (unless one exists),
 // lists its namespaces, inspects each, and disconnects what it made.
-func (t *Transport) probeSubsystem(ctx context.Context, c Config, ps *probeSubsys, base map[string]string, inspect volume.Inspector) []volume.Candidate {
+func (t *Transport) probeSubsystem(ctx context.Context, c Config, ps *probeSubsys, base map[string]string, inspect transport.Inspector) []transport.Candidate {
 	op := "SR.probe: nvmetcp: " + ps.nqn
 	sc := c
 	sc.NQN = ps.nqn
@@ -1113,7 +1113,7 @@ func (t *Transport) probeSubsystem(ctx context.Context, c Config, ps *probeSubsy
 	if err != nil {
 		e := extra()
 		e["error"] = err.Error()
-		return []volume.Candidate{{Configuration: base, Extra: e}}
+		return []transport.Candidate{{Configuration: base, Extra: e}}
 	}
 	defer func() {
 		held := false
@@ -1135,13 +1135,13 @@ func (t *Transport) probeSubsystem(ctx context.Context, c Config, ps *probeSubsy
 	if len(heads) == 0 {
 		e := extra()
 		e["namespaces"] = "0"
-		return []volume.Candidate{{Configuration: base, Extra: e}}
+		return []transport.Candidate{{Configuration: base, Extra: e}}
 	}
 	model := ""
 	if sub, found, _ := t.sys.subsystemByNQN(ps.nqn); found {
 		model = t.sys.attr(sysClassSubsys + "/" + sub.Name + "/model")
 	}
-	var out []volume.Candidate
+	var out []transport.Candidate
 	for _, ns := range heads {
 		e := extra()
 		e["nsid"] = strconv.FormatUint(uint64(ns.NSID), 10)
@@ -1159,7 +1159,7 @@ func (t *Transport) probeSubsystem(ctx context.Context, c Config, ps *probeSubsy
 		if model != "" {
 			e["model"] = model
 		}
-		cand := volume.Candidate{Configuration: map[string]string{}, Extra: e}
+		cand := transport.Candidate{Configuration: map[string]string{}, Extra: e}
 		for k, v := range base {
 			cand.Configuration[k] = v
 		}
@@ -1183,9 +1183,6 @@ func (t *Transport) probeSubsystem(ctx context.Context, c Config, ps *probeSubsy
 				e["inspect-error"] = err.Error()
 			case found != nil:
 				cand.SR = found
-				// xapi requires complete=true with sr_uuid (spec §5.4).
-				cand.Configuration["sr_uuid"] = found.UUID
-				cand.Complete = true
 			}
 		}
 		out = append(out, cand)

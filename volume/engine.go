@@ -1,3 +1,6 @@
+// Package volume implements the SR.* and Volume.* semantics: an SR is an
+// LVM volume group on one shared LUN or namespace, and every volume is a
+// logical volume in it, with its metadata in LVM tags.
 package volume
 
 import (
@@ -11,6 +14,7 @@ import (
 	"github.com/sanvol/sanvol/blockdev"
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/transport"
 )
 
 // FaultHook is called after every step of the operations that change
@@ -61,7 +65,7 @@ func FaultSteps() []string {
 // Options are the engine's dependencies.
 type Options struct {
 	LVM       *lvm.Client
-	Transport Transport
+	Transport transport.Transport
 	// Runner runs the non-LVM tools: blkid, wipefs.
 	Runner host.Runner
 	// Zeroer zeroes new extents; nil means blockdev's BLKZEROOUT on the
@@ -90,7 +94,7 @@ type Options struct {
 // Engine implements SR.* and Volume.* for one SR type (one Transport).
 type Engine struct {
 	lvm      *lvm.Client
-	t        Transport
+	t        transport.Transport
 	run      host.Runner
 	locker   host.Locker
 	root     host.Root

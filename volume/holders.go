@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/transport"
 )
 
 // Safety rule: a device (WWID, NQN and namespace) that an attach record of
@@ -104,7 +105,7 @@ func (e *Engine) release(ctx context.Context, uuid string, cfg map[string]string
 // reconnect) and records the path it returns if it changed, so that
 // records of older versions are migrated once.
 func (e *Engine) resolved(a Attached) (Attached, error) {
-	r, ok := e.t.(DeviceResolver)
+	r, ok := e.t.(transport.DeviceResolver)
 	if !ok {
 		return a, nil
 	}

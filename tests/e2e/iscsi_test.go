@@ -19,7 +19,7 @@ import (
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/iscsi"
 	"github.com/sanvol/sanvol/tests/labtarget"
-	"github.com/sanvol/sanvol/volume"
+	"github.com/sanvol/sanvol/transport"
 )
 
 // These scenarios drive the iscsi-ng transport directly against the
@@ -134,7 +134,7 @@ func assertClean(t *testing.T, tg *labtarget.ISCSITarget) {
 	}
 }
 
-func attachISCSI(t *testing.T, tr *iscsi.Transport, cfg map[string]string) volume.Device {
+func attachISCSI(t *testing.T, tr *iscsi.Transport, cfg map[string]string) transport.Device {
 	t.Helper()
 	dev, err := tr.Attach(context.Background(), cfg)
 	if err != nil {
@@ -249,14 +249,14 @@ func TestISCSIFailover(t *testing.T) {
 	dev := attachISCSI(t, tr, cfg)
 	defer detachISCSI(t, tr, cfg)
 
-	health := func() volume.Health {
+	health := func() transport.Health {
 		h, err := tr.Health(ctx, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return h
 	}
-	var degraded volume.Health
+	var degraded transport.Health
 	var tmo string
 	cutWithIO(t, dev.Path,
 		func() error { return tg.DisablePortal(labtarget.Addr2) },
@@ -552,7 +552,7 @@ func TestISCSIProbe(t *testing.T) {
 		t.Errorf("probe did not list %s", tg.IQN)
 	}
 	var inspected []string
-	inspect := func(_ context.Context, dev string) (*volume.FoundSR, error) {
+	inspect := func(_ context.Context, dev string) (*transport.FoundSR, error) {
 		if !fileExists(dev) {
 			t.Errorf("inspector given %s, which does not exist", dev)
 		}
