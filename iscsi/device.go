@@ -14,7 +14,7 @@ import (
 // one shows the LUN, or the deadline passes with at least one that does.
 func (t *Transport) waitDisks(ctx context.Context, op string, c *config, paths []path) ([]session, []disk, error) {
 	start := time.Now()
-	deadline := start.Add(t.timing.DeviceWait)
+	deadline := start.Add(t.to.DeviceWait)
 	scans := map[int]int{}
 	for {
 		sessions, err := t.sys.sessions()
@@ -39,7 +39,7 @@ func (t *Transport) waitDisks(ctx context.Context, op string, c *config, paths [
 			waiting++
 			// One scan at once, one more halfway: sd may still be
 			// attaching what the first one found.
-			if scans[s.sid] == 0 || scans[s.sid] == 1 && time.Since(start) > t.timing.DeviceWait/2 {
+			if scans[s.sid] == 0 || scans[s.sid] == 1 && time.Since(start) > t.to.DeviceWait/2 {
 				scans[s.sid]++
 				t.scanHost(ctx, s.host)
 			}
@@ -47,13 +47,13 @@ func (t *Transport) waitDisks(ctx context.Context, op string, c *config, paths [
 		if waiting == 0 && len(disks) > 0 {
 			return sessions, disks, nil
 		}
-		if time.Now().After(deadline) || sleep(ctx, t.timing.Poll) != nil {
+		if time.Now().After(deadline) || sleep(ctx, t.to.Poll) != nil {
 			if len(disks) > 0 {
 				t.log.Warn("the LUN did not appear on every session in time", zap.Int("sessions_without_it", waiting))
 				return sessions, disks, nil
 			}
 			return nil, nil, host.Errorf(host.KindNotFound, op, fmt.Sprintf("LUN %s did not appear within %s on target %s; the sessions show: %s",
-				c.wwid, t.timing.DeviceWait, c.iqn, orNone(describeLUNs(dedupeLUNs(others)))),
+				c.wwid, t.to.DeviceWait, c.iqn, orNone(describeLUNs(dedupeLUNs(others)))),
 				"check device-config:SCSIid (xe sr-probe-ext lists the LUNs) and the LUN mapping for this host's initiator on the array", nil)
 		}
 	}
@@ -62,7 +62,7 @@ func (t *Transport) waitDisks(ctx context.Context, op string, c *config, paths [
 // scanHost asks a session's SCSI host for its LUNs, bounded: a scan on a
 // session that fails under it can block in the kernel.
 func (t *Transport) scanHost(ctx context.Context, hostNo int) {
-	if err := within(ctx, t.timing.Command, func() error { return t.sys.scanHost(hostNo) }); err != nil {
+	if err := within(ctx, t.to.Command, func() error { return t.sys.scanHost(hostNo) }); err != nil {
 		t.log.Warn("SCSI host scan failed", zap.Int("host", hostNo), zap.Error(err))
 	}
 }
@@ -76,9 +76,9 @@ func (t *Transport) devicePath(ctx context.Context, op string, c *config, m *dmM
 		dev = "/dev/disk/by-id/dm-uuid-mpath-" + m.wwid
 		t.log.Warn("the map kept a host-specific name; using its by-id link", zap.String("map", m.name))
 	}
-	deadline := time.Now().Add(t.timing.MapWait)
+	deadline := time.Now().Add(t.to.MapWait)
 	for !t.root.Exists(dev) {
-		if time.Now().After(deadline) || sleep(ctx, t.timing.Poll) != nil {
+		if time.Now().After(deadline) || sleep(ctx, t.to.Poll) != nil {
 			return "", host.Errorf(host.KindTimeout, op, "multipath map "+m.name+" has no device node "+dev,
 				"check that udev runs (udevadm settle; ls -l /dev/mapper /dev/disk/by-id)", nil)
 		}

@@ -920,22 +920,22 @@ type fakeSecrets map[string]string
 func (s fakeSecrets) Secret(_ context.Context, uuid string) (string, error) {
 	v, ok := s[uuid]
 	if !ok {
-		return "", fmt.Errorf("no secret %s", uuid)
+		return "", host.Errorf(host.KindNotFound, "resolve secret "+uuid, "no such secret", "", nil)
 	}
 	return v, nil
 }
 
-func fastTimings() Timings {
-	return Timings{
+func fastTimeouts() Timeouts {
+	return Timeouts{
 		Command: 2 * time.Second, Discovery: 2 * time.Second, LoginTimeout: 1, LoginRetries: 0,
 		DeviceWait: 2 * time.Second, MapWait: 2 * time.Second, Flush: 2 * time.Second,
-		LockWait: 5 * time.Second, Poll: 5 * time.Millisecond,
+		Lock: 5 * time.Second, Poll: 5 * time.Millisecond,
 	}
 }
 
 func (f *fakeHost) transport(secrets fakeSecrets) *Transport {
 	return New(Deps{
-		Runner: f, Root: f.root, Locker: host.FileLocker{Root: f.root}, Secrets: secrets, Timings: fastTimings(),
+		Runner: f, Root: f.root, Locker: host.FileLocker{Root: f.root}, Secrets: secrets, Timeouts: fastTimeouts(),
 		Lookup: func(_ context.Context, name string) ([]string, error) {
 			if name == "array.example" {
 				return []string{"fd00::5", "10.0.0.5"}, nil

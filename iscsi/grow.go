@@ -17,7 +17,7 @@ import (
 // map grew. Every path must agree on the new size: a down path that still
 // reports the old one makes it fail with a Busy error, to be retried.
 func (t *Transport) Rescan(ctx context.Context, cfg map[string]string) (bool, error) {
-	const op = "iscsi-ng rescan"
+	const op = "SR.stat: iscsi-ng: rescan"
 	c, err := t.parseConfig(ctx, op, cfg, parseNeeds{iqn: true, wwid: true})
 	if err != nil {
 		return false, err
@@ -33,7 +33,7 @@ func (t *Transport) Rescan(ctx context.Context, cfg map[string]string) (bool, er
 	for _, s := range v.ours {
 		for _, d := range lunDisks(s, c.wwid) {
 			if s.state == sessionLoggedIn && d.state == "running" {
-				if err := within(ctx, t.timing.Command, func() error { return t.sys.rescanDisk(d.name) }); err != nil {
+				if err := within(ctx, t.to.Command, func() error { return t.sys.rescanDisk(d.name) }); err != nil {
 					t.log.Warn("cannot rescan disk", zap.String("disk", d.name), zap.Error(err))
 				}
 			}
@@ -70,14 +70,14 @@ func (t *Transport) Rescan(ctx context.Context, cfg map[string]string) (bool, er
 		}
 		return false, host.Errorf(host.KindInternal, op, "multipathd could not resize map "+m.name, "run multipathd -k\"resize map "+m.name+"\" and read its log", err)
 	}
-	deadline := time.Now().Add(t.timing.Command)
+	deadline := time.Now().Add(t.to.Command)
 	for {
 		after, err := t.sys.findMap(c.wwid, nil)
 		if err == nil && after != nil && after.size >= newSize {
 			t.log.Info("multipath map grew", zap.String("map", m.name), zap.Int64("from", m.size), zap.Int64("to", after.size))
 			return true, nil
 		}
-		if time.Now().After(deadline) || sleep(ctx, t.timing.Poll) != nil {
+		if time.Now().After(deadline) || sleep(ctx, t.to.Poll) != nil {
 			return false, host.Errorf(host.KindTimeout, op, "map "+m.name+" did not take the new size", "run multipathd -k\"resize map "+m.name+"\" by hand", nil)
 		}
 	}

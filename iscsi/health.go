@@ -15,7 +15,7 @@ import (
 // Health reports the state of every path of the SR, e.g.
 // "1 of 2 paths down: 127.0.0.2:3260 (sdc failed)".
 func (t *Transport) Health(ctx context.Context, cfg map[string]string) (transport.Health, error) {
-	const op = "iscsi-ng stat"
+	const op = "SR.stat: iscsi-ng"
 	c, err := t.parseConfig(ctx, op, cfg, parseNeeds{iqn: true, wwid: true})
 	if err != nil {
 		return transport.Health{}, err

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/transport"
 )
 
 // initiatorFile is where open-iscsi (and XCP-ng, from
@@ -51,7 +52,7 @@ var lockNameRE = regexp.MustCompile(`[^A-Za-z0-9._-]`)
 // makes login, scan, map and logout decisions of one target atomic on the
 // host: two SR.attach calls at once give one session per portal.
 func (t *Transport) lockTargets(ctx context.Context, op string, paths []path) (func(), error) {
-	lctx, cancel := context.WithTimeout(ctx, t.timing.LockWait)
+	lctx, cancel := context.WithTimeout(ctx, t.to.Lock)
 	defer cancel()
 	var unlocks []func()
 	release := func() {
@@ -63,10 +64,10 @@ func (t *Transport) lockTargets(ctx context.Context, op string, paths []path) (f
 		if iqn == wildcardIQN {
 			continue
 		}
-		u, err := t.locks.Lock(lctx, "iscsi-target-"+lockNameRE.ReplaceAllString(iqn, "_"))
+		u, err := t.locker.Lock(lctx, "iscsi-target-"+lockNameRE.ReplaceAllString(iqn, "_"))
 		if err != nil {
 			release()
-			return nil, host.Errorf(host.KindBusy, op, "another sanvol call on target "+iqn+" did not finish within "+t.timing.LockWait.String(),
+			return nil, host.Errorf(host.KindBusy, op, "another sanvol call on target "+iqn+" did not finish within "+t.to.Lock.String(),
 				"retry; if it persists, look for a hung iscsiadm or multipath (ps -ef)", err)
 		}
 		unlocks = append(unlocks, u)
@@ -195,6 +196,8 @@ func portalList(ps []Portal) string {
 // disks go (with a map multipathd may have built for them, if idle), then
 // the session; last, the node records of paths left without a session.
 func (t *Transport) rollback(ctx context.Context, before []session, paths []path) {
+	ctx, cancel := transport.RollbackContext(ctx, t.to.Rollback)
+	defer cancel()
 	defer t.forgetNodes(ctx, paths)
 	now, err := t.sys.sessions()
 	if err != nil {
@@ -220,7 +223,7 @@ func (t *Transport) rollback(ctx context.Context, before []session, paths []path
 			mine = mine && own[sl]
 		}
 		if mine && len(m.holders) == 0 {
-			if err := t.flushMap(ctx, "iscsi-ng cleanup", m); err != nil {
+			if err := t.flushMap(ctx, "iscsi-ng: rollback", m); err != nil {
 				t.log.Warn("cannot flush a map built during probe", zap.String("map", m.name), zap.Error(err))
 			}
 		}
@@ -228,7 +231,7 @@ func (t *Transport) rollback(ctx context.Context, before []session, paths []path
 	for _, s := range created {
 		for _, d := range s.disks {
 			if len(d.holders) == 0 {
-				_ = within(ctx, t.timing.Command, func() error { return t.sys.deleteDisk(d.name) })
+				_ = within(ctx, t.to.Command, func() error { return t.sys.deleteDisk(d.name) })
 			}
 		}
 		if err := t.logout(ctx, s.sid); err != nil {

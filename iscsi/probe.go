@@ -19,7 +19,7 @@ import (
 // the target IQNs of the portals, with it the LUNs, each inspected for an
 // existing sanvol SR. What the probe logs in, it logs out again.
 func (t *Transport) Probe(ctx context.Context, cfg map[string]string, inspect transport.Inspector) ([]transport.Candidate, error) {
-	const op = "iscsi-ng probe"
+	const op = "SR.probe: iscsi-ng"
 	c, err := t.parseConfig(ctx, op, cfg, parseNeeds{secrets: true})
 	if err != nil {
 		return nil, err
@@ -152,7 +152,7 @@ func (t *Transport) listLUNs(ctx context.Context, op string, c *config, inspect 
 	if err != nil {
 		return nil, host.Errorf(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", sysfsFix, err)
 	}
-	defer t.rollback(context.WithoutCancel(ctx), before, paths)
+	defer t.rollback(ctx, before, paths)
 	results := t.connect(ctx, op, c, paths, before)
 	failures := loginFailures(results)
 	if len(failures) == len(results) {
@@ -234,7 +234,7 @@ func (t *Transport) settledSessions(ctx context.Context, paths []path) []session
 			t.scanHost(ctx, s.host)
 		}
 	}
-	deadline := time.Now().Add(t.timing.DeviceWait)
+	deadline := time.Now().Add(t.to.DeviceWait)
 	prev, stable := "", 0
 	for {
 		sessions, _ = t.sys.sessions()
@@ -251,7 +251,7 @@ func (t *Transport) settledSessions(ctx context.Context, paths []path) []session
 			stable = 0
 		}
 		prev = cur
-		if stable >= 3 || time.Now().After(deadline) || sleep(ctx, t.timing.Poll) != nil {
+		if stable >= 3 || time.Now().After(deadline) || sleep(ctx, t.to.Poll) != nil {
 			return sessions
 		}
 	}

@@ -26,49 +26,17 @@ import (
 	"github.com/sanvol/sanvol/transport"
 )
 
-// Type is the SR type: `xe sr-create type=iscsi-ng`.
-const Type = "iscsi-ng"
-
-// Timings bounds every wait of the transport. xapi has no timeout of its
-// own, so each of these is what keeps a dead portal from hanging a VM start.
-type Timings struct {
-	Command   time.Duration // an ordinary iscsiadm, multipath or dmsetup call
-	Discovery time.Duration // sendtargets discovery on one portal
-	// LoginTimeout (node.conn[0].timeo.login_timeout, seconds) and
-	// LoginRetries (node.session.initial_login_retry_max) bound one
-	// login: an unreachable portal costs (LoginRetries+1)×LoginTimeout.
-	LoginTimeout int
-	LoginRetries int
-	DeviceWait   time.Duration // for the LUN's disks to appear after login
-	MapWait      time.Duration // for the multipath map
-	Flush        time.Duration // multipath -f
-	LockWait     time.Duration // for another call on the same target
-	Poll         time.Duration // sysfs polling step
-}
-
-// DefaultTimings are the production values.
-func DefaultTimings() Timings {
-	return Timings{
-		Command:      30 * time.Second,
-		Discovery:    30 * time.Second,
-		LoginTimeout: 10,
-		LoginRetries: 1,
-		DeviceWait:   30 * time.Second,
-		MapWait:      30 * time.Second,
-		Flush:        30 * time.Second,
-		LockWait:     3 * time.Minute,
-		Poll:         200 * time.Millisecond,
-	}
-}
+// SRType is the SR type admins give to `xe sr-create type=`.
+const SRType = "iscsi-ng"
 
 // Deps are the host services the transport uses.
 type Deps struct {
-	Runner  host.Runner
-	Root    host.Root
-	Locker  host.Locker
-	Secrets host.SecretResolver // resolves chappassword_secret and incoming_chappassword_secret
-	Log     *zap.Logger
-	Timings Timings // the zero value takes DefaultTimings
+	Runner   host.Runner
+	Root     host.Root
+	Locker   host.Locker
+	Secrets  host.SecretResolver // resolves chappassword_secret and incoming_chappassword_secret
+	Log      *zap.Logger
+	Timeouts Timeouts // zero fields take DefaultTimeouts (see withDefaults)
 	// Lookup resolves host names in device-config:target; nil uses the
 	// system resolver.
 	Lookup func(ctx context.Context, name string) ([]string, error)
@@ -79,10 +47,10 @@ type Transport struct {
 	run     host.Runner
 	root    host.Root
 	sys     sysfs
-	locks   host.Locker
+	locker  host.Locker
 	secrets host.SecretResolver
 	log     *zap.Logger
-	timing  Timings
+	to      Timeouts
 	lookup  func(ctx context.Context, name string) ([]string, error)
 }
 
@@ -93,26 +61,23 @@ func New(d Deps) *Transport {
 	if d.Log == nil {
 		d.Log = zap.NewNop()
 	}
-	if d.Timings == (Timings{}) {
-		d.Timings = DefaultTimings()
-	}
 	if d.Lookup == nil {
 		d.Lookup = net.DefaultResolver.LookupHost
 	}
 	return &Transport{
-		run: d.Runner, root: d.Root, sys: sysfs{root: d.Root}, locks: d.Locker, secrets: d.Secrets,
-		log: d.Log.Named("iscsi"), timing: d.Timings, lookup: d.Lookup,
+		run: d.Runner, root: d.Root, sys: sysfs{root: d.Root}, locker: d.Locker, secrets: d.Secrets,
+		log: d.Log.Named("iscsi"), to: d.Timeouts.withDefaults(), lookup: d.Lookup,
 	}
 }
 
 // Type is the SR type.
-func (t *Transport) Type() string { return Type }
+func (t *Transport) Type() string { return SRType }
 
 // Prepare validates a create-time device-config and returns the LUN's
 // identity. Without SCSIid it logs in to list the LUNs and takes the only
 // one; with several it asks the admin to choose.
 func (t *Transport) Prepare(ctx context.Context, cfg map[string]string) (map[string]string, error) {
-	const op = "iscsi-ng create"
+	const op = "SR.create: iscsi-ng"
 	c, err := t.parseConfig(ctx, op, cfg, parseNeeds{iqn: true, secrets: true})
 	if err != nil {
 		return nil, err
@@ -148,7 +113,7 @@ func (t *Transport) DeviceID(cfg map[string]string) (string, error) {
 // Attach logs in to every path, finds the LUN's disks by WWID, makes sure
 // its multipath map exists with this SR's settings, and returns the map.
 func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (transport.Device, error) {
-	const op = "iscsi-ng attach"
+	const op = "SR.attach: iscsi-ng"
 	start := time.Now()
 	c, err := t.parseConfig(ctx, op, cfg, parseNeeds{iqn: true, wwid: true, secrets: true})
 	if err != nil {
@@ -221,7 +186,7 @@ func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (transpor
 // Detach flushes the LUN's map, deletes its disks and logs out the
 // sessions that none of the other attached SRs (others) uses.
 func (t *Transport) Detach(ctx context.Context, cfg map[string]string, others []map[string]string) error {
-	const op = "iscsi-ng detach"
+	const op = "SR.detach: iscsi-ng"
 	c, err := t.parseConfig(ctx, op, cfg, parseNeeds{iqn: true, wwid: true})
 	if err != nil {
 		return err
@@ -255,14 +220,14 @@ func (t *Transport) Detach(ctx context.Context, cfg map[string]string, others []
 		}
 	}
 	for _, d := range disks {
-		if err := within(ctx, t.timing.Command, func() error { return t.sys.deleteDisk(d.name) }); err != nil {
+		if err := within(ctx, t.to.Command, func() error { return t.sys.deleteDisk(d.name) }); err != nil {
 			t.log.Warn("cannot delete SCSI disk", zap.String("disk", d.name), zap.Error(err))
 		}
 	}
 	if _, err := t.setStanza(ctx, c.wwid, nil); err != nil {
 		t.log.Warn("cannot remove the map's stanza from "+DropInPath, zap.Error(err))
 	}
-	if _, err := t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-w", c.wwid}, Timeout: t.timing.Command}); err != nil {
+	if _, err := t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-w", c.wwid}, Timeout: t.to.Command}); err != nil {
 		t.log.Debug("multipath -w failed", zap.Error(err))
 	}
 

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/transport"
 )
 
 // session is the result of connecting the portals of one subsystem. It
@@ -121,11 +122,9 @@ func (t *Transport) connectAll(ctx context.Context, c Config, op string) (*sessi
 	}
 	t.deriveIfaces(&c)
 
-	lctx, cancel := context.WithTimeout(ctx, t.to.Lock)
-	unlock, err := t.locker.Lock(lctx, lockName(c.NQN))
-	cancel()
+	unlock, err := transport.Lock(ctx, t.locker, t.to.Lock, op, lockName(c.NQN), "another operation on subsystem "+c.NQN)
 	if err != nil {
-		return nil, host.LockError(op, "another operation on subsystem "+c.NQN, err)
+		return nil, err
 	}
 	s := &session{cfg: c, id: id, failures: map[string]error{}, unlock: unlock}
 
@@ -335,11 +334,10 @@ func (t *Transport) allFailed(ctx context.Context, op string, s *session) error 
 		return first
 	}
 	for _, p := range s.cfg.Portals {
-		var he *host.Error
-		if errors.As(s.failures[p.String()], &he) && strings.HasPrefix(he.Msg, "cannot reach") {
+		if errors.As(s.failures[p.String()], new(portalDown)) {
 			continue
 		}
-		recs, err := t.discover(ctx, s.cfg, s.id, p, p.Port)
+		recs, err := t.discover(ctx, op, s.cfg, s.id, p, p.Port)
 		if err != nil {
 			break
 		}
@@ -369,6 +367,8 @@ func (t *Transport) allFailed(ctx context.Context, op string, s *session) error 
 // the lock.
 func (t *Transport) rollback(ctx context.Context, s *session) {
 	defer s.done()
+	ctx, cancel := transport.RollbackContext(ctx, t.to.Rollback)
+	defer cancel()
 	for _, name := range s.created {
 		if err := t.disconnect(ctx, s.cfg, name); err != nil {
 			t.log.Warn("could not undo a connect", zapStr("ctrl", name), zap.Error(err))

@@ -18,8 +18,10 @@ import (
 // connects to to list namespaces; an array can offer hundreds.
 const maxProbeSubsystems = 8
 
-func (t *Transport) discover(ctx context.Context, c Config, id Identity, p Portal, port int) ([]DiscoveryRecord, error) {
-	op := "SR.probe: nvmetcp: discover " + netip.AddrPortFrom(p.Addr, uint16(port)).String()
+// discover reads the discovery log of one portal; op is the caller's
+// ("SR.probe: nvmetcp", or SR.attach looking for a wrong NQN).
+func (t *Transport) discover(ctx context.Context, op string, c Config, id Identity, p Portal, port int) ([]DiscoveryRecord, error) {
+	op += ": discover " + netip.AddrPortFrom(p.Addr, uint16(port)).String()
 	args := []string{"discover", "--transport=tcp", "--traddr=" + p.TrAddr(), "--trsvcid=" + strconv.Itoa(port),
 		"--hostnqn=" + id.HostNQN, "--hostid=" + id.HostID, "--output-format=json"}
 	if p.Iface != "" {
@@ -69,7 +71,7 @@ func (t *Transport) Probe(ctx context.Context, cfg map[string]string, inspect tr
 		if c.DiscoveryPort != 0 {
 			port = c.DiscoveryPort
 		}
-		recs, err := t.discover(ctx, c, id, p, port)
+		recs, err := t.discover(ctx, op, c, id, p, port)
 		if err != nil {
 			failures = append(failures, err.Error())
 			continue

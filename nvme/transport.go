@@ -181,9 +181,9 @@ func (t *Transport) Detach(ctx context.Context, cfg map[string]string, others []
 			return nil
 		}
 	}
-	unlock, err := t.locker.Lock(ctx, lockName(c.NQN))
+	unlock, err := transport.Lock(ctx, t.locker, t.to.Lock, op, lockName(c.NQN), "another operation on subsystem "+c.NQN)
 	if err != nil {
-		return host.LockError(op, "another operation on subsystem "+c.NQN, err)
+		return err
 	}
 	defer unlock()
 	id, err := t.identity(ctx, c, false)

@@ -17,6 +17,11 @@ import (
 	"github.com/sanvol/sanvol/transport"
 )
 
+// rollbackTimeout bounds the undo of a failed call (releasing what an
+// attach connected, removing the LV of a failed create), which runs even
+// when the call's own context is cancelled (transport.RollbackContext).
+const rollbackTimeout = 2 * time.Minute
+
 // FaultHook is called after every step of the operations that change
 // metadata, with the step's name (see FaultSteps). Tests kill the process
 // there to prove that a crash at any point leaves a consistent SR.
@@ -153,13 +158,7 @@ func (e *Engine) requireMaster(op string) error {
 
 // lock takes a host-wide lock, bounded by LockWait.
 func (e *Engine) lock(ctx context.Context, op, name string) (func(), error) {
-	lctx, cancel := context.WithTimeout(ctx, e.lockWait)
-	defer cancel()
-	unlock, err := e.locker.Lock(lctx, name)
-	if err != nil {
-		return nil, host.LockError(op, "another sanvol call on this host ("+name+")", err)
-	}
-	return unlock, nil
+	return transport.Lock(ctx, e.locker, e.lockWait, op, name, "another sanvol call on this host ("+name+")")
 }
 
 // begin starts a metadata change of an attached SR: on the master only,

@@ -83,6 +83,8 @@ func (e *Engine) attachedBesides(uuid string, cfg map[string]string, self bool) 
 // included: a repeated call) uses the device. xapi calls no SR.detach
 // after a failed plug, so nothing else would release it.
 func (e *Engine) release(ctx context.Context, uuid string, cfg map[string]string) {
+	ctx, cancel := transport.RollbackContext(ctx, rollbackTimeout)
+	defer cancel()
 	if _, err := e.t.DeviceID(cfg); err != nil {
 		return // Attach refuses the same configuration before connecting
 	}

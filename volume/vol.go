@@ -10,6 +10,7 @@ import (
 
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/transport"
 )
 
 // volumeOf turns an LV into a volume record. ok is false for LVs that are
@@ -175,6 +176,8 @@ func (e *Engine) VolumeCreate(ctx context.Context, sr, name, description string,
 // that fails, the initializing mark keeps it hidden until the master's
 // SR.attach collects it.
 func (e *Engine) abandon(ctx context.Context, a Attached, s lvm.Scope, lv string) {
+	ctx, cancel := transport.RollbackContext(ctx, rollbackTimeout)
+	defer cancel()
 	unlock, err := e.lock(ctx, "Volume.create", srLock(a.UUID))
 	if err != nil {
 		return
