@@ -167,7 +167,7 @@ func (e *Engine) begin(ctx context.Context, op, sr string) (a Attached, unlock f
 	if err := e.requireMaster(op); err != nil {
 		return Attached{}, nil, err
 	}
-	if a, err = e.attached(sr); err != nil {
+	if a, err = e.attached(ctx, sr); err != nil {
 		return Attached{}, nil, err
 	}
 	if unlock, err = e.lock(ctx, op, srLock(a.UUID)); err != nil {
@@ -224,12 +224,12 @@ func (e *Engine) scope(dev string) lvm.Scope {
 
 // attached loads the attach record behind an SR handle, with its device
 // checked to be the SR's device now (resolved).
-func (e *Engine) attached(sr string) (Attached, error) {
+func (e *Engine) attached(ctx context.Context, sr string) (Attached, error) {
 	a, err := e.attachRecord(sr)
 	if err != nil {
 		return a, err
 	}
-	return e.resolved(a)
+	return e.resolved(ctx, a)
 }
 
 // attachRecord loads the attach record behind an SR handle as written.

@@ -106,12 +106,12 @@ func (e *Engine) release(ctx context.Context, uuid string, cfg map[string]string
 // kernel name like /dev/nvme1n1 can name another namespace after a
 // reconnect) and records the path it returns if it changed, so that
 // records of older versions are migrated once.
-func (e *Engine) resolved(a Attached) (Attached, error) {
+func (e *Engine) resolved(ctx context.Context, a Attached) (Attached, error) {
 	r, ok := e.t.(transport.DeviceResolver)
 	if !ok {
 		return a, nil
 	}
-	dev, err := r.ResolveDevice(context.Background(), a.Configuration, a.Device)
+	dev, err := r.ResolveDevice(ctx, a.Configuration, a.Device)
 	if err != nil {
 		return Attached{}, err
 	}

@@ -376,7 +376,7 @@ func first(s []string, n int) []string {
 // iscsi-ng path-loss-policy, or the NVMe ctrl-loss-tmo), so the answer is
 // Unreachable without sizes, which the caller fills from what it knew.
 func (e *Engine) SRStat(ctx context.Context, sr string) (SRStat, error) {
-	a, err := e.attached(sr)
+	a, err := e.attached(ctx, sr)
 	if err != nil {
 		return SRStat{}, err
 	}
@@ -409,7 +409,7 @@ func (e *Engine) SRStat(ctx context.Context, sr string) (SRStat, error) {
 // Paths reports the state of the attached SR's paths on this host, from
 // sysfs only (no I/O).
 func (e *Engine) Paths(ctx context.Context, sr string) (transport.Health, error) {
-	a, err := e.attached(sr)
+	a, err := e.attached(ctx, sr)
 	if err != nil {
 		return transport.Health{}, err
 	}
@@ -420,7 +420,7 @@ func (e *Engine) Paths(ctx context.Context, sr string) (transport.Health, error)
 // and changes nothing: leftovers of dead creates are skipped, and removed
 // by the master's SR.attach (collect).
 func (e *Engine) SRLs(ctx context.Context, sr string) ([]Volume, error) {
-	a, err := e.attached(sr)
+	a, err := e.attached(ctx, sr)
 	if err != nil {
 		return nil, err
 	}
