@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,6 +28,10 @@ type fakeHost struct {
 
 	mu      sync.Mutex
 	calls   []host.Cmd
+	// capacityCalls counts READ CAPACITY questions, rescans the disk
+	// rescans the fake kernel carried out.
+	capacityCalls int
+	rescans       int
 	targets map[string]*fakeTarget
 	down    map[Portal]bool
 	nodes   map[path]map[string]string
@@ -212,6 +217,7 @@ func (f *fakeHost) tickLocked() {
 				f.removeDiskLocked(s, lun)
 			} else if f.read("/sys/block/"+sd+"/device/rescan") == "1" {
 				f.write("/sys/block/"+sd+"/device/rescan", "")
+				f.rescans++
 				if l, ok := f.lunLocked(s.p.IQN, lun); ok {
 					f.write("/sys/block/"+sd+"/size", strconv.FormatInt(l.size, 10))
 				}
@@ -942,7 +948,30 @@ func (f *fakeHost) transport(secrets fakeSecrets) *Transport {
 			}
 			return nil, fmt.Errorf("no such host")
 		},
+		Capacity: f.capacity,
 	})
+}
+
+// capacity answers READ CAPACITY for a disk of a live session with the
+// LUN's size on the target now, as an array does; counted as "sg_io".
+func (f *fakeHost) capacity(dev string) (int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.capacityCalls++
+	for _, s := range f.sess {
+		for lun, sd := range s.disks {
+			if "/dev/"+sd != dev {
+				continue
+			}
+			if f.down[s.p.Portal] {
+				return 0, fmt.Errorf("%s: %w", dev, syscall.EIO)
+			}
+			if l, ok := f.lunLocked(s.p.IQN, lun); ok {
+				return l.size * 512, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("%s: %w", dev, syscall.ENODEV)
 }
 
 func baseConfig() map[string]string {

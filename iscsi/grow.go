@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -12,9 +13,13 @@ import (
 	"github.com/sanvol/sanvol/host"
 )
 
-// Rescan re-reads the LUN's size on every path and grows the multipath map
+// Rescan notices a LUN that grew on the array and grows the multipath map
 // to match, so that the engine can then pvresize. It reports whether the
-// map grew. Every path must agree on the new size: a down path that still
+// map grew. SR.stat calls it every time (xapi's periodic scan as well as
+// an admin's `xe sr-scan`, which it cannot tell apart), so it first asks
+// cheaply (grown) and rescans only a LUN that is larger than its map:
+// then it re-reads the size on every path, lets udev settle and resizes
+// the map. Every path must agree on the new size: a down path that still
 // reports the old one makes it fail with a Busy error, to be retried.
 func (t *Transport) Rescan(ctx context.Context, cfg map[string]string) (bool, error) {
 	const op = "SR.stat: iscsi-ng: rescan"
@@ -29,6 +34,9 @@ func (t *Transport) Rescan(ctx context.Context, cfg map[string]string) (bool, er
 	m := v.m
 	if m == nil {
 		return false, host.Errorf(host.KindNotAttached, op, "LUN "+c.wwid+" has no multipath map on this host", "plug the SR on this host first", nil)
+	}
+	if !t.grown(ctx, v, c.wwid) {
+		return false, nil
 	}
 	for _, s := range v.ours {
 		for _, d := range lunDisks(s, c.wwid) {
@@ -81,4 +89,39 @@ func (t *Transport) Rescan(ctx context.Context, cfg map[string]string) (bool, er
 			return false, host.Errorf(host.KindTimeout, op, "map "+m.name+" did not take the new size", "run multipathd -k\"resize map "+m.name+"\" by hand", nil)
 		}
 	}
+}
+
+// grown tells, without a rescan, whether the LUN may be larger than its
+// map: yes when a path's disk already shows more (someone rescanned, or
+// an earlier resize failed), else the array's own answer to READ
+// CAPACITY on the first running path that gives one. When no path
+// answers, it says yes, and the full rescan decides as it always did.
+func (t *Transport) grown(ctx context.Context, v lunView, wwid string) bool {
+	for _, d := range v.disks {
+		if d.wwid == wwid && d.size > v.m.size {
+			return true
+		}
+	}
+	for _, s := range v.ours {
+		if s.state != sessionLoggedIn {
+			continue
+		}
+		for _, d := range lunDisks(s, wwid) {
+			if d.state != "running" {
+				continue
+			}
+			var size atomic.Int64
+			err := within(ctx, t.to.Command, func() error {
+				n, err := t.capacity("/dev/" + d.name)
+				size.Store(n)
+				return err
+			})
+			if err != nil {
+				t.log.Debug("cannot read the LUN's capacity", zap.String("disk", d.name), zap.Error(err))
+				continue
+			}
+			return size.Load() > v.m.size
+		}
+	}
+	return true
 }

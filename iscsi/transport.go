@@ -40,6 +40,9 @@ type Deps struct {
 	// Lookup resolves host names in device-config:target; nil uses the
 	// system resolver.
 	Lookup func(ctx context.Context, name string) ([]string, error)
+	// Capacity reads a LUN's capacity from one of its disks; nil asks
+	// the disk with SG_IO (scsiCapacity).
+	Capacity CapacityFunc
 }
 
 // Transport implements transport.Transport for iSCSI with dm-multipath.
@@ -52,6 +55,8 @@ type Transport struct {
 	log     *zap.Logger
 	to      Timeouts
 	lookup  func(ctx context.Context, name string) ([]string, error)
+	// capacity reads a LUN's size cheaply, for Rescan.
+	capacity CapacityFunc
 }
 
 var _ transport.Transport = (*Transport)(nil)
@@ -64,9 +69,13 @@ func New(d Deps) *Transport {
 	if d.Lookup == nil {
 		d.Lookup = net.DefaultResolver.LookupHost
 	}
+	to := d.Timeouts.withDefaults()
+	if d.Capacity == nil {
+		d.Capacity = scsiCapacity(d.Root, to.Command)
+	}
 	return &Transport{
 		run: d.Runner, root: d.Root, sys: sysfs{root: d.Root}, locker: d.Locker, secrets: d.Secrets,
-		log: d.Log.Named("iscsi"), to: d.Timeouts.withDefaults(), lookup: d.Lookup,
+		log: d.Log.Named("iscsi"), to: to, lookup: d.Lookup, capacity: d.Capacity,
 	}
 }
 
