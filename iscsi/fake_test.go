@@ -26,22 +26,22 @@ type fakeHost struct {
 	dir  string
 	root host.Root
 
-	mu      sync.Mutex
-	calls   []host.Cmd
+	mu    sync.Mutex
+	calls []host.Cmd
 	// capacityCalls counts READ CAPACITY questions, rescans the disk
 	// rescans the fake kernel carried out.
 	capacityCalls int
 	rescans       int
-	targets map[string]*fakeTarget
-	down    map[Portal]bool
-	nodes   map[path]map[string]string
-	disc    map[Portal]map[string]string // discoverydb records
-	ifaces  map[string]map[string]string
-	sess    map[int]*fakeSession
-	nextSID int
-	nextSD  int
-	nextDM  int
-	maps    map[string]*fakeMap // by name
+	targets       map[string]*fakeTarget
+	down          map[Portal]bool
+	nodes         map[path]map[string]string
+	disc          map[Portal]map[string]string // discoverydb records
+	ifaces        map[string]map[string]string
+	sess          map[int]*fakeSession
+	nextSID       int
+	nextSD        int
+	nextDM        int
+	maps          map[string]*fakeMap // by name
 
 	// autoScan scans the LUNs at login, like iscsid with scan=auto.
 	autoScan bool
