@@ -53,7 +53,7 @@ func (t *Transport) waitDisks(ctx context.Context, op string, c *config, paths [
 				return sessions, disks, nil
 			}
 			return nil, nil, host.Errorf(host.KindNotFound, op, fmt.Sprintf("LUN %s did not appear within %s on target %s; the sessions show: %s",
-				c.wwid, t.to.DeviceWait, c.iqn, orNone(describeLUNs(dedupeLUNs(others)))),
+				c.wwid, t.to.DeviceWait, c.iqn, noneIfEmpty(describeLUNs(dedupeLUNs(others)))),
 				"check device-config:SCSIid (xe sr-probe-ext lists the LUNs) and the LUN mapping for this host's initiator on the array", nil)
 		}
 	}

@@ -139,7 +139,7 @@ func (t *Transport) loginFailure(ctx context.Context, op string, c *config, init
 	if kind != host.KindUnsupported {
 		if offered, ok := t.offeredIQNs(ctx, op, c); ok && c.iqn != wildcardIQN && !slices.Contains(offered, c.iqn) {
 			return host.Errorf(host.KindNotFound, op, fmt.Sprintf("target %s is not offered at %s; the portals offer: %s",
-				c.iqn, portalList(c.portals), orNone(strings.Join(offered, ", "))),
+				c.iqn, portalsText(c.portals), noneIfEmpty(strings.Join(offered, ", "))),
 				"correct device-config:targetIQN (xe sr-probe-ext with only device-config:target lists the IQNs)", errors.Join(causes...))
 		}
 	}
@@ -184,7 +184,9 @@ func (t *Transport) offeredIQNs(ctx context.Context, op string, c *config) ([]st
 	return iqns, ok
 }
 
-func portalList(ps []Portal) string {
+// portalsText lists portals for a message (nvme's portalList writes a
+// device-config:target value instead).
+func portalsText(ps []Portal) string {
 	var s []string
 	for _, p := range ps {
 		s = append(s, p.String())
@@ -274,7 +276,8 @@ func appendOnce(list []string, s string) []string {
 	return append(list, s)
 }
 
-func orNone(s string) string {
+// noneIfEmpty is a list already joined for a message, or "none".
+func noneIfEmpty(s string) string {
 	if s == "" {
 		return "none"
 	}

@@ -185,7 +185,7 @@ func (t *Transport) listLUNs(ctx context.Context, op string, c *config, inspect 
 		for _, w := range order {
 			all = append(all, *byWWID[w])
 		}
-		return nil, host.Errorf(host.KindNotFound, op, fmt.Sprintf("LUN %s is not visible through target %s; visible: %s", c.wwid, c.iqn, orNone(describeLUNs(all))),
+		return nil, host.Errorf(host.KindNotFound, op, fmt.Sprintf("LUN %s is not visible through target %s; visible: %s", c.wwid, c.iqn, noneIfEmpty(describeLUNs(all))),
 			"check device-config:SCSIid, and the LUN mapping for initiator "+initiator+" on the array", nil)
 	}
 	if len(luns) == 0 {
