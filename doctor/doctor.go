@@ -29,7 +29,7 @@ import (
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/iscsi"
 	"github.com/sanvol/sanvol/nvme"
-	"github.com/sanvol/sanvol/volume"
+	"github.com/sanvol/sanvol/transport"
 )
 
 // Status is the outcome of one check.
@@ -205,7 +205,7 @@ type Deps struct {
 	// xapi (the checks then say so, they never pass).
 	Pool Pool
 	// Health reports the live paths of an attached SR, per SR type
-	// (volume.Transport satisfies it); nil or a missing type skips the
+	// (transport.Transport satisfies it); nil or a missing type skips the
 	// live-path check.
 	Health map[string]HealthReporter
 	// Resolve turns a host name in device-config:target into addresses;
@@ -214,10 +214,10 @@ type Deps struct {
 	Log     *zap.Logger
 }
 
-// HealthReporter is the part of volume.Transport the doctor and the
+// HealthReporter is the part of transport.Transport the doctor and the
 // status use.
 type HealthReporter interface {
-	Health(ctx context.Context, cfg map[string]string) (volume.Health, error)
+	Health(ctx context.Context, cfg map[string]string) (transport.Health, error)
 	Diagnostics(ctx context.Context) string
 }
 
@@ -230,7 +230,7 @@ func NewDeps(root host.Root, run host.Runner, log *zap.Logger) Deps {
 // The SR types the doctor knows.
 const (
 	TypeNVMeTCP = nvme.SRType
-	TypeISCSI   = iscsi.Type
+	TypeISCSI   = iscsi.SRType
 )
 
 // Run runs every check that applies and returns the report. The error is

@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"github.com/sanvol/sanvol/host"
-	"github.com/sanvol/sanvol/volume"
+	"github.com/sanvol/sanvol/transport"
 )
 
 func noProblems(t *testing.T, rep Report) {
@@ -26,7 +26,7 @@ func noProblems(t *testing.T, rep Report) {
 func TestHealthyISCSIHost(t *testing.T) {
 	h := newFakeHost(t)
 	h.attach(TypeISCSI, iscsiConfig())
-	h.deps.Health = map[string]HealthReporter{TypeISCSI: fakeHealth{h: volume.Health{Total: 2, Live: 2}}}
+	h.deps.Health = map[string]HealthReporter{TypeISCSI: fakeHealth{h: transport.Health{Total: 2, Live: 2}}}
 	rep := h.doctor(Options{})
 	noProblems(t, rep)
 	for _, id := range []string{chkPathCount, chkPathLive, chkRedundancy, chkManagement, chkDefaultRoute, chkBond, chkMTU,

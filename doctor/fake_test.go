@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/transport"
 	"github.com/sanvol/sanvol/volume"
 )
 
@@ -170,11 +171,11 @@ func (p *fakePool) RecordHostNQN(_ context.Context, uuid, nqn string) error {
 }
 
 type fakeHealth struct {
-	h   volume.Health
+	h   transport.Health
 	err error
 }
 
-func (f fakeHealth) Health(context.Context, map[string]string) (volume.Health, error) {
+func (f fakeHealth) Health(context.Context, map[string]string) (transport.Health, error) {
 	return f.h, f.err
 }
 func (f fakeHealth) Diagnostics(context.Context) string { return "fake transport state\n" }

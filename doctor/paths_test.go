@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/sanvol/sanvol/volume"
+	"github.com/sanvol/sanvol/transport"
 )
 
 func TestOnePath(t *testing.T) {
@@ -31,7 +31,7 @@ func TestPortalWithoutRoute(t *testing.T) {
 func TestDegradedPaths(t *testing.T) {
 	h := newFakeHost(t)
 	h.attach(TypeNVMeTCP, nvmeConfig())
-	h.deps.Health = map[string]HealthReporter{TypeNVMeTCP: fakeHealth{h: volume.Health{Total: 2, Live: 1, Detail: "1 of 2 paths live: 10.0.2.10:4420 connecting"}}}
+	h.deps.Health = map[string]HealthReporter{TypeNVMeTCP: fakeHealth{h: transport.Health{Total: 2, Live: 1, Detail: "1 of 2 paths live: 10.0.2.10:4420 connecting"}}}
 	r := expect(t, h.doctor(Options{}), chkPathLive, Fail, "1 of 2 paths live", "xe pbd-unplug uuid=<PBD> && xe pbd-plug uuid=<PBD>")
 	if r.Evidence[1] != "1 of 2 paths live: 10.0.2.10:4420 connecting" {
 		t.Errorf("evidence %q", r.Evidence)

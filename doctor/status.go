@@ -17,6 +17,7 @@ import (
 	"github.com/sanvol/sanvol/iscsi"
 	"github.com/sanvol/sanvol/lvm"
 	"github.com/sanvol/sanvol/nvme"
+	"github.com/sanvol/sanvol/transport"
 	"github.com/sanvol/sanvol/volume"
 )
 
@@ -93,11 +94,11 @@ type SRStatus struct {
 	VG     string            `json:"vg"`
 	Config map[string]string `json:"configuration"`
 	// Paths are the SR's portals and the interfaces they leave through.
-	Paths      []string      `json:"paths,omitempty"`
-	Health     volume.Health `json:"health"`
-	HealthErr  string        `json:"health_error,omitempty"`
-	Volumes    []VolumeState `json:"volumes,omitempty"`
-	VolumesErr string        `json:"volumes_error,omitempty"`
+	Paths      []string         `json:"paths,omitempty"`
+	Health     transport.Health `json:"health"`
+	HealthErr  string           `json:"health_error,omitempty"`
+	Volumes    []VolumeState    `json:"volumes,omitempty"`
+	VolumesErr string           `json:"volumes_error,omitempty"`
 }
 
 // State is the one-word state of the SR.

@@ -11,6 +11,7 @@ import (
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
 	"github.com/sanvol/sanvol/lvm/lvmtest"
+	"github.com/sanvol/sanvol/transport"
 	"github.com/sanvol/sanvol/volume"
 )
 
@@ -29,8 +30,8 @@ func statusHost(t *testing.T) (*fakeHost, StatusDeps, []volume.Attached) {
 	h.run.on("lvm version", "  LVM version:     2.03.16(2) (2022-05-18)\n  Library version: 1.02.185 (2022-05-18)\n", nil)
 	d := StatusDeps{Root: h.deps.Root, Runner: h.run, Net: h.net, Version: "0.1.0",
 		Health: map[string]HealthReporter{
-			TypeNVMeTCP: fakeHealth{h: volume.Health{Total: 2, Live: 2}},
-			TypeISCSI:   fakeHealth{h: volume.Health{Total: 2, Live: 1, Detail: "1 of 2 paths live: 10.0.2.10:3260 FAILED"}},
+			TypeNVMeTCP: fakeHealth{h: transport.Health{Total: 2, Live: 2}},
+			TypeISCSI:   fakeHealth{h: transport.Health{Total: 2, Live: 1, Detail: "1 of 2 paths live: 10.0.2.10:3260 FAILED"}},
 		},
 		Volumes: fakeVolumes{srUUID: {
 			{Name: "v-aaaaaaaa-0000-4000-8000-000000000001", Size: 10 << 30, Active: true, Open: true},

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/transport"
 )
 
 // The device-config keys of an iscsi-ng SR.
@@ -307,7 +308,7 @@ func (t *Transport) parseCHAP(ctx context.Context, op string, cfg map[string]str
 		}
 		v, err := t.secrets.Secret(ctx, secretUUID)
 		if err != nil {
-			return nil, host.Errorf(host.KindInvalid, op, fmt.Sprintf("cannot read the secret %s (device-config:%s%s)", secretUUID, passKey, secretSuffix), "check that the secret exists: xe secret-list uuid="+secretUUID, err)
+			return nil, transport.SecretError(op, passKey+secretSuffix, secretUUID, err)
 		}
 		pass = v
 	}

@@ -63,7 +63,6 @@ func TestParseConfigRejects(t *testing.T) {
 		{"user without password", map[string]string{keyTarget: "10.0.0.1", keyChapUser: "u"}, parseNeeds{}, "device-config:chapuser"},
 		{"password without user", map[string]string{keyTarget: "10.0.0.1", keyChapPassword + secretSuffix: "uuid"}, parseNeeds{}, "device-config:chappassword"},
 		{"mutual without one-way", map[string]string{keyTarget: "10.0.0.1", keyIncomingUser: "t", keyIncomingPassword: "p"}, parseNeeds{}, "device-config:incoming_chapuser"},
-		{"unknown secret", map[string]string{keyTarget: "10.0.0.1", keyChapUser: "u", keyChapPassword + secretSuffix: "nope"}, parseNeeds{secrets: true}, "chappassword_secret"},
 		{"iface portal unknown", map[string]string{keyTarget: "10.0.0.1", keyIface: "eth1=10.0.0.9"}, parseNeeds{}, "device-config:iface"},
 		{"iface bad nic", map[string]string{keyTarget: "10.0.0.1", keyIface: "eth 1"}, parseNeeds{}, "device-config:iface"},
 		{"timeout zero", map[string]string{keyTarget: "10.0.0.1", keyReplacementTimeout: "0"}, parseNeeds{}, "device-config:replacement-timeout"},
@@ -187,3 +186,26 @@ func TestParseRecords(t *testing.T) {
 		t.Errorf("iqnsAt NAT = %v", got)
 	}
 }
+
+// A secret that cannot be read has the resolver's kind, as in nvmetcp
+// (transport.SecretError): NotFound for a missing one, Unreachable when
+// xapi is down.
+func TestSecretErrorKind(t *testing.T) {
+	f := newFakeHost(t)
+	cfg := map[string]string{keyTarget: "10.0.0.1", keyChapUser: "u", keyChapPassword + secretSuffix: "nope"}
+	_, err := f.transport(fakeSecrets{}).parseConfig(context.Background(), "test", cfg, parseNeeds{secrets: true})
+	if !errors.Is(err, host.ErrNotFound) || host.KindOf(err) != host.KindNotFound || !strings.Contains(err.Error(), "chappassword_secret") {
+		t.Errorf("missing secret: %v", err)
+	}
+	down := host.Errorf(host.KindUnreachable, "resolve secret nope", "xapi is not running", "", nil)
+	tr := f.transport(nil)
+	tr.secrets = failingSecrets{down}
+	_, err = tr.parseConfig(context.Background(), "test", cfg, parseNeeds{secrets: true})
+	if host.KindOf(err) != host.KindUnreachable {
+		t.Errorf("xapi down: %v", err)
+	}
+}
+
+type failingSecrets struct{ err error }
+
+func (s failingSecrets) Secret(context.Context, string) (string, error) { return "", s.err }

@@ -57,7 +57,7 @@ func (t *Transport) Diagnostics(ctx context.Context) string {
 		line("%s %s wwid %s %d bytes slaves [%s] holders [%s] suspended %v",
 			m.dev, m.name, m.wwid, m.size, strings.Join(m.slaves, " "), strings.Join(m.holders, " "), m.suspended)
 		for _, what := range []string{"status", "table"} {
-			res, err := t.run.Run(ctx, host.Cmd{Name: "dmsetup", Args: []string{what, m.name}, Timeout: t.timing.Command})
+			res, err := t.run.Run(ctx, host.Cmd{Name: "dmsetup", Args: []string{what, m.name}, Timeout: t.to.Command})
 			if err != nil {
 				line("  dmsetup %s: %v", what, err)
 				continue
@@ -96,7 +96,7 @@ func (t *Transport) Diagnostics(ctx context.Context) string {
 // toolVersion returns the first line that names a version. Old multipath
 // prints its version on `-h` with exit status 1, so failures are read too.
 func (t *Transport) toolVersion(ctx context.Context, name string, args ...string) string {
-	res, err := t.run.Run(ctx, host.Cmd{Name: name, Args: args, Timeout: t.timing.Command})
+	res, err := t.run.Run(ctx, host.Cmd{Name: name, Args: args, Timeout: t.to.Command})
 	text := string(res.Stdout) + "\n" + string(res.Stderr)
 	for _, l := range strings.Split(text, "\n") {
 		l = strings.TrimSpace(l)

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -25,18 +26,22 @@ type fakeHost struct {
 	dir  string
 	root host.Root
 
-	mu      sync.Mutex
-	calls   []host.Cmd
-	targets map[string]*fakeTarget
-	down    map[Portal]bool
-	nodes   map[path]map[string]string
-	disc    map[Portal]map[string]string // discoverydb records
-	ifaces  map[string]map[string]string
-	sess    map[int]*fakeSession
-	nextSID int
-	nextSD  int
-	nextDM  int
-	maps    map[string]*fakeMap // by name
+	mu    sync.Mutex
+	calls []host.Cmd
+	// capacityCalls counts READ CAPACITY questions, rescans the disk
+	// rescans the fake kernel carried out.
+	capacityCalls int
+	rescans       int
+	targets       map[string]*fakeTarget
+	down          map[Portal]bool
+	nodes         map[path]map[string]string
+	disc          map[Portal]map[string]string // discoverydb records
+	ifaces        map[string]map[string]string
+	sess          map[int]*fakeSession
+	nextSID       int
+	nextSD        int
+	nextDM        int
+	maps          map[string]*fakeMap // by name
 
 	// autoScan scans the LUNs at login, like iscsid with scan=auto.
 	autoScan bool
@@ -212,6 +217,7 @@ func (f *fakeHost) tickLocked() {
 				f.removeDiskLocked(s, lun)
 			} else if f.read("/sys/block/"+sd+"/device/rescan") == "1" {
 				f.write("/sys/block/"+sd+"/device/rescan", "")
+				f.rescans++
 				if l, ok := f.lunLocked(s.p.IQN, lun); ok {
 					f.write("/sys/block/"+sd+"/size", strconv.FormatInt(l.size, 10))
 				}
@@ -920,29 +926,52 @@ type fakeSecrets map[string]string
 func (s fakeSecrets) Secret(_ context.Context, uuid string) (string, error) {
 	v, ok := s[uuid]
 	if !ok {
-		return "", fmt.Errorf("no secret %s", uuid)
+		return "", host.Errorf(host.KindNotFound, "resolve secret "+uuid, "no such secret", "", nil)
 	}
 	return v, nil
 }
 
-func fastTimings() Timings {
-	return Timings{
+func fastTimeouts() Timeouts {
+	return Timeouts{
 		Command: 2 * time.Second, Discovery: 2 * time.Second, LoginTimeout: 1, LoginRetries: 0,
 		DeviceWait: 2 * time.Second, MapWait: 2 * time.Second, Flush: 2 * time.Second,
-		LockWait: 5 * time.Second, Poll: 5 * time.Millisecond,
+		Lock: 5 * time.Second, Poll: 5 * time.Millisecond,
 	}
 }
 
 func (f *fakeHost) transport(secrets fakeSecrets) *Transport {
 	return New(Deps{
-		Runner: f, Root: f.root, Locker: host.FileLocker{Root: f.root}, Secrets: secrets, Timings: fastTimings(),
+		Runner: f, Root: f.root, Locker: host.FileLocker{Root: f.root}, Secrets: secrets, Timeouts: fastTimeouts(),
 		Lookup: func(_ context.Context, name string) ([]string, error) {
 			if name == "array.example" {
 				return []string{"fd00::5", "10.0.0.5"}, nil
 			}
 			return nil, fmt.Errorf("no such host")
 		},
+		Capacity: f.capacity,
 	})
+}
+
+// capacity answers READ CAPACITY for a disk of a live session with the
+// LUN's size on the target now, as an array does; counted as "sg_io".
+func (f *fakeHost) capacity(dev string) (int64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.capacityCalls++
+	for _, s := range f.sess {
+		for lun, sd := range s.disks {
+			if "/dev/"+sd != dev {
+				continue
+			}
+			if f.down[s.p.Portal] {
+				return 0, fmt.Errorf("%s: %w", dev, syscall.EIO)
+			}
+			if l, ok := f.lunLocked(s.p.IQN, lun); ok {
+				return l.size * 512, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("%s: %w", dev, syscall.ENODEV)
 }
 
 func baseConfig() map[string]string {

@@ -61,7 +61,7 @@ type Config struct {
 // targetIQN nor SCSIid (a pre-flight check has neither yet) and leaves
 // the CHAP secrets unread.
 func (t *Transport) ParseConfig(ctx context.Context, cfg map[string]string) (Config, error) {
-	c, err := t.parseConfig(ctx, Type, cfg, parseNeeds{})
+	c, err := t.parseConfig(ctx, SRType, cfg, parseNeeds{})
 	if err != nil {
 		return Config{}, err
 	}
@@ -128,7 +128,7 @@ func (t *Transport) Sessions() ([]Session, error) {
 // iscsid copies at every login; ok is false when the record does not
 // exist.
 func (t *Transport) NodeRecord(ctx context.Context, iqn string, p Portal, iface string) (rec map[string]string, ok bool, err error) {
-	res, err := t.iscsiadm(ctx, t.timing.Command, nil, nodeArgs(path{Portal: p, IQN: iqn, Iface: iface})...)
+	res, err := t.iscsiadm(ctx, t.to.Command, nil, nodeArgs(path{Portal: p, IQN: iqn, Iface: iface})...)
 	switch {
 	case exitCode(err) == errNoObjsFound:
 		return nil, false, nil
@@ -161,7 +161,7 @@ func (t *Transport) FindMap(wwid string) (*Map, error) {
 // MapTable is the device-mapper table of a map (`dmsetup table`), whose
 // features say whether it queues I/O when every path is down.
 func (t *Transport) MapTable(ctx context.Context, name string) (string, error) {
-	res, err := t.run.Run(ctx, host.Cmd{Name: "dmsetup", Args: []string{"table", name}, Timeout: t.timing.Command})
+	res, err := t.run.Run(ctx, host.Cmd{Name: "dmsetup", Args: []string{"table", name}, Timeout: t.to.Command})
 	return string(res.Stdout), err
 }
 
@@ -205,4 +205,4 @@ func (t *Transport) MultipathVersion(ctx context.Context) string {
 
 // InitiatorName is the host's initiator IQN. A file that cannot be read
 // is the error's cause; a file without a name gives an error without one.
-func (t *Transport) InitiatorName() (string, error) { return t.initiatorName(Type) }
+func (t *Transport) InitiatorName() (string, error) { return t.initiatorName(SRType) }

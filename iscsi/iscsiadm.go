@@ -147,7 +147,7 @@ func (t *Transport) discover(ctx context.Context, op string, c *config, p Portal
 		// into the record file (never on iscsiadm's command line), and
 		// taken out again once discovery is over.
 		db := slices.Concat([]string{"-m", "discoverydb"}, base)
-		if _, err := t.iscsiadm(ctx, t.timing.Command, nil, slices.Concat(db, []string{"-o", "new"})...); err != nil {
+		if _, err := t.iscsiadm(ctx, t.to.Command, nil, slices.Concat(db, []string{"-o", "new"})...); err != nil {
 			return nil, t.discoveryError(op, p, err)
 		}
 		set := [][2]string{{"discovery.sendtargets.auth.authmethod", "CHAP"},
@@ -156,7 +156,9 @@ func (t *Transport) discover(ctx context.Context, op string, c *config, p Portal
 			return nil, err
 		}
 		defer func() {
-			if err := t.setDiscoveryCHAP(context.WithoutCancel(ctx), op, p, nil); err != nil {
+			ctx, cancel := host.RollbackContext(ctx, t.to.Rollback)
+			defer cancel()
+			if err := t.setDiscoveryCHAP(ctx, op, p, nil); err != nil {
 				t.log.Warn("discovery CHAP credentials could not be removed from the sendtargets record", zap.Error(err))
 			}
 		}()
@@ -164,7 +166,7 @@ func (t *Transport) discover(ctx context.Context, op string, c *config, p Portal
 	} else {
 		args = slices.Concat([]string{"-m", "discovery"}, base, []string{"-o", "nonpersistent"})
 	}
-	res, err := t.iscsiadm(ctx, t.timing.Discovery, nil, args...)
+	res, err := t.iscsiadm(ctx, t.to.Discovery, nil, args...)
 	if err != nil {
 		if exitCode(err) == errNoObjsFound {
 			return nil, nil
@@ -213,7 +215,7 @@ func (t *Transport) ensureIface(ctx context.Context, op, nic string) error {
 			"give the name of the storage NIC on this host (ip -br link); every host of the pool needs the same NIC names", nil)
 	}
 	name := ifaceName(nic)
-	if _, err := t.iscsiadm(ctx, t.timing.Command, nil, "-m", "iface", "-I", name, "-o", "new"); err != nil {
+	if _, err := t.iscsiadm(ctx, t.to.Command, nil, "-m", "iface", "-I", name, "-o", "new"); err != nil {
 		var ee *host.ExitError
 		exists := errors.As(err, &ee) && (ee.Code == errSessExists || strings.Contains(ee.Stderr, "exists"))
 		if !exists {
@@ -223,7 +225,7 @@ func (t *Transport) ensureIface(ctx context.Context, op, nic string) error {
 			return host.Errorf(host.KindInternal, op, "cannot create the iscsiadm iface record "+name, "run it by hand to read iscsiadm's message: iscsiadm -m iface -I "+name+" -o new", err)
 		}
 	}
-	if _, err := t.iscsiadm(ctx, t.timing.Command, nil, "-m", "iface", "-I", name, "-o", "update",
+	if _, err := t.iscsiadm(ctx, t.to.Command, nil, "-m", "iface", "-I", name, "-o", "update",
 		"-n", "iface.net_ifacename", "-v", nic); err != nil {
 		return host.Errorf(host.KindInternal, op, "cannot bind the iscsiadm iface record "+name+" to "+nic, "run it by hand to read iscsiadm's message: iscsiadm -m iface -I "+name+" -o update -n iface.net_ifacename -v "+nic, err)
 	}
@@ -238,7 +240,7 @@ func nodeArgs(p path) []string {
 // setupNode (re)creates the node record of a path with this SR's settings.
 // Everything is set before login: iscsid copies the record when it logs in.
 func (t *Transport) setupNode(ctx context.Context, op string, c *config, p path) error {
-	if _, err := t.iscsiadm(ctx, t.timing.Command, nil, append(nodeArgs(p), "-o", "new")...); err != nil {
+	if _, err := t.iscsiadm(ctx, t.to.Command, nil, append(nodeArgs(p), "-o", "new")...); err != nil {
 		if e := toolError(op, "iscsiadm", "open-iscsi (iscsi-initiator-utils)", err); e != nil {
 			return e
 		}
@@ -248,10 +250,10 @@ func (t *Transport) setupNode(ctx context.Context, op string, c *config, p path)
 		// Only xapi plugs SRs: nothing may log in at boot behind its back.
 		{"node.startup", "manual"},
 		{"node.session.timeo.replacement_timeout", strconv.Itoa(c.replacementTimeout)},
-		{"node.conn[0].timeo.login_timeout", strconv.Itoa(t.timing.LoginTimeout)},
+		{"node.conn[0].timeo.login_timeout", strconv.Itoa(t.to.LoginTimeout)},
 		// A login that times out is retried this often, and no more:
 		// an unreachable portal must not hold SR.attach for minutes.
-		{"node.session.initial_login_retry_max", strconv.Itoa(t.timing.LoginRetries)},
+		{"node.session.initial_login_retry_max", strconv.Itoa(t.to.LoginRetries)},
 	}
 	if c.chap == nil {
 		set = append(set, [2]string{"node.session.auth.authmethod", "None"})
@@ -260,14 +262,14 @@ func (t *Transport) setupNode(ctx context.Context, op string, c *config, p path)
 	for _, kv := range set {
 		args = append(args, "-n", kv[0], "-v", kv[1])
 	}
-	if _, err := t.iscsiadm(ctx, t.timing.Command, nil, args...); err != nil {
+	if _, err := t.iscsiadm(ctx, t.to.Command, nil, args...); err != nil {
 		return host.Errorf(host.KindInternal, op+": node record "+p.String(), "cannot set the node record's settings", "show the record to see what iscsiadm refuses: iscsiadm "+strings.Join(nodeArgs(p), " "), err)
 	}
 	// scan=manual keeps iscsid from scanning LUNs on its own (after a
 	// session recovery, say) while sanvol deletes the SR's disks on
 	// detach. open-iscsi older than 2.0.874 does not know the setting and
 	// always scans, which is harmless, so a refusal is only logged.
-	if _, err := t.iscsiadm(ctx, t.timing.Command, nil, append(nodeArgs(p), "-o", "update", "-n", "node.session.scan", "-v", "manual")...); err != nil {
+	if _, err := t.iscsiadm(ctx, t.to.Command, nil, append(nodeArgs(p), "-o", "update", "-n", "node.session.scan", "-v", "manual")...); err != nil {
 		t.log.Debug("node.session.scan not supported by this iscsiadm; the kernel scans at login")
 	}
 	// CHAP goes in last, into the record file: see record.go.
@@ -289,7 +291,7 @@ func (e *loginError) Error() string { return e.path.String() + ": " + e.msg }
 
 // login logs a path in. An existing session is success (exit 15).
 func (t *Transport) login(ctx context.Context, p path) *loginError {
-	timeout := time.Duration((t.timing.LoginRetries+1)*t.timing.LoginTimeout)*time.Second + 15*time.Second
+	timeout := time.Duration((t.to.LoginRetries+1)*t.to.LoginTimeout)*time.Second + 15*time.Second
 	_, err := t.iscsiadm(ctx, timeout, nil, append(nodeArgs(p), "--login")...)
 	if err == nil {
 		return nil
@@ -319,7 +321,7 @@ func (t *Transport) login(ctx context.Context, p path) *loginError {
 
 // logout ends one session by its id. A session already gone is success.
 func (t *Transport) logout(ctx context.Context, sid int) error {
-	_, err := t.iscsiadm(ctx, t.timing.Command, nil, "-m", "session", "-r", strconv.Itoa(sid), "--logout")
+	_, err := t.iscsiadm(ctx, t.to.Command, nil, "-m", "session", "-r", strconv.Itoa(sid), "--logout")
 	if c := exitCode(err); c == errNoObjsFound || c == errSessNotFound {
 		return nil
 	}
@@ -329,7 +331,7 @@ func (t *Transport) logout(ctx context.Context, sid int) error {
 // deleteNode removes a node record sanvol made, so that the CHAP secrets
 // it holds do not outlive the SR's attachment. A missing record is fine.
 func (t *Transport) deleteNode(ctx context.Context, p path) error {
-	_, err := t.iscsiadm(ctx, t.timing.Command, nil, append(nodeArgs(p), "-o", "delete")...)
+	_, err := t.iscsiadm(ctx, t.to.Command, nil, append(nodeArgs(p), "-o", "delete")...)
 	if c := exitCode(err); c == errNoObjsFound || c == errInval {
 		return nil
 	}

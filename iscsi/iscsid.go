@@ -43,7 +43,7 @@ func (t *Transport) ensureIscsid(ctx context.Context, op string) error {
 	if t.iscsidRunning() {
 		return nil
 	}
-	cmd := host.Cmd{Name: "systemctl", Args: []string{"start", iscsidUnit}, Timeout: t.timing.Command}
+	cmd := host.Cmd{Name: "systemctl", Args: []string{"start", iscsidUnit}, Timeout: t.to.Command}
 	if _, err := t.run.Run(ctx, cmd); err != nil {
 		if errors.Is(err, host.ErrNotInstalled) {
 			t.log.Warn("iscsid is not running and systemctl is not installed: cannot start it", zap.String("op", op))

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/transport"
 )
 
 // DropInPath holds sanvol's multipath settings. multipath reads every file
@@ -109,7 +110,7 @@ func noPathRetry(queueSeconds, interval int) string {
 // setStanza adds, changes or (with s == nil) removes the stanza of one
 // WWID. It reports whether the file changed.
 func (t *Transport) setStanza(ctx context.Context, wwid string, s *mpStanza) (bool, error) {
-	unlock, err := t.locks.Lock(ctx, "iscsi-multipath-conf")
+	unlock, err := transport.Lock(ctx, t.locker, t.to.Lock, "iscsi-ng: "+DropInPath, "iscsi-multipath-conf", "another sanvol call changing "+DropInPath)
 	if err != nil {
 		return false, err
 	}
@@ -136,19 +137,29 @@ func (t *Transport) setStanza(ctx context.Context, wwid string, s *mpStanza) (bo
 	return true, t.root.WriteFileAtomic(DropInPath, []byte(renderDropIn(stanzas)), 0o644)
 }
 
+// errMultipathdDown is multipathd's client failing to reach the daemon.
+var errMultipathdDown = errors.New("multipathd is not running")
+
 // multipathd sends one command to the daemon. `-k"cmd"` is the form both
-// 0.4.9 and 0.9.x accept; the reply "fail" is an error.
+// 0.4.9 and 0.9.x accept; the reply "fail" is an error. A client that
+// cannot reach the daemon says so in its own words ("ux_socket_connect:
+// Connection refused", on stdout for 0.4.9, on stderr with a failed exit
+// for 0.9.x), which are turned into errMultipathdDown here, once.
 func (t *Transport) multipathd(ctx context.Context, cmd string) (string, error) {
-	res, err := t.run.Run(ctx, host.Cmd{Name: "multipathd", Args: []string{"-k" + cmd}, Timeout: t.timing.Command})
+	res, err := t.run.Run(ctx, host.Cmd{Name: "multipathd", Args: []string{"-k" + cmd}, Timeout: t.to.Command})
 	out := strings.TrimSpace(string(res.Stdout))
 	if err != nil {
+		var ee *host.ExitError
+		if errors.As(err, &ee) && (strings.Contains(ee.Stderr+ee.Stdout, "ux_socket_connect") || strings.Contains(ee.Stderr+ee.Stdout, "Connection refused")) {
+			return out, fmt.Errorf("%w: %w", errMultipathdDown, err)
+		}
 		return out, err
 	}
 	if out == "fail" || strings.HasPrefix(out, "fail\n") {
 		return out, fmt.Errorf("multipathd -k%q: fail", cmd)
 	}
 	if strings.Contains(out, "ux_socket_connect") {
-		return out, fmt.Errorf("multipathd -k%q: %s", cmd, out)
+		return out, fmt.Errorf("%w: multipathd -k%q: %s", errMultipathdDown, cmd, out)
 	}
 	return out, nil
 }
@@ -157,7 +168,7 @@ func multipathdError(op string, err error) error {
 	if errors.Is(err, host.ErrNotInstalled) {
 		return host.Errorf(host.KindUnsupported, op, "multipathd is not installed on this host", "install device-mapper-multipath (multipath-tools)", err)
 	}
-	if strings.Contains(err.Error(), "ux_socket_connect") || strings.Contains(err.Error(), "Connection refused") {
+	if errors.Is(err, errMultipathdDown) {
 		return host.Errorf(host.KindUnsupported, op, "multipathd is not running on this host",
 			"start it (systemctl enable --now multipathd); on XCP-ng enable multipathing for the host", err)
 	}
@@ -204,7 +215,7 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 	// With find_multipaths yes (XCP-ng) a LUN with one path gets no map
 	// unless its WWID is in the wwids file.
 	if wwids, _ := t.root.ReadFile(wwidsFile); !strings.Contains(string(wwids), "/"+c.wwid+"/") {
-		if _, err := t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-a", c.wwid}, Timeout: t.timing.Command}); err != nil {
+		if _, err := t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-a", c.wwid}, Timeout: t.to.Command}); err != nil {
 			if errors.Is(err, host.ErrNotInstalled) {
 				return nil, multipathdError(op, err)
 			}
@@ -213,10 +224,10 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 	}
 
 	start := time.Now()
-	deadline := start.Add(t.timing.MapWait)
+	deadline := start.Add(t.to.MapWait)
 	// multipathd builds maps from uevents by itself; it is only prodded
 	// after this grace period, and then once per kind of lack.
-	grace := min(t.timing.MapWait/4, time.Second)
+	grace := min(t.to.MapWait/4, time.Second)
 	var askedMap, askedPaths, askedRename bool
 	for {
 		m, err := t.sys.findMap(c.wwid, disks)
@@ -239,7 +250,7 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 				t.log.Warn("multipath map is incomplete at the deadline", zap.String("map", m.name), zap.Strings("missing", missing))
 				return m, nil
 			}
-			return nil, host.Errorf(host.KindTimeout, op, fmt.Sprintf("no multipath map appeared within %s for disks %s", t.timing.MapWait, diskNames(disks)),
+			return nil, host.Errorf(host.KindTimeout, op, fmt.Sprintf("no multipath map appeared within %s for disks %s", t.to.MapWait, diskNames(disks)),
 				"check that multipathd runs and does not blacklist the array (multipath -v3 "+c.wwid+"; multipathd -k\"show config\")", nil)
 		}
 		if time.Since(start) >= grace {
@@ -251,7 +262,7 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 						return nil, e
 					}
 					t.log.Debug("multipathd add map failed, trying multipath", zap.Error(err))
-					_, _ = t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{c.wwid}, Timeout: t.timing.Command})
+					_, _ = t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{c.wwid}, Timeout: t.to.Command})
 				}
 			case m != nil && len(missing) > 0 && !askedPaths:
 				askedPaths = true
@@ -264,10 +275,10 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 				// A map made before the stanza keeps its old name
 				// until a reload applies the alias.
 				askedRename = true
-				_, _ = t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-r", m.name}, Timeout: t.timing.Command})
+				_, _ = t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-r", m.name}, Timeout: t.to.Command})
 			}
 		}
-		if err := sleep(ctx, t.timing.Poll); err != nil {
+		if err := sleep(ctx, t.to.Poll); err != nil {
 			return nil, host.Errorf(host.KindTimeout, op, "gave up waiting for the multipath map", "the call was cancelled; run SR.attach again", err)
 		}
 	}
@@ -288,9 +299,9 @@ func (t *Transport) flushMap(ctx context.Context, op string, m *dmMap) error {
 	// udev probes (blkid, LVM's rules) open the map for a moment after
 	// every change to it; a flush in that moment fails with "map in use".
 	t.settle(ctx)
-	deadline := time.Now().Add(t.timing.Flush)
+	deadline := time.Now().Add(t.to.Flush)
 	for {
-		res, err := t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-f", m.name}, Timeout: t.timing.Flush})
+		res, err := t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-f", m.name}, Timeout: t.to.Flush})
 		after, rerr := t.sys.findMap(m.wwid, nil)
 		switch {
 		case rerr != nil:
@@ -300,17 +311,22 @@ func (t *Transport) flushMap(ctx context.Context, op string, m *dmMap) error {
 		case after.suspended:
 			// A failed flush can leave the map suspended, and then
 			// every sync() on the host hangs (azurelinux#18793).
-			if _, rerr := t.run.Run(ctx, host.Cmd{Name: "dmsetup", Args: []string{"resume", after.name}, Timeout: t.timing.Command}); rerr != nil {
+			if _, rerr := t.run.Run(ctx, host.Cmd{Name: "dmsetup", Args: []string{"resume", after.name}, Timeout: t.to.Command}); rerr != nil {
 				t.log.Error("could not resume a suspended multipath map", zap.String("map", after.name), zap.Error(rerr))
 			}
 			return busy("the flush failed and left the map suspended; it was resumed", err)
 		case len(after.holders) > 0:
 			return busy("the map is in use by "+strings.Join(after.holders, ", "), err)
 		}
+		// multipath's words are its only way of saying the map was open.
+		inUse := strings.Contains(string(res.Stderr), "in use")
+		var ee *host.ExitError
+		if errors.As(err, &ee) {
+			inUse = inUse || strings.Contains(ee.Stderr+ee.Stdout, "in use")
+		}
 		if err == nil {
 			err = errors.New("map still present after multipath -f")
 		}
-		inUse := strings.Contains(string(res.Stderr), "in use") || strings.Contains(err.Error(), "in use")
 		if !inUse || time.Now().After(deadline) {
 			return busy("the map could not be removed", err)
 		}
@@ -398,7 +414,7 @@ func parseMultipathStatus(line string) ([]dmPathState, error) {
 
 // pathStates asks the kernel for the state of every path of a map.
 func (t *Transport) pathStates(ctx context.Context, name string) (map[string]dmPathState, error) {
-	res, err := t.run.Run(ctx, host.Cmd{Name: "dmsetup", Args: []string{"status", name}, Timeout: t.timing.Command})
+	res, err := t.run.Run(ctx, host.Cmd{Name: "dmsetup", Args: []string{"status", name}, Timeout: t.to.Command})
 	if err != nil {
 		return nil, err
 	}

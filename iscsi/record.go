@@ -80,7 +80,7 @@ func (t *Transport) idbmLock(ctx context.Context, op string) (func(), error) {
 				return nil, host.Errorf(host.KindInternal, op, "cannot create iscsiadm's lock file "+lock, "check that / is writable", err)
 			}
 		}
-		deadline := time.Now().Add(t.timing.Command)
+		deadline := time.Now().Add(t.to.Command)
 		for {
 			err := t.root.Link(lock, write)
 			if err == nil {
@@ -93,7 +93,7 @@ func (t *Transport) idbmLock(ctx context.Context, op string) (func(), error) {
 			}
 			if time.Now().After(deadline) || sleep(ctx, 10*time.Millisecond) != nil {
 				unlock()
-				return nil, host.Errorf(host.KindBusy, op, "iscsiadm's database lock "+write+" is held for more than "+t.timing.Command.String(),
+				return nil, host.Errorf(host.KindBusy, op, "iscsiadm's database lock "+write+" is held for more than "+t.to.Command.String(),
 					"wait for the running iscsiadm to finish (ps -ef | grep iscsiadm); if none runs, the lock is stale: rm "+write, nil)
 			}
 		}

@@ -69,7 +69,7 @@ func TestCHAPRecordWaitsForIscsiadmLock(t *testing.T) {
 	cfg := baseConfig()
 	cfg[keyChapUser], cfg[keyChapPassword] = "initiator1", "s"
 	tr := f.transport(nil)
-	tr.timing.Command = 50 * time.Millisecond
+	tr.to.Command = 50 * time.Millisecond
 	_, err := tr.Attach(context.Background(), cfg)
 	if !errors.Is(err, host.ErrBusy) || !strings.Contains(err.Error(), "lock.write") {
 		t.Fatalf("attach under a held lock: %v", err)

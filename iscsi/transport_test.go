@@ -3,16 +3,19 @@ package iscsi
 import (
 	"context"
 	"errors"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sanvol/sanvol/host"
-	"github.com/sanvol/sanvol/volume"
+	"github.com/sanvol/sanvol/transport"
 )
 
-func attach(t *testing.T, tr *Transport, cfg map[string]string) volume.Device {
+func attach(t *testing.T, tr *Transport, cfg map[string]string) transport.Device {
 	t.Helper()
 	dev, err := tr.Attach(context.Background(), cfg)
 	if err != nil {
@@ -484,13 +487,13 @@ func TestProbeLUNsInspectsAndCleansUp(t *testing.T) {
 	f := newFakeHost(t)
 	f.addSecondLUN()
 	var inspected []string
-	inspect := func(_ context.Context, dev string) (*volume.FoundSR, error) {
+	inspect := func(_ context.Context, dev string) (*transport.FoundSR, error) {
 		inspected = append(inspected, dev)
 		if !f.root.Exists(dev) && !f.root.Exists("/sys/block/"+strings.TrimPrefix(dev, "/dev/")) {
 			t.Errorf("inspected %s, which does not exist", dev)
 		}
 		if len(inspected) == 1 {
-			return &volume.FoundSR{UUID: "11111111-2222-3333-4444-555555555555", Name: "old SR"}, nil
+			return &transport.FoundSR{UUID: "11111111-2222-3333-4444-555555555555", Name: "old SR"}, nil
 		}
 		return nil, nil
 	}
@@ -503,7 +506,7 @@ func TestProbeLUNsInspectsAndCleansUp(t *testing.T) {
 		t.Fatalf("%d candidates, inspected %v", len(cands), inspected)
 	}
 	c := cands[0]
-	if c.Configuration[keySCSIid] != testWWID || !c.Complete || c.SR == nil || c.Configuration["sr_uuid"] != c.SR.UUID {
+	if c.Configuration[keySCSIid] != testWWID || !c.Complete || c.SR == nil || c.Configuration["sr_uuid"] != "" {
 		t.Errorf("first candidate %+v", c)
 	}
 	if c.Extra["vendor"] != "LIO-ORG" || c.Extra["product"] != "lun0" || c.Extra["size"] != "1073741824" || c.Extra["paths"] != "2" {
@@ -523,7 +526,7 @@ func TestProbeLeavesAttachedSRAlone(t *testing.T) {
 	attach(t, tr, baseConfig())
 	cfg := baseConfig()
 	delete(cfg, keySCSIid)
-	cands, err := tr.Probe(context.Background(), cfg, func(context.Context, string) (*volume.FoundSR, error) { return nil, nil })
+	cands, err := tr.Probe(context.Background(), cfg, func(context.Context, string) (*transport.FoundSR, error) { return nil, nil })
 	if err != nil || len(cands) != 1 {
 		t.Fatalf("%v %+v", err, cands)
 	}
@@ -702,5 +705,84 @@ func TestDeviceID(t *testing.T) {
 	delete(cfg, keySCSIid)
 	if _, err := tr.DeviceID(cfg); host.KindOf(err) != host.KindInvalid {
 		t.Fatalf("without SCSIid: %v", err)
+	}
+}
+
+// statCost runs the transport's part of an SR.stat (Health, then Rescan)
+// and reports the processes it started, the disk rescans and the READ
+// CAPACITY questions.
+func statCost(t *testing.T, f *fakeHost, tr *Transport) (procs []string, rescans, capacity int) {
+	t.Helper()
+	f.mu.Lock()
+	calls, r0, c0 := len(f.calls), f.rescans, f.capacityCalls
+	f.mu.Unlock()
+	ctx := context.Background()
+	if _, err := tr.Health(ctx, baseConfig()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tr.Rescan(ctx, baseConfig()); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond) // the fake kernel's rescans
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.calls[calls:] {
+		procs = append(procs, c.Name+" "+strings.Join(c.Args, " "))
+	}
+	return procs, f.rescans - r0, f.capacityCalls - c0
+}
+
+// SR.stat of an unchanged LUN rescans nothing and waits for no udev
+// event: one READ CAPACITY on one path and `dmsetup status` for the path
+// states. Before (the array not answering READ CAPACITY, which is the
+// old behaviour) it rescanned every path and ran `udevadm settle`. A
+// grown LUN is still seen by the very next SR.stat (TestRescanGrowsMap).
+// The numbers are in docs/benchmarks.md.
+func TestStatProcessCount(t *testing.T) {
+	f := newFakeHost(t)
+	tr := f.transport(nil)
+	attach(t, tr, baseConfig())
+
+	procs, rescans, capacity := statCost(t, f, tr)
+	if len(procs) != 1 || !strings.HasPrefix(procs[0], "dmsetup status") || rescans != 0 || capacity != 1 {
+		t.Errorf("unchanged LUN: processes %q, %d rescans, %d READ CAPACITY; want only dmsetup status, no rescan, one READ CAPACITY", procs, rescans, capacity)
+	}
+	t.Logf("after: %d processes %q, %d disk rescans, %d READ CAPACITY", len(procs), procs, rescans, capacity)
+
+	old := f.transport(nil)
+	old.capacity = func(string) (int64, error) { return 0, syscall.ENOTTY }
+	procs, rescans, _ = statCost(t, f, old)
+	if !slices.ContainsFunc(procs, func(p string) bool { return strings.HasPrefix(p, "udevadm settle") }) || rescans != 2 {
+		t.Errorf("without READ CAPACITY: processes %q, %d rescans; want the full rescan of both paths", procs, rescans)
+	}
+	t.Logf("before (full rescan at every call): %d processes %q, %d disk rescans", len(procs), procs, rescans)
+
+	f.mu.Lock()
+	f.targets[testIQN].luns[0].size *= 2
+	f.mu.Unlock()
+	procs, rescans, _ = statCost(t, f, tr)
+	if rescans != 2 || !slices.ContainsFunc(procs, func(p string) bool { return strings.HasPrefix(p, "multipathd -kresize map") }) {
+		t.Errorf("grown LUN: processes %q, %d rescans; want both paths rescanned and the map resized", procs, rescans)
+	}
+	t.Logf("grown LUN: %d processes %q, %d disk rescans", len(procs), procs, rescans)
+}
+
+// A disk that already shows more than the map (rescanned by an admin, or
+// an earlier resize that failed) is acted on without asking the array.
+func TestRescanActsOnAGrownDisk(t *testing.T) {
+	f := newFakeHost(t)
+	tr := f.transport(nil)
+	attach(t, tr, baseConfig())
+	tr.capacity = func(string) (int64, error) { return 1073741824, nil } // stale answer
+	f.mu.Lock()
+	f.targets[testIQN].luns[0].size *= 2
+	for _, s := range f.sess {
+		for _, sd := range s.disks {
+			f.write("/sys/block/"+sd+"/size", strconv.FormatInt(f.targets[testIQN].luns[0].size, 10))
+		}
+	}
+	f.mu.Unlock()
+	if grew, err := tr.Rescan(context.Background(), baseConfig()); err != nil || !grew {
+		t.Fatalf("grew %v, %v", grew, err)
 	}
 }

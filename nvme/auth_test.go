@@ -7,7 +7,7 @@ import (
 	"testing"
 
 	"github.com/sanvol/sanvol/host"
-	"github.com/sanvol/sanvol/volume"
+	"github.com/sanvol/sanvol/transport"
 )
 
 func authCfg() map[string]string {
@@ -123,9 +123,9 @@ func TestProbeListsNamespacesAndDisconnects(t *testing.T) {
 	k := newFakeKernel(t)
 	k.discovery = readFixture(t, "synthetic-nvme-discover-1.16.json")
 	var inspected []string
-	inspect := func(_ context.Context, dev string) (*volume.FoundSR, error) {
+	inspect := func(_ context.Context, dev string) (*transport.FoundSR, error) {
 		inspected = append(inspected, dev)
-		return &volume.FoundSR{UUID: "sr-1", Name: "nvme SR"}, nil
+		return &transport.FoundSR{UUID: "sr-1", Name: "nvme SR"}, nil
 	}
 	cfg := map[string]string{KeyTarget: "127.0.0.1", KeyDHCHAP: testKey}
 	k.authKernel = true
@@ -137,7 +137,8 @@ func TestProbeListsNamespacesAndDisconnects(t *testing.T) {
 		t.Fatalf("candidates = %+v, want 1 (the rdma-only subsystem is skipped)", cands)
 	}
 	c := cands[0]
-	if !c.Complete || c.SR == nil || c.SR.UUID != "sr-1" || c.Configuration["sr_uuid"] != "sr-1" {
+	// sr_uuid is the engine's to add (volume.SRProbe applies xapi's rule).
+	if !c.Complete || c.SR == nil || c.SR.UUID != "sr-1" || c.Configuration["sr_uuid"] != "" {
 		t.Errorf("candidate = %+v", c)
 	}
 	if got := c.Configuration[KeyNamespace]; got != "uuid."+testUUID {

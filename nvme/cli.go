@@ -84,9 +84,69 @@ func isAlreadyConnected(err error) bool {
 	return ee.Code == 114 || ee.Code == 70
 }
 
+// connectClass is what a failed connect says about its cause.
+type connectClass int
+
+const (
+	connectOther      connectClass = iota
+	connectAuth                    // the target refused the DH-HMAC-CHAP exchange
+	connectNoNetwork               // nothing answered at the TCP level
+	connectNoDevice                // host-iface (or the fabrics device) is not there
+	connectBadOptions              // the kernel refused the options string
+)
+
+// classOf reads the cause of a failed connect: from the kernel's errno
+// when sanvol wrote /dev/nvme-fabrics itself, and from nvme-cli's own
+// words (its only interface) when it ran `nvme connect` or `discover`.
+func classOf(err error) connectClass {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		switch errno {
+		case syscall.EKEYREJECTED, syscall.ENOKEY, syscall.EACCES:
+			return connectAuth
+		case syscall.ECONNREFUSED, syscall.EHOSTUNREACH, syscall.ENETUNREACH, syscall.ETIMEDOUT,
+			syscall.EHOSTDOWN, syscall.EADDRNOTAVAIL:
+			return connectNoNetwork
+		case syscall.ENODEV, syscall.ENXIO:
+			return connectNoDevice
+		case syscall.EINVAL:
+			return connectBadOptions
+		}
+		return connectOther
+	}
+	var ee *host.ExitError
+	if !errors.As(err, &ee) {
+		return connectOther
+	}
+	text := strings.ToLower(ee.Stderr + " " + ee.Stdout)
+	switch {
+	case strings.Contains(text, "key was rejected"), strings.Contains(text, "authentication"),
+		strings.Contains(text, "permission denied"), strings.Contains(text, "access denied"),
+		strings.Contains(text, "required key not available"):
+		return connectAuth
+	case strings.Contains(text, "connection refused"), strings.Contains(text, "no route to host"),
+		strings.Contains(text, "network is unreachable"), strings.Contains(text, "timed out"),
+		strings.Contains(text, "host is down"), strings.Contains(text, "cannot assign requested address"):
+		return connectNoNetwork
+	case strings.Contains(text, "no such device"):
+		return connectNoDevice
+	case strings.Contains(text, "invalid argument"), strings.Contains(text, "unrecognized option"):
+		return connectBadOptions
+	}
+	return connectOther
+}
+
+// portalDown wraps the cause of a connect that failed below NVMe (refused,
+// no route, timed out at the TCP level): allFailed then knows, without
+// reading any message, that asking the portal for its discovery log is
+// pointless. Its text is the cause's.
+type portalDown struct{ err error }
+
+func (e portalDown) Error() string { return e.err.Error() }
+func (e portalDown) Unwrap() error { return e.err }
+
 // classifyConnect turns a failed `nvme connect` into a host.Error with
-// the portal and a fix. The kernel's errno text is the most reliable
-// signal nvme-cli passes on.
+// the portal and a fix. The kernel's errno is the most reliable signal.
 func classifyConnect(op string, p Portal, c Config, err error) error {
 	var ce *host.CmdError
 	if errors.As(err, &ce) {
@@ -99,34 +159,21 @@ func classifyConnect(op string, p Portal, c Config, err error) error {
 		}
 		return host.Errorf(host.KindInternal, op, "could not run nvme connect", "", err)
 	}
-	var ee *host.ExitError
-	text := ""
-	if errors.As(err, &ee) {
-		text = strings.ToLower(ee.Stderr + " " + ee.Stdout)
-	} else if err != nil {
-		// A write to /dev/nvme-fabrics fails with the kernel's errno,
-		// whose text is what nvme-cli would have printed.
-		text = strings.ToLower(err.Error())
-	}
-	switch {
-	case strings.Contains(text, "key was rejected"), strings.Contains(text, "authentication"),
-		strings.Contains(text, "permission denied"), strings.Contains(text, "access denied"),
-		strings.Contains(text, "required key not available"):
+	switch classOf(err) {
+	case connectAuth:
 		fix := "the target requires DH-HMAC-CHAP: set device-config:dhchap-password to the host key the target has for this host's NQN"
 		if c.Auth() {
 			fix = "check that dhchap-password is the key the target holds for this host's NQN (and dhchap-ctrl-password the controller key); update the XenAPI secret and re-plug"
 		}
 		return host.Errorf(host.KindAuth, op, "portal "+p.String()+" refused DH-HMAC-CHAP authentication", fix, err)
-	case strings.Contains(text, "connection refused"), strings.Contains(text, "no route to host"),
-		strings.Contains(text, "network is unreachable"), strings.Contains(text, "timed out"),
-		strings.Contains(text, "host is down"), strings.Contains(text, "cannot assign requested address"):
+	case connectNoNetwork:
 		return host.Errorf(host.KindUnreachable, op, "cannot reach portal "+p.String(),
-			"check that the target listens on "+p.String()+" and that this host has a route to it", err)
-	case strings.Contains(text, "no such device"):
+			"check that the target listens on "+p.String()+" and that this host has a route to it", portalDown{err})
+	case connectNoDevice:
 		if p.Iface != "" {
 			return host.Errorf(host.KindInvalid, op, "host interface "+p.Iface+" does not exist on this host", "fix device-config:host-iface", err)
 		}
-	case strings.Contains(text, "invalid argument"), strings.Contains(text, "unrecognized option"):
+	case connectBadOptions:
 		return host.Errorf(host.KindUnsupported, op, "the kernel refused the connect options for "+p.String(),
 			"check the kernel log (dmesg | grep nvme); host-iface needs Linux 5.14+, dhchap keys Linux 6.0+", err)
 	}
@@ -251,49 +298,6 @@ func parseVersion(b []byte) string {
 		return f[2]
 	}
 	return strings.TrimSpace(line)
-}
-
-// Timeouts bound every step; xapi has none of its own.
-type Timeouts struct {
-	Connect    time.Duration // one `nvme connect`
-	Disconnect time.Duration // one `nvme disconnect`
-	Discover   time.Duration // one `nvme discover`
-	Modprobe   time.Duration
-	Namespace  time.Duration // wait for the namespace head after connecting
-	Lock       time.Duration // wait for another attach of the same subsystem
-	Poll       time.Duration // sysfs polling interval
-}
-
-// DefaultTimeouts make a failed attach end within 30 s when every portal is
-// unreachable: connects run in parallel, each bounded by Connect, and the
-// wrong-NQN hint adds one Discover at most.
-func DefaultTimeouts() Timeouts {
-	return Timeouts{
-		Connect:    20 * time.Second,
-		Disconnect: 30 * time.Second,
-		Discover:   8 * time.Second,
-		Modprobe:   15 * time.Second,
-		Namespace:  20 * time.Second,
-		Lock:       90 * time.Second,
-		Poll:       100 * time.Millisecond,
-	}
-}
-
-func (t Timeouts) withDefaults() Timeouts {
-	d := DefaultTimeouts()
-	set := func(v *time.Duration, def time.Duration) {
-		if *v <= 0 {
-			*v = def
-		}
-	}
-	set(&t.Connect, d.Connect)
-	set(&t.Disconnect, d.Disconnect)
-	set(&t.Discover, d.Discover)
-	set(&t.Modprobe, d.Modprobe)
-	set(&t.Namespace, d.Namespace)
-	set(&t.Lock, d.Lock)
-	set(&t.Poll, d.Poll)
-	return t
 }
 
 // runNVMe runs nvme-cli with the secrets of c redacted.

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/transport"
 )
 
 // Device-config keys. The dhchap keys end in "password" on purpose: xapi
@@ -310,8 +311,7 @@ func secretValue(ctx context.Context, cfg map[string]string, key string, res hos
 	if uuid := strings.TrimSpace(cfg[key+secretSuffix]); uuid != "" {
 		s, err := res.Secret(ctx, uuid)
 		if err != nil {
-			return "", host.Errorf(host.KindAuth, opValidate, fmt.Sprintf("cannot read XenAPI secret %s (%s)", uuid, key+secretSuffix),
-				"check that the secret exists: xe secret-list uuid="+uuid, err)
+			return "", transport.SecretError(opValidate, key+secretSuffix, uuid, err)
 		}
 		v = strings.TrimSpace(s)
 	}

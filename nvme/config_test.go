@@ -145,8 +145,8 @@ func TestParseConfigDefaultsAndSecrets(t *testing.T) {
 
 	delete(res, "s-2")
 	_, err = parseConfig(context.Background(), cfg, parseOpts{needNQN: true, secrets: res})
-	if !errors.Is(err, host.ErrAuth) || !strings.Contains(err.Error(), "s-2") {
-		t.Errorf("missing secret: err = %v, want Auth naming the secret uuid", err)
+	if !errors.Is(err, host.ErrNotFound) || !strings.Contains(err.Error(), "s-2") {
+		t.Errorf("missing secret: err = %v, want NotFound naming the secret uuid", err)
 	}
 	// Detach and health never need the key, and must work when the
 	// secret is gone.
@@ -312,3 +312,23 @@ func TestParseRealNVMeCLI23Output(t *testing.T) {
 		t.Errorf("list-subsys (-want +got):\n%s", diff)
 	}
 }
+
+// A secret that cannot be read has the resolver's kind, as in iscsi-ng
+// (transport.SecretError): NotFound for a missing one, Unreachable when
+// xapi is down.
+func TestSecretErrorKind(t *testing.T) {
+	cfg := map[string]string{KeyTarget: "10.0.0.1", KeyNQN: testNQN, KeyDHCHAP + "_secret": "nope"}
+	_, err := parseConfig(context.Background(), cfg, parseOpts{needNQN: true, secrets: fakeSecrets{}})
+	if host.KindOf(err) != host.KindNotFound || !strings.Contains(err.Error(), "dhchap-password_secret") {
+		t.Errorf("missing secret: %v", err)
+	}
+	down := host.Errorf(host.KindUnreachable, "resolve secret nope", "xapi is not running", "", nil)
+	_, err = parseConfig(context.Background(), cfg, parseOpts{needNQN: true, secrets: failingSecrets{down}})
+	if host.KindOf(err) != host.KindUnreachable {
+		t.Errorf("xapi down: %v", err)
+	}
+}
+
+type failingSecrets struct{ err error }
+
+func (s failingSecrets) Secret(context.Context, string) (string, error) { return "", s.err }

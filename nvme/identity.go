@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/transport"
 )
 
 // Host identity files, as nvme-cli and nvmf-autoconnect use them.
@@ -46,9 +47,9 @@ func (t *Transport) identity(ctx context.Context, c Config, create bool) (Identi
 		nqn, _ := t.root.ReadString(HostNQNFile)
 		return Identity{HostNQN: nqn}, nil
 	}
-	unlock, err := t.locker.Lock(ctx, "nvme-hostnqn")
+	unlock, err := transport.Lock(ctx, t.locker, t.to.Lock, op, "nvme-hostnqn", "another sanvol call writing the host NQN files")
 	if err != nil {
-		return Identity{}, host.LockError(op, "another sanvol call writing the host NQN files", err)
+		return Identity{}, err
 	}
 	defer unlock()
 	nqn, nerr := t.root.ReadString(HostNQNFile)

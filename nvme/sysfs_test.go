@@ -12,7 +12,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/sanvol/sanvol/host"
-	"github.com/sanvol/sanvol/volume"
+	"github.com/sanvol/sanvol/transport"
 )
 
 // The trees under testdata/sysfs-<kernel>[-degraded] are copies of a lab
@@ -79,10 +79,10 @@ func fakeKernelOn(t *testing.T, tree string) *fakeKernel {
 func TestRealSysfsHealth(t *testing.T) {
 	for _, c := range []struct {
 		tree string
-		want volume.Health
+		want transport.Health
 	}{
-		{realTree, volume.Health{Total: 2, Live: 2, Detail: "2 of 2 paths live"}},
-		{realDegraded, volume.Health{Total: 2, Live: 1, Detail: "1 of 2 paths live: 127.0.0.2:4420 connecting"}},
+		{realTree, transport.Health{Total: 2, Live: 2, Detail: "2 of 2 paths live"}},
+		{realDegraded, transport.Health{Total: 2, Live: 1, Detail: "1 of 2 paths live: 127.0.0.2:4420 connecting"}},
 	} {
 		// Health only reads, so it can look at the fixture in place.
 		tr := New(Deps{Root: host.NewRoot(c.tree)})

@@ -13,7 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/sanvol/sanvol/host"
-	"github.com/sanvol/sanvol/volume"
+	"github.com/sanvol/sanvol/transport"
 )
 
 func TestAttachConnectsEveryPortalWithExplicitOptions(t *testing.T) {
@@ -26,7 +26,7 @@ func TestAttachConnectsEveryPortalWithExplicitOptions(t *testing.T) {
 	if want := "/dev/disk/by-id/nvme-uuid." + testUUID; dev.Path != want {
 		t.Errorf("Path = %s, want %s", dev.Path, want)
 	}
-	if diff := cmp.Diff(volume.Health{Total: 2, Live: 2, Detail: "2 of 2 paths live"}, dev.Health); diff != "" {
+	if diff := cmp.Diff(transport.Health{Total: 2, Live: 2, Detail: "2 of 2 paths live"}, dev.Health); diff != "" {
 		t.Errorf("health (-want +got):\n%s", diff)
 	}
 	got := k.connects()
@@ -233,7 +233,7 @@ func TestHealthReportsConnectingPath(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := volume.Health{Total: 2, Live: 1, Detail: "1 of 2 paths live: 127.0.0.2:4420 connecting"}
+	want := transport.Health{Total: 2, Live: 1, Detail: "1 of 2 paths live: 127.0.0.2:4420 connecting"}
 	if diff := cmp.Diff(want, h); diff != "" {
 		t.Errorf("health (-want +got):\n%s", diff)
 	}

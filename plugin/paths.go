@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/transport"
 	"github.com/sanvol/sanvol/volume"
 	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
@@ -105,13 +106,13 @@ func (p *pathKeys) save(uuid string, r pathRecord) {
 
 // mpathValue is the value format of mpath-<id>: Python's str() of
 // [active, total], e.g. "[1, 2]" (mpathcount.py update_config).
-func mpathValue(h volume.Health) string { return fmt.Sprintf("[%d, %d]", h.Live, h.Total) }
+func mpathValue(h transport.Health) string { return fmt.Sprintf("[%d, %d]", h.Live, h.Total) }
 
 // publish records the SR's path counts, logs a change of them, and
 // writes them to this host's PBD when they differ from what xapi holds
 // (always when force, i.e. at SR.attach). It never fails: the storage
 // call goes on whatever XenAPI answers.
-func (p *pathKeys) publish(ctx context.Context, uuid string, h volume.Health, force bool) pathRecord {
+func (p *pathKeys) publish(ctx context.Context, uuid string, h transport.Health, force bool) pathRecord {
 	if h.Total == 0 {
 		// No path view (the transport could not read it): nothing to
 		// publish or compare.

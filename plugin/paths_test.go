@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/transport"
 	"github.com/sanvol/sanvol/volume"
 	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
@@ -71,7 +72,7 @@ func newPathKeys(t *testing.T, f *fakePBD) (*pathKeys, *observer.ObservedLogs) {
 func healthyStat(live, total int) volume.SRStat {
 	return volume.SRStat{SR: "nvmetcp://" + pathsSR, UUID: pathsSR, Name: "lab", TotalSpace: 4 << 30, FreeSpace: 3 << 30,
 		Health: volume.Healthy, HealthDetail: "detail",
-		Paths: volume.Health{ID: "eui.00a1", Live: live, Total: total, Detail: "detail"}}
+		Paths: transport.Health{ID: "eui.00a1", Live: live, Total: total, Detail: "detail"}}
 }
 
 func TestSRStatDegradedIsHealthyAndPublished(t *testing.T) {
@@ -96,7 +97,7 @@ func TestPathKeysWrittenOnlyOnChangeAndLoggedOnce(t *testing.T) {
 	f := &fakePBD{other: map[string]string{}}
 	p, logs := newPathKeys(t, f)
 	ctx := context.Background()
-	p.publish(ctx, pathsSR, volume.Health{ID: "eui.00a1", Live: 2, Total: 2}, true) // SR.attach
+	p.publish(ctx, pathsSR, transport.Health{ID: "eui.00a1", Live: 2, Total: 2}, true) // SR.attach
 	for range 3 {
 		if _, err := p.srStat(ctx, healthyStat(2, 2)); err != nil {
 			t.Fatal(err)
@@ -122,7 +123,7 @@ func TestPathKeysWrittenOnlyOnChangeAndLoggedOnce(t *testing.T) {
 	// An SR.stat without a path view (the transport could not read it)
 	// changes nothing and logs no transition.
 	unknown := healthyStat(0, 0)
-	unknown.Paths = volume.Health{}
+	unknown.Paths = transport.Health{}
 	if _, err := p.srStat(ctx, unknown); err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +143,7 @@ func TestPathKeysParallelStats(t *testing.T) {
 	f := &fakePBD{other: map[string]string{}}
 	p, logs := newPathKeys(t, f)
 	ctx := context.Background()
-	p.publish(ctx, pathsSR, volume.Health{ID: "eui.00a1", Live: 2, Total: 2}, true)
+	p.publish(ctx, pathsSR, transport.Health{ID: "eui.00a1", Live: 2, Total: 2}, true)
 	var wg sync.WaitGroup
 	for range 8 {
 		wg.Go(func() {
@@ -164,7 +165,7 @@ func TestPathKeysRemovedOnDetach(t *testing.T) {
 	f := &fakePBD{other: map[string]string{"keep": "1"}}
 	p, _ := newPathKeys(t, f)
 	ctx := context.Background()
-	p.publish(ctx, pathsSR, volume.Health{ID: "eui.00a1", Live: 2, Total: 2}, true)
+	p.publish(ctx, pathsSR, transport.Health{ID: "eui.00a1", Live: 2, Total: 2}, true)
 	p.unpublish(ctx, pathsSR)
 	if len(f.other) != 1 || f.other["keep"] != "1" {
 		t.Fatalf("other-config after detach: %v", f.other)
@@ -209,7 +210,7 @@ func TestXenAPIFailureNeverFailsTheCall(t *testing.T) {
 func TestUnreachableOnlyToDaemonsThatDecodeIt(t *testing.T) {
 	ctx := context.Background()
 	down := volume.SRStat{SR: "nvmetcp://" + pathsSR, UUID: pathsSR, Health: volume.Unreachable, HealthDetail: "0 of 2 paths live",
-		Paths: volume.Health{ID: "eui.00a1", Live: 0, Total: 2, Detail: "0 of 2 paths live"}}
+		Paths: transport.Health{ID: "eui.00a1", Live: 0, Total: 2, Detail: "0 of 2 paths live"}}
 	for _, c := range []struct {
 		version     string
 		unreachable bool

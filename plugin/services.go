@@ -12,6 +12,7 @@ import (
 	"github.com/sanvol/sanvol/iscsi"
 	"github.com/sanvol/sanvol/lvm"
 	"github.com/sanvol/sanvol/nvme"
+	"github.com/sanvol/sanvol/transport"
 	"github.com/sanvol/sanvol/volume"
 )
 
@@ -24,7 +25,7 @@ const CrashEnv = "SANVOL_TEST_CRASH_AT"
 type srServices struct {
 	deps      *Deps
 	srType    string
-	transport volume.Transport
+	transport transport.Transport
 	keep      bool // secrets resolved are kept for boot (host.BootSecrets)
 }
 
@@ -64,7 +65,7 @@ func crashHook() volume.FaultHook {
 }
 
 func newServices(d *Deps, srType string) (*srServices, error) {
-	var t volume.Transport
+	var t transport.Transport
 	// XenAPI first; with xapi down (boot), the copy static-vdis' own
 	// calls kept (host.BootSecrets).
 	secrets := host.BootSecrets{Root: d.Root, XenAPI: host.NewXenAPI(d.Root), Keep: d.StaticVDIs}

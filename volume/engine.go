@@ -1,3 +1,6 @@
+// Package volume implements the SR.* and Volume.* semantics: an SR is an
+// LVM volume group on one shared LUN or namespace, and every volume is a
+// logical volume in it, with its metadata in LVM tags.
 package volume
 
 import (
@@ -11,7 +14,13 @@ import (
 	"github.com/sanvol/sanvol/blockdev"
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/transport"
 )
+
+// rollbackTimeout bounds the undo of a failed call (releasing what an
+// attach connected, removing the LV of a failed create), which runs even
+// when the call's own context is cancelled (host.RollbackContext).
+const rollbackTimeout = 2 * time.Minute
 
 // FaultHook is called after every step of the operations that change
 // metadata, with the step's name (see FaultSteps). Tests kill the process
@@ -61,7 +70,7 @@ func FaultSteps() []string {
 // Options are the engine's dependencies.
 type Options struct {
 	LVM       *lvm.Client
-	Transport Transport
+	Transport transport.Transport
 	// Runner runs the non-LVM tools: blkid, wipefs.
 	Runner host.Runner
 	// Zeroer zeroes new extents; nil means blockdev's BLKZEROOUT on the
@@ -90,7 +99,7 @@ type Options struct {
 // Engine implements SR.* and Volume.* for one SR type (one Transport).
 type Engine struct {
 	lvm      *lvm.Client
-	t        Transport
+	t        transport.Transport
 	run      host.Runner
 	locker   host.Locker
 	root     host.Root
@@ -149,13 +158,7 @@ func (e *Engine) requireMaster(op string) error {
 
 // lock takes a host-wide lock, bounded by LockWait.
 func (e *Engine) lock(ctx context.Context, op, name string) (func(), error) {
-	lctx, cancel := context.WithTimeout(ctx, e.lockWait)
-	defer cancel()
-	unlock, err := e.locker.Lock(lctx, name)
-	if err != nil {
-		return nil, host.LockError(op, "another sanvol call on this host ("+name+")", err)
-	}
-	return unlock, nil
+	return transport.Lock(ctx, e.locker, e.lockWait, op, name, "another sanvol call on this host ("+name+")")
 }
 
 // begin starts a metadata change of an attached SR: on the master only,
@@ -164,7 +167,7 @@ func (e *Engine) begin(ctx context.Context, op, sr string) (a Attached, unlock f
 	if err := e.requireMaster(op); err != nil {
 		return Attached{}, nil, err
 	}
-	if a, err = e.attached(sr); err != nil {
+	if a, err = e.attached(ctx, sr); err != nil {
 		return Attached{}, nil, err
 	}
 	if unlock, err = e.lock(ctx, op, srLock(a.UUID)); err != nil {
@@ -221,12 +224,12 @@ func (e *Engine) scope(dev string) lvm.Scope {
 
 // attached loads the attach record behind an SR handle, with its device
 // checked to be the SR's device now (resolved).
-func (e *Engine) attached(sr string) (Attached, error) {
+func (e *Engine) attached(ctx context.Context, sr string) (Attached, error) {
 	a, err := e.attachRecord(sr)
 	if err != nil {
 		return a, err
 	}
-	return e.resolved(a)
+	return e.resolved(ctx, a)
 }
 
 // attachRecord loads the attach record behind an SR handle as written.

@@ -16,6 +16,7 @@ import (
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
 	"github.com/sanvol/sanvol/lvm/lvmtest"
+	"github.com/sanvol/sanvol/transport"
 	"github.com/sanvol/sanvol/volume"
 )
 
@@ -34,7 +35,7 @@ type fakeTransport struct {
 	attaches  int
 	detaches  int
 	others    [][]map[string]string
-	health    volume.Health
+	health    transport.Health
 	healthErr error
 	found     []string // devices Probe inspects
 }
@@ -50,11 +51,11 @@ func (f *fakeTransport) DeviceID(cfg map[string]string) (string, error) {
 	}
 	return "nguid:" + cfg["nguid"], nil
 }
-func (f *fakeTransport) Attach(ctx context.Context, cfg map[string]string) (volume.Device, error) {
+func (f *fakeTransport) Attach(ctx context.Context, cfg map[string]string) (transport.Device, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.attaches++
-	return volume.Device{Path: f.dev, Health: volume.Health{Total: 2, Live: 2}}, nil
+	return transport.Device{Path: f.dev, Health: transport.Health{Total: 2, Live: 2}}, nil
 }
 func (f *fakeTransport) Detach(ctx context.Context, cfg map[string]string, others []map[string]string) error {
 	f.mu.Lock()
@@ -63,17 +64,17 @@ func (f *fakeTransport) Detach(ctx context.Context, cfg map[string]string, other
 	f.others = append(f.others, others)
 	return nil
 }
-func (f *fakeTransport) Health(ctx context.Context, cfg map[string]string) (volume.Health, error) {
+func (f *fakeTransport) Health(ctx context.Context, cfg map[string]string) (transport.Health, error) {
 	return f.health, f.healthErr
 }
-func (f *fakeTransport) Probe(ctx context.Context, cfg map[string]string, inspect volume.Inspector) ([]volume.Candidate, error) {
-	var out []volume.Candidate
+func (f *fakeTransport) Probe(ctx context.Context, cfg map[string]string, inspect transport.Inspector) ([]transport.Candidate, error) {
+	var out []transport.Candidate
 	for _, d := range f.found {
 		sr, err := inspect(ctx, d)
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, volume.Candidate{Configuration: map[string]string{"target": "t", "nguid": d, "sr_uuid": "stale"}, Complete: true, SR: sr, Extra: map[string]string{"size": "1"}})
+		out = append(out, transport.Candidate{Configuration: map[string]string{"target": "t", "nguid": d, "sr_uuid": "stale"}, Complete: true, SR: sr, Extra: map[string]string{"size": "1"}})
 	}
 	return out, nil
 }
@@ -94,7 +95,7 @@ type crashed struct{ step string }
 
 func newEnv(t *testing.T, role host.Role) *env {
 	t.Helper()
-	v := &env{t: t, sim: lvmtest.NewSim(testDev, 100*gib), tr: &fakeTransport{dev: testDev, health: volume.Health{Total: 2, Live: 2}},
+	v := &env{t: t, sim: lvmtest.NewSim(testDev, 100*gib), tr: &fakeTransport{dev: testDev, health: transport.Health{Total: 2, Live: 2}},
 		root: host.NewRoot(t.TempDir())}
 	v.e = v.engine(role)
 	return v
@@ -105,11 +106,11 @@ func (v *env) engine(role host.Role) *volume.Engine {
 }
 
 // engineWith is a master's engine on another transport (a wrapper of v.tr).
-func (v *env) engineWith(tr volume.Transport) *volume.Engine {
+func (v *env) engineWith(tr transport.Transport) *volume.Engine {
 	return v.engineOf(host.Role{Master: true}, tr)
 }
 
-func (v *env) engineOf(role host.Role, tr volume.Transport) *volume.Engine {
+func (v *env) engineOf(role host.Role, tr transport.Transport) *volume.Engine {
 	e, err := volume.New(volume.Options{
 		LVM: lvm.New(v.sim, nil), Transport: tr, Runner: v.sim, Zeroer: v.sim, Locker: host.FileLocker{Root: v.root}, Root: v.root,
 		Role: role, Version: "test-1.0", HostID: testHost,
@@ -390,7 +391,7 @@ func TestSRStatHealth(t *testing.T) {
 	}
 	// One path of two down: still Healthy (xapi scans only Healthy SRs),
 	// with the detail and the counts for the PBD.
-	v.tr.health = volume.Health{ID: "eui.1", Total: 2, Live: 1, Detail: "1 of 2 paths live: 127.0.0.2:4420 connecting"}
+	v.tr.health = transport.Health{ID: "eui.1", Total: 2, Live: 1, Detail: "1 of 2 paths live: 127.0.0.2:4420 connecting"}
 	st, err = v.e.SRStat(context.Background(), sr)
 	if err != nil || st.Health != volume.Healthy || st.HealthDetail != v.tr.health.Detail || st.Paths != v.tr.health || st.TotalSpace <= 0 {
 		t.Fatalf("degraded stat = %+v, %v", st, err)
@@ -398,7 +399,7 @@ func TestSRStatHealth(t *testing.T) {
 	// No path: Unreachable, and no LVM command that would wait on the
 	// queued I/O.
 	v.sim.Reset()
-	v.tr.health = volume.Health{ID: "eui.1", Total: 2, Live: 0, Detail: "0 of 2 paths live"}
+	v.tr.health = transport.Health{ID: "eui.1", Total: 2, Live: 0, Detail: "0 of 2 paths live"}
 	st, err = v.e.SRStat(context.Background(), sr)
 	if err != nil || st.Health != volume.Unreachable || st.HealthDetail != "0 of 2 paths live" || st.UUID != srUUID || st.SR != sr {
 		t.Fatalf("stat without a path = %+v, %v", st, err)
@@ -407,7 +408,7 @@ func TestSRStatHealth(t *testing.T) {
 		t.Fatalf("SR.stat without a path ran %d LVM commands", n)
 	}
 	// Path state unknown, but the VG answers: Healthy, saying so.
-	v.tr.health, v.tr.healthErr = volume.Health{}, errors.New("sysfs gone")
+	v.tr.health, v.tr.healthErr = transport.Health{}, errors.New("sysfs gone")
 	st, _ = v.e.SRStat(context.Background(), sr)
 	if st.Health != volume.Healthy || !strings.Contains(st.HealthDetail, "sysfs gone") {
 		t.Fatalf("unknown health = %+v", st)

@@ -11,14 +11,8 @@ import (
 
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/transport"
 )
-
-// Rescanner is a transport that can notice its LUN grew on the array: it
-// re-reads the size on every path and grows the multipath device. The
-// iSCSI transport is one.
-type Rescanner interface {
-	Rescan(ctx context.Context, cfg map[string]string) (grew bool, err error)
-}
 
 // followGrowth lets the SR's size follow its LUN: every host rescans its
 // own paths, and the master, which alone may write metadata, grows the PV
@@ -29,7 +23,7 @@ type Rescanner interface {
 // reports whether the PV grew, so the caller reads the VG again.
 func (e *Engine) followGrowth(ctx context.Context, a Attached, vg lvm.VG) bool {
 	log := e.log.With(zap.String("sr", a.UUID), zap.String("device", a.Device))
-	if r, ok := e.t.(Rescanner); ok {
+	if r, ok := e.t.(transport.Rescanner); ok {
 		grew, err := r.Rescan(ctx, a.Configuration)
 		if err != nil {
 			log.Warn("LUN rescan failed; the SR keeps its size until the next SR.stat", zap.Error(err))

@@ -7,6 +7,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/transport"
 )
 
 // Safety rule: a device (WWID, NQN and namespace) that an attach record of
@@ -82,6 +83,8 @@ func (e *Engine) attachedBesides(uuid string, cfg map[string]string, self bool) 
 // included: a repeated call) uses the device. xapi calls no SR.detach
 // after a failed plug, so nothing else would release it.
 func (e *Engine) release(ctx context.Context, uuid string, cfg map[string]string) {
+	ctx, cancel := host.RollbackContext(ctx, rollbackTimeout)
+	defer cancel()
 	if _, err := e.t.DeviceID(cfg); err != nil {
 		return // Attach refuses the same configuration before connecting
 	}
@@ -103,12 +106,12 @@ func (e *Engine) release(ctx context.Context, uuid string, cfg map[string]string
 // kernel name like /dev/nvme1n1 can name another namespace after a
 // reconnect) and records the path it returns if it changed, so that
 // records of older versions are migrated once.
-func (e *Engine) resolved(a Attached) (Attached, error) {
-	r, ok := e.t.(DeviceResolver)
+func (e *Engine) resolved(ctx context.Context, a Attached) (Attached, error) {
+	r, ok := e.t.(transport.DeviceResolver)
 	if !ok {
 		return a, nil
 	}
-	dev, err := r.ResolveDevice(context.Background(), a.Configuration, a.Device)
+	dev, err := r.ResolveDevice(ctx, a.Configuration, a.Device)
 	if err != nil {
 		return Attached{}, err
 	}

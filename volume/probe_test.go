@@ -7,6 +7,7 @@ import (
 
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/transport"
 	"github.com/sanvol/sanvol/volume"
 )
 
@@ -14,12 +15,12 @@ import (
 // copies the caller's device-config, secrets included, into each result.
 type secretTransport struct{ fakeTransport }
 
-func (s *secretTransport) Probe(ctx context.Context, cfg map[string]string, inspect volume.Inspector) ([]volume.Candidate, error) {
+func (s *secretTransport) Probe(ctx context.Context, cfg map[string]string, inspect transport.Inspector) ([]transport.Candidate, error) {
 	conf := map[string]string{}
 	for k, v := range cfg {
 		conf[k] = v
 	}
-	return []volume.Candidate{{Configuration: conf, Extra: map[string]string{"chappassword": "x", "targetIQN": "iqn.2003-01.org.x:y"}}}, nil
+	return []transport.Candidate{{Configuration: conf, Extra: map[string]string{"chappassword": "x", "targetIQN": "iqn.2003-01.org.x:y"}}}, nil
 }
 
 // SR.probe results never carry a password or a secret in any key (#12 §4,

@@ -10,6 +10,7 @@ import (
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
 	"github.com/sanvol/sanvol/lvm/lvmtest"
+	"github.com/sanvol/sanvol/transport"
 	"github.com/sanvol/sanvol/volume"
 )
 
@@ -210,9 +211,9 @@ type reconnectTransport struct {
 	gone bool
 }
 
-func (r *reconnectTransport) Attach(ctx context.Context, cfg map[string]string) (volume.Device, error) {
+func (r *reconnectTransport) Attach(ctx context.Context, cfg map[string]string) (transport.Device, error) {
 	if r.gone {
-		return volume.Device{}, host.Errorf(host.KindUnreachable, "attach", "no path", "", nil)
+		return transport.Device{}, host.Errorf(host.KindUnreachable, "attach", "no path", "", nil)
 	}
 	r.sim.SetOffline(false)
 	return r.fakeTransport.Attach(ctx, cfg)

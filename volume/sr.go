@@ -11,6 +11,7 @@ import (
 
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/transport"
 )
 
 // Sizing of a new SR's PV.
@@ -375,7 +376,7 @@ func first(s []string, n int) []string {
 // iscsi-ng path-loss-policy, or the NVMe ctrl-loss-tmo), so the answer is
 // Unreachable without sizes, which the caller fills from what it knew.
 func (e *Engine) SRStat(ctx context.Context, sr string) (SRStat, error) {
-	a, err := e.attached(sr)
+	a, err := e.attached(ctx, sr)
 	if err != nil {
 		return SRStat{}, err
 	}
@@ -407,10 +408,10 @@ func (e *Engine) SRStat(ctx context.Context, sr string) (SRStat, error) {
 
 // Paths reports the state of the attached SR's paths on this host, from
 // sysfs only (no I/O).
-func (e *Engine) Paths(ctx context.Context, sr string) (Health, error) {
-	a, err := e.attached(sr)
+func (e *Engine) Paths(ctx context.Context, sr string) (transport.Health, error) {
+	a, err := e.attached(ctx, sr)
 	if err != nil {
-		return Health{}, err
+		return transport.Health{}, err
 	}
 	return e.t.Health(ctx, a.Configuration)
 }
@@ -419,7 +420,7 @@ func (e *Engine) Paths(ctx context.Context, sr string) (Health, error) {
 // and changes nothing: leftovers of dead creates are skipped, and removed
 // by the master's SR.attach (collect).
 func (e *Engine) SRLs(ctx context.Context, sr string) ([]Volume, error) {
-	a, err := e.attached(sr)
+	a, err := e.attached(ctx, sr)
 	if err != nil {
 		return nil, err
 	}
@@ -560,14 +561,14 @@ func IsSecretKey(k string) bool {
 }
 
 // inspect is the Inspector given to Transport.Probe.
-func (e *Engine) inspect(ctx context.Context, dev string) (*FoundSR, error) {
+func (e *Engine) inspect(ctx context.Context, dev string) (*transport.FoundSR, error) {
 	vgs, err := e.lvm.VGs(ctx, e.scope(dev))
 	if err != nil {
 		return nil, err
 	}
 	for _, vg := range vgs {
 		if m, ok := decodeSRTags(vg.Tags); ok {
-			return &FoundSR{UUID: m.UUID, Name: m.Name, Description: m.Description, TotalSpace: vg.Size, FreeSpace: vg.Free}, nil
+			return &transport.FoundSR{UUID: m.UUID, Name: m.Name, Description: m.Description, TotalSpace: vg.Size, FreeSpace: vg.Free}, nil
 		}
 	}
 	return nil, nil

@@ -1,5 +1,7 @@
 package volume
 
+import "github.com/sanvol/sanvol/transport"
+
 // Volume is one virtual disk as SR.ls, Volume.stat and Volume.create
 // report it (the fields of the contract's `volume` record).
 type Volume struct {
@@ -49,7 +51,7 @@ type SRStat struct {
 	// "1 of 2 paths live: 127.0.0.2:4420 connecting".
 	HealthDetail string
 	// Paths is the transport's view the health was derived from.
-	Paths Health
+	Paths transport.Health
 }
 
 // ProbeResult is one entry of SR.probe's answer (the contract's

@@ -75,7 +75,7 @@ func (e *Engine) lookup(ctx context.Context, op string, a Attached, key string) 
 // datapath operation, on the host using the disk), so it is one LVM
 // report and works read-only on every host.
 func (e *Engine) VolumeStat(ctx context.Context, sr, key string) (Volume, error) {
-	a, err := e.attached(sr)
+	a, err := e.attached(ctx, sr)
 	if err != nil {
 		return Volume{}, err
 	}
@@ -96,7 +96,7 @@ func (e *Engine) VolumeCreate(ctx context.Context, sr, name, description string,
 	if err := e.requireMaster(op); err != nil {
 		return Volume{}, err
 	}
-	a, err := e.attached(sr)
+	a, err := e.attached(ctx, sr)
 	if err != nil {
 		return Volume{}, err
 	}
@@ -175,6 +175,8 @@ func (e *Engine) VolumeCreate(ctx context.Context, sr, name, description string,
 // that fails, the initializing mark keeps it hidden until the master's
 // SR.attach collects it.
 func (e *Engine) abandon(ctx context.Context, a Attached, s lvm.Scope, lv string) {
+	ctx, cancel := host.RollbackContext(ctx, rollbackTimeout)
+	defer cancel()
 	unlock, err := e.lock(ctx, "Volume.create", srLock(a.UUID))
 	if err != nil {
 		return
@@ -193,7 +195,7 @@ func (e *Engine) VolumeDestroy(ctx context.Context, sr, key string) error {
 		return err
 	}
 	if !IsUUID(key) {
-		_, err := e.attached(sr)
+		_, err := e.attached(ctx, sr)
 		return err // nil: no volume can have this key
 	}
 	// A resize zeroes outside the SR lock but holds the volume lock:
@@ -245,7 +247,7 @@ func (e *Engine) VolumeResize(ctx context.Context, sr, key string, newSize int64
 	if err := e.requireMaster(op); err != nil {
 		return err
 	}
-	a, err := e.attached(sr)
+	a, err := e.attached(ctx, sr)
 	if err != nil {
 		return err
 	}

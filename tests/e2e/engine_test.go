@@ -20,6 +20,7 @@ import (
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
 	"github.com/sanvol/sanvol/tests/labtarget"
+	"github.com/sanvol/sanvol/transport"
 	"github.com/sanvol/sanvol/volume"
 )
 
@@ -28,11 +29,11 @@ import (
 // this test connected itself with nvme-cli (labTransport); the process
 // scenarios (engine_proc_test.go) drive the installed binary.
 
-// labTransport is a volume.Transport for tests only: the namespace is
+// labTransport is a transport.Transport for tests only: the namespace is
 // already connected, so Attach just names it. It never ships.
 type labTransport struct {
 	dev    string
-	health volume.Health
+	health transport.Health
 }
 
 func (l *labTransport) Type() string { return "nvmetcp" }
@@ -45,21 +46,21 @@ func (l *labTransport) Prepare(context.Context, map[string]string) (map[string]s
 func (l *labTransport) DeviceID(cfg map[string]string) (string, error) {
 	return "device:" + cfg["device"], nil
 }
-func (l *labTransport) Attach(context.Context, map[string]string) (volume.Device, error) {
-	return volume.Device{Path: l.dev, Health: l.health}, nil
+func (l *labTransport) Attach(context.Context, map[string]string) (transport.Device, error) {
+	return transport.Device{Path: l.dev, Health: l.health}, nil
 }
 func (l *labTransport) Detach(context.Context, map[string]string, []map[string]string) error {
 	return nil
 }
-func (l *labTransport) Health(context.Context, map[string]string) (volume.Health, error) {
+func (l *labTransport) Health(context.Context, map[string]string) (transport.Health, error) {
 	return l.health, nil
 }
-func (l *labTransport) Probe(ctx context.Context, _ map[string]string, inspect volume.Inspector) ([]volume.Candidate, error) {
+func (l *labTransport) Probe(ctx context.Context, _ map[string]string, inspect transport.Inspector) ([]transport.Candidate, error) {
 	sr, err := inspect(ctx, l.dev)
 	if err != nil {
 		return nil, err
 	}
-	return []volume.Candidate{{Configuration: map[string]string{"device": l.dev}, Complete: true, SR: sr}}, nil
+	return []transport.Candidate{{Configuration: map[string]string{"device": l.dev}, Complete: true, SR: sr}}, nil
 }
 func (l *labTransport) Diagnostics(context.Context) string { return "lab transport " + l.dev }
 
@@ -115,7 +116,7 @@ func newEngineLab(t *testing.T, name string, size int64) *engineLab {
 	l := &engineLab{t: t, tg: tg, dev: "/dev/disk/by-id/nvme-uuid." + ns.UUID,
 		log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), root: host.NewRoot("/")}
 	l.runner = &countingRunner{Runner: host.NewExecRunner(l.log)}
-	l.tr = &labTransport{dev: l.dev, health: volume.Health{Total: 1, Live: 1}}
+	l.tr = &labTransport{dev: l.dev, health: transport.Health{Total: 1, Live: 1}}
 	t.Cleanup(l.close)
 	mustRun(t, "nvme", "connect", "-t", "tcp", "-a", tg.Addrs[0], "-s", tg.Svc, "-n", tg.NQN)
 	waitFor(t, "udev link "+l.dev, 30*time.Second, func() (bool, string) {

@@ -19,7 +19,7 @@ import (
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/iscsi"
 	"github.com/sanvol/sanvol/tests/labtarget"
-	"github.com/sanvol/sanvol/volume"
+	"github.com/sanvol/sanvol/transport"
 )
 
 // These scenarios drive the iscsi-ng transport directly against the
@@ -134,7 +134,7 @@ func assertClean(t *testing.T, tg *labtarget.ISCSITarget) {
 	}
 }
 
-func attachISCSI(t *testing.T, tr *iscsi.Transport, cfg map[string]string) volume.Device {
+func attachISCSI(t *testing.T, tr *iscsi.Transport, cfg map[string]string) transport.Device {
 	t.Helper()
 	dev, err := tr.Attach(context.Background(), cfg)
 	if err != nil {
@@ -249,14 +249,14 @@ func TestISCSIFailover(t *testing.T) {
 	dev := attachISCSI(t, tr, cfg)
 	defer detachISCSI(t, tr, cfg)
 
-	health := func() volume.Health {
+	health := func() transport.Health {
 		h, err := tr.Health(ctx, cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return h
 	}
-	var degraded volume.Health
+	var degraded transport.Health
 	var tmo string
 	cutWithIO(t, dev.Path,
 		func() error { return tg.DisablePortal(labtarget.Addr2) },
@@ -423,15 +423,34 @@ func TestISCSIGrow(t *testing.T) {
 	cfg := iscsiConfig(tg, labtarget.Addr1, labtarget.Addr2)
 	dev := attachISCSI(t, tr, cfg)
 	defer detachISCSI(t, tr, cfg)
-	if grew, err := tr.Rescan(ctx, cfg); err != nil || grew {
+	// SR.stat's Rescan, counting its processes: an unchanged LUN starts
+	// none (the kernel answered READ CAPACITY through SG_IO), a grown one
+	// the rescan's udevadm settle and multipathd resize.
+	runs := &countingRunner{Runner: host.NewExecRunner(zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel)))}
+	root := host.NewRoot("/")
+	stat := iscsi.New(iscsi.Deps{Runner: runs, Root: root, Locker: host.FileLocker{Root: root}})
+	procs := func() map[string]int {
+		runs.mu.Lock()
+		defer runs.mu.Unlock()
+		n := runs.n
+		runs.n, runs.log = nil, nil
+		return n
+	}
+	if grew, err := stat.Rescan(ctx, cfg); err != nil || grew {
 		t.Fatalf("unchanged LUN: grew %v, %v", grew, err)
+	}
+	if n := procs(); len(n) != 0 {
+		t.Errorf("Rescan of an unchanged LUN started processes %v; want none", n)
 	}
 	if err := tg.Grow(384 << 20); err != nil {
 		t.Fatal(err)
 	}
-	grew, err := tr.Rescan(ctx, cfg)
+	grew, err := stat.Rescan(ctx, cfg)
 	if err != nil || !grew {
 		t.Fatalf("grown LUN: grew %v, %v", grew, err)
+	}
+	if n := procs(); n["udevadm"] != 1 || n["multipathd"] != 1 {
+		t.Errorf("Rescan of a grown LUN started %v; want one udevadm settle and one multipathd resize", n)
 	}
 	real := mustEval(t, dev.Path)
 	if s := readSys("/sys/block/" + filepath.Base(real) + "/size"); s != fmt.Sprint((384<<20)/512) {
@@ -552,7 +571,7 @@ func TestISCSIProbe(t *testing.T) {
 		t.Errorf("probe did not list %s", tg.IQN)
 	}
 	var inspected []string
-	inspect := func(_ context.Context, dev string) (*volume.FoundSR, error) {
+	inspect := func(_ context.Context, dev string) (*transport.FoundSR, error) {
 		if !fileExists(dev) {
 			t.Errorf("inspector given %s, which does not exist", dev)
 		}

@@ -20,7 +20,7 @@ import (
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/nvme"
 	"github.com/sanvol/sanvol/tests/labtarget"
-	"github.com/sanvol/sanvol/volume"
+	"github.com/sanvol/sanvol/transport"
 )
 
 // These scenarios drive the NVMe/TCP transport directly against the
@@ -206,9 +206,9 @@ func mustGlob(t *testing.T, pattern string) string {
 }
 
 // waitHealth polls the transport's health until ok holds.
-func waitHealth(t *testing.T, tr *nvme.Transport, cfg map[string]string, what string, ok func(volume.Health) bool, limit time.Duration) volume.Health {
+func waitHealth(t *testing.T, tr *nvme.Transport, cfg map[string]string, what string, ok func(transport.Health) bool, limit time.Duration) transport.Health {
 	t.Helper()
-	var h volume.Health
+	var h transport.Health
 	waitFor(t, "health "+what, limit, func() (bool, string) {
 		var err error
 		h, err = tr.Health(context.Background(), cfg)
@@ -237,7 +237,7 @@ func TestNVMePortCutDuringWrites(t *testing.T) {
 	if err := tg.UnlinkPort(labtarget.Addr2); err != nil {
 		t.Fatal(err)
 	}
-	h := waitHealth(t, tr, cfg, "degraded", func(h volume.Health) bool { return h.Live == 1 }, 60*time.Second)
+	h := waitHealth(t, tr, cfg, "degraded", func(h transport.Health) bool { return h.Live == 1 }, 60*time.Second)
 	t.Logf("after unlink: %s", h.Detail)
 	if !strings.Contains(h.Detail, labtarget.Addr2+":4420 connecting") && !strings.Contains(h.Detail, labtarget.Addr2+":4420 resetting") {
 		t.Errorf("detail %q does not name the cut path as connecting", h.Detail)
@@ -248,7 +248,7 @@ func TestNVMePortCutDuringWrites(t *testing.T) {
 		t.Fatal(err)
 	}
 	relink := time.Now()
-	h = waitHealth(t, tr, cfg, "healthy", func(h volume.Health) bool { return h.Live == 2 }, 90*time.Second)
+	h = waitHealth(t, tr, cfg, "healthy", func(h transport.Health) bool { return h.Live == 2 }, 90*time.Second)
 	t.Logf("path back %s after relink: %s", time.Since(relink).Round(time.Millisecond), h.Detail)
 	load.waitWrites(t, 16, 60*time.Second)
 
@@ -370,14 +370,14 @@ func TestNVMeProbe(t *testing.T) {
 	var inspected []string
 	// nvmet's discovery log lists only the port it is read from, so both
 	// portals are probed to get both into the suggested target.
-	cands, err := tr.Probe(context.Background(), map[string]string{nvme.KeyTarget: labtarget.Addr1 + "," + labtarget.Addr2}, func(_ context.Context, dev string) (*volume.FoundSR, error) {
+	cands, err := tr.Probe(context.Background(), map[string]string{nvme.KeyTarget: labtarget.Addr1 + "," + labtarget.Addr2}, func(_ context.Context, dev string) (*transport.FoundSR, error) {
 		inspected = append(inspected, dev)
 		return nil, nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mine *volume.Candidate
+	var mine *transport.Candidate
 	for i := range cands {
 		t.Logf("candidate %v complete=%t extra=%v", cands[i].Configuration, cands[i].Complete, cands[i].Extra)
 		if cands[i].Configuration[nvme.KeyNQN] == tg.NQN {

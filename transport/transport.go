@@ -1,7 +1,10 @@
-// Package volume implements the SR.* and Volume.* semantics: an SR is an
-// LVM volume group on one shared LUN or namespace, and every volume is a
-// logical volume in it, with its metadata in LVM tags.
-package volume
+// Package transport is the contract between the SR engine (package
+// volume) and the drivers that connect a host to an SR's storage (nvme,
+// iscsi): the Transport interface and the values that cross it. It
+// imports no sanvol package but host, so drivers depend on it and never
+// on the engine; rules about what xapi expects (a probe result with an
+// sr_uuid is complete) belong to the engine, not here.
+package transport
 
 import "context"
 
@@ -43,6 +46,13 @@ type Transport interface {
 	Probe(ctx context.Context, cfg map[string]string, inspect Inspector) ([]Candidate, error)
 	// Diagnostics describes the transport's state on this host as text.
 	Diagnostics(ctx context.Context) string
+}
+
+// Rescanner is a transport that can notice its LUN grew on the array: it
+// re-reads the size on every path and grows the multipath device. The
+// iSCSI transport is one.
+type Rescanner interface {
+	Rescan(ctx context.Context, cfg map[string]string) (grew bool, err error)
 }
 
 // DeviceResolver is implemented by a transport whose recorded device

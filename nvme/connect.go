@@ -1,0 +1,387 @@
+package nvme
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/transport"
+)
+
+// session is the result of connecting the portals of one subsystem. It
+// holds the subsystem lock until done is called.
+type session struct {
+	cfg      Config
+	id       Identity
+	created  []string         // controllers this call made
+	failures map[string]error // portal -> why it could not be connected
+	unlock   func()
+}
+
+func (s *session) done() {
+	if s.unlock != nil {
+		s.unlock()
+		s.unlock = nil
+	}
+}
+
+func lockName(nqn string) string {
+	h := sha256.Sum256([]byte(nqn))
+	return "nvme-subsys-" + hex.EncodeToString(h[:8])
+}
+
+// ctrlUsable is false for controllers on their way out: the kernel does
+// not count them as duplicates, and they will never carry I/O again.
+func ctrlUsable(state string) bool {
+	return !strings.HasPrefix(state, "deleting") && state != "dead"
+}
+
+// pathMatches reports whether ctrl is the path to portal p of c for this
+// host identity. A derived interface is only a preference, so an unbound
+// existing path satisfies it; an explicit one must match.
+func pathMatches(ctrl Controller, c Config, id Identity, p Portal) bool {
+	if ctrl.SubsysNQN != c.NQN || ctrl.Transport != "tcp" || ctrl.TrSvcID != strconv.Itoa(p.Port) {
+		return false
+	}
+	a, err := netip.ParseAddr(ctrl.TrAddr)
+	if err != nil || a.Unmap() != p.Addr {
+		return false
+	}
+	if id.HostNQN != "" && ctrl.HostNQN != "" && ctrl.HostNQN != id.HostNQN {
+		return false
+	}
+	if p.IfaceExplicit && ctrl.HostIface != p.Iface {
+		return false
+	}
+	return true
+}
+
+// pathFor returns the best controller for portal p (live first).
+func pathFor(ctrls []Controller, c Config, id Identity, p Portal) (Controller, bool) {
+	var best Controller
+	found := false
+	for _, ctrl := range ctrls {
+		if !pathMatches(ctrl, c, id, p) {
+			continue
+		}
+		if !found || (ctrl.State == "live" && best.State != "live") || (!ctrlUsable(best.State) && ctrlUsable(ctrl.State)) {
+			best, found = ctrl, true
+		}
+	}
+	return best, found
+}
+
+// deriveIfaces fills in host-iface from the routing table for portals the
+// admin did not bind, when the kernel accepts host_iface.
+func (t *Transport) deriveIfaces(c *Config) {
+	if t.router == nil {
+		return
+	}
+	if opts := t.fabricsOptions(); !opts["host_iface"] {
+		return
+	}
+	for i := range c.Portals {
+		p := &c.Portals[i]
+		if p.Iface != "" {
+			continue
+		}
+		name, err := t.router.InterfaceFor(p.Addr)
+		if err != nil {
+			t.log.Warn("no route to portal; connecting without host-iface", zapStr("portal", p.String()), zap.Error(err))
+			continue
+		}
+		p.Iface = name
+	}
+}
+
+// connectAll connects every portal of c that has no usable path yet,
+// under the subsystem's lock so that parallel attaches of SRs on the same
+// subsystem connect each path exactly once. At least one path must end up
+// usable; the others are reported in failures.
+func (t *Transport) connectAll(ctx context.Context, c Config, op string) (*session, error) {
+	if err := t.checkKernel(ctx, op); err != nil {
+		return nil, err
+	}
+	if c.Auth() {
+		if ok, known := t.authSupport(); known && !ok {
+			return nil, t.authRefusal(op, "its build configuration has neither option")
+		}
+	}
+	id, err := t.identity(ctx, c, true)
+	if err != nil {
+		return nil, err
+	}
+	t.deriveIfaces(&c)
+
+	unlock, err := transport.Lock(ctx, t.locker, t.to.Lock, op, lockName(c.NQN), "another operation on subsystem "+c.NQN)
+	if err != nil {
+		return nil, err
+	}
+	s := &session{cfg: c, id: id, failures: map[string]error{}, unlock: unlock}
+
+	before, err := t.sys.controllers()
+	if err != nil {
+		s.done()
+		return nil, host.Errorf(host.KindInternal, op, "cannot read "+sysClassNVMe, "", err)
+	}
+	existed := map[string]bool{}
+	for _, ctrl := range before {
+		existed[ctrl.Name] = true
+	}
+	var todo []Portal
+	for _, p := range c.Portals {
+		if ctrl, ok := pathFor(before, c, id, p); ok && ctrlUsable(ctrl.State) {
+			t.log.Debug("path already connected", zapStr("portal", p.String()), zapStr("ctrl", ctrl.Name), zapStr("state", ctrl.State))
+			continue
+		}
+		todo = append(todo, p)
+	}
+
+	for p, err := range t.connectPortals(ctx, op, c, id, todo) {
+		s.failures[p] = err
+	}
+
+	after, err := t.sys.controllers()
+	if err != nil {
+		t.rollback(ctx, s)
+		return nil, host.Errorf(host.KindInternal, op, "cannot read "+sysClassNVMe, "", err)
+	}
+	usable := 0
+	for _, p := range c.Portals {
+		ctrl, ok := pathFor(after, c, id, p)
+		if ok && !existed[ctrl.Name] {
+			s.created = append(s.created, ctrl.Name)
+		}
+		if ok && ctrlUsable(ctrl.State) {
+			usable++
+		}
+	}
+	if c.Auth() {
+		if err := t.verifyAuth(op, s, after); err != nil {
+			t.rollback(ctx, s)
+			return nil, err
+		}
+	}
+	if usable == 0 {
+		err := t.allFailed(ctx, op, s)
+		t.rollback(ctx, s)
+		return nil, err
+	}
+	for p, err := range s.failures {
+		t.log.Warn("path not connected; continuing degraded", zapStr("portal", p), zap.Error(err))
+	}
+	return s, nil
+}
+
+// connectPortals writes one connect per portal in parallel and
+// returns the failures by portal. It waits at most the connect timeout
+// (plus a grace for the runner to reap): a process stuck in the kernel's
+// write to /dev/nvme-fabrics cannot be killed until the kernel gives up
+// (60 s for a target that stops answering mid-authentication), and xapi
+// must not wait for that. Such a straggler is reported as a timeout; if it
+// succeeds later, the next attach adopts its path and detach removes it.
+func (t *Transport) connectPortals(ctx context.Context, op string, c Config, id Identity, todo []Portal) map[string]error {
+	type result struct {
+		portal string
+		err    error
+	}
+	timeout := t.connectTimeout(c)
+	results := make(chan result, len(todo))
+	for _, p := range todo {
+		go func(p Portal) {
+			err := t.fabricsConnect(p, connectOptions(c, p, id))
+			switch {
+			case err == nil:
+				t.log.Info("connected", zapStr("portal", p.String()), zapStr("nqn", c.NQN), zapStr("iface", p.Iface))
+			case isAlreadyConnected(err):
+				t.log.Info("path already connected (nvme-cli)", zapStr("portal", p.String()))
+				err = nil
+			default:
+				err = classifyConnect(op+": connect "+p.String(), p, c, err)
+			}
+			results <- result{p.String(), err}
+		}(p)
+	}
+	failures := map[string]error{}
+	pending := map[string]Portal{}
+	for _, p := range todo {
+		pending[p.String()] = p
+	}
+	wall := time.NewTimer(timeout + min(3*time.Second, timeout))
+	defer wall.Stop()
+	for len(pending) > 0 {
+		select {
+		case r := <-results:
+			delete(pending, r.portal)
+			if r.err != nil {
+				failures[r.portal] = r.err
+			}
+		case <-wall.C:
+			for name, p := range pending {
+				fix := "check that the target answers on " + name + " (dmesg | grep nvme shows what the kernel is waiting for)"
+				if c.DHCHAPCtrl != "" {
+					fix = "a dhchap-ctrl-password the target does not hold makes the kernel wait for the target until its 60 s admin timeout (dmesg: \"controller authentication failed\"); check the controller key"
+				}
+				failures[name] = host.Errorf(host.KindUnreachable, op+": connect "+name,
+					fmt.Sprintf("no answer from portal %s within %s", p, timeout), fix, nil)
+			}
+			return failures
+		}
+	}
+	return failures
+}
+
+// fabricsConnect writes one connect to /dev/nvme-fabrics (see
+// connectOptions for why sanvol does not run `nvme connect`). The caller
+// bounds the wait (connectPortals) and answers at its deadline. A write
+// stuck in the kernel (a target that stops answering mid-connect) cannot
+// be interrupted, though, and the sanvol process cannot exit before it
+// returns: xapi then gets the already decided failure only when the
+// kernel gives up, after its 60 s admin timeout at most. With `nvme
+// connect` the stuck process was a child that sanvol could abandon; that
+// is the price of keeping the keys off every command line.
+func (t *Transport) fabricsConnect(p Portal, opts string) error {
+	b, err := t.root.WriteRead(devFabrics, []byte(opts))
+	if err != nil {
+		return err
+	}
+	name, err := parseInstance(b)
+	if err != nil {
+		return err
+	}
+	t.log.Debug("controller created", zapStr("portal", p.String()), zapStr("ctrl", name))
+	return nil
+}
+
+// connectTimeout bounds one connect. With a controller key the kernel
+// reports a key the target does not hold only after its 60 s admin
+// timeout, and that precise error is worth the wait.
+func (t *Transport) connectTimeout(c Config) time.Duration {
+	if c.DHCHAPCtrl != "" && t.to.Connect < 70*time.Second {
+		return 70 * time.Second
+	}
+	return t.to.Connect
+}
+
+// verifyAuth proves the kernel could authenticate every path of the
+// subsystem. Linux 6.1 without CONFIG_NVME_AUTH accepts --dhchap-secret,
+// connects without authenticating when the target does not insist, and
+// `nvme connect` exits 0; only the missing dhchap_secret attribute (built
+// only with NVME_AUTH) shows it. Paths made by someone else without the
+// key are refused too, as they would carry the SR's I/O unauthenticated.
+func (t *Transport) verifyAuth(op string, s *session, ctrls []Controller) error {
+	for _, p := range s.cfg.Portals {
+		ctrl, ok := pathFor(ctrls, s.cfg, s.id, p)
+		if !ok {
+			continue
+		}
+		if !ctrl.HasDHCHAP {
+			return t.authRefusal(op, "path "+ctrl.Name+" to "+p.String()+" has no dhchap_secret attribute")
+		}
+		key := t.sys.attr(sysClassNVMe + "/" + ctrl.Name + "/dhchap_secret")
+		if key != s.cfg.DHCHAP {
+			what := "with a different DH-HMAC-CHAP key"
+			if key == "" || key == "none" {
+				what = "without DH-HMAC-CHAP"
+			}
+			return host.Errorf(host.KindAuth, op,
+				"path "+ctrl.Name+" to "+p.String()+" was already connected "+what+", so it is not authenticated with this SR's key",
+				"disconnect it (nvme disconnect -d "+ctrl.Name+") and plug the SR again", nil)
+		}
+	}
+	return nil
+}
+
+// allFailed explains why no path could be made. When the portals answer
+// but refuse the connect, the discovery log tells whether the NQN is
+// wrong, which nvme-cli's errno text never says.
+func (t *Transport) allFailed(ctx context.Context, op string, s *session) error {
+	var parts []string
+	kinds := map[host.Kind]int{}
+	var first error
+	for _, p := range s.cfg.Portals {
+		err, ok := s.failures[p.String()]
+		if !ok {
+			err = fmt.Errorf("%s: the connect succeeded but no usable controller appeared in %s", p, sysClassNVMe)
+		}
+		if first == nil {
+			first = err
+		}
+		kinds[host.KindOf(err)]++
+		parts = append(parts, p.String()+": "+shortReason(err))
+	}
+	if kinds[host.KindAuth] > 0 {
+		fix := ""
+		for _, err := range s.failures {
+			var he *host.Error
+			if errors.As(err, &he) && he.Kind == host.KindAuth {
+				fix = he.Fix
+				break
+			}
+		}
+		return host.Errorf(host.KindAuth, op, "the portals refused DH-HMAC-CHAP authentication for subsystem "+s.cfg.NQN+" (hostnqn "+s.id.HostNQN+")", fix, errors.New(strings.Join(parts, "; ")))
+	}
+	if kinds[host.KindUnsupported] > 0 || kinds[host.KindInvalid] > 0 {
+		return first
+	}
+	for _, p := range s.cfg.Portals {
+		if errors.As(s.failures[p.String()], new(portalDown)) {
+			continue
+		}
+		recs, err := t.discover(ctx, op, s.cfg, s.id, p, p.Port)
+		if err != nil {
+			break
+		}
+		var offered []string
+		for _, r := range recs {
+			if r.IsNVMSubsystem() && validNQN(r.SubNQN) {
+				if r.SubNQN == s.cfg.NQN {
+					offered = nil
+					break
+				}
+				offered = append(offered, r.SubNQN)
+			}
+		}
+		if len(offered) > 0 {
+			return host.Errorf(host.KindNotFound, op,
+				"portal "+p.String()+" does not offer subsystem "+s.cfg.NQN+" (it offers "+strings.Join(dedup(offered), ", ")+")",
+				"fix device-config:nqn; `xe sr-probe-ext type=nvmetcp device-config:target=…` lists the subsystems", nil)
+		}
+		break
+	}
+	return host.Errorf(host.KindUnreachable, op,
+		fmt.Sprintf("no path to subsystem %s could be connected (%d portals tried within %s)", s.cfg.NQN, len(s.cfg.Portals), t.connectTimeout(s.cfg)),
+		"check the portals, the NQN, and that the target allows this host's NQN "+s.id.HostNQN, errors.New(strings.Join(parts, "; ")))
+}
+
+// rollback disconnects the controllers this session made and releases
+// the lock.
+func (t *Transport) rollback(ctx context.Context, s *session) {
+	defer s.done()
+	ctx, cancel := host.RollbackContext(ctx, t.to.Rollback)
+	defer cancel()
+	for _, name := range s.created {
+		if err := t.disconnect(ctx, s.cfg, name); err != nil {
+			t.log.Warn("could not undo a connect", zapStr("ctrl", name), zap.Error(err))
+		}
+	}
+	s.created = nil
+}
+
+// disconnect removes one controller; one already gone is success.
+func (t *Transport) disconnect(ctx context.Context, c Config, name string) error {
+	_, err := runNVMe(ctx, t.run, t.to.Disconnect, c, "disconnect", "--device="+name)
+	if err != nil && t.root.Exists(sysClassNVMe+"/"+name) {
+		return host.Errorf(host.KindBusy, "nvmetcp: disconnect "+name, "nvme disconnect failed", "check dmesg; the controller may be stuck reconnecting", err)
+	}
+	return nil
+}
