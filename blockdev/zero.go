@@ -85,7 +85,7 @@ func (z *Zeroer) WithClock(now func() time.Time) *Zeroer { z.now = now; return z
 func (z *Zeroer) ZeroOut(ctx context.Context, dev string, off, length int64) error {
 	const op = "zero"
 	if off < 0 || length < 0 || off%sectorSize != 0 || length%sectorSize != 0 {
-		return host.Errorf(host.KindInvalid, op, fmt.Sprintf("cannot zero %s at offset %d length %d: both must be multiples of 512", dev, off, length), "", nil)
+		return host.NewError(host.KindInvalid, op, fmt.Sprintf("cannot zero %s at offset %d length %d: both must be multiples of 512", dev, off, length), "", nil)
 	}
 	if length == 0 {
 		return nil
@@ -103,7 +103,7 @@ func (z *Zeroer) ZeroOut(ctx context.Context, dev string, off, length int64) err
 		if errors.Is(err, os.ErrNotExist) {
 			kind = host.KindNotFound
 		}
-		return host.Errorf(kind, op, "cannot open "+dev+" to zero it", "check that the volume is active on this host (lvs, dmsetup ls)", err)
+		return host.NewError(kind, op, "cannot open "+dev+" to zero it", "check that the volume is active on this host (lvs, dmsetup ls)", err)
 	}
 	defer f.Close()
 
@@ -132,16 +132,16 @@ func (z *Zeroer) ZeroOut(ctx context.Context, dev string, off, length int64) err
 }
 
 func deadlineError(op, dev string, done, length int64, err error) error {
-	return host.Errorf(host.KindTimeout, op, fmt.Sprintf("zeroing %s stopped at its deadline after %d of %d bytes", dev, done, length),
+	return host.NewError(host.KindTimeout, op, fmt.Sprintf("zeroing %s stopped at its deadline after %d of %d bytes", dev, done, length),
 		"check the SR's paths and the array's load (a device without WRITE ZEROES is zeroed at the speed of its writes), then retry", err)
 }
 
 func ioctlError(op, dev string, off, n int64, err error) error {
 	var errno unix.Errno
 	if errors.As(err, &errno) && (errno == unix.ENOTTY || errno == unix.EOPNOTSUPP || errno == unix.EINVAL) {
-		return host.Errorf(host.KindUnsupported, op, fmt.Sprintf("BLKZEROOUT of %s at offset %d length %d is refused (%v)", dev, off, n, err),
+		return host.NewError(host.KindUnsupported, op, fmt.Sprintf("BLKZEROOUT of %s at offset %d length %d is refused (%v)", dev, off, n, err),
 			"check that "+dev+" is a block device and that the kernel is 3.7 or newer", err)
 	}
-	return host.Errorf(host.KindInternal, op, fmt.Sprintf("zeroing %s failed at offset %d length %d", dev, off, n),
+	return host.NewError(host.KindInternal, op, fmt.Sprintf("zeroing %s failed at offset %d length %d", dev, off, n),
 		"check the SR's paths and the kernel log (dmesg) for I/O errors, then retry", err)
 }

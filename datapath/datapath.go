@@ -93,7 +93,7 @@ var uuidRe = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[
 func ParseURI(op, uri string) (Target, error) {
 	u, err := url.Parse(uri)
 	bad := func(why string) (Target, error) {
-		return Target{}, host.Errorf(host.KindInvalid, op, fmt.Sprintf("volume URI %q %s", uri, why),
+		return Target{}, host.NewError(host.KindInvalid, op, fmt.Sprintf("volume URI %q %s", uri, why),
 			"sanvol URIs look like sanvol://<sr-uuid>/<key>; rescan the SR (xe sr-scan) so that the VDI carries a current URI", nil)
 	}
 	if err != nil {
@@ -167,7 +167,7 @@ func (p *Datapath) ensureActive(ctx context.Context, op string, sr SR, t Target)
 	info, err := p.d.LVM.LV(ctx, s, sr.VG, lv)
 	if err != nil {
 		if errors.Is(err, host.ErrNotFound) {
-			return "", host.Errorf(host.KindNotFound, op, fmt.Sprintf("volume %s does not exist in SR %s", t.Key, t.SR),
+			return "", host.NewError(host.KindNotFound, op, fmt.Sprintf("volume %s does not exist in SR %s", t.Key, t.SR),
 				"the VDI was destroyed or never created; rescan the SR (xe sr-scan uuid="+t.SR+")", err)
 		}
 		return "", err
@@ -194,7 +194,7 @@ func (p *Datapath) lookup(op string, t Target) (SR, error) {
 	if err != nil {
 		// The lookup's own message says the same; one sentence is enough.
 		if errors.Is(err, host.ErrNotAttached) {
-			return sr, host.Errorf(host.KindNotAttached, op, fmt.Sprintf("SR %s is not attached on this host", t.SR),
+			return sr, host.NewError(host.KindNotAttached, op, fmt.Sprintf("SR %s is not attached on this host", t.SR),
 				"plug the SR's PBD on this host first (xe pbd-plug uuid=<pbd>; find it with xe pbd-list sr-uuid="+t.SR+" host-uuid=<this host>)", nil)
 		}
 		return sr, err

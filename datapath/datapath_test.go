@@ -45,7 +45,7 @@ func (f *fakeLVM) LV(ctx context.Context, s lvm.Scope, vg, lv string) (lvm.LV, e
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if !f.exists[lv] {
-		return lvm.LV{}, host.Errorf(host.KindNotFound, "lvs", "no "+lv, "", nil)
+		return lvm.LV{}, host.NewError(host.KindNotFound, "lvs", "no "+lv, "", nil)
 	}
 	attr := "-wi-------"
 	if f.active[lv] {
@@ -73,7 +73,7 @@ func (f *fakeLVM) Deactivate(ctx context.Context, s lvm.Scope, vg, lv string) er
 		return f.failDeact
 	}
 	if !f.exists[lv] {
-		return host.Errorf(host.KindNotFound, "lvchange", "no "+lv, "", nil)
+		return host.NewError(host.KindNotFound, "lvchange", "no "+lv, "", nil)
 	}
 	f.active[lv] = false
 	return nil
@@ -95,7 +95,7 @@ func newDP(t *testing.T, f *fakeLVM, attached bool, master bool) *Datapath {
 		Locker: host.FileLocker{Root: root},
 		Lookup: func(uuid string) (SR, error) {
 			if !attached || uuid != srUUID {
-				return SR{}, host.Errorf(host.KindNotAttached, "", "not attached", "", nil)
+				return SR{}, host.NewError(host.KindNotAttached, "", "not attached", "", nil)
 			}
 			return SR{UUID: uuid, VG: "VG_sanvol-" + uuid, Device: "/dev/disk/by-id/nvme-uuid.x"}, nil
 		},
@@ -368,7 +368,7 @@ func TestAttachRefusesUnfinishedVolume(t *testing.T) {
 	f := newFakeLVM("v-k")
 	p := newDP(t, f, true, true)
 	p.d.Usable = func(lvm.LV) error {
-		return host.Errorf(host.KindBusy, "Datapath.attach", "a resize did not finish", "repeat the resize", nil)
+		return host.NewError(host.KindBusy, "Datapath.attach", "a resize did not finish", "repeat the resize", nil)
 	}
 	if _, err := p.Attach(ctx, URI(srUUID, "k"), "7"); !errors.Is(err, host.ErrBusy) {
 		t.Fatalf("err = %v", err)

@@ -72,10 +72,10 @@ func subjectsFor(ctx context.Context, d Deps, tr transports, o Options) ([]*subj
 		return []*subject{newSubject(ctx, tr, a.Type, a.UUID, a.Configuration)}, nil
 	case o.Type != "":
 		if o.Type != TypeNVMeTCP && o.Type != TypeISCSI {
-			return nil, host.Errorf(host.KindInvalid, "sanvol doctor", fmt.Sprintf("unknown SR type %q", o.Type), "use --type nvmetcp or --type iscsi-ng", nil)
+			return nil, host.NewError(host.KindInvalid, "sanvol doctor", fmt.Sprintf("unknown SR type %q", o.Type), "use --type nvmetcp or --type iscsi-ng", nil)
 		}
 		if strings.TrimSpace(o.Config[nvme.KeyTarget]) == "" {
-			return nil, host.Errorf(host.KindInvalid, "sanvol doctor", "--type needs the portals", "add --target <portal>,<portal> (the SR's device-config:target)", nil)
+			return nil, host.NewError(host.KindInvalid, "sanvol doctor", "--type needs the portals", "add --target <portal>,<portal> (the SR's device-config:target)", nil)
 		}
 		return []*subject{newSubject(ctx, tr, o.Type, "", o.Config)}, nil
 	}

@@ -45,14 +45,14 @@ type BootSecrets struct {
 func (b BootSecrets) Secret(ctx context.Context, uuid string) (string, error) {
 	op := "resolve secret " + uuid
 	if !secretUUIDRe.MatchString(uuid) {
-		return "", Errorf(KindInvalid, op, "not a secret uuid",
+		return "", NewError(KindInvalid, op, "not a secret uuid",
 			"the PBD's device-config names a secret by a malformed uuid; re-create the PBD with the password (xe pbd-create … device-config:…password=…)", nil)
 	}
 	v, err := b.XenAPI.Secret(ctx, uuid)
 	if err == nil {
 		if b.Keep {
 			if err := b.keep(uuid, v); err != nil {
-				return "", Errorf(KindInternal, op, "cannot keep a copy of the secret for boot in "+BootSecretDir,
+				return "", NewError(KindInternal, op, "cannot keep a copy of the secret for boot in "+BootSecretDir,
 					"check that /var/lib is writable by root; without the copy the SR cannot be attached at boot before xapi runs", err)
 			}
 		}
@@ -63,7 +63,7 @@ func (b BootSecrets) Secret(ctx context.Context, uuid string) (string, error) {
 	}
 	kept, rerr := b.Root.ReadFile(path.Join(BootSecretDir, strings.ToLower(uuid)))
 	if rerr != nil {
-		return "", Errorf(KindUnreachable, op, "xapi is not running and no copy of this secret was kept for boot",
+		return "", NewError(KindUnreachable, op, "xapi is not running and no copy of this secret was kept for boot",
 			"the copy is made when static-vdis attaches the SR with xapi running (xe pool-ha-enable); start xapi (systemctl start xapi), or disable and re-enable HA", err)
 	}
 	return string(kept), nil

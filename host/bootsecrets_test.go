@@ -15,11 +15,11 @@ type fakeXenAPI struct {
 
 func (f fakeXenAPI) Secret(ctx context.Context, uuid string) (string, error) {
 	if !f.up {
-		return "", Errorf(KindUnreachable, "resolve secret "+uuid, "cannot log in to xapi", "", nil)
+		return "", NewError(KindUnreachable, "resolve secret "+uuid, "cannot log in to xapi", "", nil)
 	}
 	v, ok := f.values[uuid]
 	if !ok {
-		return "", Errorf(KindNotFound, "resolve secret "+uuid, "no such secret", "", nil)
+		return "", NewError(KindNotFound, "resolve secret "+uuid, "no such secret", "", nil)
 	}
 	return v, nil
 }

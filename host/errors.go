@@ -124,8 +124,8 @@ var (
 	ErrUnimpl      error = kindSentinel(KindUnimpl)
 )
 
-// Errorf builds an *Error.
-func Errorf(kind Kind, op, msg, fix string, cause error) *Error {
+// NewError builds an *Error from its parts; it is not printf-style.
+func NewError(kind Kind, op, msg, fix string, cause error) *Error {
 	return &Error{Kind: kind, Op: op, Msg: msg, Fix: fix, Err: cause}
 }
 

@@ -7,7 +7,7 @@ import (
 )
 
 func TestErrorKindsMatchThroughWrapping(t *testing.T) {
-	base := Errorf(KindNotFound, "Volume.stat", "volume abc not found", "run xe sr-scan", nil)
+	base := NewError(KindNotFound, "Volume.stat", "volume abc not found", "run xe sr-scan", nil)
 	wrapped := fmt.Errorf("outer: %w", base)
 	if !errors.Is(wrapped, ErrNotFound) {
 		t.Fatal("errors.Is(wrapped, ErrNotFound) = false")
@@ -34,8 +34,8 @@ func TestKindOfTimeout(t *testing.T) {
 // errors.Is on a kind answers for the outermost *Error only; other
 // targets are still found anywhere in the chain.
 func TestErrorIsMatchesTheOutermostKind(t *testing.T) {
-	notFound := Errorf(KindNotFound, "read secret", "no secret abc", "", ErrTimeout)
-	auth := Errorf(KindAuth, "SR.attach", "cannot read the CHAP secret", "", notFound)
+	notFound := NewError(KindNotFound, "read secret", "no secret abc", "", ErrTimeout)
+	auth := NewError(KindAuth, "SR.attach", "cannot read the CHAP secret", "", notFound)
 	for _, tc := range []struct {
 		name   string
 		err    error
@@ -62,8 +62,8 @@ func TestErrorIsMatchesTheOutermostKind(t *testing.T) {
 		t.Fatalf("errors.As finds %v, want the outermost", inner)
 	}
 	var ce *CmdError
-	deep := Errorf(KindInternal, "op", "msg", "", fmt.Errorf("w: %w", &CmdError{Cmd: "lvs", Err: ErrTimeout}))
-	if !errors.As(Errorf(KindAuth, "outer", "m", "", deep), &ce) || ce.Cmd != "lvs" {
+	deep := NewError(KindInternal, "op", "msg", "", fmt.Errorf("w: %w", &CmdError{Cmd: "lvs", Err: ErrTimeout}))
+	if !errors.As(NewError(KindAuth, "outer", "m", "", deep), &ce) || ce.Cmd != "lvs" {
 		t.Fatalf("errors.As does not reach a *CmdError below two *Errors")
 	}
 	if KindOf(fmt.Errorf("w: %w", auth)) != KindAuth {
@@ -74,26 +74,26 @@ func TestErrorIsMatchesTheOutermostKind(t *testing.T) {
 // One piece of advice per message: the outer Fix wins, or the inner one
 // is kept once when the outer has none.
 func TestErrorAdviceIsGivenOnce(t *testing.T) {
-	inner := Errorf(KindNoSpace, "lock x", "cannot create /run/sanvol/locks", "free space on /run", errors.New("ENOSPC"))
+	inner := NewError(KindNoSpace, "lock x", "cannot create /run/sanvol/locks", "free space on /run", errors.New("ENOSPC"))
 	for _, tc := range []struct {
 		name string
 		err  error
 		want string
 	}{
 		{"outer fix wins",
-			Errorf(KindBusy, "SR.attach", "cannot take a lock", "retry later", inner),
+			NewError(KindBusy, "SR.attach", "cannot take a lock", "retry later", inner),
 			"SR.attach: cannot take a lock: lock x: cannot create /run/sanvol/locks: ENOSPC. Fix: retry later"},
 		{"inner fix kept once",
-			Errorf(KindNoSpace, "SR.attach", "cannot take a lock", "", inner),
+			NewError(KindNoSpace, "SR.attach", "cannot take a lock", "", inner),
 			"SR.attach: cannot take a lock: lock x: cannot create /run/sanvol/locks: ENOSPC. Fix: free space on /run"},
 		{"through fmt wrapping",
-			Errorf(KindBusy, "SR.attach", "", "retry later", fmt.Errorf("step 2: %w", inner)),
+			NewError(KindBusy, "SR.attach", "", "retry later", fmt.Errorf("step 2: %w", inner)),
 			"SR.attach: step 2: lock x: cannot create /run/sanvol/locks: ENOSPC. Fix: retry later"},
 		{"three levels, the middle without advice",
-			Errorf(KindAuth, "SR.create", "failed", "check the key", Errorf(KindNoSpace, "mid", "m", "", inner)),
+			NewError(KindAuth, "SR.create", "failed", "check the key", NewError(KindNoSpace, "mid", "m", "", inner)),
 			"SR.create: failed: mid: m: lock x: cannot create /run/sanvol/locks: ENOSPC. Fix: check the key"},
 		{"no advice anywhere",
-			Errorf(KindInternal, "a", "b", "", Errorf(KindInternal, "c", "d", "", nil)),
+			NewError(KindInternal, "a", "b", "", NewError(KindInternal, "c", "d", "", nil)),
 			"a: b: c: d"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -91,13 +91,13 @@ func lockFailure(name, path, step string, err error) error {
 	msg := "cannot " + step + " " + path
 	switch {
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
-		return Errorf(KindNoSpace, op, msg+": no space left", "free space on the file system holding "+LockDir+" (df -h /run; /run is a small tmpfs)", err)
+		return NewError(KindNoSpace, op, msg+": no space left", "free space on the file system holding "+LockDir+" (df -h /run; /run is a small tmpfs)", err)
 	case errors.Is(err, syscall.EROFS):
-		return Errorf(KindInternal, op, msg+": the file system is read-only", "find out why "+LockDir+" is on a read-only file system (mount | grep /run; dmesg)", err)
+		return NewError(KindInternal, op, msg+": the file system is read-only", "find out why "+LockDir+" is on a read-only file system (mount | grep /run; dmesg)", err)
 	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
-		return Errorf(KindInternal, op, msg+": permission denied", "sanvol runs as root from xapi; check the owner and mode of "+LockDir+" and any SELinux or AppArmor denial (dmesg)", err)
+		return NewError(KindInternal, op, msg+": permission denied", "sanvol runs as root from xapi; check the owner and mode of "+LockDir+" and any SELinux or AppArmor denial (dmesg)", err)
 	}
-	return Errorf(KindInternal, op, msg, "check "+LockDir+" (ls -ld, df -h /run)", err)
+	return NewError(KindInternal, op, msg, "check "+LockDir+" (ls -ld, df -h /run)", err)
 }
 
 // LockError turns a Locker's failure into the error of op: contention is
@@ -106,8 +106,8 @@ func lockFailure(name, path, step string, err error) error {
 // wait for another call when /run is full sends them the wrong way.
 func LockError(op, holder string, err error) error {
 	if errors.Is(err, ErrLockTimeout) {
-		return Errorf(KindBusy, op, holder+" holds the lock",
+		return NewError(KindBusy, op, holder+" holds the lock",
 			"wait for it to finish (see the sanvol log) and retry", err)
 	}
-	return Errorf(KindOf(err), op, "cannot take a lock", "", err)
+	return NewError(KindOf(err), op, "cannot take a lock", "", err)
 }

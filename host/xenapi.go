@@ -61,7 +61,7 @@ func (x *XenAPI) Call(ctx context.Context, method string, params ...any) (json.R
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := x.client.Do(req)
 	if err != nil {
-		return nil, Errorf(KindUnreachable, "XenAPI "+method, "cannot reach xapi on "+XapiSocket,
+		return nil, NewError(KindUnreachable, "XenAPI "+method, "cannot reach xapi on "+XapiSocket,
 			"check that xapi is running on this host (systemctl status xapi)", err)
 	}
 	defer resp.Body.Close()
@@ -121,12 +121,12 @@ func (x *XenAPI) Secret(ctx context.Context, uuid string) (string, error) {
 	op := "resolve secret " + uuid
 	s, err := x.Login(ctx)
 	if err != nil {
-		return "", Errorf(KindUnreachable, op, "cannot log in to xapi", "check that xapi is running on this host", err)
+		return "", NewError(KindUnreachable, op, "cannot log in to xapi", "check that xapi is running on this host", err)
 	}
 	defer s.Logout(ctx)
 	res, err := s.Call(ctx, "secret.get_by_uuid", uuid)
 	if err != nil {
-		return "", Errorf(KindNotFound, op, "no such secret",
+		return "", NewError(KindNotFound, op, "no such secret",
 			"the PBD's device-config names a secret that does not exist; re-create the PBD with the password (xe pbd-create … device-config:…password=…)", err)
 	}
 	var ref string
@@ -135,7 +135,7 @@ func (x *XenAPI) Secret(ctx context.Context, uuid string) (string, error) {
 	}
 	res, err = s.Call(ctx, "secret.get_value", ref)
 	if err != nil {
-		return "", Errorf(KindInternal, op, "cannot read the secret's value", "", err)
+		return "", NewError(KindInternal, op, "cannot read the secret's value", "", err)
 	}
 	var v string
 	if err := json.Unmarshal(res, &v); err != nil {

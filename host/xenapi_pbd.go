@@ -29,17 +29,17 @@ type PBDRecords interface {
 func (x *XenAPI) localHost(ctx context.Context, op string) (*Session, string, error) {
 	uuid := ReadInventory(x.root)["INSTALLATION_UUID"]
 	if uuid == "" {
-		return nil, "", Errorf(KindNotFound, op, "no INSTALLATION_UUID in "+InventoryPath,
+		return nil, "", NewError(KindNotFound, op, "no INSTALLATION_UUID in "+InventoryPath,
 			"this is not an XCP-ng host, or its inventory is damaged", nil)
 	}
 	s, err := x.Login(ctx)
 	if err != nil {
-		return nil, "", Errorf(KindUnreachable, op, "cannot log in to xapi", "check that xapi is running on this host", err)
+		return nil, "", NewError(KindUnreachable, op, "cannot log in to xapi", "check that xapi is running on this host", err)
 	}
 	ref, err := s.callRef(ctx, "host.get_by_uuid", uuid)
 	if err != nil {
 		s.Logout(ctx)
-		return nil, "", Errorf(KindNotFound, op, "xapi has no host "+uuid+" (INSTALLATION_UUID of "+InventoryPath+")", "", err)
+		return nil, "", NewError(KindNotFound, op, "xapi has no host "+uuid+" (INSTALLATION_UUID of "+InventoryPath+")", "", err)
 	}
 	return s, ref, nil
 }
@@ -71,13 +71,13 @@ func (x *XenAPI) UpdatePBDOtherConfig(ctx context.Context, srUUID string, set ma
 	defer s.Logout(ctx)
 	srRef, err := s.callRef(ctx, "SR.get_by_uuid", srUUID)
 	if err != nil {
-		return Errorf(KindNotFound, op, "xapi has no SR "+srUUID, "", err)
+		return NewError(KindNotFound, op, "xapi has no SR "+srUUID, "", err)
 	}
 	// The query language is xen-api's ocaml/database/db_filter_lex.mll.
 	expr := fmt.Sprintf(`field "host" = %q and field "SR" = %q`, hostRef, srRef)
 	res, err := s.Call(ctx, "PBD.get_all_records_where", expr)
 	if err != nil {
-		return Errorf(KindInternal, op, "cannot read the PBD records", "", err)
+		return NewError(KindInternal, op, "cannot read the PBD records", "", err)
 	}
 	var recs map[string]struct {
 		OtherConfig map[string]string `json:"other_config"`
@@ -86,7 +86,7 @@ func (x *XenAPI) UpdatePBDOtherConfig(ctx context.Context, srUUID string, set ma
 		return fmt.Errorf("%s: PBD.get_all_records_where: unexpected answer: %w", op, err)
 	}
 	if len(recs) != 1 {
-		return Errorf(KindNotFound, op, fmt.Sprintf("xapi has %d PBDs of this SR for this host, want 1", len(recs)), "", nil)
+		return NewError(KindNotFound, op, fmt.Sprintf("xapi has %d PBDs of this SR for this host, want 1", len(recs)), "", nil)
 	}
 	for pbd, rec := range recs {
 		for _, k := range remove {

@@ -137,7 +137,7 @@ var (
 // target key.
 func (t *Transport) parseConfig(ctx context.Context, op string, cfg map[string]string, need parseNeeds) (*config, error) {
 	bad := func(key, msg, fix string) error {
-		return host.Errorf(host.KindInvalid, op, fmt.Sprintf("device-config:%s %s", key, msg), fix, nil)
+		return host.NewError(host.KindInvalid, op, fmt.Sprintf("device-config:%s %s", key, msg), fix, nil)
 	}
 	c := &config{replacementTimeout: defaultReplacementTimeout, queueSeconds: defaultQueueSeconds}
 
@@ -292,19 +292,19 @@ func (t *Transport) parseCHAP(ctx context.Context, op string, cfg map[string]str
 	secretUUID := strings.TrimSpace(cfg[passKey+secretSuffix])
 	if user == "" {
 		if pass != "" || secretUUID != "" {
-			return nil, host.Errorf(host.KindInvalid, op, fmt.Sprintf("device-config:%s is set without %s", passKey, userKey), "give both the CHAP user and its password, or neither", nil)
+			return nil, host.NewError(host.KindInvalid, op, fmt.Sprintf("device-config:%s is set without %s", passKey, userKey), "give both the CHAP user and its password, or neither", nil)
 		}
 		return nil, nil
 	}
 	if pass == "" && secretUUID == "" {
-		return nil, host.Errorf(host.KindInvalid, op, fmt.Sprintf("device-config:%s is set without %s", userKey, passKey), "give the CHAP password too", nil)
+		return nil, host.NewError(host.KindInvalid, op, fmt.Sprintf("device-config:%s is set without %s", userKey, passKey), "give the CHAP password too", nil)
 	}
 	if err := checkCHAPValue(user); err != nil {
-		return nil, host.Errorf(host.KindInvalid, op, fmt.Sprintf("device-config:%s %v", userKey, err), chapFix, nil)
+		return nil, host.NewError(host.KindInvalid, op, fmt.Sprintf("device-config:%s %v", userKey, err), chapFix, nil)
 	}
 	if pass == "" && resolve {
 		if t.secrets == nil {
-			return nil, host.Errorf(host.KindInternal, op, "no XenAPI secret resolver to read "+passKey+secretSuffix, "this is a sanvol bug (the plugin did not give the transport a XenAPI client); report it with the plugin log", nil)
+			return nil, host.NewError(host.KindInternal, op, "no XenAPI secret resolver to read "+passKey+secretSuffix, "this is a sanvol bug (the plugin did not give the transport a XenAPI client); report it with the plugin log", nil)
 		}
 		v, err := t.secrets.Secret(ctx, secretUUID)
 		if err != nil {
@@ -315,7 +315,7 @@ func (t *Transport) parseCHAP(ctx context.Context, op string, cfg map[string]str
 	if pass != "" {
 		// The message never quotes the value: it is a secret.
 		if err := checkCHAPValue(pass); err != nil {
-			return nil, host.Errorf(host.KindInvalid, op, fmt.Sprintf("device-config:%s (or the secret %s%s names) %v", passKey, passKey, secretSuffix, err), chapFix, nil)
+			return nil, host.NewError(host.KindInvalid, op, fmt.Sprintf("device-config:%s (or the secret %s%s names) %v", passKey, passKey, secretSuffix, err), chapFix, nil)
 		}
 	}
 	return &chap{user: user, password: pass}, nil

@@ -197,7 +197,7 @@ func TestSecretErrorKind(t *testing.T) {
 	if !errors.Is(err, host.ErrNotFound) || host.KindOf(err) != host.KindNotFound || !strings.Contains(err.Error(), "chappassword_secret") {
 		t.Errorf("missing secret: %v", err)
 	}
-	down := host.Errorf(host.KindUnreachable, "resolve secret nope", "xapi is not running", "", nil)
+	down := host.NewError(host.KindUnreachable, "resolve secret nope", "xapi is not running", "", nil)
 	tr := f.transport(nil)
 	tr.secrets = failingSecrets{down}
 	_, err = tr.parseConfig(context.Background(), "test", cfg, parseNeeds{secrets: true})

@@ -19,7 +19,7 @@ func (t *Transport) waitDisks(ctx context.Context, op string, c *config, paths [
 	for {
 		sessions, err := t.sys.sessions()
 		if err != nil {
-			return nil, nil, host.Errorf(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", sysfsFix, err)
+			return nil, nil, host.NewError(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", sysfsFix, err)
 		}
 		var disks []disk
 		var others []lun
@@ -52,7 +52,7 @@ func (t *Transport) waitDisks(ctx context.Context, op string, c *config, paths [
 				t.log.Warn("the LUN did not appear on every session in time", zap.Int("sessions_without_it", waiting))
 				return sessions, disks, nil
 			}
-			return nil, nil, host.Errorf(host.KindNotFound, op, fmt.Sprintf("LUN %s did not appear within %s on target %s; the sessions show: %s",
+			return nil, nil, host.NewError(host.KindNotFound, op, fmt.Sprintf("LUN %s did not appear within %s on target %s; the sessions show: %s",
 				c.wwid, t.to.DeviceWait, c.iqn, noneIfEmpty(describeLUNs(dedupeLUNs(others)))),
 				"check device-config:SCSIid (xe sr-probe-ext lists the LUNs) and the LUN mapping for this host's initiator on the array", nil)
 		}
@@ -79,7 +79,7 @@ func (t *Transport) devicePath(ctx context.Context, op string, c *config, m *dmM
 	deadline := time.Now().Add(t.to.MapWait)
 	for !t.root.Exists(dev) {
 		if time.Now().After(deadline) || sleep(ctx, t.to.Poll) != nil {
-			return "", host.Errorf(host.KindTimeout, op, "multipath map "+m.name+" has no device node "+dev,
+			return "", host.NewError(host.KindTimeout, op, "multipath map "+m.name+" has no device node "+dev,
 				"check that udev runs (udevadm settle; ls -l /dev/mapper /dev/disk/by-id)", nil)
 		}
 	}

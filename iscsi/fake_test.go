@@ -926,7 +926,7 @@ type fakeSecrets map[string]string
 func (s fakeSecrets) Secret(_ context.Context, uuid string) (string, error) {
 	v, ok := s[uuid]
 	if !ok {
-		return "", host.Errorf(host.KindNotFound, "resolve secret "+uuid, "no such secret", "", nil)
+		return "", host.NewError(host.KindNotFound, "resolve secret "+uuid, "no such secret", "", nil)
 	}
 	return v, nil
 }

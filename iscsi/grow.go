@@ -33,7 +33,7 @@ func (t *Transport) Rescan(ctx context.Context, cfg map[string]string) (bool, er
 	}
 	m := v.m
 	if m == nil {
-		return false, host.Errorf(host.KindNotAttached, op, "LUN "+c.wwid+" has no multipath map on this host", "plug the SR on this host first", nil)
+		return false, host.NewError(host.KindNotAttached, op, "LUN "+c.wwid+" has no multipath map on this host", "plug the SR on this host first", nil)
 	}
 	if !t.grown(ctx, v, c.wwid) {
 		return false, nil
@@ -69,14 +69,14 @@ func (t *Transport) Rescan(ctx context.Context, cfg map[string]string) (bool, er
 	}
 	if len(stale) > 0 {
 		sort.Strings(stale)
-		return false, host.Errorf(host.KindBusy, op, fmt.Sprintf("the LUN grew to %d bytes but paths %s still report the old size", newSize, strings.Join(stale, ", ")),
+		return false, host.NewError(host.KindBusy, op, fmt.Sprintf("the LUN grew to %d bytes but paths %s still report the old size", newSize, strings.Join(stale, ", ")),
 			"wait for every path to be up (SR health) and retry", nil)
 	}
 	if _, err := t.multipathd(ctx, "resize map "+m.name); err != nil {
 		if e := multipathdError(op, err); e != nil {
 			return false, e
 		}
-		return false, host.Errorf(host.KindInternal, op, "multipathd could not resize map "+m.name, "run multipathd -k\"resize map "+m.name+"\" and read its log", err)
+		return false, host.NewError(host.KindInternal, op, "multipathd could not resize map "+m.name, "run multipathd -k\"resize map "+m.name+"\" and read its log", err)
 	}
 	deadline := time.Now().Add(t.to.Command)
 	for {
@@ -86,7 +86,7 @@ func (t *Transport) Rescan(ctx context.Context, cfg map[string]string) (bool, er
 			return true, nil
 		}
 		if time.Now().After(deadline) || sleep(ctx, t.to.Poll) != nil {
-			return false, host.Errorf(host.KindTimeout, op, "map "+m.name+" did not take the new size", "run multipathd -k\"resize map "+m.name+"\" by hand", nil)
+			return false, host.NewError(host.KindTimeout, op, "map "+m.name+" did not take the new size", "run multipathd -k\"resize map "+m.name+"\" by hand", nil)
 		}
 	}
 }

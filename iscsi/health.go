@@ -26,7 +26,7 @@ func (t *Transport) Health(ctx context.Context, cfg map[string]string) (transpor
 	}
 	paths, sessions, ours, m := v.paths, v.sessions, v.ours, v.m
 	if m == nil && len(ours) == 0 {
-		return transport.Health{}, host.Errorf(host.KindNotAttached, op, fmt.Sprintf("LUN %s has no session and no multipath map on this host", c.wwid), "plug the SR on this host (xe pbd-plug)", nil)
+		return transport.Health{}, host.NewError(host.KindNotAttached, op, fmt.Sprintf("LUN %s has no session and no multipath map on this host", c.wwid), "plug the SR on this host (xe pbd-plug)", nil)
 	}
 	return t.health(ctx, c, paths, sessions, m), nil
 }
@@ -46,7 +46,7 @@ func (t *Transport) view(op string, c *config) (lunView, error) {
 	var v lunView
 	var err error
 	if v.sessions, err = t.sys.sessions(); err != nil {
-		return v, host.Errorf(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", sysfsFix, err)
+		return v, host.NewError(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", sysfsFix, err)
 	}
 	v.paths = t.knownPaths(c, v.sessions)
 	v.ours = ourSessions(v.sessions, v.paths)
@@ -54,7 +54,7 @@ func (t *Transport) view(op string, c *config) (lunView, error) {
 		v.disks = append(v.disks, lunDisks(s, c.wwid)...)
 	}
 	if v.m, err = t.sys.findMap(c.wwid, v.disks); err != nil {
-		return v, host.Errorf(host.KindInternal, op, "cannot read device-mapper state from sysfs", sysfsFix, err)
+		return v, host.NewError(host.KindInternal, op, "cannot read device-mapper state from sysfs", sysfsFix, err)
 	}
 	return v, nil
 }

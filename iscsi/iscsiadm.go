@@ -101,7 +101,7 @@ func (t *Transport) iscsiadm(ctx context.Context, timeout time.Duration, secrets
 	for i, a := range args {
 		if a == "-T" && i+1 < len(args) {
 			if err := checkIQN(args[i+1]); err != nil {
-				return host.Result{}, host.Errorf(host.KindInvalid, "iscsiadm", "target name "+err.Error(), "sanvol refuses to pass it to iscsiadm; check the array's target names", nil)
+				return host.Result{}, host.NewError(host.KindInvalid, "iscsiadm", "target name "+err.Error(), "sanvol refuses to pass it to iscsiadm; check the array's target names", nil)
 			}
 		}
 	}
@@ -120,10 +120,10 @@ func exitCode(err error) int {
 // toolError turns a failure to run a tool at all into an admin error.
 func toolError(op, tool, pkg string, err error) error {
 	if errors.Is(err, host.ErrNotInstalled) {
-		return host.Errorf(host.KindUnsupported, op, tool+" is not installed on this host", "install "+pkg, err)
+		return host.NewError(host.KindUnsupported, op, tool+" is not installed on this host", "install "+pkg, err)
 	}
 	if exitCode(err) == errIscsidNotConn && tool == "iscsiadm" {
-		return host.Errorf(host.KindUnsupported, op, "iscsid is not running on this host", "start it: systemctl start iscsid.service (XCP-ng keeps the unit disabled by preset; sanvol starts it as sm does), then see journalctl -u iscsid if it stops again", err)
+		return host.NewError(host.KindUnsupported, op, "iscsid is not running on this host", "start it: systemctl start iscsid.service (XCP-ng keeps the unit disabled by preset; sanvol starts it as sm does), then see journalctl -u iscsid if it stops again", err)
 	}
 	return nil
 }
@@ -199,19 +199,19 @@ func (t *Transport) discoveryError(op string, p Portal, err error) error {
 	}
 	switch code := exitCode(err); {
 	case code == errLoginAuthFailed:
-		return host.Errorf(host.KindAuth, op, "the portal refused the discovery CHAP credentials",
+		return host.NewError(host.KindAuth, op, "the portal refused the discovery CHAP credentials",
 			"check device-config:chapuser and chappassword against the array's discovery authentication", err)
 	case errors.Is(err, host.ErrTimeout), code == errTrans, code == errTransTimeout, code == errPDUTimeout, code == errLogin:
-		return host.Errorf(host.KindUnreachable, op, "the portal did not answer",
+		return host.NewError(host.KindUnreachable, op, "the portal did not answer",
 			"check the address and port, that the array's iSCSI service listens there, and the network from this host (ping, nc -zv "+p.Addr+" "+strconv.Itoa(p.Port)+")", err)
 	}
-	return host.Errorf(host.KindInternal, op, "sendtargets discovery failed", "run the same discovery by hand: iscsiadm -m discovery -t st -p "+p.String(), err)
+	return host.NewError(host.KindInternal, op, "sendtargets discovery failed", "run the same discovery by hand: iscsiadm -m discovery -t st -p "+p.String(), err)
 }
 
 // ensureIface creates the iface record that binds sessions to a NIC.
 func (t *Transport) ensureIface(ctx context.Context, op, nic string) error {
 	if !t.root.Exists("/sys/class/net/" + nic) {
-		return host.Errorf(host.KindInvalid, op, fmt.Sprintf("device-config:iface names %s, which is not a network interface of this host", nic),
+		return host.NewError(host.KindInvalid, op, fmt.Sprintf("device-config:iface names %s, which is not a network interface of this host", nic),
 			"give the name of the storage NIC on this host (ip -br link); every host of the pool needs the same NIC names", nil)
 	}
 	name := ifaceName(nic)
@@ -222,12 +222,12 @@ func (t *Transport) ensureIface(ctx context.Context, op, nic string) error {
 			if e := toolError(op, "iscsiadm", "open-iscsi (iscsi-initiator-utils)", err); e != nil {
 				return e
 			}
-			return host.Errorf(host.KindInternal, op, "cannot create the iscsiadm iface record "+name, "run it by hand to read iscsiadm's message: iscsiadm -m iface -I "+name+" -o new", err)
+			return host.NewError(host.KindInternal, op, "cannot create the iscsiadm iface record "+name, "run it by hand to read iscsiadm's message: iscsiadm -m iface -I "+name+" -o new", err)
 		}
 	}
 	if _, err := t.iscsiadm(ctx, t.to.Command, nil, "-m", "iface", "-I", name, "-o", "update",
 		"-n", "iface.net_ifacename", "-v", nic); err != nil {
-		return host.Errorf(host.KindInternal, op, "cannot bind the iscsiadm iface record "+name+" to "+nic, "run it by hand to read iscsiadm's message: iscsiadm -m iface -I "+name+" -o update -n iface.net_ifacename -v "+nic, err)
+		return host.NewError(host.KindInternal, op, "cannot bind the iscsiadm iface record "+name+" to "+nic, "run it by hand to read iscsiadm's message: iscsiadm -m iface -I "+name+" -o update -n iface.net_ifacename -v "+nic, err)
 	}
 	return nil
 }
@@ -244,7 +244,7 @@ func (t *Transport) setupNode(ctx context.Context, op string, c *config, p path)
 		if e := toolError(op, "iscsiadm", "open-iscsi (iscsi-initiator-utils)", err); e != nil {
 			return e
 		}
-		return host.Errorf(host.KindInternal, op+": node record "+p.String(), "cannot create the node record", "run it by hand to read iscsiadm's message: iscsiadm "+strings.Join(nodeArgs(p), " ")+" -o new", err)
+		return host.NewError(host.KindInternal, op+": node record "+p.String(), "cannot create the node record", "run it by hand to read iscsiadm's message: iscsiadm "+strings.Join(nodeArgs(p), " ")+" -o new", err)
 	}
 	set := [][2]string{
 		// Only xapi plugs SRs: nothing may log in at boot behind its back.
@@ -263,7 +263,7 @@ func (t *Transport) setupNode(ctx context.Context, op string, c *config, p path)
 		args = append(args, "-n", kv[0], "-v", kv[1])
 	}
 	if _, err := t.iscsiadm(ctx, t.to.Command, nil, args...); err != nil {
-		return host.Errorf(host.KindInternal, op+": node record "+p.String(), "cannot set the node record's settings", "show the record to see what iscsiadm refuses: iscsiadm "+strings.Join(nodeArgs(p), " "), err)
+		return host.NewError(host.KindInternal, op+": node record "+p.String(), "cannot set the node record's settings", "show the record to see what iscsiadm refuses: iscsiadm "+strings.Join(nodeArgs(p), " "), err)
 	}
 	// scan=manual keeps iscsid from scanning LUNs on its own (after a
 	// session recovery, say) while sanvol deletes the SR's disks on

@@ -49,7 +49,7 @@ func (t *Transport) ensureIscsid(ctx context.Context, op string) error {
 			t.log.Warn("iscsid is not running and systemctl is not installed: cannot start it", zap.String("op", op))
 			return nil
 		}
-		return host.Errorf(host.KindUnsupported, op, "iscsid is not running on this host and `systemctl start "+iscsidUnit+"` failed",
+		return host.NewError(host.KindUnsupported, op, "iscsid is not running on this host and `systemctl start "+iscsidUnit+"` failed",
 			"see journalctl -u iscsid; check that iscsi-initiator-utils is installed and "+initiatorFile+" names this host", err)
 	}
 	// Logged at Info: the admin sees in syslog why iscsid runs although

@@ -30,7 +30,7 @@ func (t *Transport) initiatorName(op string) (string, error) {
 			}
 		}
 	}
-	return "", host.Errorf(host.KindUnsupported, op, "this host has no iSCSI initiator name in "+initiatorFile,
+	return "", host.NewError(host.KindUnsupported, op, "this host has no iSCSI initiator name in "+initiatorFile,
 		"on XCP-ng set it with xe host-param-set uuid=<host> other-config:iscsi_iqn=<unique iqn>; elsewhere echo InitiatorName=$(iscsi-iname) > "+initiatorFile+" and restart iscsid. Every host needs its own: shared IQNs corrupt data", err)
 }
 
@@ -66,7 +66,7 @@ func (t *Transport) lockTargets(ctx context.Context, op string, paths []path) (f
 		u, err := t.locker.Lock(lctx, "iscsi-target-"+lockNameRE.ReplaceAllString(iqn, "_"))
 		if err != nil {
 			release()
-			return nil, host.Errorf(host.KindBusy, op, "another sanvol call on target "+iqn+" did not finish within "+t.to.Lock.String(),
+			return nil, host.NewError(host.KindBusy, op, "another sanvol call on target "+iqn+" did not finish within "+t.to.Lock.String(),
 				"retry; if it persists, look for a hung iscsiadm or multipath (ps -ef)", err)
 		}
 		unlocks = append(unlocks, u)
@@ -139,7 +139,7 @@ func (t *Transport) loginFailure(ctx context.Context, op string, c *config, init
 	// answers discovery without the IQN means the IQN is wrong.
 	if kind != host.KindUnsupported {
 		if offered, ok := t.offeredIQNs(ctx, op, c); ok && c.iqn != wildcardIQN && !slices.Contains(offered, c.iqn) {
-			return host.Errorf(host.KindNotFound, op, fmt.Sprintf("target %s is not offered at %s; the portals offer: %s",
+			return host.NewError(host.KindNotFound, op, fmt.Sprintf("target %s is not offered at %s; the portals offer: %s",
 				c.iqn, portalsText(c.portals), noneIfEmpty(strings.Join(offered, ", "))),
 				"correct device-config:targetIQN (xe sr-probe-ext with only device-config:target lists the IQNs)", errors.Join(causes...))
 		}
@@ -166,7 +166,7 @@ func (t *Transport) loginFailure(ctx context.Context, op string, c *config, init
 	default:
 		fix = "run one login by hand to read iscsiadm's message: iscsiadm -m node -T " + c.iqn + " -p " + c.portals[0].String() + " --login"
 	}
-	return host.Errorf(kind, op, msg, fix, errors.Join(causes...))
+	return host.NewError(kind, op, msg, fix, errors.Join(causes...))
 }
 
 // offeredIQNs asks every portal for its IQNs; ok is false when none answered.
@@ -269,7 +269,7 @@ func firstError(errs []error) error {
 			return e
 		}
 	}
-	return host.Errorf(host.KindInvalid, "iscsi-ng", "device-config:target gives no usable portal", "give at least one portal address", nil)
+	return host.NewError(host.KindInvalid, "iscsi-ng", "device-config:target gives no usable portal", "give at least one portal address", nil)
 }
 
 func appendOnce(list []string, s string) []string {

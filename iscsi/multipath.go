@@ -166,10 +166,10 @@ func (t *Transport) multipathd(ctx context.Context, cmd string) (string, error) 
 
 func multipathdError(op string, err error) error {
 	if errors.Is(err, host.ErrNotInstalled) {
-		return host.Errorf(host.KindUnsupported, op, "multipathd is not installed on this host", "install device-mapper-multipath (multipath-tools)", err)
+		return host.NewError(host.KindUnsupported, op, "multipathd is not installed on this host", "install device-mapper-multipath (multipath-tools)", err)
 	}
 	if errors.Is(err, errMultipathdDown) {
-		return host.Errorf(host.KindUnsupported, op, "multipathd is not running on this host",
+		return host.NewError(host.KindUnsupported, op, "multipathd is not running on this host",
 			"start it (systemctl enable --now multipathd); on XCP-ng enable multipathing for the host", err)
 	}
 	return nil
@@ -199,7 +199,7 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 	stanza := mpStanza{wwid: c.wwid, noPathRetry: noPathRetry(c.queueSeconds, t.pollingInterval(ctx))}
 	changed, err := t.setStanza(ctx, c.wwid, &stanza)
 	if err != nil {
-		return nil, host.Errorf(host.KindInternal, op, "cannot write "+DropInPath, "check that /etc/multipath/conf.d is writable (read-only or full root filesystem?)", err)
+		return nil, host.NewError(host.KindInternal, op, "cannot write "+DropInPath, "check that /etc/multipath/conf.d is writable (read-only or full root filesystem?)", err)
 	}
 	if changed {
 		// multipathd owns the queueing countdown, so it must learn
@@ -209,7 +209,7 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 			if e := multipathdError(op, err); e != nil {
 				return nil, e
 			}
-			return nil, host.Errorf(host.KindInternal, op, "multipathd did not take the new configuration", "run multipathd -k\"reconfigure\" and read its log", err)
+			return nil, host.NewError(host.KindInternal, op, "multipathd did not take the new configuration", "run multipathd -k\"reconfigure\" and read its log", err)
 		}
 	}
 	// With find_multipaths yes (XCP-ng) a LUN with one path gets no map
@@ -232,7 +232,7 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 	for {
 		m, err := t.sys.findMap(c.wwid, disks)
 		if err != nil {
-			return nil, host.Errorf(host.KindInternal, op, "cannot read device-mapper state from sysfs", sysfsFix, err)
+			return nil, host.NewError(host.KindInternal, op, "cannot read device-mapper state from sysfs", sysfsFix, err)
 		}
 		var missing []string
 		if m != nil {
@@ -250,7 +250,7 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 				t.log.Warn("multipath map is incomplete at the deadline", zap.String("map", m.name), zap.Strings("missing", missing))
 				return m, nil
 			}
-			return nil, host.Errorf(host.KindTimeout, op, fmt.Sprintf("no multipath map appeared within %s for disks %s", t.to.MapWait, diskNames(disks)),
+			return nil, host.NewError(host.KindTimeout, op, fmt.Sprintf("no multipath map appeared within %s for disks %s", t.to.MapWait, diskNames(disks)),
 				"check that multipathd runs and does not blacklist the array (multipath -v3 "+c.wwid+"; multipathd -k\"show config\")", nil)
 		}
 		if time.Since(start) >= grace {
@@ -279,7 +279,7 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 			}
 		}
 		if err := sleep(ctx, t.to.Poll); err != nil {
-			return nil, host.Errorf(host.KindTimeout, op, "gave up waiting for the multipath map", "the call was cancelled; run SR.attach again", err)
+			return nil, host.NewError(host.KindTimeout, op, "gave up waiting for the multipath map", "the call was cancelled; run SR.attach again", err)
 		}
 	}
 }
@@ -290,10 +290,10 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 func (t *Transport) flushMap(ctx context.Context, op string, m *dmMap) error {
 	op += ": flush multipath map " + m.name
 	busy := func(msg string, cause error) error {
-		return host.Errorf(host.KindBusy, op, msg, "check what holds it (dmsetup info "+m.name+"; ls /sys/block/"+m.dev+"/holders; fuser -vm /dev/mapper/"+m.name+") and run SR.detach again", cause)
+		return host.NewError(host.KindBusy, op, msg, "check what holds it (dmsetup info "+m.name+"; ls /sys/block/"+m.dev+"/holders; fuser -vm /dev/mapper/"+m.name+") and run SR.detach again", cause)
 	}
 	if len(m.holders) > 0 {
-		return host.Errorf(host.KindBusy, op, "the map is still in use by "+strings.Join(m.holders, ", "),
+		return host.NewError(host.KindBusy, op, "the map is still in use by "+strings.Join(m.holders, ", "),
 			"deactivate the SR's logical volumes first (lvs -o lv_name,lv_active on the SR's VG; dmsetup ls --tree)", nil)
 	}
 	// udev probes (blkid, LVM's rules) open the map for a moment after

@@ -25,7 +25,7 @@ func (t *Transport) plan(ctx context.Context, op string, c *config) ([]path, []e
 				errs = append(errs, err)
 				t.log.Warn("discovery failed; the portal counts as down", zap.String("portal", p.String()), zap.Error(err))
 			} else if iqns = iqnsAt(recs, p); len(iqns) == 0 {
-				errs = append(errs, host.Errorf(host.KindNotFound, op+": discovery at "+p.String(), "the portal offers no target", "export a target on this portal, or remove it from device-config:target", nil))
+				errs = append(errs, host.NewError(host.KindNotFound, op+": discovery at "+p.String(), "the portal offers no target", "export a target on this portal, or remove it from device-config:target", nil))
 			}
 			if len(iqns) == 0 || err != nil {
 				iqns = []string{wildcardIQN}

@@ -65,7 +65,7 @@ func (t *Transport) probeTargets(ctx context.Context, op string, c *config, cfg 
 		if len(errs) > 0 {
 			return nil, firstError(errs)
 		}
-		return nil, host.Errorf(host.KindNotFound, op, "the portals offer no target to this host", "check that the array exports a target on these portals and that its ACL admits this host's initiator name", nil)
+		return nil, host.NewError(host.KindNotFound, op, "the portals offer no target to this host", "check that the array exports a target on these portals and that its ACL admits this host's initiator name", nil)
 	}
 	for _, err := range errs {
 		t.log.Warn("a portal did not answer discovery", zap.Error(err))
@@ -150,7 +150,7 @@ func (t *Transport) listLUNs(ctx context.Context, op string, c *config, inspect 
 	defer unlock()
 	before, err := t.sys.sessions()
 	if err != nil {
-		return nil, host.Errorf(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", sysfsFix, err)
+		return nil, host.NewError(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", sysfsFix, err)
 	}
 	defer t.rollback(ctx, before, paths)
 	results := t.connect(ctx, op, c, paths, before)
@@ -185,11 +185,11 @@ func (t *Transport) listLUNs(ctx context.Context, op string, c *config, inspect 
 		for _, w := range order {
 			all = append(all, *byWWID[w])
 		}
-		return nil, host.Errorf(host.KindNotFound, op, fmt.Sprintf("LUN %s is not visible through target %s; visible: %s", c.wwid, c.iqn, noneIfEmpty(describeLUNs(all))),
+		return nil, host.NewError(host.KindNotFound, op, fmt.Sprintf("LUN %s is not visible through target %s; visible: %s", c.wwid, c.iqn, noneIfEmpty(describeLUNs(all))),
 			"check device-config:SCSIid, and the LUN mapping for initiator "+initiator+" on the array", nil)
 	}
 	if len(luns) == 0 {
-		return nil, host.Errorf(host.KindNotFound, op, "target "+c.iqn+" shows no LUN to this host",
+		return nil, host.NewError(host.KindNotFound, op, "target "+c.iqn+" shows no LUN to this host",
 			"map a LUN to initiator "+initiator+" on the array (LUN masking / host group)", nil)
 	}
 	if inspect != nil {

@@ -71,13 +71,13 @@ func (t *Transport) idbmLock(ctx context.Context, op string) (func(), error) {
 	for _, real := range dirs {
 		if err := t.root.MkdirAll(real, 0o755); err != nil {
 			unlock()
-			return nil, host.Errorf(host.KindInternal, op, "cannot create iscsiadm's lock directory "+real, "check that / is writable", err)
+			return nil, host.NewError(host.KindInternal, op, "cannot create iscsiadm's lock directory "+real, "check that / is writable", err)
 		}
 		lock, write := real+"/lock", real+"/lock.write"
 		if !t.root.Exists(lock) {
 			if err := t.root.WriteFile(lock, nil, 0o666); err != nil {
 				unlock()
-				return nil, host.Errorf(host.KindInternal, op, "cannot create iscsiadm's lock file "+lock, "check that / is writable", err)
+				return nil, host.NewError(host.KindInternal, op, "cannot create iscsiadm's lock file "+lock, "check that / is writable", err)
 			}
 		}
 		deadline := time.Now().Add(t.to.Command)
@@ -89,11 +89,11 @@ func (t *Transport) idbmLock(ctx context.Context, op string) (func(), error) {
 			}
 			if !errors.Is(err, fs.ErrExist) {
 				unlock()
-				return nil, host.Errorf(host.KindInternal, op, "cannot take iscsiadm's database lock "+write, "check that sanvol runs as root and "+real+" is writable", err)
+				return nil, host.NewError(host.KindInternal, op, "cannot take iscsiadm's database lock "+write, "check that sanvol runs as root and "+real+" is writable", err)
 			}
 			if time.Now().After(deadline) || sleep(ctx, 10*time.Millisecond) != nil {
 				unlock()
-				return nil, host.Errorf(host.KindBusy, op, "iscsiadm's database lock "+write+" is held for more than "+t.to.Command.String(),
+				return nil, host.NewError(host.KindBusy, op, "iscsiadm's database lock "+write+" is held for more than "+t.to.Command.String(),
 					"wait for the running iscsiadm to finish (ps -ef | grep iscsiadm); if none runs, the lock is stale: rm "+write, nil)
 			}
 		}
@@ -232,7 +232,7 @@ func (t *Transport) writeNodeCHAP(ctx context.Context, op string, c *config, p p
 		}
 	}
 	if err != nil {
-		return host.Errorf(host.KindInternal, op+": node record "+p.String(), "cannot write the CHAP settings into the node record",
+		return host.NewError(host.KindInternal, op+": node record "+p.String(), "cannot write the CHAP settings into the node record",
 			"show the record (iscsiadm "+strings.Join(nodeArgs(p), " ")+") and check "+nodeDir+" is writable", err)
 	}
 	return nil
@@ -283,7 +283,7 @@ func (t *Transport) setDiscoveryCHAP(ctx context.Context, op string, p Portal, s
 		err = t.rewriteRecord(f, discoveryAuthKeys, set)
 	}
 	if err != nil {
-		return host.Errorf(host.KindInternal, op+": discovery at "+p.String(), "cannot write the discovery CHAP settings into the sendtargets record",
+		return host.NewError(host.KindInternal, op+": discovery at "+p.String(), "cannot write the discovery CHAP settings into the sendtargets record",
 			"check "+sendTargets+" is writable; show the record with iscsiadm -m discoverydb -t st -p "+p.String(), err)
 	}
 	return nil

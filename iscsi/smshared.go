@@ -49,7 +49,7 @@ func (t *Transport) refuseSMShared(op string, c *config) error {
 	if len(srs) == 0 {
 		return nil
 	}
-	return host.Errorf(host.KindBusy, op,
+	return host.NewError(host.KindBusy, op,
 		fmt.Sprintf("target %s is used by SMAPIv1 iSCSI SR(s) %s on this host (%s/%s): when sm detaches them it logs out every session to that IQN, this SR's too", c.iqn, strings.Join(srs, ", "), SMRefDir, c.iqn),
 		"put this SR's LUN on another target IQN of the array (one IQN per SR stack), or move the SMAPIv1 SR off this IQN first", nil)
 }

@@ -104,7 +104,7 @@ func (t *Transport) Prepare(ctx context.Context, cfg map[string]string) (map[str
 	if len(luns) == 1 {
 		return map[string]string{keySCSIid: luns[0].wwid}, nil
 	}
-	return nil, host.Errorf(host.KindInvalid, op, fmt.Sprintf("device-config:SCSIid is missing and target %s has %d LUNs: %s", c.iqn, len(luns), describeLUNs(luns)),
+	return nil, host.NewError(host.KindInvalid, op, fmt.Sprintf("device-config:SCSIid is missing and target %s has %d LUNs: %s", c.iqn, len(luns), describeLUNs(luns)),
 		"add device-config:SCSIid=<one of them> (xe sr-probe-ext lists them with their sizes)", nil)
 }
 
@@ -113,7 +113,7 @@ func (t *Transport) Prepare(ctx context.Context, cfg map[string]string) (map[str
 func (t *Transport) DeviceID(cfg map[string]string) (string, error) {
 	w := normaliseWWID(strings.TrimSpace(cfg[keySCSIid]))
 	if w == "" || !wwidRE.MatchString(w) {
-		return "", host.Errorf(host.KindInvalid, "iscsi-ng", "device-config:SCSIid is missing or not a SCSI WWID",
+		return "", host.NewError(host.KindInvalid, "iscsi-ng", "device-config:SCSIid is missing or not a SCSI WWID",
 			"give the SCSIid of the LUN as xe sr-probe-ext lists it", nil)
 	}
 	return "wwid:" + strings.ToLower(w), nil
@@ -151,7 +151,7 @@ func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (transpor
 
 	before, err := t.sys.sessions()
 	if err != nil {
-		return transport.Device{}, host.Errorf(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", sysfsFix, err)
+		return transport.Device{}, host.NewError(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", sysfsFix, err)
 	}
 	results := t.connect(ctx, op, c, paths, before)
 	failures := loginFailures(results)
@@ -288,7 +288,7 @@ func (t *Transport) Detach(ctx context.Context, cfg map[string]string, others []
 	}
 	t.forgetNodes(ctx, forget)
 	if len(errs) > 0 {
-		return host.Errorf(host.KindBusy, op, "the map is gone but sessions remain", "log them out by hand (iscsiadm -m session; iscsiadm -m session -r <sid> -u) or run SR.detach again", errors.Join(errs...))
+		return host.NewError(host.KindBusy, op, "the map is gone but sessions remain", "log them out by hand (iscsiadm -m session; iscsiadm -m session -r <sid> -u) or run SR.detach again", errors.Join(errs...))
 	}
 	t.removeState(c.wwid)
 	return nil

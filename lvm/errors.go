@@ -86,26 +86,26 @@ func classify(op string, err error) error {
 	if errors.As(err, &ce) {
 		switch {
 		case errors.Is(err, host.ErrNotInstalled):
-			return host.Errorf(host.KindUnsupported, op, "lvm2 is not installed on this host", "install the lvm2 package", err)
+			return host.NewError(host.KindUnsupported, op, "lvm2 is not installed on this host", "install the lvm2 package", err)
 		case errors.Is(err, host.ErrTimeout):
-			return host.Errorf(host.KindTimeout, op, "LVM did not answer in time", "check that the SR's storage answers (paths live, no hung I/O: dmesg, nvme list-subsys / multipath -ll) and retry", err)
+			return host.NewError(host.KindTimeout, op, "LVM did not answer in time", "check that the SR's storage answers (paths live, no hung I/O: dmesg, nvme list-subsys / multipath -ll) and retry", err)
 		}
-		return host.Errorf(host.KindInternal, op, "could not run LVM", "", err)
+		return host.NewError(host.KindInternal, op, "could not run LVM", "", err)
 	}
 	msg := strings.ToLower(stderrOf(err))
 	switch {
 	case containsAny(msg, readOnlyText):
-		return host.Errorf(host.KindNotMaster, op, "LVM refused to change metadata on a host that is not the pool master", "run the operation on the pool master", err)
+		return host.NewError(host.KindNotMaster, op, "LVM refused to change metadata on a host that is not the pool master", "run the operation on the pool master", err)
 	case containsAny(msg, existsText):
-		return host.Errorf(host.KindExists, op, "already exists", "", err)
+		return host.NewError(host.KindExists, op, "already exists", "", err)
 	case containsAny(msg, noSpaceText):
-		return host.Errorf(host.KindNoSpace, op, "not enough space in the SR", "free space (destroy unused disks) or grow the LUN/namespace", err)
+		return host.NewError(host.KindNoSpace, op, "not enough space in the SR", "free space (destroy unused disks) or grow the LUN/namespace", err)
 	case containsAny(msg, busyText):
-		return host.Errorf(host.KindBusy, op, "in use", "stop what uses it (a VM or a dom0 attach on this host) and retry", err)
+		return host.NewError(host.KindBusy, op, "in use", "stop what uses it (a VM or a dom0 attach on this host) and retry", err)
 	case containsAny(msg, notFoundText):
-		return host.Errorf(host.KindNotFound, op, "not found", "", err)
+		return host.NewError(host.KindNotFound, op, "not found", "", err)
 	}
-	return host.Errorf(host.KindInternal, op, "LVM command failed", "", err)
+	return host.NewError(host.KindInternal, op, "LVM command failed", "", err)
 }
 
 // Missing says what a not-found failure of an LVM command found missing.

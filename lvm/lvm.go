@@ -108,7 +108,7 @@ func (c *Client) Version(ctx context.Context) (Version, error) {
 	}
 	v, err := ParseVersion(string(res.Stdout))
 	if err != nil {
-		return Version{}, host.Errorf(host.KindUnsupported, "lvm version", "cannot tell which lvm2 this host has", "check that `lvm version` works", err)
+		return Version{}, host.NewError(host.KindUnsupported, "lvm version", "cannot tell which lvm2 this host has", "check that `lvm version` works", err)
 	}
 	c.ver = &v
 	c.log.Debug("lvm version", zap.Stringer("version", v))
@@ -143,11 +143,11 @@ func (c *Client) exec(ctx context.Context, s Scope, m mode, sub string, args ...
 	}
 	cfg, err := BuildConfig(v, s)
 	if err != nil {
-		return nil, host.Errorf(host.KindInvalid, "lvm "+sub, "bad LVM scope", "", err)
+		return nil, host.NewError(host.KindInvalid, "lvm "+sub, "bad LVM scope", "", err)
 	}
 	if m == once && s.ReadOnly {
 		// The last line of defence: lvm2 2.03 ignores metadata_read_only.
-		return nil, host.Errorf(host.KindNotMaster, "lvm "+sub, "refusing an LVM metadata change on a host that is not the pool master",
+		return nil, host.NewError(host.KindNotMaster, "lvm "+sub, "refusing an LVM metadata change on a host that is not the pool master",
 			"run the operation on the pool master", nil)
 	}
 	argv := []string{sub, "-qq", "--config", cfg}

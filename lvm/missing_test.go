@@ -40,7 +40,7 @@ func TestMissingOf(t *testing.T) {
 			}
 		})
 	}
-	if got := lvm.MissingOf(host.Errorf(host.KindNotFound, "x", "not found", "", nil)); got != lvm.MissingNothing {
+	if got := lvm.MissingOf(host.NewError(host.KindNotFound, "x", "not found", "", nil)); got != lvm.MissingNothing {
 		t.Errorf("an error without LVM's exit status: %s", got)
 	}
 }

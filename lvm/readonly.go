@@ -24,7 +24,7 @@ func readOnlyRefusal(op string, argv []string, res host.Result) error {
 	}
 	cause := &host.ExitError{Cmd: "lvm " + strings.Join(argv, " "), Code: res.ExitCode,
 		Stderr: strings.TrimSpace(string(res.Stderr)), Stdout: strings.TrimSpace(string(res.Stdout))}
-	return host.Errorf(host.KindNotMaster, op,
+	return host.NewError(host.KindNotMaster, op,
 		"LVM refused to change metadata because global/metadata_read_only is set (it exited 0 all the same, as lvm2 2.02 does)",
 		"run the operation on the pool master; on the master, sanvol's --config sets metadata_read_only=0, so check what overrides it (`lvm dumpconfig global/metadata_read_only`, LVM_SYSTEM_DIR, profiles)",
 		cause)

@@ -171,7 +171,7 @@ func ParsePVs(out []byte) ([]PV, error) {
 }
 
 func badReport(op string, err error) error {
-	return host.Errorf(host.KindInternal, op, "unexpected LVM report", "report this as a sanvol bug with `lvm version`", err)
+	return host.NewError(host.KindInternal, op, "unexpected LVM report", "report this as a sanvol bug with `lvm version`", err)
 }
 
 // VGs lists the VGs on the scope's devices (all of them if names is
@@ -217,7 +217,7 @@ func (c *Client) LV(ctx context.Context, s Scope, vg, lv string) (LV, error) {
 		}
 	}
 	// lvm2 2.02 can exit 0 with an empty report for a missing LV.
-	return LV{}, host.Errorf(host.KindNotFound, "lvm lvs "+vg+"/"+lv, "not found", "", nil)
+	return LV{}, host.NewError(host.KindNotFound, "lvm lvs "+vg+"/"+lv, "not found", "", nil)
 }
 
 // PVs lists the PVs on the scope's devices with their VG's tags.

@@ -152,12 +152,12 @@ func classifyConnect(op string, p Portal, c Config, err error) error {
 	if errors.As(err, &ce) {
 		switch {
 		case errors.Is(err, host.ErrNotInstalled):
-			return host.Errorf(host.KindUnsupported, op, "nvme-cli is not installed", "install it: yum install nvme-cli (XCP-ng) or apt-get install nvme-cli", err)
+			return host.NewError(host.KindUnsupported, op, "nvme-cli is not installed", "install it: yum install nvme-cli (XCP-ng) or apt-get install nvme-cli", err)
 		case errors.Is(err, host.ErrTimeout):
-			return host.Errorf(host.KindUnreachable, op, "no answer from portal "+p.String(),
+			return host.NewError(host.KindUnreachable, op, "no answer from portal "+p.String(),
 				"check that the portal address and port are right and reachable from this host (ping, nc -zv "+p.TrAddr()+" "+strconv.Itoa(p.Port)+")", err)
 		}
-		return host.Errorf(host.KindInternal, op, "could not run nvme connect", "", err)
+		return host.NewError(host.KindInternal, op, "could not run nvme connect", "", err)
 	}
 	switch classOf(err) {
 	case connectAuth:
@@ -165,19 +165,19 @@ func classifyConnect(op string, p Portal, c Config, err error) error {
 		if c.Auth() {
 			fix = "check that dhchap-password is the key the target holds for this host's NQN (and dhchap-ctrl-password the controller key); update the XenAPI secret and re-plug"
 		}
-		return host.Errorf(host.KindAuth, op, "portal "+p.String()+" refused DH-HMAC-CHAP authentication", fix, err)
+		return host.NewError(host.KindAuth, op, "portal "+p.String()+" refused DH-HMAC-CHAP authentication", fix, err)
 	case connectNoNetwork:
-		return host.Errorf(host.KindUnreachable, op, "cannot reach portal "+p.String(),
+		return host.NewError(host.KindUnreachable, op, "cannot reach portal "+p.String(),
 			"check that the target listens on "+p.String()+" and that this host has a route to it", portalDown{err})
 	case connectNoDevice:
 		if p.Iface != "" {
-			return host.Errorf(host.KindInvalid, op, "host interface "+p.Iface+" does not exist on this host", "fix device-config:host-iface", err)
+			return host.NewError(host.KindInvalid, op, "host interface "+p.Iface+" does not exist on this host", "fix device-config:host-iface", err)
 		}
 	case connectBadOptions:
-		return host.Errorf(host.KindUnsupported, op, "the kernel refused the connect options for "+p.String(),
+		return host.NewError(host.KindUnsupported, op, "the kernel refused the connect options for "+p.String(),
 			"check the kernel log (dmesg | grep nvme); host-iface needs Linux 5.14+, dhchap keys Linux 6.0+", err)
 	}
-	return host.Errorf(host.KindUnreachable, op, "cannot connect to subsystem "+c.NQN+" at portal "+p.String(),
+	return host.NewError(host.KindUnreachable, op, "cannot connect to subsystem "+c.NQN+" at portal "+p.String(),
 		"check the NQN and that the target exports it on this portal to this host's NQN (dmesg | grep nvme shows the kernel's reason)", err)
 }
 

@@ -89,7 +89,7 @@ func (c Config) Auth() bool { return c.DHCHAP != "" }
 const opValidate = "nvmetcp: device-config"
 
 func invalid(msg, fix string) error {
-	return host.Errorf(host.KindInvalid, opValidate, msg, fix, nil)
+	return host.NewError(host.KindInvalid, opValidate, msg, fix, nil)
 }
 
 // parseOpts says what a caller needs from the device-config.

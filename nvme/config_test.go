@@ -322,7 +322,7 @@ func TestSecretErrorKind(t *testing.T) {
 	if host.KindOf(err) != host.KindNotFound || !strings.Contains(err.Error(), "dhchap-password_secret") {
 		t.Errorf("missing secret: %v", err)
 	}
-	down := host.Errorf(host.KindUnreachable, "resolve secret nope", "xapi is not running", "", nil)
+	down := host.NewError(host.KindUnreachable, "resolve secret nope", "xapi is not running", "", nil)
 	_, err = parseConfig(context.Background(), cfg, parseOpts{needNQN: true, secrets: failingSecrets{down}})
 	if host.KindOf(err) != host.KindUnreachable {
 		t.Errorf("xapi down: %v", err)

@@ -131,7 +131,7 @@ func (t *Transport) connectAll(ctx context.Context, c Config, op string) (*sessi
 	before, err := t.sys.controllers()
 	if err != nil {
 		s.done()
-		return nil, host.Errorf(host.KindInternal, op, "cannot read "+sysClassNVMe, "", err)
+		return nil, host.NewError(host.KindInternal, op, "cannot read "+sysClassNVMe, "", err)
 	}
 	existed := map[string]bool{}
 	for _, ctrl := range before {
@@ -153,7 +153,7 @@ func (t *Transport) connectAll(ctx context.Context, c Config, op string) (*sessi
 	after, err := t.sys.controllers()
 	if err != nil {
 		t.rollback(ctx, s)
-		return nil, host.Errorf(host.KindInternal, op, "cannot read "+sysClassNVMe, "", err)
+		return nil, host.NewError(host.KindInternal, op, "cannot read "+sysClassNVMe, "", err)
 	}
 	usable := 0
 	for _, p := range c.Portals {
@@ -231,7 +231,7 @@ func (t *Transport) connectPortals(ctx context.Context, op string, c Config, id 
 				if c.DHCHAPCtrl != "" {
 					fix = "a dhchap-ctrl-password the target does not hold makes the kernel wait for the target until its 60 s admin timeout (dmesg: \"controller authentication failed\"); check the controller key"
 				}
-				failures[name] = host.Errorf(host.KindUnreachable, op+": connect "+name,
+				failures[name] = host.NewError(host.KindUnreachable, op+": connect "+name,
 					fmt.Sprintf("no answer from portal %s within %s", p, timeout), fix, nil)
 			}
 			return failures
@@ -293,7 +293,7 @@ func (t *Transport) verifyAuth(op string, s *session, ctrls []Controller) error 
 			if key == "" || key == "none" {
 				what = "without DH-HMAC-CHAP"
 			}
-			return host.Errorf(host.KindAuth, op,
+			return host.NewError(host.KindAuth, op,
 				"path "+ctrl.Name+" to "+p.String()+" was already connected "+what+", so it is not authenticated with this SR's key",
 				"disconnect it (nvme disconnect -d "+ctrl.Name+") and plug the SR again", nil)
 		}
@@ -328,7 +328,7 @@ func (t *Transport) allFailed(ctx context.Context, op string, s *session) error 
 				break
 			}
 		}
-		return host.Errorf(host.KindAuth, op, "the portals refused DH-HMAC-CHAP authentication for subsystem "+s.cfg.NQN+" (hostnqn "+s.id.HostNQN+")", fix, errors.New(strings.Join(parts, "; ")))
+		return host.NewError(host.KindAuth, op, "the portals refused DH-HMAC-CHAP authentication for subsystem "+s.cfg.NQN+" (hostnqn "+s.id.HostNQN+")", fix, errors.New(strings.Join(parts, "; ")))
 	}
 	if kinds[host.KindUnsupported] > 0 || kinds[host.KindInvalid] > 0 {
 		return first
@@ -352,13 +352,13 @@ func (t *Transport) allFailed(ctx context.Context, op string, s *session) error 
 			}
 		}
 		if len(offered) > 0 {
-			return host.Errorf(host.KindNotFound, op,
+			return host.NewError(host.KindNotFound, op,
 				"portal "+p.String()+" does not offer subsystem "+s.cfg.NQN+" (it offers "+strings.Join(dedup(offered), ", ")+")",
 				"fix device-config:nqn; `xe sr-probe-ext type=nvmetcp device-config:target=…` lists the subsystems", nil)
 		}
 		break
 	}
-	return host.Errorf(host.KindUnreachable, op,
+	return host.NewError(host.KindUnreachable, op,
 		fmt.Sprintf("no path to subsystem %s could be connected (%d portals tried within %s)", s.cfg.NQN, len(s.cfg.Portals), t.connectTimeout(s.cfg)),
 		"check the portals, the NQN, and that the target allows this host's NQN "+s.id.HostNQN, errors.New(strings.Join(parts, "; ")))
 }
@@ -381,7 +381,7 @@ func (t *Transport) rollback(ctx context.Context, s *session) {
 func (t *Transport) disconnect(ctx context.Context, c Config, name string) error {
 	_, err := runNVMe(ctx, t.run, t.to.Disconnect, c, "disconnect", "--device="+name)
 	if err != nil && t.root.Exists(sysClassNVMe+"/"+name) {
-		return host.Errorf(host.KindBusy, "nvmetcp: disconnect "+name, "nvme disconnect failed", "check dmesg; the controller may be stuck reconnecting", err)
+		return host.NewError(host.KindBusy, "nvmetcp: disconnect "+name, "nvme disconnect failed", "check dmesg; the controller may be stuck reconnecting", err)
 	}
 	return nil
 }

@@ -372,7 +372,7 @@ func (s fakeSecrets) Secret(_ context.Context, uuid string) (string, error) {
 	if v, ok := s[uuid]; ok {
 		return v, nil
 	}
-	return "", host.Errorf(host.KindNotFound, "resolve secret "+uuid, "no such secret", "", nil)
+	return "", host.NewError(host.KindNotFound, "resolve secret "+uuid, "no such secret", "", nil)
 }
 
 func (k *fakeKernel) transport(secrets host.SecretResolver) *Transport {

@@ -71,7 +71,7 @@ func (t *Transport) Health(ctx context.Context, cfg map[string]string) (transpor
 	}
 	ctrls, err := t.sys.controllers()
 	if err != nil {
-		return transport.Health{}, host.Errorf(host.KindInternal, "SR.stat: nvmetcp", "cannot read "+sysClassNVMe, "", err)
+		return transport.Health{}, host.NewError(host.KindInternal, "SR.stat: nvmetcp", "cannot read "+sysClassNVMe, "", err)
 	}
 	return pathHealth(c, id, ctrls, nil), nil
 }

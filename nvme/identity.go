@@ -55,10 +55,10 @@ func (t *Transport) identity(ctx context.Context, c Config, create bool) (Identi
 	nqn, nerr := t.root.ReadString(HostNQNFile)
 	hid, herr := t.root.ReadString(HostIDFile)
 	if nerr != nil && !errors.Is(nerr, fs.ErrNotExist) {
-		return Identity{}, host.Errorf(host.KindInternal, op, "cannot read "+HostNQNFile, "", nerr)
+		return Identity{}, host.NewError(host.KindInternal, op, "cannot read "+HostNQNFile, "", nerr)
 	}
 	if herr != nil && !errors.Is(herr, fs.ErrNotExist) {
-		return Identity{}, host.Errorf(host.KindInternal, op, "cannot read "+HostIDFile, "", herr)
+		return Identity{}, host.NewError(host.KindInternal, op, "cannot read "+HostIDFile, "", herr)
 	}
 	hid = strings.ToLower(hid)
 	if nqn != "" {
@@ -67,7 +67,7 @@ func (t *Transport) identity(ctx context.Context, c Config, create bool) (Identi
 		}
 	}
 	if hid != "" && !isUUID(hid) {
-		return Identity{}, host.Errorf(host.KindInvalid, op, HostIDFile+" does not hold a UUID",
+		return Identity{}, host.NewError(host.KindInvalid, op, HostIDFile+" does not hold a UUID",
 			"remove "+HostIDFile+" (sanvol regenerates it from the host NQN) or write a UUID into it", nil)
 	}
 	changed := false
@@ -75,7 +75,7 @@ func (t *Transport) identity(ctx context.Context, c Config, create bool) (Identi
 	case nqn == "" && hid == "":
 		u, err := host.NewUUID()
 		if err != nil {
-			return Identity{}, host.Errorf(host.KindInternal, op, "cannot generate a host UUID", "", err)
+			return Identity{}, host.NewError(host.KindInternal, op, "cannot generate a host UUID", "", err)
 		}
 		nqn, hid, changed = uuidNQNPfx+u, u, true
 	case nqn == "":
@@ -86,7 +86,7 @@ func (t *Transport) identity(ctx context.Context, c Config, create bool) (Identi
 		} else {
 			u, err := host.NewUUID()
 			if err != nil {
-				return Identity{}, host.Errorf(host.KindInternal, op, "cannot generate a host ID", "", err)
+				return Identity{}, host.NewError(host.KindInternal, op, "cannot generate a host ID", "", err)
 			}
 			hid = u
 		}
@@ -94,10 +94,10 @@ func (t *Transport) identity(ctx context.Context, c Config, create bool) (Identi
 	}
 	if changed {
 		if err := t.root.WriteFileAtomic(HostNQNFile, []byte(nqn+"\n"), 0o644); err != nil {
-			return Identity{}, host.Errorf(host.KindInternal, op, "cannot write "+HostNQNFile, "check that /etc/nvme is writable", err)
+			return Identity{}, host.NewError(host.KindInternal, op, "cannot write "+HostNQNFile, "check that /etc/nvme is writable", err)
 		}
 		if err := t.root.WriteFileAtomic(HostIDFile, []byte(hid+"\n"), 0o644); err != nil {
-			return Identity{}, host.Errorf(host.KindInternal, op, "cannot write "+HostIDFile, "check that /etc/nvme is writable", err)
+			return Identity{}, host.NewError(host.KindInternal, op, "cannot write "+HostIDFile, "check that /etc/nvme is writable", err)
 		}
 		t.log.Info("generated the NVMe host identity", zapStr("hostnqn", nqn), zapStr("hostid", hid))
 	}

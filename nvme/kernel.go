@@ -24,24 +24,24 @@ func (t *Transport) checkKernel(ctx context.Context, op string) error {
 	if !t.root.Exists(sysModNVMeTCP) {
 		_, err := t.run.Run(ctx, host.Cmd{Name: "modprobe", Args: []string{"nvme-tcp"}, Timeout: t.to.Modprobe})
 		if err != nil {
-			return host.Errorf(host.KindUnsupported, op,
+			return host.NewError(host.KindUnsupported, op,
 				"kernel "+rel+" cannot load the NVMe/TCP host module nvme-tcp", kernelFix, err)
 		}
 	}
 	if !t.root.Exists(devFabrics) {
 		if _, err := t.run.Run(ctx, host.Cmd{Name: "modprobe", Args: []string{"nvme-fabrics"}, Timeout: t.to.Modprobe}); err != nil || !t.root.Exists(devFabrics) {
-			return host.Errorf(host.KindUnsupported, op, devFabrics+" is missing on kernel "+rel,
+			return host.NewError(host.KindUnsupported, op, devFabrics+" is missing on kernel "+rel,
 				"load nvme-fabrics (modprobe nvme-fabrics) and check that devtmpfs/udev create "+devFabrics+"; "+kernelFix, err)
 		}
 	}
 	mp, err := t.root.ReadString(sysMultipathParam)
 	switch {
 	case err != nil:
-		return host.Errorf(host.KindUnsupported, op,
+		return host.NewError(host.KindUnsupported, op,
 			"kernel "+rel+" has no native NVMe multipath ("+sysMultipathParam+" is missing: CONFIG_NVME_MULTIPATH is off)",
 			"boot a kernel built with CONFIG_NVME_MULTIPATH=y", nil)
 	case mp != "Y" && mp != "y" && mp != "1":
-		return host.Errorf(host.KindUnsupported, op,
+		return host.NewError(host.KindUnsupported, op,
 			"native NVMe multipath is off (nvme_core multipath="+mp+"), so each path would be a separate disk",
 			"echo 'options nvme_core multipath=Y' > /etc/modprobe.d/nvme-multipath.conf, rebuild the initrd (dracut -f) and reboot: the parameter cannot change while NVMe controllers exist", nil)
 	}
@@ -81,7 +81,7 @@ func (t *Transport) authSupport() (ok, known bool) {
 }
 
 func (t *Transport) authRefusal(op, what string) error {
-	return host.Errorf(host.KindUnsupported, op,
+	return host.NewError(host.KindUnsupported, op,
 		"DH-HMAC-CHAP is configured but kernel "+t.kernelRelease()+" cannot authenticate NVMe connections (no CONFIG_NVME_AUTH/CONFIG_NVME_HOST_AUTH); "+what+
 			". sanvol refuses rather than connect without authentication",
 		"boot a kernel with NVMe in-band authentication (Linux 6.0+ built with CONFIG_NVME_HOST_AUTH, e.g. Debian bookworm-backports 6.12), or remove dhchap-password from the device-config if the target does not require it", nil)

@@ -23,7 +23,7 @@ func (t *Transport) waitNamespace(ctx context.Context, c Config, op string) (Sub
 		var err error
 		sub, found, err = t.sys.subsystemByNQN(c.NQN)
 		if err != nil {
-			return sub, Namespace{}, host.Errorf(host.KindInternal, op, "cannot read "+sysClassSubsys, "", err)
+			return sub, Namespace{}, host.NewError(host.KindInternal, op, "cannot read "+sysClassSubsys, "", err)
 		}
 		heads = heads[:0]
 		if found {
@@ -46,7 +46,7 @@ func (t *Transport) waitNamespace(ctx context.Context, c Config, op string) (Sub
 				if len(heads) == 1 {
 					return sub, heads[0], nil
 				}
-				return sub, Namespace{}, host.Errorf(host.KindInvalid, op,
+				return sub, Namespace{}, host.NewError(host.KindInvalid, op,
 					fmt.Sprintf("subsystem %s has %d namespaces and device-config:namespace does not say which one (%s)", c.NQN, len(heads), describeHeads(heads)),
 					"add device-config:namespace=<NSID, NGUID or UUID>", nil)
 			}
@@ -56,7 +56,7 @@ func (t *Transport) waitNamespace(ctx context.Context, c Config, op string) (Sub
 		}
 		select {
 		case <-ctx.Done():
-			return sub, Namespace{}, host.Errorf(host.KindTimeout, op, "gave up waiting for the namespace", "", ctx.Err())
+			return sub, Namespace{}, host.NewError(host.KindTimeout, op, "gave up waiting for the namespace", "", ctx.Err())
 		case <-time.After(t.to.Poll):
 		}
 	}
@@ -68,7 +68,7 @@ func (t *Transport) waitNamespace(ctx context.Context, c Config, op string) (Sub
 	if len(heads) > 0 {
 		have = describeHeads(heads)
 	}
-	return sub, Namespace{}, host.Errorf(host.KindNotFound, op,
+	return sub, Namespace{}, host.NewError(host.KindNotFound, op,
 		fmt.Sprintf("%s did not appear in subsystem %s within %s (it has: %s)", want, c.NQN, t.to.Namespace, have),
 		"check that the target exports the namespace to this host and that device-config:namespace is right (nvme list-subsys; ls /sys/class/nvme-subsystem/*/)", nil)
 }
@@ -95,10 +95,10 @@ func (t *Transport) setIOPolicy(sub Subsystem, policy, op string) error {
 		if policy == "queue-depth" {
 			fix = "queue-depth needs Linux 6.11 or later; use iopolicy=round-robin"
 		}
-		return host.Errorf(host.KindUnsupported, op, "kernel "+t.kernelRelease()+" refused iopolicy "+policy+" for "+sub.Name, fix, err)
+		return host.NewError(host.KindUnsupported, op, "kernel "+t.kernelRelease()+" refused iopolicy "+policy+" for "+sub.Name, fix, err)
 	}
 	if got := t.sys.attr(p); got != policy {
-		return host.Errorf(host.KindUnsupported, op, fmt.Sprintf("iopolicy of %s is %q after writing %q", sub.Name, got, policy), "check the kernel log", nil)
+		return host.NewError(host.KindUnsupported, op, fmt.Sprintf("iopolicy of %s is %q after writing %q", sub.Name, got, policy), "check the kernel log", nil)
 	}
 	t.log.Info("iopolicy set", zapStr("subsystem", sub.Name), zapStr("iopolicy", policy))
 	return nil
@@ -121,7 +121,7 @@ const byIDDir = "/dev/disk/by-id"
 // (ResolveDevice).
 func (t *Transport) devicePath(ctx context.Context, op string, ns Namespace) (string, error) {
 	if !strings.HasPrefix(ns.WWID, "uuid.") && !strings.HasPrefix(ns.WWID, "eui.") {
-		return "", host.Errorf(host.KindUnsupported, op,
+		return "", host.NewError(host.KindUnsupported, op,
 			fmt.Sprintf("the kernel names namespace %d (/dev/%s) by %q, not by its UUID or NGUID, so it has no stable path", ns.NSID, ns.Name, ns.WWID),
 			"give the namespace a UUID or NGUID on the target (Linux nvmet: namespaces/N/device_uuid or device_nguid)", nil)
 	}
@@ -147,7 +147,7 @@ func (t *Transport) devicePath(ctx context.Context, op string, ns Namespace) (st
 			return link, nil
 		}
 	}
-	return "", host.Errorf(host.KindInternal, op, fmt.Sprintf("cannot make %s point at %s", link, head),
+	return "", host.NewError(host.KindInternal, op, fmt.Sprintf("cannot make %s point at %s", link, head),
 		"check that /dev/disk/by-id is writable and that udev runs (udevadm settle; ls -l /dev/disk/by-id)", nil)
 }
 
@@ -177,7 +177,7 @@ func (t *Transport) ResolveDevice(ctx context.Context, cfg map[string]string, re
 	if strings.HasPrefix(recorded, byIDDir+"/") {
 		return recorded, nil
 	}
-	return "", host.Errorf(host.KindUnreachable, op,
+	return "", host.NewError(host.KindUnreachable, op,
 		fmt.Sprintf("namespace %s of subsystem %s is not present on this host, and the attach record names the kernel device %s, which may now be another namespace", c.Namespace, c.NQN, recorded),
 		"check the paths (nvme list-subsys) and the target; once the namespace is back, retry (sanvol then records its /dev/disk/by-id path)", nil)
 }

@@ -35,7 +35,7 @@ func (t *Transport) discover(ctx context.Context, op string, c Config, id Identi
 	}
 	recs, err := ParseDiscovery(res.Stdout)
 	if err != nil {
-		return nil, host.Errorf(host.KindInternal, op, "cannot read the discovery log", "", err)
+		return nil, host.NewError(host.KindInternal, op, "cannot read the discovery log", "", err)
 	}
 	return recs, nil
 }
@@ -105,7 +105,7 @@ func (t *Transport) Probe(ctx context.Context, cfg map[string]string, inspect tr
 		}
 	}
 	if reached == 0 {
-		return nil, host.Errorf(host.KindUnreachable, op, "no portal answered discovery",
+		return nil, host.NewError(host.KindUnreachable, op, "no portal answered discovery",
 			"check device-config:target and discovery-port (the discovery service often listens on 8009 or 4420)", errors.New(strings.Join(failures, "; ")))
 	}
 	if c.NQN != "" {
@@ -115,7 +115,7 @@ func (t *Transport) Probe(ctx context.Context, cfg map[string]string, inspect tr
 			for _, s := range subs {
 				names = append(names, s.nqn)
 			}
-			return nil, host.Errorf(host.KindNotFound, op, "the portals do not offer subsystem "+c.NQN+" (they offer: "+orNone(names)+")", "fix device-config:nqn", nil)
+			return nil, host.NewError(host.KindNotFound, op, "the portals do not offer subsystem "+c.NQN+" (they offer: "+orNone(names)+")", "fix device-config:nqn", nil)
 		}
 		subs = []*probeSubsys{ps}
 	}

@@ -110,7 +110,7 @@ func (t *Transport) Prepare(ctx context.Context, cfg map[string]string) (map[str
 	}
 	id, ok := ns.StableID()
 	if !ok {
-		return nil, host.Errorf(host.KindUnsupported, op,
+		return nil, host.NewError(host.KindUnsupported, op,
 			fmt.Sprintf("namespace %d of %s reports no NGUID, EUI-64 or UUID, so it cannot be named the same way on every host", ns.NSID, c.NQN),
 			"give the namespace a UUID or NGUID on the target (Linux nvmet: namespaces/N/device_uuid or device_nguid)", nil)
 	}
@@ -124,7 +124,7 @@ func (t *Transport) DeviceID(cfg map[string]string) (string, error) {
 	nqn := strings.TrimSpace(cfg[KeyNQN])
 	ns, err := ParseNamespaceID(cfg[KeyNamespace])
 	if err != nil || nqn == "" || ns.IsZero() {
-		return "", host.Errorf(host.KindInvalid, "nvmetcp", "device-config lacks nqn or namespace",
+		return "", host.NewError(host.KindInvalid, "nvmetcp", "device-config lacks nqn or namespace",
 			"give device-config:nqn and device-config:namespace as SR.create recorded them (xe pbd-param-list)", err)
 	}
 	if ns.NSID != 0 {
@@ -193,7 +193,7 @@ func (t *Transport) Detach(ctx context.Context, cfg map[string]string, others []
 	if sub, found, err := t.sys.subsystemByNQN(c.NQN); err == nil && found {
 		for _, h := range sub.Heads {
 			if ns := t.sys.namespace(h); len(ns.Holders) > 0 {
-				return host.Errorf(host.KindBusy, op,
+				return host.NewError(host.KindBusy, op,
 					fmt.Sprintf("/dev/%s of subsystem %s is still in use by %s", h, c.NQN, strings.Join(ns.Holders, ", ")),
 					"deactivate the SR's logical volumes first (lvs; dmsetup ls --tree), then detach again", nil)
 			}
@@ -201,7 +201,7 @@ func (t *Transport) Detach(ctx context.Context, cfg map[string]string, others []
 	}
 	ctrls, err := t.sys.controllers()
 	if err != nil {
-		return host.Errorf(host.KindInternal, op, "cannot read "+sysClassNVMe, "", err)
+		return host.NewError(host.KindInternal, op, "cannot read "+sysClassNVMe, "", err)
 	}
 	var errs []string
 	for _, ctrl := range ctrls {
@@ -215,7 +215,7 @@ func (t *Transport) Detach(ctx context.Context, cfg map[string]string, others []
 		t.log.Info("disconnected", zapStr("ctrl", ctrl.Name), zapStr("portal", ctrl.Portal()))
 	}
 	if len(errs) > 0 {
-		return host.Errorf(host.KindBusy, op, "some paths of "+c.NQN+" could not be disconnected", "check dmesg and retry the detach", errors.New(strings.Join(errs, "; ")))
+		return host.NewError(host.KindBusy, op, "some paths of "+c.NQN+" could not be disconnected", "check dmesg and retry the detach", errors.New(strings.Join(errs, "; ")))
 	}
 	return nil
 }

@@ -108,13 +108,13 @@ func Resolve(argv0 string) (Target, error) {
 			known = known || s == typ
 		}
 		if !known {
-			return t, host.Errorf(host.KindInvalid, file, fmt.Sprintf("unknown plugin directory %q", dir),
+			return t, host.NewError(host.KindInvalid, file, fmt.Sprintf("unknown plugin directory %q", dir),
 				fmt.Sprintf("sanvol serves %s%s, %s%s and datapath/%s; reinstall with `sanvol install`", VolumePrefix, TypeNVMeTCP, VolumePrefix, TypeISCSI, DatapathScheme), nil)
 		}
 		t = Target{Kind: VolumePlugin, SRType: typ, Dir: dir}
 		table = volumeMethods
 	default:
-		return t, host.Errorf(host.KindInvalid, file, fmt.Sprintf("unknown plugin directory %q", dir),
+		return t, host.NewError(host.KindInvalid, file, fmt.Sprintf("unknown plugin directory %q", dir),
 			"method files must live in volume/"+VolumePrefix+"<type>/ or datapath/"+DatapathScheme+"/ under /usr/libexec/xapi-storage-script; reinstall with `sanvol install`", nil)
 	}
 	for _, m := range table {
@@ -123,7 +123,7 @@ func Resolve(argv0 string) (Target, error) {
 			return t, nil
 		}
 	}
-	return t, host.Errorf(host.KindInvalid, file, fmt.Sprintf("unknown method %q in plugin directory %s", file, dir),
+	return t, host.NewError(host.KindInvalid, file, fmt.Sprintf("unknown method %q in plugin directory %s", file, dir),
 		"this file is not a method sanvol implements; remove it or reinstall with `sanvol install`", nil)
 }
 
@@ -158,7 +158,7 @@ func Serve(ctx context.Context, argv []string, stdin io.Reader, stdout, stderr i
 		// static-vdis, at boot and at HA enable, is the one caller that
 		// passes arguments on the command line (see StaticVDIsMethods).
 		if !takesPositional(method) {
-			return fail(host.Errorf(host.KindInvalid, method, "expected the single argument --json",
+			return fail(host.NewError(host.KindInvalid, method, "expected the single argument --json",
 				"method files are run by xapi-storage-script as `<file> --json` with the arguments on stdin (only "+strings.Join(StaticVDIsMethods, ", ")+" also take static-vdis' positional form); use `sanvol call` by hand", nil))
 		}
 		if args, err = DecodePositional(method, argv[1:], t.Method.Args); err != nil {
@@ -200,7 +200,7 @@ func runInterruptible(ctx context.Context, c *Call) (any, error) {
 // that xe shows "Interrupted" and not the kind of whatever step the
 // signal cut short, which is in the cause.
 func interrupted(method string, signal, err error) error {
-	return host.Errorf(host.KindInterrupted, method, "the call was interrupted ("+signal.Error()+")",
+	return host.NewError(host.KindInterrupted, method, "the call was interrupted ("+signal.Error()+")",
 		"the signal came from xapi or an admin; check what the call left (xe sr-scan, xe vdi-list) and retry", err)
 }
 
@@ -209,7 +209,7 @@ func writeJSON(w io.Writer, v any) {
 	enc.SetEscapeHTML(false)
 	if err := enc.Encode(v); err != nil {
 		// Only a bug in a result type gets here; still honour the contract.
-		_ = enc.Encode(ErrorDocument("", host.Errorf(host.KindInternal, "encode result", err.Error(), "report this as a sanvol bug", nil)))
+		_ = enc.Encode(ErrorDocument("", host.NewError(host.KindInternal, "encode result", err.Error(), "report this as a sanvol bug", nil)))
 	}
 }
 

@@ -147,7 +147,7 @@ func TestErrorDocumentActivatedOnAnotherHost(t *testing.T) {
 }
 
 func TestErrorDocumentEncodesEmptyLists(t *testing.T) {
-	b, err := json.Marshal(ErrorDocument("SR.stat", host.Errorf(host.KindNotFound, "", "gone", "", nil)))
+	b, err := json.Marshal(ErrorDocument("SR.stat", host.NewError(host.KindNotFound, "", "gone", "", nil)))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -164,7 +164,7 @@ func srProbe(ctx context.Context, c *Call) (any, error) {
 			// The daemon turns a whole probe into SCRIPT_FAILED if one
 			// result breaks its rules; refuse to print such a result.
 			if err := p.Check(); err != nil {
-				return nil, host.Errorf(host.KindInternal, "SR.probe", err.Error(), "report this as a sanvol bug", nil)
+				return nil, host.NewError(host.KindInternal, "SR.probe", err.Error(), "report this as a sanvol bug", nil)
 			}
 			out = append(out, p)
 		}

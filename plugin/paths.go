@@ -262,7 +262,7 @@ func (p *pathKeys) srStat(ctx context.Context, st volume.SRStat) (schema.SRStat,
 		return toSRStat(st), nil
 	}
 	if !p.daemonDecodesUnreachable(ctx) {
-		return schema.SRStat{}, host.Errorf(host.KindUnreachable, "SR.stat",
+		return schema.SRStat{}, host.NewError(host.KindUnreachable, "SR.stat",
 			fmt.Sprintf("no path to SR %s serves I/O (%s)", st.UUID, st.HealthDetail),
 			"check the array and the storage network; `sanvol status` shows every path. The SR recovers by itself when a path returns", nil)
 	}

@@ -276,7 +276,7 @@ func TestSeparateSecretsUsesTheInjectedXenAPI(t *testing.T) {
 		{name: "pool member", role: "slave:10.0.0.1", cfg: withSecret},
 		{name: "no secret in the configuration", role: "master", cfg: map[string]string{"sr_uuid": pathsSR, "chappassword": "x"}},
 		{name: "xapi unreachable", role: "master", cfg: withSecret, asked: true,
-			err: host.Errorf(host.KindUnreachable, "xapi", "no answer", "", nil), log: "xapi not reachable; PBD secrets left as they are"},
+			err: host.NewError(host.KindUnreachable, "xapi", "no answer", "", nil), log: "xapi not reachable; PBD secrets left as they are"},
 		{name: "xapi fails", role: "master", cfg: withSecret, asked: true,
 			err: &host.XenAPIError{Method: "PBD.set_device_config", Code: "HOST_STILL_BOOTING"}, log: "could not give each PBD its own secret; removing a host from the pool may break the other hosts' next plug of this SR"},
 	} {

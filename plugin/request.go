@@ -62,7 +62,7 @@ func (a Args) Dict(name string) map[string]string {
 }
 
 func badRequest(method, msg string) error {
-	return host.Errorf(host.KindInvalid, method, msg,
+	return host.NewError(host.KindInvalid, method, msg,
 		"this call did not come from xapi-storage-script as expected; check the arguments (see `sanvol call --help`)", nil)
 }
 

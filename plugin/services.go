@@ -34,7 +34,7 @@ type srServices struct {
 func (s *srServices) Engine() (*volume.Engine, error) {
 	role, err := host.ReadRole(s.deps.Root)
 	if err != nil {
-		return nil, host.Errorf(host.KindInternal, "read pool role", err.Error(),
+		return nil, host.NewError(host.KindInternal, "read pool role", err.Error(),
 			"check "+host.PoolConf+" (it should hold \"master\" or \"slave:<master address>\")", err)
 	}
 	return volume.New(volume.Options{
@@ -88,7 +88,7 @@ func newServices(d *Deps, srType string) (*srServices, error) {
 			Log:     d.Log,
 		})
 	default:
-		return nil, host.Errorf(host.KindInvalid, "", fmt.Sprintf("unknown SR type %q", srType), "use nvmetcp or iscsi-ng", nil)
+		return nil, host.NewError(host.KindInvalid, "", fmt.Sprintf("unknown SR type %q", srType), "use nvmetcp or iscsi-ng", nil)
 	}
 	return &srServices{deps: d, srType: srType, transport: t, keep: secrets.Keep}, nil
 }

@@ -25,7 +25,7 @@ func TestSignalInterruptsTheCall(t *testing.T) {
 		{name: "finished anyway", sig: syscall.SIGTERM, result: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			step := host.Errorf(host.KindBusy, "SR.attach: lock", "another call holds the lock", "wait", context.Canceled)
+			step := host.NewError(host.KindBusy, "SR.attach: lock", "another call holds the lock", "wait", context.Canceled)
 			m := &Method{Name: "SR.attach", Run: func(ctx context.Context, _ *Call) (any, error) {
 				if err := syscall.Kill(syscall.Getpid(), tc.sig); err != nil {
 					return nil, err
@@ -64,7 +64,7 @@ func TestSignalInterruptsTheCall(t *testing.T) {
 func TestNoSignalNoInterruption(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
 	defer cancel()
-	want := host.Errorf(host.KindNotFound, "Volume.stat", "no volume", "", nil)
+	want := host.NewError(host.KindNotFound, "Volume.stat", "no volume", "", nil)
 	m := &Method{Name: "Volume.stat", Run: func(ctx context.Context, _ *Call) (any, error) {
 		<-ctx.Done()
 		return nil, want

@@ -13,6 +13,6 @@ import "github.com/sanvol/sanvol/host"
 // is merely down; so both transports give one kind for one cause. A
 // resolver that gives no kind is a bug: InternalError.
 func SecretError(op, key, uuid string, err error) error {
-	return host.Errorf(host.KindOf(err), op, "cannot read XenAPI secret "+uuid+" (device-config:"+key+")",
+	return host.NewError(host.KindOf(err), op, "cannot read XenAPI secret "+uuid+" (device-config:"+key+")",
 		"check that the secret exists: xe secret-list uuid="+uuid, err)
 }

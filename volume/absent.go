@@ -29,7 +29,7 @@ func (e *Engine) provenGone(ctx context.Context, op string, a Attached, s lvm.Sc
 		return nil
 	}
 	unreachable := func(why string, cause error) error {
-		return host.Errorf(host.KindUnreachable, op,
+		return host.NewError(host.KindUnreachable, op,
 			fmt.Sprintf("the device of SR %s is not reachable from this host (%s), so LVM's report of its %s missing proves nothing; nothing was removed, and the data may be intact on the LUN/namespace", a.UUID, why, missing),
 			"check from this host that the SR's storage is reachable (iscsi-ng: iscsiadm -m session, multipath -ll; nvmetcp: nvme list-subsys; dmesg for I/O errors), "+
 				"then retry; to drop the SR from xapi while keeping the data, use xe sr-forget instead", cause)
@@ -54,7 +54,7 @@ func (e *Engine) provenGone(ctx context.Context, op string, a Attached, s lvm.Sc
 			continue
 		}
 		if pv.VG == a.VG {
-			return host.Errorf(host.KindInternal, op,
+			return host.NewError(host.KindInternal, op,
 				fmt.Sprintf("LVM reported the %s of SR %s missing, yet lists VG %s on %s", missing, a.UUID, a.VG, pv.Name),
 				"retry; if it persists, send the sanvol log and `pvs; vgs` to support", notFound)
 		}

@@ -47,7 +47,7 @@ func (e *Engine) zero(ctx context.Context, op, dev string, off, length int64) er
 	ctx, cancel := context.WithTimeout(ctx, zeroTimeout(length))
 	defer cancel()
 	if err := e.zeroer.ZeroOut(ctx, dev, off, length); err != nil {
-		return host.Errorf(host.KindOf(err), op, "could not zero "+dev,
+		return host.NewError(host.KindOf(err), op, "could not zero "+dev,
 			"check the SR's paths and the kernel log (dmesg) for I/O errors, then retry", err)
 	}
 	e.log.Info("zeroed", zap.String("device", dev), zap.Int64("offset", off), zap.Int64("length", length),
@@ -68,7 +68,7 @@ func (e *Engine) signatures(ctx context.Context, op, dev string) ([]string, erro
 	case errors.As(err, &ee) && ee.Code == 8: // several signatures at once
 		return []string{"ambivalent (several signatures): " + strings.TrimSpace(ee.Stderr)}, nil
 	default:
-		return nil, host.Errorf(host.KindOf(err), op, "cannot probe "+dev+" for existing data", "check that the device is readable (dmesg)", err)
+		return nil, host.NewError(host.KindOf(err), op, "cannot probe "+dev+" for existing data", "check that the device is readable (dmesg)", err)
 	}
 	var sigs []string
 	for _, line := range strings.Split(string(res.Stdout), "\n") {
@@ -82,7 +82,7 @@ func (e *Engine) signatures(ctx context.Context, op, dev string) ([]string, erro
 // wipe erases every signature blkid knows of (only with force=true).
 func (e *Engine) wipe(ctx context.Context, op, dev string) error {
 	if _, err := e.run.Run(ctx, host.Cmd{Name: "wipefs", Args: []string{"--all", dev}, Timeout: 60 * time.Second}); err != nil {
-		return host.Errorf(host.KindOf(err), op, "could not erase the signatures on "+dev,
+		return host.NewError(host.KindOf(err), op, "could not erase the signatures on "+dev,
 			"make sure nothing on this host uses the device (mounted, active LVs: dmsetup ls), then retry", err)
 	}
 	return nil

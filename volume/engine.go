@@ -151,7 +151,7 @@ func (e *Engine) requireMaster(op string) error {
 	if e.role.Master {
 		return nil
 	}
-	return host.Errorf(host.KindNotMaster, op,
+	return host.NewError(host.KindNotMaster, op,
 		fmt.Sprintf("this host is a pool member; only the pool master (%s) changes SR metadata", e.role.MasterAddr),
 		fmt.Sprintf("run it on the pool master %s (xapi sends SR and VDI operations there; check /etc/xensource/pool.conf if this is unexpected)", e.role.MasterAddr), nil)
 }
@@ -239,7 +239,7 @@ func (e *Engine) attachRecord(sr string) (Attached, error) {
 		return Attached{}, err
 	}
 	if typ != e.t.Type() {
-		return Attached{}, host.Errorf(host.KindInvalid, "SR "+sr, fmt.Sprintf("handle is for SR type %q, this plugin serves %q", typ, e.t.Type()), "", nil)
+		return Attached{}, host.NewError(host.KindInvalid, "SR "+sr, fmt.Sprintf("handle is for SR type %q, this plugin serves %q", typ, e.t.Type()), "", nil)
 	}
 	return LoadAttached(e.root, uuid)
 }

@@ -72,7 +72,7 @@ func (e *Engine) deviceSize(dev string) (int64, error) {
 	}
 	n, err := strconv.ParseInt(strings.TrimSpace(s), 10, 64)
 	if err != nil {
-		return 0, host.Errorf(host.KindInternal, "device size", fmt.Sprintf("size of %s is %q", real, s), "", err)
+		return 0, host.NewError(host.KindInternal, "device size", fmt.Sprintf("size of %s is %q", real, s), "", err)
 	}
 	return n * 512, nil
 }

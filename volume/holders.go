@@ -49,7 +49,7 @@ func (e *Engine) refuseHeld(op, uuid string, cfg map[string]string) (*Attached, 
 	if h == nil || h.UUID == uuid {
 		return h, nil
 	}
-	return nil, host.Errorf(host.KindBusy, op,
+	return nil, host.NewError(host.KindBusy, op,
 		fmt.Sprintf("device %s (%s) is in use by SR %s, attached on this host; SR %s must not touch it", id, h.Device, h.UUID, uuid),
 		fmt.Sprintf("check the device-config: it names the LUN/namespace of SR %s (xe sr-param-list uuid=%s; xe sr-probe-ext lists the others). "+
 			"If that SR really is gone, unplug its PBD (xe pbd-unplug) first", h.UUID, h.UUID), nil)

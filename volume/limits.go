@@ -28,7 +28,7 @@ const (
 // checkText refuses a value over its cap, naming the limit.
 func checkText(op, what string, v string, max int) error {
 	if len(v) > max {
-		return host.Errorf(host.KindInvalid, op, fmt.Sprintf("the %s is %d bytes; sanvol stores at most %d", what, len(v), max),
+		return host.NewError(host.KindInvalid, op, fmt.Sprintf("the %s is %d bytes; sanvol stores at most %d", what, len(v), max),
 			fmt.Sprintf("give a %s of at most %d bytes", what, max), nil)
 	}
 	return nil
@@ -67,7 +67,7 @@ func checkVolumeTotal(op string, tags []string, field string, value *string) err
 		after += len(*value)
 	}
 	if after > MaxVolumeMetaBytes && after > before {
-		return host.Errorf(host.KindInvalid, op,
+		return host.NewError(host.KindInvalid, op,
 			fmt.Sprintf("the volume's name, description, keys and values would take %d bytes; sanvol stores at most %d per volume", after, MaxVolumeMetaBytes),
 			"remove keys the volume no longer needs (Volume.unset) or store shorter values", nil)
 	}
@@ -79,10 +79,10 @@ func checkVolumeTotal(op string, tags []string, field string, value *string) err
 // otherwise become a negative extent count and a skipped zeroing).
 func extentsFor(op string, size, extent int64) (int64, error) {
 	if size < 0 {
-		return 0, host.Errorf(host.KindInvalid, op, fmt.Sprintf("size %d is negative", size), "give a size in bytes", nil)
+		return 0, host.NewError(host.KindInvalid, op, fmt.Sprintf("size %d is negative", size), "give a size in bytes", nil)
 	}
 	if extent <= 0 {
-		return 0, host.Errorf(host.KindInternal, op, "attach record has no extent size", "unplug and plug the PBD", nil)
+		return 0, host.NewError(host.KindInternal, op, "attach record has no extent size", "unplug and plug the PBD", nil)
 	}
 	limit := math.MaxInt64 / extent // whole extents that fit in int64
 	n := size / extent
@@ -90,7 +90,7 @@ func extentsFor(op string, size, extent int64) (int64, error) {
 		n++
 	}
 	if n > limit {
-		return 0, host.Errorf(host.KindInvalid, op,
+		return 0, host.NewError(host.KindInvalid, op,
 			fmt.Sprintf("size %d bytes cannot be rounded up to whole %d-byte extents within 64 bits", size, extent),
 			fmt.Sprintf("give a size of at most %d bytes", limit*extent), nil)
 	}

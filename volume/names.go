@@ -21,15 +21,15 @@ func Usable(l lvm.LV) error {
 	// say why better than "unreadable".
 	m, err := decodeVolumeTags(l.Tags)
 	if m.Initializing {
-		return host.Errorf(host.KindNotFound, op, fmt.Sprintf("volume LV %s is still being created", l.Name),
+		return host.NewError(host.KindNotFound, op, fmt.Sprintf("volume LV %s is still being created", l.Name),
 			"wait for xe vdi-create to finish, or rescan the SR (xe sr-scan) if it failed", nil)
 	}
 	if m.Grow {
-		return host.Errorf(host.KindBusy, op, fmt.Sprintf("a resize of LV %s did not finish: it is zeroed up to byte %d of %d", l.Name, m.GrowFrom, l.Size),
+		return host.NewError(host.KindBusy, op, fmt.Sprintf("a resize of LV %s did not finish: it is zeroed up to byte %d of %d", l.Name, m.GrowFrom, l.Size),
 			"repeat the resize on the pool master (xe vdi-resize uuid=<vdi> disk-size=<size>), then start the VM again", nil)
 	}
 	if err != nil {
-		return host.Errorf(host.KindInternal, op, fmt.Sprintf("LV %s has unreadable sanvol tags", l.Name),
+		return host.NewError(host.KindInternal, op, fmt.Sprintf("LV %s has unreadable sanvol tags", l.Name),
 			"inspect it with lvs -o+tags; report this as a sanvol bug", err)
 	}
 	return nil

@@ -213,7 +213,7 @@ type reconnectTransport struct {
 
 func (r *reconnectTransport) Attach(ctx context.Context, cfg map[string]string) (transport.Device, error) {
 	if r.gone {
-		return transport.Device{}, host.Errorf(host.KindUnreachable, "attach", "no path", "", nil)
+		return transport.Device{}, host.NewError(host.KindUnreachable, "attach", "no path", "", nil)
 	}
 	r.sim.SetOffline(false)
 	return r.fakeTransport.Attach(ctx, cfg)

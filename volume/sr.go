@@ -70,7 +70,7 @@ func (e *Engine) SRCreate(ctx context.Context, uuid string, cfg map[string]strin
 		return nil, err
 	}
 	if !IsUUID(uuid) {
-		return nil, host.Errorf(host.KindInvalid, op, fmt.Sprintf("SR uuid %q is not a UUID", uuid), "", nil)
+		return nil, host.NewError(host.KindInvalid, op, fmt.Sprintf("SR uuid %q is not a UUID", uuid), "", nil)
 	}
 	if err := checkNameDescription(op, name, description); err != nil {
 		return nil, err
@@ -107,7 +107,7 @@ func (e *Engine) SRCreate(ctx context.Context, uuid string, cfg map[string]strin
 		return out, e.createdOn(ctx, op, *held)
 	}
 	if a, err := LoadAttached(e.root, uuid); err == nil {
-		return nil, host.Errorf(host.KindExists, op,
+		return nil, host.NewError(host.KindExists, op,
 			fmt.Sprintf("SR %s is already attached on this host, on %s; the configuration names another device", uuid, a.Device),
 			"SR.create is not repeated with another LUN/namespace; create the new SR with a new uuid", nil)
 	}
@@ -133,7 +133,7 @@ func (e *Engine) createdOn(ctx context.Context, op string, a Attached) error {
 		return err
 	}
 	if info == nil {
-		return host.Errorf(host.KindNotFound, op, fmt.Sprintf("SR %s is attached on this host but its VG is not on %s", a.UUID, a.Device),
+		return host.NewError(host.KindNotFound, op, fmt.Sprintf("SR %s is attached on this host but its VG is not on %s", a.UUID, a.Device),
 			"unplug and plug the SR's PBD on this host (xe pbd-unplug/pbd-plug), then retry", nil)
 	}
 	return nil
@@ -168,7 +168,7 @@ func (e *Engine) createOn(ctx context.Context, uuid, dev, name, description stri
 	}
 	if len(sigs) > 0 {
 		if !force {
-			return host.Errorf(host.KindExists, op,
+			return host.NewError(host.KindExists, op,
 				fmt.Sprintf("device %s already holds data (%s); SR.create never overwrites it", dev, strings.Join(sigs, ", ")),
 				"check that the configuration names the right LUN/namespace; to erase it, repeat with device-config:force=true", nil)
 		}
@@ -201,7 +201,7 @@ func (e *Engine) SRAttach(ctx context.Context, cfg map[string]string) (string, e
 	const op = "SR.attach"
 	uuid := strings.ToLower(cfg[configSRUUID])
 	if !IsUUID(uuid) {
-		return "", host.Errorf(host.KindInvalid, op, "device-config has no valid sr_uuid",
+		return "", host.NewError(host.KindInvalid, op, "device-config has no valid sr_uuid",
 			"SR.create adds sr_uuid; was this SR created by sanvol? Re-create the PBD with the device-config of the other hosts", nil)
 	}
 	unlock, err := e.lock(ctx, op, srLock(uuid))
@@ -219,7 +219,7 @@ func (e *Engine) SRAttach(ctx context.Context, cfg map[string]string) (string, e
 	s := e.scope(dev.Path)
 	info, err := e.findSR(ctx, s, uuid)
 	if err == nil && info == nil {
-		err = host.Errorf(host.KindNotFound, op,
+		err = host.NewError(host.KindNotFound, op,
 			fmt.Sprintf("no sanvol SR %s on %s", uuid, dev.Path),
 			"check that the device-config names the LUN/namespace the SR was created on; if the SR was being destroyed, the destroy completed: xe sr-forget", nil)
 	}
@@ -232,7 +232,7 @@ func (e *Engine) SRAttach(ctx context.Context, cfg map[string]string) (string, e
 	a := Attached{Type: e.t.Type(), UUID: uuid, Configuration: cfg, Device: dev.Path,
 		VG: info.vg.Name, VGUUID: info.vg.UUID, ExtentSize: info.vg.ExtentSize}
 	if err := saveAttached(e.root, a); err != nil {
-		return "", host.Errorf(host.KindInternal, op, "cannot write the attach record", "check that /run is writable", err)
+		return "", host.NewError(host.KindInternal, op, "cannot write the attach record", "check that /run is writable", err)
 	}
 	// The master's attach is the explicit step that removes what dead
 	// creates left; it never fails the attach.
@@ -268,10 +268,10 @@ func (e *Engine) SRDetach(ctx context.Context, sr string) error {
 func (e *Engine) detach(ctx context.Context, op string, a Attached, step string) error {
 	active, err := e.activeLVs(a.VGUUID)
 	if err != nil {
-		return host.Errorf(host.KindInternal, op, "cannot list active volumes in /sys/block", "", err)
+		return host.NewError(host.KindInternal, op, "cannot list active volumes in /sys/block", "", err)
 	}
 	if len(active) > 0 {
-		return host.Errorf(host.KindBusy, op,
+		return host.NewError(host.KindBusy, op,
 			fmt.Sprintf("%d volume(s) of SR %s are active on this host: %s", len(active), a.UUID, strings.Join(active, ", ")),
 			"shut down or migrate the VMs using them and unplug their VBDs first", nil)
 	}
@@ -286,7 +286,7 @@ func (e *Engine) detach(ctx context.Context, op string, a Attached, step string)
 	}
 	e.step(step)
 	if err := removeAttached(e.root, a.UUID); err != nil {
-		return host.Errorf(host.KindInternal, op, "cannot remove the attach record", "", err)
+		return host.NewError(host.KindInternal, op, "cannot remove the attach record", "", err)
 	}
 	e.log.Info("SR detached", zap.String("sr", a.UUID))
 	return nil
@@ -321,7 +321,7 @@ func (e *Engine) SRDestroy(ctx context.Context, sr string) error {
 			keys = append(keys, l.Name)
 		}
 		if len(keys) > 0 {
-			return host.Errorf(host.KindBusy, op,
+			return host.NewError(host.KindBusy, op,
 				fmt.Sprintf("SR %s still holds %d volume(s) (%s)", a.UUID, len(keys), strings.Join(first(keys, 5), ", ")),
 				"destroy its VDIs first (xe vdi-destroy), or xe sr-forget to keep the data", nil)
 		}
@@ -334,7 +334,7 @@ func (e *Engine) SRDestroy(ctx context.Context, sr string) error {
 			for i, l := range kept {
 				names[i] = l.Name
 			}
-			return host.Errorf(host.KindBusy, op,
+			return host.NewError(host.KindBusy, op,
 				fmt.Sprintf("SR %s holds %d LV(s) marked as unfinished creates that sanvol cannot prove dead or its own (%s)", a.UUID, len(kept), strings.Join(first(names, 5), ", ")),
 				"see sanvol status for why each is kept; retry once their creates are over, or remove them by hand (lvremove) if they hold nothing", nil)
 		}
@@ -392,7 +392,7 @@ func (e *Engine) SRStat(ctx context.Context, sr string) (SRStat, error) {
 		return SRStat{}, err
 	}
 	if len(vgs) != 1 {
-		return SRStat{}, host.Errorf(host.KindNotFound, "SR.stat", fmt.Sprintf("VG %s of SR %s not found on %s", a.VG, a.UUID, a.Device), "unplug and plug the PBD", nil)
+		return SRStat{}, host.NewError(host.KindNotFound, "SR.stat", fmt.Sprintf("VG %s of SR %s not found on %s", a.VG, a.UUID, a.Device), "unplug and plug the PBD", nil)
 	}
 	m, _ := decodeSRTags(vgs[0].Tags)
 	st := SRStat{SR: a.Handle(), UUID: a.UUID, Name: m.Name, Description: m.Description,
@@ -470,7 +470,7 @@ func (e *Engine) setSRField(ctx context.Context, op, sr, field, value string) er
 		return err
 	}
 	if len(vgs) != 1 {
-		return host.Errorf(host.KindNotFound, op, "VG "+a.VG+" not found", "unplug and plug the PBD", nil)
+		return host.NewError(host.KindNotFound, op, "VG "+a.VG+" not found", "unplug and plug the PBD", nil)
 	}
 	del, add := diffTags(lvm.FieldTags(vgs[0].Tags, field), lvm.EncodeField(field, value))
 	if len(del)+len(add) == 0 {

@@ -52,7 +52,7 @@ func IsUUID(s string) bool { return uuidRE.MatchString(s) }
 func ParseHandle(sr string) (typ, uuid string, err error) {
 	typ, uuid, ok := strings.Cut(sr, "://")
 	if !ok || typ == "" || !IsUUID(uuid) {
-		return "", "", host.Errorf(host.KindInvalid, "SR handle", fmt.Sprintf("%q is not a sanvol SR handle (<type>://<sr-uuid>)", sr), "pass the value SR.attach returned", nil)
+		return "", "", host.NewError(host.KindInvalid, "SR handle", fmt.Sprintf("%q is not a sanvol SR handle (<type>://<sr-uuid>)", sr), "pass the value SR.attach returned", nil)
 	}
 	return typ, uuid, nil
 }
@@ -63,23 +63,23 @@ func statePath(uuid string) string { return path.Join(StateDir, uuid+".json") }
 // not attached here the error is host.KindNotAttached.
 func LoadAttached(root host.Root, uuid string) (Attached, error) {
 	if !IsUUID(uuid) {
-		return Attached{}, host.Errorf(host.KindInvalid, "SR "+uuid, "not an SR uuid", "", nil)
+		return Attached{}, host.NewError(host.KindInvalid, "SR "+uuid, "not an SR uuid", "", nil)
 	}
 	b, err := root.ReadFile(statePath(uuid))
 	if errors.Is(err, fs.ErrNotExist) {
-		return Attached{}, host.Errorf(host.KindNotAttached, "SR "+uuid,
+		return Attached{}, host.NewError(host.KindNotAttached, "SR "+uuid,
 			fmt.Sprintf("SR %s is not attached on this host", uuid),
 			fmt.Sprintf("plug the PBD (xe pbd-plug uuid=… of SR %s on this host)", uuid), nil)
 	}
 	if err != nil {
-		return Attached{}, host.Errorf(host.KindInternal, "SR "+uuid, "cannot read the attach record "+statePath(uuid), "", err)
+		return Attached{}, host.NewError(host.KindInternal, "SR "+uuid, "cannot read the attach record "+statePath(uuid), "", err)
 	}
 	var a Attached
 	if err := json.Unmarshal(b, &a); err != nil || a.UUID != uuid || a.VG == "" || a.Device == "" {
 		if err == nil {
 			err = fmt.Errorf("record is incomplete or names another SR")
 		}
-		return Attached{}, host.Errorf(host.KindInternal, "SR "+uuid, "attach record "+statePath(uuid)+" is damaged",
+		return Attached{}, host.NewError(host.KindInternal, "SR "+uuid, "attach record "+statePath(uuid)+" is damaged",
 			"unplug and plug the PBD again (xe pbd-unplug/pbd-plug) to rewrite it", err)
 	}
 	return a, nil
@@ -92,7 +92,7 @@ func ListAttached(root host.Root) ([]Attached, error) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, host.Errorf(host.KindInternal, "list attached SRs", "cannot read "+StateDir, "", err)
+		return nil, host.NewError(host.KindInternal, "list attached SRs", "cannot read "+StateDir, "", err)
 	}
 	var out []Attached
 	for _, e := range entries {

@@ -47,7 +47,7 @@ func (e *Engine) volumeOf(a Attached, l lvm.LV) (Volume, volumeMeta, bool) {
 }
 
 func notFound(op string, a Attached, key string) error {
-	return host.Errorf(host.KindNotFound, op, fmt.Sprintf("volume %s not found in SR %s", key, a.UUID),
+	return host.NewError(host.KindNotFound, op, fmt.Sprintf("volume %s not found in SR %s", key, a.UUID),
 		"rescan the SR (xe sr-scan) to refresh xapi's list of VDIs", nil)
 }
 
@@ -109,7 +109,7 @@ func (e *Engine) VolumeCreate(ctx context.Context, sr, name, description string,
 	}
 	key, err := host.NewUUID()
 	if err != nil {
-		return Volume{}, host.Errorf(host.KindInternal, op, "no randomness for a volume uuid", "", err)
+		return Volume{}, host.NewError(host.KindInternal, op, "no randomness for a volume uuid", "", err)
 	}
 	lv := lvName(key)
 	real := extents * a.ExtentSize
@@ -205,7 +205,7 @@ func (e *Engine) VolumeDestroy(ctx context.Context, sr, key string) error {
 		return host.LockError(op, "", err)
 	}
 	if held {
-		return host.Errorf(host.KindBusy, op, fmt.Sprintf("a resize of volume %s is zeroing its new space on this host", key),
+		return host.NewError(host.KindBusy, op, fmt.Sprintf("a resize of volume %s is zeroing its new space on this host", key),
 			"wait for the resize to finish (see the sanvol log), then retry", nil)
 	}
 	defer unlockVol()
@@ -220,7 +220,7 @@ func (e *Engine) VolumeDestroy(ctx context.Context, sr, key string) error {
 		return e.provenGone(ctx, op, a, s, err)
 	}
 	if errors.Is(err, host.ErrBusy) {
-		return host.Errorf(host.KindBusy, op, fmt.Sprintf("volume %s is in use on the pool master", key),
+		return host.NewError(host.KindBusy, op, fmt.Sprintf("volume %s is in use on the pool master", key),
 			"shut down the VM or unplug the VBD using it, then retry", err)
 	}
 	if err != nil {
@@ -317,7 +317,7 @@ func (e *Engine) growLocked(ctx context.Context, op string, a Attached, key stri
 	}
 	target := extents * a.ExtentSize
 	if target < l.Size {
-		return g, l, false, false, host.Errorf(host.KindInvalid, op,
+		return g, l, false, false, host.NewError(host.KindInvalid, op,
 			fmt.Sprintf("volume %s is %d bytes; shrinking it to %d would destroy data and is not supported", key, l.Size, newSize),
 			"give a size at least as large as the current one", nil)
 	}
@@ -382,7 +382,7 @@ func checkGrow(op string, l lvm.LV, m volumeMeta, extent int64) (growMark, error
 	if why == "" {
 		return g, nil
 	}
-	return growMark{}, host.Errorf(host.KindInternal, op,
+	return growMark{}, host.NewError(host.KindInternal, op,
 		fmt.Sprintf("LV %s carries a resize mark sanvol cannot trust (%s); nothing was zeroed", l.Name, why),
 		fmt.Sprintf("check the LV (lvs -o+tags,uuid %s/%s); if no resize of it is pending, remove the sv.%s.* tags with lvchange --deltag and resize again", l.VG, l.Name, volFieldGrow), nil)
 }
