@@ -7,8 +7,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
-	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -217,30 +215,13 @@ func devNumber(t *testing.T, p string) string {
 	return fmt.Sprintf("%d:%d", st.Rdev>>8&0xfff, st.Rdev&0xff|st.Rdev>>12&0xfff00)
 }
 
-// digest reads n bytes of dev with O_DIRECT, so a table switch is never
-// hidden by the page cache.
+// digest hashes the first n bytes of dev, read with O_DIRECT.
 func digest(t *testing.T, dev string, n int64) string {
 	t.Helper()
-	f, err := os.OpenFile(dev, os.O_RDONLY|syscall.O_DIRECT, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf, err := syscall.Mmap(-1, 0, 1<<20, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = syscall.Munmap(buf) }()
 	h := sha256.New()
-	if _, err := io.CopyBuffer(h, io.LimitReader(onlyReader{f}, n), buf); err != nil {
-		t.Fatal(err)
-	}
+	readDirect(t, dev, n, func(_ int64, buf []byte) { h.Write(buf) })
 	return hex.EncodeToString(h.Sum(nil))
 }
-
-// onlyReader hides os.File's WriterTo, so io.CopyBuffer reads into the
-// aligned buffer it is given.
-type onlyReader struct{ io.Reader }
 
 func dedupLines(in []string) []string {
 	var out []string

@@ -9,9 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
-
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/nvme"
 	"github.com/sanvol/sanvol/tests/labtarget"
@@ -200,17 +197,7 @@ func TestNVMeAuthBidirectional(t *testing.T) {
 // answer" instead of the refusal it checks. These scenarios check the
 // classification of the kernel's answer, not how fast it comes.
 func newAuthTransport(t *testing.T, secrets host.SecretResolver) *nvme.Transport {
-	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
-	root := host.NewRoot("/")
 	to := nvme.DefaultTimeouts()
 	to.Connect, to.Discover = 90*time.Second, 60*time.Second
-	return nvme.New(nvme.Deps{
-		Runner:   host.NewExecRunner(log),
-		Root:     root,
-		Locker:   host.FileLocker{Root: root},
-		Secrets:  secrets,
-		Router:   nvme.NetlinkRouter{},
-		Log:      log,
-		Timeouts: to,
-	})
+	return newNVMeTransportWith(t, secrets, to)
 }

@@ -47,15 +47,22 @@ func (m mapSecrets) Secret(_ context.Context, uuid string) (string, error) {
 }
 
 func newNVMeTransport(t *testing.T, secrets host.SecretResolver) *nvme.Transport {
+	return newNVMeTransportWith(t, secrets, nvme.Timeouts{})
+}
+
+// newNVMeTransportWith is the lab's transport with the given bounds (zero
+// fields take the defaults).
+func newNVMeTransportWith(t *testing.T, secrets host.SecretResolver, to nvme.Timeouts) *nvme.Transport {
 	log := zaptest.NewLogger(t, zaptest.Level(zap.InfoLevel))
 	root := host.NewRoot("/")
 	return nvme.New(nvme.Deps{
-		Runner:  host.NewExecRunner(log),
-		Root:    root,
-		Locker:  host.FileLocker{Root: root},
-		Secrets: secrets,
-		Router:  nvme.NetlinkRouter{},
-		Log:     log,
+		Runner:   host.NewExecRunner(log),
+		Root:     root,
+		Locker:   host.FileLocker{Root: root},
+		Secrets:  secrets,
+		Router:   nvme.NetlinkRouter{},
+		Log:      log,
+		Timeouts: to,
 	})
 }
 
