@@ -349,25 +349,28 @@ func Watch(ctx context.Context, w io.Writer, interval time.Duration, load func(c
 	if interval <= 0 {
 		interval = 2 * time.Second
 	}
-	for {
-		rep, err := load(ctx)
-		if err != nil {
-			return err
-		}
-		if _, err := io.WriteString(w, "\033[H\033[2J"); err != nil {
-			return err
-		}
-		if err := rep.Text(w); err != nil {
-			return err
-		}
-		fmt.Fprintf(w, "\nrefreshing every %s; Ctrl-C to stop\n", interval)
-		if ctx.Err() != nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(interval):
-		}
+	// Poll's own error only says that ctx ended, which is how a watch
+	// stops; load's and the terminal's errors end it with that error.
+	var failed error
+	_ = host.Poll(ctx, interval, func(ctx context.Context) (bool, error) {
+		failed = show(ctx, w, interval, load)
+		return failed != nil, nil
+	})
+	return failed
+}
+
+// show clears the terminal and prints one fresh status.
+func show(ctx context.Context, w io.Writer, interval time.Duration, load func(context.Context) (StatusReport, error)) error {
+	rep, err := load(ctx)
+	if err != nil {
+		return err
 	}
+	if _, err := io.WriteString(w, "\033[H\033[2J"); err != nil {
+		return err
+	}
+	if err := rep.Text(w); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\nrefreshing every %s; Ctrl-C to stop\n", interval)
+	return nil
 }

@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -14,16 +15,20 @@ import (
 // one shows the LUN, or the deadline passes with at least one that does.
 func (t *Transport) waitDisks(ctx context.Context, op string, c *config, paths []path) ([]session, []disk, error) {
 	start := time.Now()
-	deadline := start.Add(t.to.DeviceWait)
 	scans := map[int]int{}
-	for {
-		sessions, err := t.sys.sessions()
+	var sessions []session
+	var disks []disk
+	var others []lun
+	var waiting int
+	wctx, cancel := context.WithTimeout(ctx, t.to.DeviceWait)
+	defer cancel()
+	err := host.Poll(wctx, t.to.Poll, func(context.Context) (bool, error) {
+		var err error
+		sessions, err = t.sys.sessions()
 		if err != nil {
-			return nil, nil, host.NewError(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", sysfsFix, err)
+			return false, host.NewError(host.KindInternal, op, "cannot read iSCSI sessions from sysfs", sysfsFix, err)
 		}
-		var disks []disk
-		var others []lun
-		waiting := 0
+		disks, others, waiting = nil, nil, 0
 		for _, s := range ourSessions(sessions, paths) {
 			ds := lunDisks(s, c.wwid)
 			if len(ds) > 0 {
@@ -44,19 +49,21 @@ func (t *Transport) waitDisks(ctx context.Context, op string, c *config, paths [
 				t.scanHost(ctx, s.host)
 			}
 		}
-		if waiting == 0 && len(disks) > 0 {
-			return sessions, disks, nil
-		}
-		if time.Now().After(deadline) || sleep(ctx, t.to.Poll) != nil {
-			if len(disks) > 0 {
-				t.log.Warn("the LUN did not appear on every session in time", zap.Int("sessions_without_it", waiting))
-				return sessions, disks, nil
-			}
-			return nil, nil, host.NewError(host.KindNotFound, op, fmt.Sprintf("LUN %s did not appear within %s on target %s; the sessions show: %s",
-				c.wwid, t.to.DeviceWait, c.iqn, noneIfEmpty(describeLUNs(dedupeLUNs(others)))),
-				"check device-config:SCSIid (xe sr-probe-ext lists the LUNs) and the LUN mapping for this host's initiator on the array", nil)
-		}
+		return waiting == 0 && len(disks) > 0, nil
+	})
+	var te *host.TimeoutError
+	switch {
+	case err == nil:
+		return sessions, disks, nil
+	case !errors.As(err, &te):
+		return nil, nil, err
+	case len(disks) > 0:
+		t.log.Warn("the LUN did not appear on every session in time", zap.Int("sessions_without_it", waiting))
+		return sessions, disks, nil
 	}
+	return nil, nil, host.NewError(host.KindNotFound, op, fmt.Sprintf("LUN %s did not appear within %s on target %s; the sessions show: %s",
+		c.wwid, t.to.DeviceWait, c.iqn, noneIfEmpty(describeLUNs(dedupeLUNs(others)))),
+		"check device-config:SCSIid (xe sr-probe-ext lists the LUNs) and the LUN mapping for this host's initiator on the array", nil)
 }
 
 // scanHost asks a session's SCSI host for its LUNs, bounded: a scan on a
@@ -76,12 +83,11 @@ func (t *Transport) devicePath(ctx context.Context, op string, c *config, m *dmM
 		dev = "/dev/disk/by-id/dm-uuid-mpath-" + m.wwid
 		t.log.Warn("the map kept a host-specific name; using its by-id link", zap.String("map", m.name))
 	}
-	deadline := time.Now().Add(t.to.MapWait)
-	for !t.root.Exists(dev) {
-		if time.Now().After(deadline) || sleep(ctx, t.to.Poll) != nil {
-			return "", host.NewError(host.KindTimeout, op, "multipath map "+m.name+" has no device node "+dev,
-				"check that udev runs (udevadm settle; ls -l /dev/mapper /dev/disk/by-id)", nil)
-		}
+	wctx, cancel := context.WithTimeout(ctx, t.to.MapWait)
+	defer cancel()
+	if err := host.Poll(wctx, t.to.Poll, func(context.Context) (bool, error) { return t.root.Exists(dev), nil }); err != nil {
+		return "", host.NewError(host.KindTimeout, op, "multipath map "+m.name+" has no device node "+dev,
+			"check that udev runs (udevadm settle; ls -l /dev/mapper /dev/disk/by-id)", nil)
 	}
 	return dev, nil
 }

@@ -6,7 +6,6 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -78,17 +77,20 @@ func (t *Transport) Rescan(ctx context.Context, cfg map[string]string) (bool, er
 		}
 		return false, host.NewError(host.KindInternal, op, "multipathd could not resize map "+m.name, "run multipathd -k\"resize map "+m.name+"\" and read its log", err)
 	}
-	deadline := time.Now().Add(t.to.Command)
-	for {
+	wctx, cancel := context.WithTimeout(ctx, t.to.Command)
+	defer cancel()
+	grew := func(context.Context) (bool, error) {
 		after, err := t.sys.findMap(c.wwid, nil)
 		if err == nil && after != nil && after.size >= newSize {
 			t.log.Info("multipath map grew", zap.String("map", m.name), zap.Int64("from", m.size), zap.Int64("to", after.size))
 			return true, nil
 		}
-		if time.Now().After(deadline) || sleep(ctx, t.to.Poll) != nil {
-			return false, host.NewError(host.KindTimeout, op, "map "+m.name+" did not take the new size", "run multipathd -k\"resize map "+m.name+"\" by hand", nil)
-		}
+		return false, nil
 	}
+	if err := host.Poll(wctx, t.to.Poll, grew); err != nil {
+		return false, host.NewError(host.KindTimeout, op, "map "+m.name+" did not take the new size", "run multipathd -k\"resize map "+m.name+"\" by hand", nil)
+	}
+	return true, nil
 }
 
 // grown tells, without a rescan, whether the LUN may be larger than its

@@ -224,17 +224,21 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 	}
 
 	start := time.Now()
-	deadline := start.Add(t.to.MapWait)
 	// multipathd builds maps from uevents by itself; it is only prodded
 	// after this grace period, and then once per kind of lack.
 	grace := min(t.to.MapWait/4, time.Second)
 	var askedMap, askedPaths, askedRename bool
-	for {
-		m, err := t.sys.findMap(c.wwid, disks)
+	var m *dmMap
+	var missing []string
+	wctx, cancel := context.WithTimeout(ctx, t.to.MapWait)
+	defer cancel()
+	err = host.Poll(wctx, t.to.Poll, func(wctx context.Context) (bool, error) {
+		var err error
+		m, err = t.sys.findMap(c.wwid, disks)
 		if err != nil {
-			return nil, host.NewError(host.KindInternal, op, "cannot read device-mapper state from sysfs", sysfsFix, err)
+			return false, host.NewError(host.KindInternal, op, "cannot read device-mapper state from sysfs", sysfsFix, err)
 		}
-		var missing []string
+		missing = nil
 		if m != nil {
 			for _, d := range disks {
 				if !slices.Contains(m.slaves, d.name) {
@@ -242,46 +246,51 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 				}
 			}
 			if len(missing) == 0 && m.name == c.wwid {
-				return m, nil
+				return true, nil
 			}
 		}
-		if time.Now().After(deadline) {
-			if m != nil {
-				t.log.Warn("multipath map is incomplete at the deadline", zap.String("map", m.name), zap.Strings("missing", missing))
-				return m, nil
-			}
-			return nil, host.NewError(host.KindTimeout, op, fmt.Sprintf("no multipath map appeared within %s for disks %s", t.to.MapWait, diskNames(disks)),
-				"check that multipathd runs and does not blacklist the array (multipath -v3 "+c.wwid+"; multipathd -k\"show config\")", nil)
+		if wctx.Err() != nil || time.Since(start) < grace {
+			return false, nil
 		}
-		if time.Since(start) >= grace {
-			switch {
-			case m == nil && !askedMap:
-				askedMap = true
-				if _, err := t.multipathd(ctx, "add map "+c.wwid); err != nil {
-					if e := multipathdError(op, err); e != nil {
-						return nil, e
-					}
-					t.log.Debug("multipathd add map failed, trying multipath", zap.Error(err))
-					_, _ = t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{c.wwid}, Timeout: t.to.Command})
+		switch {
+		case m == nil && !askedMap:
+			askedMap = true
+			if _, err := t.multipathd(ctx, "add map "+c.wwid); err != nil {
+				if e := multipathdError(op, err); e != nil {
+					return false, e
 				}
-			case m != nil && len(missing) > 0 && !askedPaths:
-				askedPaths = true
-				for _, name := range missing {
-					if _, err := t.multipathd(ctx, "add path "+name); err != nil {
-						t.log.Debug("multipathd add path failed", zap.String("disk", name), zap.Error(err))
-					}
-				}
-			case m != nil && m.name != c.wwid && !askedRename:
-				// A map made before the stanza keeps its old name
-				// until a reload applies the alias.
-				askedRename = true
-				_, _ = t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-r", m.name}, Timeout: t.to.Command})
+				t.log.Debug("multipathd add map failed, trying multipath", zap.Error(err))
+				_, _ = t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{c.wwid}, Timeout: t.to.Command})
 			}
+		case m != nil && len(missing) > 0 && !askedPaths:
+			askedPaths = true
+			for _, name := range missing {
+				if _, err := t.multipathd(ctx, "add path "+name); err != nil {
+					t.log.Debug("multipathd add path failed", zap.String("disk", name), zap.Error(err))
+				}
+			}
+		case m != nil && m.name != c.wwid && !askedRename:
+			// A map made before the stanza keeps its old name
+			// until a reload applies the alias.
+			askedRename = true
+			_, _ = t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-r", m.name}, Timeout: t.to.Command})
 		}
-		if err := sleep(ctx, t.to.Poll); err != nil {
-			return nil, host.NewError(host.KindTimeout, op, "gave up waiting for the multipath map", "the call was cancelled; run SR.attach again", err)
-		}
+		return false, nil
+	})
+	var te *host.TimeoutError
+	switch {
+	case err == nil:
+		return m, nil
+	case !errors.As(err, &te):
+		return nil, err
+	case ctx.Err() != nil:
+		return nil, host.NewError(host.KindTimeout, op, "gave up waiting for the multipath map", "the call was cancelled; run SR.attach again", ctx.Err())
+	case m != nil:
+		t.log.Warn("multipath map is incomplete at the deadline", zap.String("map", m.name), zap.Strings("missing", missing))
+		return m, nil
 	}
+	return nil, host.NewError(host.KindTimeout, op, fmt.Sprintf("no multipath map appeared within %s for disks %s", t.to.MapWait, diskNames(disks)),
+		"check that multipathd runs and does not blacklist the array (multipath -v3 "+c.wwid+"; multipathd -k\"show config\")", nil)
 }
 
 // flushMap removes a map that nothing holds. `dmsetup remove` is never
@@ -299,24 +308,28 @@ func (t *Transport) flushMap(ctx context.Context, op string, m *dmMap) error {
 	// udev probes (blkid, LVM's rules) open the map for a moment after
 	// every change to it; a flush in that moment fails with "map in use".
 	t.settle(ctx)
-	deadline := time.Now().Add(t.to.Flush)
-	for {
+	// Each try runs under ctx, not under the retry deadline: a flush
+	// begun just before the deadline gets its own full timeout.
+	var last error
+	wctx, cancel := context.WithTimeout(ctx, t.to.Flush)
+	defer cancel()
+	err := host.Poll(wctx, time.Second, func(context.Context) (bool, error) {
 		res, err := t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-f", m.name}, Timeout: t.to.Flush})
 		after, rerr := t.sys.findMap(m.wwid, nil)
 		switch {
 		case rerr != nil:
-			return busy("cannot read device-mapper state after the flush", rerr)
+			return false, busy("cannot read device-mapper state after the flush", rerr)
 		case after == nil:
-			return nil
+			return true, nil
 		case after.suspended:
 			// A failed flush can leave the map suspended, and then
 			// every sync() on the host hangs (azurelinux#18793).
 			if _, rerr := t.run.Run(ctx, host.Cmd{Name: "dmsetup", Args: []string{"resume", after.name}, Timeout: t.to.Command}); rerr != nil {
 				t.log.Error("could not resume a suspended multipath map", zap.String("map", after.name), zap.Error(rerr))
 			}
-			return busy("the flush failed and left the map suspended; it was resumed", err)
+			return false, busy("the flush failed and left the map suspended; it was resumed", err)
 		case len(after.holders) > 0:
-			return busy("the map is in use by "+strings.Join(after.holders, ", "), err)
+			return false, busy("the map is in use by "+strings.Join(after.holders, ", "), err)
 		}
 		// multipath's words are its only way of saying the map was open.
 		inUse := strings.Contains(string(res.Stderr), "in use")
@@ -327,14 +340,19 @@ func (t *Transport) flushMap(ctx context.Context, op string, m *dmMap) error {
 		if err == nil {
 			err = errors.New("map still present after multipath -f")
 		}
-		if !inUse || time.Now().After(deadline) {
-			return busy("the map could not be removed", err)
+		if !inUse {
+			return false, busy("the map could not be removed", err)
 		}
+		last = err
 		t.log.Debug("map briefly open, retrying the flush", zap.String("map", m.name))
-		if sleep(ctx, time.Second) != nil {
-			return busy("the map could not be removed", err)
-		}
+		return false, nil
+	})
+	// Poll returns its own *TimeoutError unwrapped; busy's causes may
+	// wrap anything, so only the outer error is looked at.
+	if _, ok := err.(*host.TimeoutError); ok {
+		return busy("the map could not be removed", last)
 	}
+	return err
 }
 
 // dmPathState is one path of a map as the kernel reports it.
@@ -441,14 +459,4 @@ func diskNames(disks []disk) string {
 		n = append(n, d.name)
 	}
 	return strings.Join(n, ", ")
-}
-
-// sleep waits, or returns early when ctx ends.
-func sleep(ctx context.Context, d time.Duration) error {
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(d):
-		return nil
-	}
 }

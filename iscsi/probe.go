@@ -7,7 +7,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"time"
 
 	"go.uber.org/zap"
 
@@ -234,9 +233,10 @@ func (t *Transport) settledSessions(ctx context.Context, paths []path) []session
 			t.scanHost(ctx, s.host)
 		}
 	}
-	deadline := time.Now().Add(t.to.DeviceWait)
 	prev, stable := "", 0
-	for {
+	wctx, cancel := context.WithTimeout(ctx, t.to.DeviceWait)
+	defer cancel()
+	_ = host.Poll(wctx, t.to.Poll, func(context.Context) (bool, error) {
 		sessions, _ = t.sys.sessions()
 		var names []string
 		for _, s := range ourSessions(sessions, paths) {
@@ -251,10 +251,9 @@ func (t *Transport) settledSessions(ctx context.Context, paths []path) []session
 			stable = 0
 		}
 		prev = cur
-		if stable >= 3 || time.Now().After(deadline) || sleep(ctx, t.to.Poll) != nil {
-			return sessions
-		}
-	}
+		return stable >= 3, nil
+	})
+	return sessions
 }
 
 // symmetric reports whether every logged-in session of one target shows

@@ -80,22 +80,28 @@ func (t *Transport) idbmLock(ctx context.Context, op string) (func(), error) {
 				return nil, host.NewError(host.KindInternal, op, "cannot create iscsiadm's lock file "+lock, "check that / is writable", err)
 			}
 		}
-		deadline := time.Now().Add(t.to.Command)
-		for {
+		wctx, cancel := context.WithTimeout(ctx, t.to.Command)
+		err := host.Poll(wctx, 10*time.Millisecond, func(context.Context) (bool, error) {
 			err := t.root.Link(lock, write)
 			if err == nil {
 				held = append(held, write)
-				break
+				return true, nil
 			}
 			if !errors.Is(err, fs.ErrExist) {
-				unlock()
-				return nil, host.NewError(host.KindInternal, op, "cannot take iscsiadm's database lock "+write, "check that sanvol runs as root and "+real+" is writable", err)
+				return false, host.NewError(host.KindInternal, op, "cannot take iscsiadm's database lock "+write, "check that sanvol runs as root and "+real+" is writable", err)
 			}
-			if time.Now().After(deadline) || sleep(ctx, 10*time.Millisecond) != nil {
-				unlock()
-				return nil, host.NewError(host.KindBusy, op, "iscsiadm's database lock "+write+" is held for more than "+t.to.Command.String(),
-					"wait for the running iscsiadm to finish (ps -ef | grep iscsiadm); if none runs, the lock is stale: rm "+write, nil)
-			}
+			return false, nil
+		})
+		cancel()
+		var te *host.TimeoutError
+		switch {
+		case errors.As(err, &te):
+			unlock()
+			return nil, host.NewError(host.KindBusy, op, "iscsiadm's database lock "+write+" is held for more than "+t.to.Command.String(),
+				"wait for the running iscsiadm to finish (ps -ef | grep iscsiadm); if none runs, the lock is stale: rm "+write, nil)
+		case err != nil:
+			unlock()
+			return nil, err
 		}
 	}
 	return unlock, nil

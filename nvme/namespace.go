@@ -2,6 +2,7 @@ package nvme
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -13,17 +14,19 @@ import (
 // c.Namespace (or its only namespace when none is named). Namespaces are
 // scanned asynchronously after the connect, so it polls sysfs.
 func (t *Transport) waitNamespace(ctx context.Context, c Config, op string) (Subsystem, Namespace, error) {
-	deadline := time.Now().Add(t.to.Namespace)
 	var sub Subsystem
 	var heads []Namespace
+	var picked Namespace
 	stableSince := time.Time{}
 	lastCount := -1
-	for {
+	wctx, cancel := context.WithTimeout(ctx, t.to.Namespace)
+	defer cancel()
+	err := host.Poll(wctx, t.to.Poll, func(context.Context) (bool, error) {
 		var found bool
 		var err error
 		sub, found, err = t.sys.subsystemByNQN(c.NQN)
 		if err != nil {
-			return sub, Namespace{}, host.NewError(host.KindInternal, op, "cannot read "+sysClassSubsys, "", err)
+			return false, host.NewError(host.KindInternal, op, "cannot read "+sysClassSubsys, "", err)
 		}
 		heads = heads[:0]
 		if found {
@@ -34,7 +37,8 @@ func (t *Transport) waitNamespace(ctx context.Context, c Config, op string) (Sub
 		if !c.Namespace.IsZero() {
 			for _, ns := range heads {
 				if ns.Matches(c.Namespace) {
-					return sub, ns, nil
+					picked = ns
+					return true, nil
 				}
 			}
 		} else if len(heads) > 0 {
@@ -44,21 +48,24 @@ func (t *Transport) waitNamespace(ctx context.Context, c Config, op string) (Sub
 				lastCount, stableSince = len(heads), time.Now()
 			} else if time.Since(stableSince) >= 10*t.to.Poll {
 				if len(heads) == 1 {
-					return sub, heads[0], nil
+					picked = heads[0]
+					return true, nil
 				}
-				return sub, Namespace{}, host.NewError(host.KindInvalid, op,
+				return false, host.NewError(host.KindInvalid, op,
 					fmt.Sprintf("subsystem %s has %d namespaces and device-config:namespace does not say which one (%s)", c.NQN, len(heads), describeHeads(heads)),
 					"add device-config:namespace=<NSID, NGUID or UUID>", nil)
 			}
 		}
-		if time.Now().After(deadline) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return sub, Namespace{}, host.NewError(host.KindTimeout, op, "gave up waiting for the namespace", "", ctx.Err())
-		case <-time.After(t.to.Poll):
-		}
+		return false, nil
+	})
+	var te *host.TimeoutError
+	switch {
+	case err == nil:
+		return sub, picked, nil
+	case !errors.As(err, &te):
+		return sub, Namespace{}, err
+	case ctx.Err() != nil:
+		return sub, Namespace{}, host.NewError(host.KindTimeout, op, "gave up waiting for the namespace", "", ctx.Err())
 	}
 	want := "any namespace"
 	if !c.Namespace.IsZero() {

@@ -8,7 +8,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/transport"
@@ -281,10 +280,11 @@ func (t *Transport) probeSubsystem(ctx context.Context, c Config, ps *probeSubsy
 // the set of heads stops changing, or a few seconds for an empty
 // subsystem.
 func (t *Transport) probeHeads(ctx context.Context, nqn string) []Namespace {
-	deadline := time.Now().Add(t.to.Namespace / 4)
 	last, stable := -1, 0
 	var heads []string
-	for time.Now().Before(deadline) {
+	wctx, cancel := context.WithTimeout(ctx, t.to.Namespace/4)
+	defer cancel()
+	err := host.Poll(wctx, t.to.Poll, func(context.Context) (bool, error) {
 		sub, found, _ := t.sys.subsystemByNQN(nqn)
 		heads = nil
 		if found {
@@ -292,17 +292,13 @@ func (t *Transport) probeHeads(ctx context.Context, nqn string) []Namespace {
 		}
 		if len(heads) == last && len(heads) > 0 {
 			stable++
-			if stable >= 5 {
-				break
-			}
-		} else {
-			last, stable = len(heads), 0
+			return stable >= 5, nil
 		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(t.to.Poll):
-		}
+		last, stable = len(heads), 0
+		return false, nil
+	})
+	if err != nil && ctx.Err() != nil {
+		return nil
 	}
 	var out []Namespace
 	for _, h := range heads {
