@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/sanvol/sanvol/blockdev"
 	"github.com/sanvol/sanvol/host"
 )
 
@@ -166,34 +167,26 @@ func (s sysfs) disk(name, hctl string) (disk, error) {
 	d.state, _ = s.root.ReadString(base + "/device/state")
 	d.vendor, _ = s.root.ReadString(base + "/device/vendor")
 	d.model, _ = s.root.ReadString(base + "/device/model")
-	d.size = s.readInt64(base+"/size") * 512
-	d.holders = s.list(base + "/holders")
+	d.size = blockdev.Size(s.root, name)
+	d.holders = blockdev.Holders(s.root, name)
 	d.dev, _ = s.root.ReadString(base + "/dev")
 	return d, nil
 }
 
 // maps lists every dm-multipath map.
 func (s sysfs) maps() ([]dmMap, error) {
-	uuids, err := s.root.Glob("/sys/block/dm-*/dm/uuid")
+	devs, err := blockdev.DMDevices(s.root)
 	if err != nil {
 		return nil, err
 	}
-	sort.Strings(uuids)
 	var out []dmMap
-	for _, u := range uuids {
-		uuid, err := s.root.ReadString(u)
-		if err != nil || !strings.HasPrefix(uuid, "mpath-") {
+	for _, d := range devs {
+		wwid, ok := strings.CutPrefix(d.UUID, "mpath-")
+		if !ok {
 			continue
 		}
-		base := fpath.Dir(fpath.Dir(u))
-		m := dmMap{dev: fpath.Base(base), wwid: strings.TrimPrefix(uuid, "mpath-")}
-		m.name, _ = s.root.ReadString(base + "/dm/name")
-		susp, _ := s.root.ReadString(base + "/dm/suspended")
-		m.suspended = susp == "1"
-		m.slaves = s.list(base + "/slaves")
-		m.holders = s.list(base + "/holders")
-		m.size = s.readInt64(base+"/size") * 512
-		out = append(out, m)
+		out = append(out, dmMap{dev: d.Dev, name: d.Name, wwid: wwid, suspended: d.Suspended,
+			slaves: d.Slaves, holders: d.Holders, size: d.Size})
 	}
 	return out, nil
 }
@@ -243,25 +236,6 @@ func (s sysfs) readInt(p string) int {
 	v, _ := s.root.ReadString(p)
 	n, _ := strconv.Atoi(v)
 	return n
-}
-
-func (s sysfs) readInt64(p string) int64 {
-	v, _ := s.root.ReadString(p)
-	n, _ := strconv.ParseInt(v, 10, 64)
-	return n
-}
-
-func (s sysfs) list(dir string) []string {
-	entries, err := s.root.ReadDir(dir)
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, e := range entries {
-		out = append(out, e.Name())
-	}
-	sort.Strings(out)
-	return out
 }
 
 // canonicalAddr gives an address the spelling Portal uses, so that sysfs,

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/sanvol/sanvol/blockdev"
 	"github.com/sanvol/sanvol/host"
 )
 
@@ -216,11 +217,7 @@ func (s sysfs) namespace(name string) Namespace {
 	}
 	ns.NGUID = nonZero(hexOnly(s.attr(dir + "/nguid")))
 	ns.EUI64 = nonZero(hexOnly(s.attr(dir + "/eui")))
-	if ents, err := s.root.ReadDir(dir + "/holders"); err == nil {
-		for _, e := range ents {
-			ns.Holders = append(ns.Holders, e.Name())
-		}
-	}
+	ns.Holders = blockdev.Holders(s.root, name)
 	return ns
 }
 

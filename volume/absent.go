@@ -8,6 +8,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sanvol/sanvol/blockdev"
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
 )
@@ -63,7 +64,7 @@ func (e *Engine) provenGone(ctx context.Context, op string, a Attached, s lvm.Sc
 	}
 	// No PV in LVM's view of a readable device: gone only if the device
 	// carries no LVM label either (blkid reads it without LVM's filter).
-	sigs, err := e.signatures(ctx, op, a.Device)
+	sigs, err := blockdev.Signatures(ctx, e.run, op, a.Device)
 	if err != nil {
 		return unreachable(a.Device+" cannot be probed", err)
 	}

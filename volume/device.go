@@ -2,12 +2,12 @@ package volume
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/sanvol/sanvol/blockdev"
 	"github.com/sanvol/sanvol/host"
 )
 
@@ -55,39 +55,6 @@ func (e *Engine) zero(ctx context.Context, op, dev string, off, length int64) er
 	return nil
 }
 
-// signatures lists what blkid's low-level probe finds on dev: file
-// systems, RAID or LVM labels, partition tables ("TYPE=xfs",
-// "PTTYPE=gpt", "TYPE=LVM2_member"). Empty means blank.
-func (e *Engine) signatures(ctx context.Context, op, dev string) ([]string, error) {
-	res, err := e.run.Run(ctx, host.Cmd{Name: "blkid", Args: []string{"-p", "-o", "export", dev}, Timeout: 30 * time.Second})
-	var ee *host.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &ee) && ee.Code == 2: // nothing found
-		return nil, nil
-	case errors.As(err, &ee) && ee.Code == 8: // several signatures at once
-		return []string{"ambivalent (several signatures): " + strings.TrimSpace(ee.Stderr)}, nil
-	default:
-		return nil, host.NewError(host.KindOf(err), op, "cannot probe "+dev+" for existing data", "check that the device is readable (dmesg)", err)
-	}
-	var sigs []string
-	for _, line := range strings.Split(string(res.Stdout), "\n") {
-		if strings.HasPrefix(line, "TYPE=") || strings.HasPrefix(line, "PTTYPE=") {
-			sigs = append(sigs, strings.TrimSpace(line))
-		}
-	}
-	return sigs, nil
-}
-
-// wipe erases every signature blkid knows of (only with force=true).
-func (e *Engine) wipe(ctx context.Context, op, dev string) error {
-	if _, err := e.run.Run(ctx, host.Cmd{Name: "wipefs", Args: []string{"--all", dev}, Timeout: 60 * time.Second}); err != nil {
-		return host.NewError(host.KindOf(err), op, "could not erase the signatures on "+dev,
-			"make sure nothing on this host uses the device (mounted, active LVs: dmsetup ls), then retry", err)
-	}
-	return nil
-}
-
 // activeLVs lists the device-mapper devices of a VG active on this host,
 // from sysfs: it works even when the SR's storage no longer answers.
 func (e *Engine) activeLVs(vgUUID string) ([]string, error) {
@@ -95,19 +62,18 @@ func (e *Engine) activeLVs(vgUUID string) ([]string, error) {
 		return nil, nil
 	}
 	prefix := "LVM-" + strings.ReplaceAll(vgUUID, "-", "")
-	paths, err := e.root.Glob("/sys/block/dm-*/dm/uuid")
+	devs, err := blockdev.DMDevices(e.root)
 	if err != nil {
 		return nil, err
 	}
 	var names []string
-	for _, p := range paths {
-		u, err := e.root.ReadString(p)
-		if err != nil || !strings.HasPrefix(u, prefix) {
+	for _, d := range devs {
+		if !strings.HasPrefix(d.UUID, prefix) {
 			continue
 		}
-		name, err := e.root.ReadString(strings.TrimSuffix(p, "uuid") + "name")
-		if err != nil {
-			name = strings.TrimSuffix(strings.TrimPrefix(p, "/sys/block/"), "/dm/uuid")
+		name := d.Name
+		if name == "" {
+			name = d.Dev
 		}
 		names = append(names, name)
 	}

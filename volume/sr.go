@@ -9,6 +9,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/sanvol/sanvol/blockdev"
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
 	"github.com/sanvol/sanvol/transport"
@@ -142,7 +143,7 @@ func (e *Engine) createdOn(ctx context.Context, op string, a Attached) error {
 func (e *Engine) createOn(ctx context.Context, uuid, dev, name, description string, force bool) error {
 	const op = "SR.create"
 	s := e.scope(dev)
-	sigs, err := e.signatures(ctx, op, dev)
+	sigs, err := blockdev.Signatures(ctx, e.run, op, dev)
 	if err != nil {
 		return err
 	}
@@ -173,7 +174,7 @@ func (e *Engine) createOn(ctx context.Context, uuid, dev, name, description stri
 				"check that the configuration names the right LUN/namespace; to erase it, repeat with device-config:force=true", nil)
 		}
 		e.log.Warn("erasing existing signatures (force=true)", zap.String("device", dev), zap.Strings("signatures", sigs))
-		if err := e.wipe(ctx, op, dev); err != nil {
+		if err := blockdev.Wipe(ctx, e.run, op, dev); err != nil {
 			return err
 		}
 		e.step(StepSRCreateWipe)
