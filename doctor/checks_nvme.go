@@ -98,7 +98,7 @@ func (r *run) checkNVMeMultipath() {
 		"dracut -f   # nvme_core may load from the initrd\n" +
 		"reboot      # or, with no NVMe device in use: modprobe -r nvme_tcp nvme_fabrics nvme_core && modprobe nvme_tcp"
 	if err == nil {
-		if v == "Y" || v == "y" || v == "1" {
+		if nvme.MultipathOn(v) {
 			r.add(result(chkNVMeMP, scopeNVMeHost, Pass, "native NVMe multipath is on", []string{sysMultipathParam + " = " + v}, ""))
 			return
 		}

@@ -112,7 +112,7 @@ func newSubject(ctx context.Context, tr transports, typ, sr string, cfg map[stri
 					break
 				}
 				s.Portals = append(s.Portals, portal{Addr: a, Port: p.Port})
-				s.Bind = append(s.Bind, s.iscsi.NICs[i])
+				s.Bind = append(s.Bind, s.iscsi.PortalNICs(i))
 			}
 		}
 	}

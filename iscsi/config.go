@@ -14,19 +14,21 @@ import (
 	"github.com/sanvol/sanvol/transport"
 )
 
-// The device-config keys of an iscsi-ng SR.
+// The device-config keys of an iscsi-ng SR. chappassword and
+// incoming_chappassword end in "password" on purpose: xapi moves such
+// values into XenAPI secrets and passes "<key>_secret" = uuid instead.
 const (
-	keyTarget             = "target"
-	keyPort               = "port"
-	keyTargetIQN          = "targetIQN"
-	keySCSIid             = "SCSIid"
-	keyChapUser           = "chapuser"
-	keyChapPassword       = "chappassword"
-	keyIncomingUser       = "incoming_chapuser"
-	keyIncomingPassword   = "incoming_chappassword"
-	keyIface              = "iface"
-	keyReplacementTimeout = "replacement-timeout"
-	keyPathLossPolicy     = "path-loss-policy"
+	KeyTarget             = "target"
+	KeyPort               = "port"
+	KeyTargetIQN          = "targetIQN"
+	KeySCSIid             = "SCSIid"
+	KeyChapUser           = "chapuser"
+	KeyChapPassword       = "chappassword"
+	KeyIncomingUser       = "incoming_chapuser"
+	KeyIncomingPassword   = "incoming_chappassword"
+	KeyIface              = "iface"
+	KeyReplacementTimeout = "replacement-timeout"
+	KeyPathLossPolicy     = "path-loss-policy"
 	secretSuffix          = "_secret"
 )
 
@@ -51,25 +53,25 @@ const (
 // ConfigKeys documents every device-config key for Plugin.query.
 func (t *Transport) ConfigKeys() map[string]string {
 	return map[string]string{
-		keyTarget: "Portal addresses of the array, comma-separated: IPv4, IPv6 (bare or [addr]:port) or host names, " +
+		KeyTarget: "Portal addresses of the array, comma-separated: IPv4, IPv6 (bare or [addr]:port) or host names, " +
 			"each optionally with :port. One iSCSI session is made per portal (and per iface binding).",
-		keyPort: fmt.Sprintf("TCP port of the portals that do not name one (default %d).", defaultPort),
-		keyTargetIQN: "Target IQN, as listed by sr-probe. '*' logs in to every IQN that each portal returns at its own " +
+		KeyPort: fmt.Sprintf("TCP port of the portals that do not name one (default %d).", defaultPort),
+		KeyTargetIQN: "Target IQN, as listed by sr-probe. '*' logs in to every IQN that each portal returns at its own " +
 			"address, for arrays that expose one IQN per portal.",
-		keySCSIid: "SCSI WWID of the LUN that holds the SR (page 0x83 identifier as multipath names it, e.g. 36001405...); " +
+		KeySCSIid: "SCSI WWID of the LUN that holds the SR (page 0x83 identifier as multipath names it, e.g. 36001405...); " +
 			"sr-probe lists them. The LUN is found by this identity on every host, never by device name.",
-		keyChapUser:     "CHAP user name the initiator presents, for discovery and login (optional).",
-		keyChapPassword: "CHAP secret for chapuser; xapi stores it as a secret and passes chappassword_secret.",
-		keyIncomingUser: "Mutual CHAP: user name the target must present back (optional, needs chapuser).",
-		keyIncomingPassword: "Mutual CHAP secret for incoming_chapuser; xapi passes it as " +
+		KeyChapUser:     "CHAP user name the initiator presents, for discovery and login (optional).",
+		KeyChapPassword: "CHAP secret for chapuser; xapi stores it as a secret and passes chappassword_secret.",
+		KeyIncomingUser: "Mutual CHAP: user name the target must present back (optional, needs chapuser).",
+		KeyIncomingPassword: "Mutual CHAP secret for incoming_chapuser; xapi passes it as " +
 			"incoming_chappassword_secret.",
-		keyIface: "Optional NIC bindings, comma-separated. 'eth1' sends every portal through eth1 (one session per " +
+		KeyIface: "Optional NIC bindings, comma-separated. 'eth1' sends every portal through eth1 (one session per " +
 			"NIC and portal); 'eth1=10.0.1.10' binds one portal to one NIC. sanvol creates iscsiadm iface records " +
 			"named sanvol-<nic>.",
-		keyReplacementTimeout: fmt.Sprintf("Seconds a failed session holds I/O before failing it to dm-multipath "+
+		KeyReplacementTimeout: fmt.Sprintf("Seconds a failed session holds I/O before failing it to dm-multipath "+
 			"(node.session.timeo.replacement_timeout of this SR's node records only; default %d).",
 			defaultReplacementTimeout),
-		keyPathLossPolicy: fmt.Sprintf("What the multipath map does when every path is down: 'queue' (default: "+
+		KeyPathLossPolicy: fmt.Sprintf("What the multipath map does when every path is down: 'queue' (default: "+
 			"queue I/O for %d s, then fail it), 'queue:<seconds>' (queue for that long, up to %d) or 'fail' "+
 			"(fail I/O at once). Applies to this SR's map only.", defaultQueueSeconds, maxQueueSeconds),
 	}
@@ -103,21 +105,27 @@ type binding struct {
 // ifaceName is the iscsiadm iface record sanvol keeps for a NIC.
 func ifaceName(nic string) string { return "sanvol-" + nic }
 
-// config is a parsed and validated device-config.
-type config struct {
-	portals []Portal
-	// portalText is what the admin wrote for each portal, for messages
+// Config is an iscsi-ng device-config, parsed and validated: what
+// SR.attach acts on and what `sanvol doctor` checks, so that the two
+// never read an SR differently.
+type Config struct {
+	Portals []Portal
+	// PortalText is what the admin wrote for each portal, for messages
 	// and for matching iface bindings.
-	portalText         []string
-	iqn                string // "", "*" or an IQN
-	wwid               string // normalised, "" when not given
-	chap               *chap
-	mutual             *chap
-	bindings           []binding
-	replacementTimeout int
-	// queueSeconds is the path-loss-policy: 0 fails I/O at once when no
+	PortalText []string
+	// TargetIQN is "", WildcardIQN or an IQN.
+	TargetIQN string
+	// WWID is SCSIid as multipath names the LUN's map; "" when not given.
+	WWID     string
+	chap     *chap
+	mutual   *chap
+	bindings []binding
+	// ReplacementTimeout is node.session.timeo.replacement_timeout, in
+	// seconds.
+	ReplacementTimeout int
+	// QueueSeconds is the path-loss-policy: 0 fails I/O at once when no
 	// path is left, N > 0 queues it for N seconds.
-	queueSeconds int
+	QueueSeconds int
 }
 
 // parseNeeds says which keys a caller requires and whether secrets must be
@@ -135,24 +143,24 @@ var (
 
 // parseConfig validates a device-config. lookup resolves host names in the
 // target key.
-func (t *Transport) parseConfig(ctx context.Context, op string, cfg map[string]string, need parseNeeds) (*config, error) {
+func (t *Transport) parseConfig(ctx context.Context, op string, cfg map[string]string, need parseNeeds) (*Config, error) {
 	bad := func(key, msg, fix string) error {
 		return host.NewError(host.KindInvalid, op, fmt.Sprintf("device-config:%s %s", key, msg), fix, nil)
 	}
-	c := &config{replacementTimeout: defaultReplacementTimeout, queueSeconds: defaultQueueSeconds}
+	c := &Config{ReplacementTimeout: defaultReplacementTimeout, QueueSeconds: defaultQueueSeconds}
 
 	port := defaultPort
-	if s := strings.TrimSpace(cfg[keyPort]); s != "" {
+	if s := strings.TrimSpace(cfg[KeyPort]); s != "" {
 		p, err := strconv.Atoi(s)
 		if err != nil || p < 1 || p > 65535 {
-			return nil, bad(keyPort, fmt.Sprintf("is %q, not a TCP port", s), "give a number from 1 to 65535 (iSCSI uses 3260)")
+			return nil, bad(KeyPort, fmt.Sprintf("is %q, not a TCP port", s), "give a number from 1 to 65535 (iSCSI uses 3260)")
 		}
 		port = p
 	}
 
-	target := strings.TrimSpace(cfg[keyTarget])
+	target := strings.TrimSpace(cfg[KeyTarget])
 	if target == "" {
-		return nil, bad(keyTarget, "is missing", "give the array's portal addresses, e.g. device-config:target=10.0.1.10,10.0.2.10")
+		return nil, bad(KeyTarget, "is missing", "give the array's portal addresses, e.g. device-config:target=10.0.1.10,10.0.2.10")
 	}
 	seen := map[Portal]bool{}
 	for _, raw := range strings.Split(target, ",") {
@@ -162,67 +170,67 @@ func (t *Transport) parseConfig(ctx context.Context, op string, cfg map[string]s
 		}
 		p, err := t.parsePortal(ctx, raw, port)
 		if err != nil {
-			return nil, bad(keyTarget, fmt.Sprintf("has %q: %v", raw, err), "give IPv4 or IPv6 addresses or resolvable host names, optionally with :port ([v6]:port)")
+			return nil, bad(KeyTarget, fmt.Sprintf("has %q: %v", raw, err), "give IPv4 or IPv6 addresses or resolvable host names, optionally with :port ([v6]:port)")
 		}
 		if seen[p] {
 			continue
 		}
 		seen[p] = true
-		c.portals = append(c.portals, p)
-		c.portalText = append(c.portalText, raw)
+		c.Portals = append(c.Portals, p)
+		c.PortalText = append(c.PortalText, raw)
 	}
-	if len(c.portals) == 0 {
-		return nil, bad(keyTarget, "names no portal", "give at least one portal address")
+	if len(c.Portals) == 0 {
+		return nil, bad(KeyTarget, "names no portal", "give at least one portal address")
 	}
 
-	c.iqn = strings.TrimSpace(cfg[keyTargetIQN])
+	c.TargetIQN = strings.TrimSpace(cfg[KeyTargetIQN])
 	switch {
-	case c.iqn == "" && need.iqn:
-		return nil, bad(keyTargetIQN, "is missing", "run xe sr-probe-ext with the target to list the IQNs, then give one (or '*')")
-	case c.iqn != "" && c.iqn != wildcardIQN:
-		if err := checkIQN(c.iqn); err != nil {
-			return nil, bad(keyTargetIQN, err.Error(), "copy the IQN exactly as sr-probe lists it (iqn.YYYY-MM.reversed.domain:name), or '*'")
+	case c.TargetIQN == "" && need.iqn:
+		return nil, bad(KeyTargetIQN, "is missing", "run xe sr-probe-ext with the target to list the IQNs, then give one (or '*')")
+	case c.TargetIQN != "" && c.TargetIQN != wildcardIQN:
+		if err := checkIQN(c.TargetIQN); err != nil {
+			return nil, bad(KeyTargetIQN, err.Error(), "copy the IQN exactly as sr-probe lists it (iqn.YYYY-MM.reversed.domain:name), or '*'")
 		}
 	}
 
-	if s := strings.TrimSpace(cfg[keySCSIid]); s != "" {
+	if s := strings.TrimSpace(cfg[KeySCSIid]); s != "" {
 		w := normaliseWWID(s)
 		if !wwidRE.MatchString(w) {
-			return nil, bad(keySCSIid, fmt.Sprintf("is %q, not a SCSI WWID", s), "copy the SCSIid exactly as sr-probe lists it")
+			return nil, bad(KeySCSIid, fmt.Sprintf("is %q, not a SCSI WWID", s), "copy the SCSIid exactly as sr-probe lists it")
 		}
-		c.wwid = w
+		c.WWID = w
 	} else if need.wwid {
-		return nil, bad(keySCSIid, "is missing", "run xe sr-probe-ext with target and targetIQN to list the LUNs, then give the SCSIid of one")
+		return nil, bad(KeySCSIid, "is missing", "run xe sr-probe-ext with target and targetIQN to list the LUNs, then give the SCSIid of one")
 	}
 
 	var err error
-	if c.chap, err = t.parseCHAP(ctx, op, cfg, keyChapUser, keyChapPassword, need.secrets); err != nil {
+	if c.chap, err = t.parseCHAP(ctx, op, cfg, KeyChapUser, KeyChapPassword, need.secrets); err != nil {
 		return nil, err
 	}
-	if c.mutual, err = t.parseCHAP(ctx, op, cfg, keyIncomingUser, keyIncomingPassword, need.secrets); err != nil {
+	if c.mutual, err = t.parseCHAP(ctx, op, cfg, KeyIncomingUser, KeyIncomingPassword, need.secrets); err != nil {
 		return nil, err
 	}
 	if c.mutual != nil && c.chap == nil {
-		return nil, bad(keyIncomingUser, "is set without chapuser", "mutual CHAP needs one-way CHAP too: also give chapuser and chappassword")
+		return nil, bad(KeyIncomingUser, "is set without chapuser", "mutual CHAP needs one-way CHAP too: also give chapuser and chappassword")
 	}
 
-	if s := strings.TrimSpace(cfg[keyIface]); s != "" {
+	if s := strings.TrimSpace(cfg[KeyIface]); s != "" {
 		if c.bindings, err = parseBindings(s, c); err != nil {
-			return nil, bad(keyIface, err.Error(), "give NIC names (eth1,eth2) or NIC=portal pairs (eth1=10.0.1.10)")
+			return nil, bad(KeyIface, err.Error(), "give NIC names (eth1,eth2) or NIC=portal pairs (eth1=10.0.1.10)")
 		}
 	}
 
-	if s := strings.TrimSpace(cfg[keyReplacementTimeout]); s != "" {
+	if s := strings.TrimSpace(cfg[KeyReplacementTimeout]); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 1 || n > maxReplacementTimeout {
-			return nil, bad(keyReplacementTimeout, fmt.Sprintf("is %q", s), fmt.Sprintf("give whole seconds from 1 to %d (default %d)", maxReplacementTimeout, defaultReplacementTimeout))
+			return nil, bad(KeyReplacementTimeout, fmt.Sprintf("is %q", s), fmt.Sprintf("give whole seconds from 1 to %d (default %d)", maxReplacementTimeout, defaultReplacementTimeout))
 		}
-		c.replacementTimeout = n
+		c.ReplacementTimeout = n
 	}
 
-	if s := strings.TrimSpace(cfg[keyPathLossPolicy]); s != "" {
-		if c.queueSeconds, err = parsePolicy(s); err != nil {
-			return nil, bad(keyPathLossPolicy, fmt.Sprintf("is %q: %v", s, err), fmt.Sprintf("give 'queue' (%d s), 'queue:<seconds>' (1 to %d) or 'fail'", defaultQueueSeconds, maxQueueSeconds))
+	if s := strings.TrimSpace(cfg[KeyPathLossPolicy]); s != "" {
+		if c.QueueSeconds, err = parsePolicy(s); err != nil {
+			return nil, bad(KeyPathLossPolicy, fmt.Sprintf("is %q: %v", s, err), fmt.Sprintf("give 'queue' (%d s), 'queue:<seconds>' (1 to %d) or 'fail'", defaultQueueSeconds, maxQueueSeconds))
 		}
 	}
 	return c, nil
@@ -324,7 +332,7 @@ func (t *Transport) parseCHAP(ctx context.Context, op string, cfg map[string]str
 // chapFix is the fix of every refused CHAP user name or secret.
 const chapFix = "give CHAP names and secrets of 1 to 255 bytes of printable characters, without leading or trailing blanks (the array's CHAP settings must match)"
 
-func parseBindings(s string, c *config) ([]binding, error) {
+func parseBindings(s string, c *Config) ([]binding, error) {
 	var out []binding
 	for _, e := range strings.Split(s, ",") {
 		e = strings.TrimSpace(e)
@@ -346,9 +354,9 @@ func parseBindings(s string, c *config) ([]binding, error) {
 }
 
 // portalIndex finds a portal by the text the admin wrote or by its address.
-func portalIndex(c *config, s string) int {
-	for i, p := range c.portals {
-		if c.portalText[i] == s || p.Addr == s || p.String() == s {
+func portalIndex(c *Config, s string) int {
+	for i, p := range c.Portals {
+		if c.PortalText[i] == s || p.Addr == s || p.String() == s {
 			return i
 		}
 	}
@@ -382,12 +390,10 @@ func policyString(queueSeconds int) string {
 
 // ifacesFor lists the iface records that carry a portal: the NICs bound to
 // it or to every portal, or "default" when none is.
-func (c *config) ifacesFor(i int) []string {
+func (c *Config) ifacesFor(i int) []string {
 	var out []string
-	for _, b := range c.bindings {
-		if b.portal == "" || portalIndex(c, b.portal) == i {
-			out = append(out, ifaceName(b.nic))
-		}
+	for _, nic := range c.PortalNICs(i) {
+		out = append(out, ifaceName(nic))
 	}
 	if len(out) == 0 {
 		out = []string{defaultIface}
@@ -395,13 +401,25 @@ func (c *config) ifacesFor(i int) []string {
 	return out
 }
 
-// nics lists the distinct NICs of the bindings.
-func (c *config) nics() []string {
+// NICs lists the distinct NICs device-config:iface binds paths to.
+func (c *Config) NICs() []string {
 	var out []string
 	seen := map[string]bool{}
 	for _, b := range c.bindings {
 		if !seen[b.nic] {
 			seen[b.nic] = true
+			out = append(out, b.nic)
+		}
+	}
+	return out
+}
+
+// PortalNICs lists the NICs device-config:iface binds portal i to; none
+// means the kernel routes it.
+func (c *Config) PortalNICs(i int) []string {
+	var out []string
+	for _, b := range c.bindings {
+		if b.portal == "" || portalIndex(c, b.portal) == i {
 			out = append(out, b.nic)
 		}
 	}

@@ -27,13 +27,13 @@ func TestParsePortals(t *testing.T) {
 		{"array.example:3263", "", []Portal{{"10.0.0.5", 3263}}},
 	}
 	for _, c := range cases {
-		cfg := map[string]string{keyTarget: c.target, keyPort: c.port}
+		cfg := map[string]string{KeyTarget: c.target, KeyPort: c.port}
 		got, err := tr.parseConfig(context.Background(), "test", cfg, parseNeeds{})
 		if err != nil {
 			t.Errorf("%q: %v", c.target, err)
 			continue
 		}
-		if diff := cmp.Diff(c.want, got.portals); diff != "" {
+		if diff := cmp.Diff(c.want, got.Portals); diff != "" {
 			t.Errorf("%q: portals (-want +got):\n%s", c.target, diff)
 		}
 	}
@@ -52,23 +52,23 @@ func TestParseConfigRejects(t *testing.T) {
 		key  string // the key the message must name
 	}{
 		{"no target", map[string]string{}, parseNeeds{}, "device-config:target"},
-		{"bad port", map[string]string{keyTarget: "10.0.0.1", keyPort: "70000"}, parseNeeds{}, "device-config:port"},
-		{"bad portal port", map[string]string{keyTarget: "10.0.0.1:0"}, parseNeeds{}, "device-config:target"},
-		{"unresolvable", map[string]string{keyTarget: "nowhere.example"}, parseNeeds{}, "device-config:target"},
-		{"zoned v6", map[string]string{keyTarget: "fe80::1%eth0"}, parseNeeds{}, "device-config:target"},
-		{"iqn missing", map[string]string{keyTarget: "10.0.0.1"}, parseNeeds{iqn: true}, "device-config:targetIQN"},
-		{"iqn bad", map[string]string{keyTarget: "10.0.0.1", keyTargetIQN: "target1"}, parseNeeds{}, "device-config:targetIQN"},
-		{"wwid missing", map[string]string{keyTarget: "10.0.0.1", keyTargetIQN: testIQN}, parseNeeds{wwid: true}, "device-config:SCSIid"},
-		{"wwid bad", map[string]string{keyTarget: "10.0.0.1", keySCSIid: "a b"}, parseNeeds{}, "device-config:SCSIid"},
-		{"user without password", map[string]string{keyTarget: "10.0.0.1", keyChapUser: "u"}, parseNeeds{}, "device-config:chapuser"},
-		{"password without user", map[string]string{keyTarget: "10.0.0.1", keyChapPassword + secretSuffix: "uuid"}, parseNeeds{}, "device-config:chappassword"},
-		{"mutual without one-way", map[string]string{keyTarget: "10.0.0.1", keyIncomingUser: "t", keyIncomingPassword: "p"}, parseNeeds{}, "device-config:incoming_chapuser"},
-		{"iface portal unknown", map[string]string{keyTarget: "10.0.0.1", keyIface: "eth1=10.0.0.9"}, parseNeeds{}, "device-config:iface"},
-		{"iface bad nic", map[string]string{keyTarget: "10.0.0.1", keyIface: "eth 1"}, parseNeeds{}, "device-config:iface"},
-		{"timeout zero", map[string]string{keyTarget: "10.0.0.1", keyReplacementTimeout: "0"}, parseNeeds{}, "device-config:replacement-timeout"},
-		{"timeout big", map[string]string{keyTarget: "10.0.0.1", keyReplacementTimeout: "601"}, parseNeeds{}, "device-config:replacement-timeout"},
-		{"queue for ever", map[string]string{keyTarget: "10.0.0.1", keyPathLossPolicy: "queue:forever"}, parseNeeds{}, "device-config:path-loss-policy"},
-		{"unknown policy", map[string]string{keyTarget: "10.0.0.1", keyPathLossPolicy: "retry"}, parseNeeds{}, "device-config:path-loss-policy"},
+		{"bad port", map[string]string{KeyTarget: "10.0.0.1", KeyPort: "70000"}, parseNeeds{}, "device-config:port"},
+		{"bad portal port", map[string]string{KeyTarget: "10.0.0.1:0"}, parseNeeds{}, "device-config:target"},
+		{"unresolvable", map[string]string{KeyTarget: "nowhere.example"}, parseNeeds{}, "device-config:target"},
+		{"zoned v6", map[string]string{KeyTarget: "fe80::1%eth0"}, parseNeeds{}, "device-config:target"},
+		{"iqn missing", map[string]string{KeyTarget: "10.0.0.1"}, parseNeeds{iqn: true}, "device-config:targetIQN"},
+		{"iqn bad", map[string]string{KeyTarget: "10.0.0.1", KeyTargetIQN: "target1"}, parseNeeds{}, "device-config:targetIQN"},
+		{"wwid missing", map[string]string{KeyTarget: "10.0.0.1", KeyTargetIQN: testIQN}, parseNeeds{wwid: true}, "device-config:SCSIid"},
+		{"wwid bad", map[string]string{KeyTarget: "10.0.0.1", KeySCSIid: "a b"}, parseNeeds{}, "device-config:SCSIid"},
+		{"user without password", map[string]string{KeyTarget: "10.0.0.1", KeyChapUser: "u"}, parseNeeds{}, "device-config:chapuser"},
+		{"password without user", map[string]string{KeyTarget: "10.0.0.1", KeyChapPassword + secretSuffix: "uuid"}, parseNeeds{}, "device-config:chappassword"},
+		{"mutual without one-way", map[string]string{KeyTarget: "10.0.0.1", KeyIncomingUser: "t", KeyIncomingPassword: "p"}, parseNeeds{}, "device-config:incoming_chapuser"},
+		{"iface portal unknown", map[string]string{KeyTarget: "10.0.0.1", KeyIface: "eth1=10.0.0.9"}, parseNeeds{}, "device-config:iface"},
+		{"iface bad nic", map[string]string{KeyTarget: "10.0.0.1", KeyIface: "eth 1"}, parseNeeds{}, "device-config:iface"},
+		{"timeout zero", map[string]string{KeyTarget: "10.0.0.1", KeyReplacementTimeout: "0"}, parseNeeds{}, "device-config:replacement-timeout"},
+		{"timeout big", map[string]string{KeyTarget: "10.0.0.1", KeyReplacementTimeout: "601"}, parseNeeds{}, "device-config:replacement-timeout"},
+		{"queue for ever", map[string]string{KeyTarget: "10.0.0.1", KeyPathLossPolicy: "queue:forever"}, parseNeeds{}, "device-config:path-loss-policy"},
+		{"unknown policy", map[string]string{KeyTarget: "10.0.0.1", KeyPathLossPolicy: "retry"}, parseNeeds{}, "device-config:path-loss-policy"},
 	}
 	for _, c := range cases {
 		_, err := tr.parseConfig(context.Background(), "test", c.cfg, c.need)
@@ -90,23 +90,23 @@ func TestParseConfigValues(t *testing.T) {
 	f := newFakeHost(t)
 	tr := f.transport(fakeSecrets{"s1": "out-secret", "s2": "in-secret"})
 	cfg := map[string]string{
-		keyTarget: "10.0.0.1,10.0.0.2", keyTargetIQN: testIQN, keySCSIid: testNAA,
-		keyChapUser: "initiator", keyChapPassword + secretSuffix: "s1",
-		keyIncomingUser: "target", keyIncomingPassword + secretSuffix: "s2",
-		keyIface: "eth1, eth2=10.0.0.2", keyReplacementTimeout: "15", keyPathLossPolicy: "queue:30",
+		KeyTarget: "10.0.0.1,10.0.0.2", KeyTargetIQN: testIQN, KeySCSIid: testNAA,
+		KeyChapUser: "initiator", KeyChapPassword + secretSuffix: "s1",
+		KeyIncomingUser: "target", KeyIncomingPassword + secretSuffix: "s2",
+		KeyIface: "eth1, eth2=10.0.0.2", KeyReplacementTimeout: "15", KeyPathLossPolicy: "queue:30",
 	}
 	c, err := tr.parseConfig(context.Background(), "test", cfg, parseNeeds{iqn: true, wwid: true, secrets: true})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.wwid != testWWID {
-		t.Errorf("wwid %q: naa. form not normalised", c.wwid)
+	if c.WWID != testWWID {
+		t.Errorf("wwid %q: naa. form not normalised", c.WWID)
 	}
 	if *c.chap != (chap{"initiator", "out-secret"}) || *c.mutual != (chap{"target", "in-secret"}) {
 		t.Errorf("CHAP not resolved from the secrets: %+v %+v", c.chap, c.mutual)
 	}
-	if c.replacementTimeout != 15 || c.queueSeconds != 30 {
-		t.Errorf("timeout %d, queue %d", c.replacementTimeout, c.queueSeconds)
+	if c.ReplacementTimeout != 15 || c.QueueSeconds != 30 {
+		t.Errorf("timeout %d, queue %d", c.ReplacementTimeout, c.QueueSeconds)
 	}
 	if diff := cmp.Diff([]string{"sanvol-eth1"}, c.ifacesFor(0)); diff != "" {
 		t.Errorf("portal 1 ifaces: %s", diff)
@@ -122,11 +122,11 @@ func TestParseConfigValues(t *testing.T) {
 	}
 
 	// Defaults.
-	c, err = tr.parseConfig(context.Background(), "test", map[string]string{keyTarget: "10.0.0.1"}, parseNeeds{})
+	c, err = tr.parseConfig(context.Background(), "test", map[string]string{KeyTarget: "10.0.0.1"}, parseNeeds{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.replacementTimeout != 10 || c.queueSeconds != 60 || c.ifacesFor(0)[0] != defaultIface {
+	if c.ReplacementTimeout != 10 || c.QueueSeconds != 60 || c.ifacesFor(0)[0] != defaultIface {
 		t.Errorf("defaults: %+v", c)
 	}
 	for in, want := range map[string]int{"fail": 0, "queue": 60, "queue:1": 1, "queue:45s": 45, "queue:3600": 3600} {
@@ -140,8 +140,8 @@ func TestParseConfigValues(t *testing.T) {
 func TestConfigKeysDocumentEveryKey(t *testing.T) {
 	tr := New(Deps{})
 	keys := tr.ConfigKeys()
-	for _, k := range []string{keyTarget, keyPort, keyTargetIQN, keySCSIid, keyChapUser, keyChapPassword, keyIncomingUser,
-		keyIncomingPassword, keyIface, keyReplacementTimeout, keyPathLossPolicy} {
+	for _, k := range []string{KeyTarget, KeyPort, KeyTargetIQN, KeySCSIid, KeyChapUser, KeyChapPassword, KeyIncomingUser,
+		KeyIncomingPassword, KeyIface, KeyReplacementTimeout, KeyPathLossPolicy} {
 		if len(keys[k]) < 20 {
 			t.Errorf("key %s is not documented: %q", k, keys[k])
 		}
@@ -192,7 +192,7 @@ func TestParseRecords(t *testing.T) {
 // xapi is down.
 func TestSecretErrorKind(t *testing.T) {
 	f := newFakeHost(t)
-	cfg := map[string]string{keyTarget: "10.0.0.1", keyChapUser: "u", keyChapPassword + secretSuffix: "nope"}
+	cfg := map[string]string{KeyTarget: "10.0.0.1", KeyChapUser: "u", KeyChapPassword + secretSuffix: "nope"}
 	_, err := f.transport(fakeSecrets{}).parseConfig(context.Background(), "test", cfg, parseNeeds{secrets: true})
 	if !errors.Is(err, host.ErrNotFound) || host.KindOf(err) != host.KindNotFound || !strings.Contains(err.Error(), "chappassword_secret") {
 		t.Errorf("missing secret: %v", err)

@@ -13,7 +13,7 @@ import (
 
 // waitDisks scans the sessions of the paths and waits until every logged-in
 // one shows the LUN, or the deadline passes with at least one that does.
-func (t *Transport) waitDisks(ctx context.Context, op string, c *config, paths []path) ([]session, []disk, error) {
+func (t *Transport) waitDisks(ctx context.Context, op string, c *Config, paths []path) ([]session, []disk, error) {
 	start := time.Now()
 	scans := map[int]int{}
 	var sessions []session
@@ -30,7 +30,7 @@ func (t *Transport) waitDisks(ctx context.Context, op string, c *config, paths [
 		}
 		disks, others, waiting = nil, nil, 0
 		for _, s := range ourSessions(sessions, paths) {
-			ds := lunDisks(s, c.wwid)
+			ds := lunDisks(s, c.WWID)
 			if len(ds) > 0 {
 				disks = append(disks, ds...)
 				continue
@@ -62,7 +62,7 @@ func (t *Transport) waitDisks(ctx context.Context, op string, c *config, paths [
 		return sessions, disks, nil
 	}
 	return nil, nil, host.NewError(host.KindNotFound, op, fmt.Sprintf("LUN %s did not appear within %s on target %s; the sessions show: %s",
-		c.wwid, t.to.DeviceWait, c.iqn, noneIfEmpty(describeLUNs(dedupeLUNs(others)))),
+		c.WWID, t.to.DeviceWait, c.TargetIQN, noneIfEmpty(describeLUNs(dedupeLUNs(others)))),
 		"check device-config:SCSIid (xe sr-probe-ext lists the LUNs) and the LUN mapping for this host's initiator on the array", nil)
 }
 
@@ -77,9 +77,9 @@ func (t *Transport) scanHost(ctx context.Context, hostNo int) {
 // devicePath waits for the map's device node and returns its stable name:
 // /dev/mapper/<wwid> (the alias sanvol gives the map), or the by-id link
 // when the host named the map otherwise.
-func (t *Transport) devicePath(ctx context.Context, op string, c *config, m *dmMap) (string, error) {
+func (t *Transport) devicePath(ctx context.Context, op string, c *Config, m *dmMap) (string, error) {
 	dev := "/dev/mapper/" + m.name
-	if m.name != c.wwid {
+	if m.name != c.WWID {
 		dev = "/dev/disk/by-id/dm-uuid-mpath-" + m.wwid
 		t.log.Warn("the map kept a host-specific name; using its by-id link", zap.String("map", m.name))
 	}

@@ -976,7 +976,7 @@ func (f *fakeHost) capacity(dev string) (int64, error) {
 
 func baseConfig() map[string]string {
 	return map[string]string{
-		keyTarget: "127.0.0.1,127.0.0.2", keyTargetIQN: testIQN, keySCSIid: testWWID,
+		KeyTarget: "127.0.0.1,127.0.0.2", KeyTargetIQN: testIQN, KeySCSIid: testWWID,
 	}
 }
 

@@ -32,13 +32,13 @@ func (t *Transport) Rescan(ctx context.Context, cfg map[string]string) (bool, er
 	}
 	m := v.m
 	if m == nil {
-		return false, host.NewError(host.KindNotAttached, op, "LUN "+c.wwid+" has no multipath map on this host", "plug the SR on this host first", nil)
+		return false, host.NewError(host.KindNotAttached, op, "LUN "+c.WWID+" has no multipath map on this host", "plug the SR on this host first", nil)
 	}
-	if !t.grown(ctx, v, c.wwid) {
+	if !t.grown(ctx, v, c.WWID) {
 		return false, nil
 	}
 	for _, s := range v.ours {
-		for _, d := range lunDisks(s, c.wwid) {
+		for _, d := range lunDisks(s, c.WWID) {
 			if s.state == sessionLoggedIn && d.state == "running" {
 				if err := within(ctx, t.to.Command, func() error { return t.sys.rescanDisk(d.name) }); err != nil {
 					t.log.Warn("cannot rescan disk", zap.String("disk", d.name), zap.Error(err))
@@ -80,7 +80,7 @@ func (t *Transport) Rescan(ctx context.Context, cfg map[string]string) (bool, er
 	wctx, cancel := context.WithTimeout(ctx, t.to.Command)
 	defer cancel()
 	grew := func(context.Context) (bool, error) {
-		after, err := t.sys.findMap(c.wwid, nil)
+		after, err := t.sys.findMap(c.WWID, nil)
 		if err == nil && after != nil && after.size >= newSize {
 			t.log.Info("multipath map grew", zap.String("map", m.name), zap.Int64("from", m.size), zap.Int64("to", after.size))
 			return true, nil

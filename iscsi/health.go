@@ -26,7 +26,7 @@ func (t *Transport) Health(ctx context.Context, cfg map[string]string) (transpor
 	}
 	paths, sessions, ours, m := v.paths, v.sessions, v.ours, v.m
 	if m == nil && len(ours) == 0 {
-		return transport.Health{}, host.NewError(host.KindNotAttached, op, fmt.Sprintf("LUN %s has no session and no multipath map on this host", c.wwid), "plug the SR on this host (xe pbd-plug)", nil)
+		return transport.Health{}, host.NewError(host.KindNotAttached, op, fmt.Sprintf("LUN %s has no session and no multipath map on this host", c.WWID), "plug the SR on this host (xe pbd-plug)", nil)
 	}
 	return t.health(ctx, c, paths, sessions, m), nil
 }
@@ -42,7 +42,7 @@ type lunView struct {
 	m        *dmMap
 }
 
-func (t *Transport) view(op string, c *config) (lunView, error) {
+func (t *Transport) view(op string, c *Config) (lunView, error) {
 	var v lunView
 	var err error
 	if v.sessions, err = t.sys.sessions(); err != nil {
@@ -51,9 +51,9 @@ func (t *Transport) view(op string, c *config) (lunView, error) {
 	v.paths = t.knownPaths(c, v.sessions)
 	v.ours = ourSessions(v.sessions, v.paths)
 	for _, s := range v.ours {
-		v.disks = append(v.disks, lunDisks(s, c.wwid)...)
+		v.disks = append(v.disks, lunDisks(s, c.WWID)...)
 	}
-	if v.m, err = t.sys.findMap(c.wwid, v.disks); err != nil {
+	if v.m, err = t.sys.findMap(c.WWID, v.disks); err != nil {
 		return v, host.NewError(host.KindInternal, op, "cannot read device-mapper state from sysfs", sysfsFix, err)
 	}
 	return v, nil
@@ -61,7 +61,7 @@ func (t *Transport) view(op string, c *config) (lunView, error) {
 
 // health judges every planned path: live when its session is logged in,
 // its disk runs and the kernel's multipath target uses it.
-func (t *Transport) health(ctx context.Context, c *config, paths []path, sessions []session, m *dmMap) transport.Health {
+func (t *Transport) health(ctx context.Context, c *Config, paths []path, sessions []session, m *dmMap) transport.Health {
 	var states map[string]dmPathState
 	if m != nil {
 		var err error
@@ -69,11 +69,11 @@ func (t *Transport) health(ctx context.Context, c *config, paths []path, session
 			t.log.Debug("no dm path states; judging paths from sysfs alone", zap.Error(err))
 		}
 	}
-	h := transport.Health{ID: c.wwid}
+	h := transport.Health{ID: c.WWID}
 	var down []string
 	for _, p := range paths {
 		h.Total++
-		why := pathProblem(p, sessions, c.wwid, m, states)
+		why := pathProblem(p, sessions, c.WWID, m, states)
 		if why == "" {
 			h.Live++
 			continue
@@ -137,11 +137,11 @@ func pathProblem(p path, sessions []session, wwid string, m *dmMap, states map[s
 // timeout is not replacement-timeout: multipathd (0.5 and later) sets it to
 // fast_io_fail_tmo when multipath.conf has one (its default is 5 s), and
 // that is a host-wide setting sanvol leaves alone.
-func (t *Transport) warnRecoveryTimeout(c *config, sessions []session) {
+func (t *Transport) warnRecoveryTimeout(c *Config, sessions []session) {
 	for _, s := range sessions {
-		if s.recoveryTmo != 0 && s.recoveryTmo != c.replacementTimeout {
+		if s.recoveryTmo != 0 && s.recoveryTmo != c.ReplacementTimeout {
 			t.log.Warn("multipathd set the session recovery timeout from fast_io_fail_tmo; replacement-timeout applies only where multipath.conf sets none",
-				zap.Int("sid", s.sid), zap.Int("recovery_tmo", s.recoveryTmo), zap.Int("replacement_timeout", c.replacementTimeout))
+				zap.Int("sid", s.sid), zap.Int("recovery_tmo", s.recoveryTmo), zap.Int("replacement_timeout", c.ReplacementTimeout))
 			return
 		}
 	}

@@ -12,13 +12,6 @@ import (
 // check can never read an SR differently from the transport that
 // attached it. Nothing here writes to the host or starts a daemon.
 
-// Device-config keys other packages name.
-const (
-	KeyTarget    = keyTarget
-	KeyTargetIQN = keyTargetIQN
-	KeySCSIid    = keySCSIid
-)
-
 // Defaults the transport applies.
 const (
 	DefaultPort               = defaultPort
@@ -36,26 +29,6 @@ const (
 	IscsidUnit = iscsidUnit
 )
 
-// Config is a device-config as the transport reads it.
-type Config struct {
-	Portals []Portal
-	// PortalText is what the admin wrote for each portal.
-	PortalText []string
-	// TargetIQN is "", WildcardIQN or an IQN.
-	TargetIQN string
-	// WWID is SCSIid as multipath names the LUN's map; "" when not given.
-	WWID string
-	// NICs lists, per portal, the NICs device-config:iface binds it to;
-	// none means the kernel routes it.
-	NICs [][]string
-	// ReplacementTimeout is node.session.timeo.replacement_timeout, in
-	// seconds.
-	ReplacementTimeout int
-	// QueueSeconds is the path-loss-policy: 0 fails I/O at once when no
-	// path is left, N > 0 queues it for N seconds.
-	QueueSeconds int
-}
-
 // ParseConfig validates a device-config as SR.attach does, resolving host
 // names in target with the transport's resolver. It needs neither
 // targetIQN nor SCSIid (a pre-flight check has neither yet) and leaves
@@ -65,23 +38,7 @@ func (t *Transport) ParseConfig(ctx context.Context, cfg map[string]string) (Con
 	if err != nil {
 		return Config{}, err
 	}
-	out := Config{
-		Portals:            c.portals,
-		PortalText:         c.portalText,
-		TargetIQN:          c.iqn,
-		WWID:               c.wwid,
-		NICs:               make([][]string, len(c.portals)),
-		ReplacementTimeout: c.replacementTimeout,
-		QueueSeconds:       c.queueSeconds,
-	}
-	for _, b := range c.bindings {
-		for i := range c.portals {
-			if b.portal == "" || portalIndex(c, b.portal) == i {
-				out.NICs[i] = append(out.NICs[i], b.nic)
-			}
-		}
-	}
-	return out, nil
+	return *c, nil
 }
 
 // CheckIQN says why s is not an iSCSI name (RFC 3720), or nil.
@@ -185,9 +142,7 @@ func (t *Transport) RunningMultipathd(ctx context.Context) (MultipathdConfig, er
 	for w, s := range parseDropIn(out) {
 		c.NoPathRetry[w] = s.noPathRetry
 	}
-	// pollingInterval asks the daemon again: its parsing is not a
-	// function of its own yet.
-	c.PollingInterval = t.pollingInterval(ctx)
+	c.PollingInterval = parsePollingInterval(out)
 	return c, nil
 }
 

@@ -17,7 +17,7 @@ func TestInspectAttached(t *testing.T) {
 	ctx := context.Background()
 	f := newFakeHost(t)
 	cfg := baseConfig()
-	cfg[keySCSIid] = testNAA
+	cfg[KeySCSIid] = testNAA
 	if _, err := f.transport(nil).Attach(ctx, cfg); err != nil {
 		t.Fatalf("attach: %v", err)
 	}
@@ -73,12 +73,12 @@ func TestParseConfigBindings(t *testing.T) {
 	f := newFakeHost(t)
 	tr := f.transport(nil)
 	c, err := tr.ParseConfig(context.Background(), map[string]string{
-		keyTarget: "127.0.0.1,127.0.0.2", keyIface: "eth1=127.0.0.2,eth2",
+		KeyTarget: "127.0.0.1,127.0.0.2", KeyIface: "eth1=127.0.0.2,eth2",
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff([][]string{{"eth2"}, {"eth1", "eth2"}}, c.NICs); diff != "" {
+	if diff := cmp.Diff([][]string{{"eth2"}, {"eth1", "eth2"}}, [][]string{c.PortalNICs(0), c.PortalNICs(1)}); diff != "" {
 		t.Errorf("NICs (-want +got):\n%s", diff)
 	}
 	if IfaceName("eth1") != ifaceName("eth1") || IfaceName("") != defaultIface {

@@ -132,7 +132,7 @@ func toolError(op, tool, pkg string, err error) error {
 // left alone (-o nonpersistent): a default discovery would reset the node
 // records of SRs attached from the same array to iscsid.conf's defaults.
 // Discovery CHAP uses the login credentials, as lvmoiscsi does.
-func (t *Transport) discover(ctx context.Context, op string, c *config, p Portal, ifaces []string) ([]record, error) {
+func (t *Transport) discover(ctx context.Context, op string, c *Config, p Portal, ifaces []string) ([]record, error) {
 	var ifArgs []string
 	for _, i := range ifaces {
 		if i != defaultIface {
@@ -239,7 +239,7 @@ func nodeArgs(p path) []string {
 
 // setupNode (re)creates the node record of a path with this SR's settings.
 // Everything is set before login: iscsid copies the record when it logs in.
-func (t *Transport) setupNode(ctx context.Context, op string, c *config, p path) error {
+func (t *Transport) setupNode(ctx context.Context, op string, c *Config, p path) error {
 	if _, err := t.iscsiadm(ctx, t.to.Command, nil, append(nodeArgs(p), "-o", "new")...); err != nil {
 		if e := toolError(op, "iscsiadm", "open-iscsi (iscsi-initiator-utils)", err); e != nil {
 			return e
@@ -249,7 +249,7 @@ func (t *Transport) setupNode(ctx context.Context, op string, c *config, p path)
 	set := [][2]string{
 		// Only xapi plugs SRs: nothing may log in at boot behind its back.
 		{"node.startup", "manual"},
-		{"node.session.timeo.replacement_timeout", strconv.Itoa(c.replacementTimeout)},
+		{"node.session.timeo.replacement_timeout", strconv.Itoa(c.ReplacementTimeout)},
 		{"node.conn[0].timeo.login_timeout", strconv.Itoa(t.to.LoginTimeout)},
 		// A login that times out is retried this often, and no more:
 		// an unreachable portal must not hold SR.attach for minutes.

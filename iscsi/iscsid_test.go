@@ -43,7 +43,7 @@ func TestProbeStartsIscsid(t *testing.T) {
 	f.stopIscsid()
 	cfg := baseConfig()
 	delete(cfg, "targetIQN")
-	delete(cfg, keySCSIid)
+	delete(cfg, KeySCSIid)
 	cands, err := f.transport(nil).Probe(context.Background(), cfg, nil)
 	if err != nil {
 		t.Fatalf("probe: %v", err)

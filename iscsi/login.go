@@ -35,8 +35,8 @@ func (t *Transport) initiatorName(op string) (string, error) {
 }
 
 // ensureIfaces creates the iface records of the NIC bindings.
-func (t *Transport) ensureIfaces(ctx context.Context, op string, c *config) error {
-	for _, nic := range c.nics() {
+func (t *Transport) ensureIfaces(ctx context.Context, op string, c *Config) error {
+	for _, nic := range c.NICs() {
 		if err := t.ensureIface(ctx, op, nic); err != nil {
 			return err
 		}
@@ -79,7 +79,7 @@ func (t *Transport) lockTargets(ctx context.Context, op string, paths []path) (f
 // one per portal. Each path is tried once; iscsid's
 // initial_login_retry_max is the only retry, and it never retries an
 // authentication failure.
-func (t *Transport) connect(ctx context.Context, op string, c *config, paths []path, before []session) []*loginError {
+func (t *Transport) connect(ctx context.Context, op string, c *Config, paths []path, before []session) []*loginError {
 	results := make([]*loginError, len(paths))
 	var wg sync.WaitGroup
 	for i, p := range paths {
@@ -116,7 +116,7 @@ func loginFailures(results []*loginError) []*loginError {
 
 // loginFailure explains why no path logged in. A refused login is checked
 // against discovery, to tell a wrong IQN from wrong credentials.
-func (t *Transport) loginFailure(ctx context.Context, op string, c *config, initiator string, fails []*loginError) error {
+func (t *Transport) loginFailure(ctx context.Context, op string, c *Config, initiator string, fails []*loginError) error {
 	// Busy (iscsiadm's node database held by another iscsiadm) ranks
 	// lowest: any other failure says more about the SR.
 	rank := map[host.Kind]int{host.KindAuth: 6, host.KindNotFound: 5, host.KindUnsupported: 4, host.KindUnreachable: 3, host.KindTimeout: 2, host.KindBusy: 1}
@@ -132,15 +132,15 @@ func (t *Transport) loginFailure(ctx context.Context, op string, c *config, init
 			causes = append(causes, f.err)
 		}
 	}
-	msg := "no path to target " + c.iqn + " logged in: " + strings.Join(parts, "; ")
+	msg := "no path to target " + c.TargetIQN + " logged in: " + strings.Join(parts, "; ")
 	var fix string
 	// LIO answers an unknown IQN by dropping the connection, which
 	// iscsiadm reports as a timeout: whatever the kind, a portal that
 	// answers discovery without the IQN means the IQN is wrong.
 	if kind != host.KindUnsupported {
-		if offered, ok := t.offeredIQNs(ctx, op, c); ok && c.iqn != wildcardIQN && !slices.Contains(offered, c.iqn) {
+		if offered, ok := t.offeredIQNs(ctx, op, c); ok && c.TargetIQN != wildcardIQN && !slices.Contains(offered, c.TargetIQN) {
 			return host.NewError(host.KindNotFound, op, fmt.Sprintf("target %s is not offered at %s; the portals offer: %s",
-				c.iqn, portalsText(c.portals), noneIfEmpty(strings.Join(offered, ", "))),
+				c.TargetIQN, portalsText(c.Portals), noneIfEmpty(strings.Join(offered, ", "))),
 				"correct device-config:targetIQN (xe sr-probe-ext with only device-config:target lists the IQNs)", errors.Join(causes...))
 		}
 	}
@@ -164,16 +164,16 @@ func (t *Transport) loginFailure(ctx context.Context, op string, c *config, init
 	case host.KindUnreachable, host.KindTimeout:
 		fix = "check the portal addresses and port, that the array's iSCSI service listens there, and the storage network from this host (ping; nc -zv <address> <port>)"
 	default:
-		fix = "run one login by hand to read iscsiadm's message: iscsiadm -m node -T " + c.iqn + " -p " + c.portals[0].String() + " --login"
+		fix = "run one login by hand to read iscsiadm's message: iscsiadm -m node -T " + c.TargetIQN + " -p " + c.Portals[0].String() + " --login"
 	}
 	return host.NewError(kind, op, msg, fix, errors.Join(causes...))
 }
 
 // offeredIQNs asks every portal for its IQNs; ok is false when none answered.
-func (t *Transport) offeredIQNs(ctx context.Context, op string, c *config) ([]string, bool) {
+func (t *Transport) offeredIQNs(ctx context.Context, op string, c *Config) ([]string, bool) {
 	var iqns []string
 	ok := false
-	for i, p := range c.portals {
+	for i, p := range c.Portals {
 		recs, err := t.discover(ctx, op, c, p, c.ifacesFor(i))
 		if err != nil {
 			continue

@@ -184,7 +184,13 @@ func (t *Transport) pollingInterval(ctx context.Context) int {
 	if err != nil {
 		return defaultPollingInterval
 	}
-	if m := pollingRE.FindStringSubmatch(out); m != nil {
+	return parsePollingInterval(out)
+}
+
+// parsePollingInterval finds polling_interval in multipathd's `show
+// config`, or the default when it is missing or not positive.
+func parsePollingInterval(showConfig string) int {
+	if m := pollingRE.FindStringSubmatch(showConfig); m != nil {
 		if n, _ := strconv.Atoi(m[1]); n > 0 {
 			return n
 		}
@@ -194,10 +200,10 @@ func (t *Transport) pollingInterval(ctx context.Context) int {
 
 // ensureMap makes sure a dm-multipath map holds the LUN's disks with this
 // SR's settings, and waits for it.
-func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks []disk) (*dmMap, error) {
-	op += ": multipath map " + c.wwid
-	stanza := mpStanza{wwid: c.wwid, noPathRetry: noPathRetry(c.queueSeconds, t.pollingInterval(ctx))}
-	changed, err := t.setStanza(ctx, c.wwid, &stanza)
+func (t *Transport) ensureMap(ctx context.Context, op string, c *Config, disks []disk) (*dmMap, error) {
+	op += ": multipath map " + c.WWID
+	stanza := mpStanza{wwid: c.WWID, noPathRetry: noPathRetry(c.QueueSeconds, t.pollingInterval(ctx))}
+	changed, err := t.setStanza(ctx, c.WWID, &stanza)
 	if err != nil {
 		return nil, host.NewError(host.KindInternal, op, "cannot write "+DropInPath, "check that /etc/multipath/conf.d is writable (read-only or full root filesystem?)", err)
 	}
@@ -214,8 +220,8 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 	}
 	// With find_multipaths yes (XCP-ng) a LUN with one path gets no map
 	// unless its WWID is in the wwids file.
-	if wwids, _ := t.root.ReadFile(wwidsFile); !strings.Contains(string(wwids), "/"+c.wwid+"/") {
-		if _, err := t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-a", c.wwid}, Timeout: t.to.Command}); err != nil {
+	if wwids, _ := t.root.ReadFile(wwidsFile); !strings.Contains(string(wwids), "/"+c.WWID+"/") {
+		if _, err := t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-a", c.WWID}, Timeout: t.to.Command}); err != nil {
 			if errors.Is(err, host.ErrNotInstalled) {
 				return nil, multipathdError(op, err)
 			}
@@ -234,7 +240,7 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 	defer cancel()
 	err = host.Poll(wctx, t.to.Poll, func(wctx context.Context) (bool, error) {
 		var err error
-		m, err = t.sys.findMap(c.wwid, disks)
+		m, err = t.sys.findMap(c.WWID, disks)
 		if err != nil {
 			return false, host.NewError(host.KindInternal, op, "cannot read device-mapper state from sysfs", sysfsFix, err)
 		}
@@ -245,7 +251,7 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 					missing = append(missing, d.name)
 				}
 			}
-			if len(missing) == 0 && m.name == c.wwid {
+			if len(missing) == 0 && m.name == c.WWID {
 				return true, nil
 			}
 		}
@@ -255,12 +261,12 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 		switch {
 		case m == nil && !askedMap:
 			askedMap = true
-			if _, err := t.multipathd(ctx, "add map "+c.wwid); err != nil {
+			if _, err := t.multipathd(ctx, "add map "+c.WWID); err != nil {
 				if e := multipathdError(op, err); e != nil {
 					return false, e
 				}
 				t.log.Debug("multipathd add map failed, trying multipath", zap.Error(err))
-				_, _ = t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{c.wwid}, Timeout: t.to.Command})
+				_, _ = t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{c.WWID}, Timeout: t.to.Command})
 			}
 		case m != nil && len(missing) > 0 && !askedPaths:
 			askedPaths = true
@@ -269,7 +275,7 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 					t.log.Debug("multipathd add path failed", zap.String("disk", name), zap.Error(err))
 				}
 			}
-		case m != nil && m.name != c.wwid && !askedRename:
+		case m != nil && m.name != c.WWID && !askedRename:
 			// A map made before the stanza keeps its old name
 			// until a reload applies the alias.
 			askedRename = true
@@ -290,7 +296,7 @@ func (t *Transport) ensureMap(ctx context.Context, op string, c *config, disks [
 		return m, nil
 	}
 	return nil, host.NewError(host.KindTimeout, op, fmt.Sprintf("no multipath map appeared within %s for disks %s", t.to.MapWait, diskNames(disks)),
-		"check that multipathd runs and does not blacklist the array (multipath -v3 "+c.wwid+"; multipathd -k\"show config\")", nil)
+		"check that multipathd runs and does not blacklist the array (multipath -v3 "+c.WWID+"; multipathd -k\"show config\")", nil)
 }
 
 // flushMap removes a map that nothing holds. `dmsetup remove` is never

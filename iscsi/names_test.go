@@ -31,7 +31,7 @@ func TestParseConfigRejectsUnsafeNames(t *testing.T) {
 	f := newFakeHost(t)
 	tr := f.transport(fakeSecrets{"nl": "secret\nnode.startup = automatic", "blank": " secret", "long": strings.Repeat("s", 256), "ok": "secret"})
 	base := func(kv ...string) map[string]string {
-		m := map[string]string{keyTarget: "10.0.0.1"}
+		m := map[string]string{KeyTarget: "10.0.0.1"}
 		for i := 0; i+1 < len(kv); i += 2 {
 			m[kv[i]] = kv[i+1]
 		}
@@ -42,17 +42,17 @@ func TestParseConfigRejectsUnsafeNames(t *testing.T) {
 		cfg  map[string]string
 		key  string
 	}{
-		{"iqn traversal", base(keyTargetIQN, "iqn.2003-01.org.x:a/../../../tmp/pwn"), "device-config:targetIQN"},
-		{"iqn comma", base(keyTargetIQN, testIQN+",x"), "device-config:targetIQN"},
-		{"iqn long", base(keyTargetIQN, "iqn.2003-01.org.x:"+strings.Repeat("a", 220)), "device-config:targetIQN"},
-		{"user newline", base(keyChapUser, "u\nnode.session.auth.authmethod = None", keyChapPassword+secretSuffix, "ok"), "device-config:chapuser"},
-		{"user long", base(keyChapUser, strings.Repeat("u", 256), keyChapPassword+secretSuffix, "ok"), "device-config:chapuser"},
-		{"plain password newline", base(keyChapUser, "u", keyChapPassword, "p\nnode.startup = automatic"), "device-config:chappassword"},
-		{"secret newline", base(keyChapUser, "u", keyChapPassword+secretSuffix, "nl"), "device-config:chappassword"},
-		{"secret blank", base(keyChapUser, "u", keyChapPassword+secretSuffix, "blank"), "device-config:chappassword"},
-		{"secret long", base(keyChapUser, "u", keyChapPassword+secretSuffix, "long"), "device-config:chappassword"},
-		{"incoming secret newline", base(keyChapUser, "u", keyChapPassword+secretSuffix, "ok", keyIncomingUser, "t", keyIncomingPassword+secretSuffix, "nl"), "device-config:incoming_chappassword"},
-		{"incoming user tab", base(keyChapUser, "u", keyChapPassword+secretSuffix, "ok", keyIncomingUser, "t\tx", keyIncomingPassword+secretSuffix, "ok"), "device-config:incoming_chapuser"},
+		{"iqn traversal", base(KeyTargetIQN, "iqn.2003-01.org.x:a/../../../tmp/pwn"), "device-config:targetIQN"},
+		{"iqn comma", base(KeyTargetIQN, testIQN+",x"), "device-config:targetIQN"},
+		{"iqn long", base(KeyTargetIQN, "iqn.2003-01.org.x:"+strings.Repeat("a", 220)), "device-config:targetIQN"},
+		{"user newline", base(KeyChapUser, "u\nnode.session.auth.authmethod = None", KeyChapPassword+secretSuffix, "ok"), "device-config:chapuser"},
+		{"user long", base(KeyChapUser, strings.Repeat("u", 256), KeyChapPassword+secretSuffix, "ok"), "device-config:chapuser"},
+		{"plain password newline", base(KeyChapUser, "u", KeyChapPassword, "p\nnode.startup = automatic"), "device-config:chappassword"},
+		{"secret newline", base(KeyChapUser, "u", KeyChapPassword+secretSuffix, "nl"), "device-config:chappassword"},
+		{"secret blank", base(KeyChapUser, "u", KeyChapPassword+secretSuffix, "blank"), "device-config:chappassword"},
+		{"secret long", base(KeyChapUser, "u", KeyChapPassword+secretSuffix, "long"), "device-config:chappassword"},
+		{"incoming secret newline", base(KeyChapUser, "u", KeyChapPassword+secretSuffix, "ok", KeyIncomingUser, "t", KeyIncomingPassword+secretSuffix, "nl"), "device-config:incoming_chappassword"},
+		{"incoming user tab", base(KeyChapUser, "u", KeyChapPassword+secretSuffix, "ok", KeyIncomingUser, "t\tx", KeyIncomingPassword+secretSuffix, "ok"), "device-config:incoming_chapuser"},
 	}
 	for _, c := range cases {
 		_, err := tr.parseConfig(context.Background(), "test", c.cfg, parseNeeds{secrets: true})
@@ -78,21 +78,21 @@ func TestDiscoveredBadIQNIsSkipped(t *testing.T) {
 	lun := f.targets[testIQN].luns
 	f.targets[evil] = &fakeTarget{iqn: evil, portals: []Portal{portal1, portal2}, tpgt: map[Portal]int{portal1: 1, portal2: 2}, luns: lun}
 
-	cands, err := f.transport(nil).Probe(context.Background(), map[string]string{keyTarget: "127.0.0.1,127.0.0.2"}, nil)
+	cands, err := f.transport(nil).Probe(context.Background(), map[string]string{KeyTarget: "127.0.0.1,127.0.0.2"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range cands {
-		if strings.Contains(c.Configuration[keyTargetIQN], "/") {
+		if strings.Contains(c.Configuration[KeyTargetIQN], "/") {
 			t.Errorf("probe offers the bad IQN: %+v", c)
 		}
 	}
-	if len(cands) != 1 || cands[0].Configuration[keyTargetIQN] != testIQN {
+	if len(cands) != 1 || cands[0].Configuration[KeyTargetIQN] != testIQN {
 		t.Errorf("candidates %+v", cands)
 	}
 
 	cfg := baseConfig()
-	cfg[keyTargetIQN] = wildcardIQN
+	cfg[KeyTargetIQN] = wildcardIQN
 	attach(t, f.transport(nil), cfg)
 	for _, c := range f.commands("iscsiadm") {
 		if strings.Contains(c, "/..") {

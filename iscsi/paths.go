@@ -13,13 +13,13 @@ import (
 // portal directly; '*' asks each portal for its IQNs first. A portal whose
 // discovery failed is kept as a placeholder path (IQN '*') so that it
 // counts as down.
-func (t *Transport) plan(ctx context.Context, op string, c *config) ([]path, []error) {
+func (t *Transport) plan(ctx context.Context, op string, c *Config) ([]path, []error) {
 	var paths []path
 	var errs []error
-	for i, p := range c.portals {
+	for i, p := range c.Portals {
 		ifaces := c.ifacesFor(i)
-		iqns := []string{c.iqn}
-		if c.iqn == wildcardIQN {
+		iqns := []string{c.TargetIQN}
+		if c.TargetIQN == wildcardIQN {
 			recs, err := t.discover(ctx, op, c, p, ifaces)
 			if err != nil {
 				errs = append(errs, err)
@@ -58,9 +58,9 @@ func iqnsAt(recs []record, p Portal) []string {
 }
 
 // configuredPaths is every (portal, iface) of a config with one IQN.
-func configuredPaths(c *config, iqn string) []path {
+func configuredPaths(c *Config, iqn string) []path {
 	var out []path
-	for i, p := range c.portals {
+	for i, p := range c.Portals {
 		for _, ifc := range c.ifacesFor(i) {
 			out = append(out, path{Portal: p, IQN: iqn, Iface: ifc})
 		}
@@ -71,21 +71,21 @@ func configuredPaths(c *config, iqn string) []path {
 // knownPaths is the sessions an attached SR uses: what its SR.attach
 // planned, or, without that record, what its config and the host's
 // sessions imply.
-func (t *Transport) knownPaths(c *config, sessions []session) []path {
-	if c.wwid != "" {
-		if p, ok := t.loadState(c.wwid); ok {
+func (t *Transport) knownPaths(c *Config, sessions []session) []path {
+	if c.WWID != "" {
+		if p, ok := t.loadState(c.WWID); ok {
 			return p
 		}
 	}
-	if c.iqn != wildcardIQN {
-		return configuredPaths(c, c.iqn)
+	if c.TargetIQN != wildcardIQN {
+		return configuredPaths(c, c.TargetIQN)
 	}
 	var out []path
 	for _, p := range configuredPaths(c, wildcardIQN) {
 		found := false
 		for _, s := range sessions {
 			cand := path{Portal: p.Portal, IQN: s.target, Iface: p.Iface}
-			if cand.matches(s) && (c.wwid == "" || len(lunDisks(s, c.wwid)) > 0 || len(s.disks) == 0) {
+			if cand.matches(s) && (c.WWID == "" || len(lunDisks(s, c.WWID)) > 0 || len(s.disks) == 0) {
 				out = append(out, cand)
 				found = true
 			}

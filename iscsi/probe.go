@@ -29,7 +29,7 @@ func (t *Transport) Probe(ctx context.Context, cfg map[string]string, inspect tr
 	if err := t.ensureIfaces(ctx, op, c); err != nil {
 		return nil, err
 	}
-	if c.iqn == "" {
+	if c.TargetIQN == "" {
 		return t.probeTargets(ctx, op, c, cfg)
 	}
 	luns, err := t.listLUNs(ctx, op, c, inspect)
@@ -39,7 +39,7 @@ func (t *Transport) Probe(ctx context.Context, cfg map[string]string, inspect tr
 	var out []transport.Candidate
 	for _, l := range luns {
 		conf := copyConfig(cfg)
-		conf[keySCSIid] = l.wwid
+		conf[KeySCSIid] = l.wwid
 		cand := transport.Candidate{Configuration: conf, Complete: true, SR: l.sr, Extra: l.extra(c)}
 		out = append(out, cand)
 	}
@@ -47,10 +47,10 @@ func (t *Transport) Probe(ctx context.Context, cfg map[string]string, inspect tr
 }
 
 // probeTargets lists the IQNs the portals offer.
-func (t *Transport) probeTargets(ctx context.Context, op string, c *config, cfg map[string]string) ([]transport.Candidate, error) {
+func (t *Transport) probeTargets(ctx context.Context, op string, c *Config, cfg map[string]string) ([]transport.Candidate, error) {
 	byIQN := map[string][]record{}
 	var errs []error
-	for i, p := range c.portals {
+	for i, p := range c.Portals {
 		recs, err := t.discover(ctx, op, c, p, c.ifacesFor(i))
 		if err != nil {
 			errs = append(errs, err)
@@ -77,7 +77,7 @@ func (t *Transport) probeTargets(ctx context.Context, op string, c *config, cfg 
 	var out []transport.Candidate
 	for _, iqn := range iqns {
 		conf := copyConfig(cfg)
-		conf[keyTargetIQN] = iqn
+		conf[KeyTargetIQN] = iqn
 		var portals, tpgts []string
 		for _, r := range byIQN[iqn] {
 			portals = appendOnce(portals, r.portal.String())
@@ -89,7 +89,7 @@ func (t *Transport) probeTargets(ctx context.Context, op string, c *config, cfg 
 	}
 	if len(iqns) > 1 {
 		conf := copyConfig(cfg)
-		conf[keyTargetIQN] = wildcardIQN
+		conf[KeyTargetIQN] = wildcardIQN
 		out = append(out, transport.Candidate{Configuration: conf, Extra: map[string]string{
 			"targetIQN": wildcardIQN,
 			"note":      "log in to every IQN each portal offers at its own address: for arrays that expose one IQN per portal",
@@ -111,7 +111,7 @@ type lun struct {
 	inspect string // why inspection failed, if it did
 }
 
-func (l lun) extra(c *config) map[string]string {
+func (l lun) extra(c *Config) map[string]string {
 	e := map[string]string{
 		"SCSIid": l.wwid, "LUNid": strconv.Itoa(l.lun), "vendor": l.vendor, "product": l.model,
 		"size": strconv.FormatInt(l.size, 10), "targetIQN": strings.Join(l.iqns, ","),
@@ -133,7 +133,7 @@ func describeLUNs(luns []lun) string {
 
 // listLUNs logs in to the target, lists its LUNs (only c.wwid when given),
 // inspects each when inspect is set, and logs out what it logged in.
-func (t *Transport) listLUNs(ctx context.Context, op string, c *config, inspect transport.Inspector) ([]lun, error) {
+func (t *Transport) listLUNs(ctx context.Context, op string, c *Config, inspect transport.Inspector) ([]lun, error) {
 	initiator, err := t.initiatorName(op)
 	if err != nil {
 		return nil, err
@@ -175,20 +175,20 @@ func (t *Transport) listLUNs(ctx context.Context, op string, c *config, inspect 
 	sort.Strings(order)
 	var luns []lun
 	for _, w := range order {
-		if c.wwid == "" || w == c.wwid {
+		if c.WWID == "" || w == c.WWID {
 			luns = append(luns, *byWWID[w])
 		}
 	}
-	if c.wwid != "" && len(luns) == 0 {
+	if c.WWID != "" && len(luns) == 0 {
 		var all []lun
 		for _, w := range order {
 			all = append(all, *byWWID[w])
 		}
-		return nil, host.NewError(host.KindNotFound, op, fmt.Sprintf("LUN %s is not visible through target %s; visible: %s", c.wwid, c.iqn, noneIfEmpty(describeLUNs(all))),
+		return nil, host.NewError(host.KindNotFound, op, fmt.Sprintf("LUN %s is not visible through target %s; visible: %s", c.WWID, c.TargetIQN, noneIfEmpty(describeLUNs(all))),
 			"check device-config:SCSIid, and the LUN mapping for initiator "+initiator+" on the array", nil)
 	}
 	if len(luns) == 0 {
-		return nil, host.NewError(host.KindNotFound, op, "target "+c.iqn+" shows no LUN to this host",
+		return nil, host.NewError(host.KindNotFound, op, "target "+c.TargetIQN+" shows no LUN to this host",
 			"map a LUN to initiator "+initiator+" on the array (LUN masking / host group)", nil)
 	}
 	if inspect != nil {

@@ -218,7 +218,7 @@ var nodeAuthKeys = []string{
 }
 
 // writeNodeCHAP puts the CHAP settings into a path's node record.
-func (t *Transport) writeNodeCHAP(ctx context.Context, op string, c *config, p path) error {
+func (t *Transport) writeNodeCHAP(ctx context.Context, op string, c *Config, p path) error {
 	set := [][2]string{{"node.session.auth.authmethod", "CHAP"},
 		{"node.session.auth.username", c.chap.user}, {"node.session.auth.password", c.chap.password}}
 	if c.mutual != nil {

@@ -19,9 +19,9 @@ func TestCHAPWrittenIntoRecordFile(t *testing.T) {
 	f.targets[testIQN].chap = &chap{"initiator1", "out-secret-123"}
 	f.targets[testIQN].mutual = &chap{"target1", "in-secret-456"}
 	cfg := baseConfig()
-	cfg[keyChapUser], cfg[keyChapPassword+secretSuffix] = "initiator1", "u1"
-	cfg[keyIncomingUser], cfg[keyIncomingPassword+secretSuffix] = "target1", "u2"
-	cfg[keyIface] = "eth1" // the tpgt/iface record layout; the default iface uses the flat one
+	cfg[KeyChapUser], cfg[KeyChapPassword+secretSuffix] = "initiator1", "u1"
+	cfg[KeyIncomingUser], cfg[KeyIncomingPassword+secretSuffix] = "target1", "u2"
+	cfg[KeyIface] = "eth1" // the tpgt/iface record layout; the default iface uses the flat one
 	secrets := fakeSecrets{"u1": "out-secret-123", "u2": "in-secret-456"}
 	dev := attach(t, f.transport(secrets), cfg)
 	if dev.Health.Live != 2 {
@@ -67,7 +67,7 @@ func TestCHAPRecordWaitsForIscsiadmLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := baseConfig()
-	cfg[keyChapUser], cfg[keyChapPassword] = "initiator1", "s"
+	cfg[KeyChapUser], cfg[KeyChapPassword] = "initiator1", "s"
 	tr := f.transport(nil)
 	tr.to.Command = 50 * time.Millisecond
 	_, err := tr.Attach(context.Background(), cfg)
@@ -83,7 +83,7 @@ func TestCHAPRecordWaitsForIscsiadmLock(t *testing.T) {
 func TestDiscoveryCHAPRemovedAfterUse(t *testing.T) {
 	f := newFakeHost(t)
 	f.targets[testIQN].discCHAP = &chap{"initiator1", "disc-secret"}
-	cfg := map[string]string{keyTarget: "127.0.0.1", keyChapUser: "initiator1", keyChapPassword + secretSuffix: "u"}
+	cfg := map[string]string{KeyTarget: "127.0.0.1", KeyChapUser: "initiator1", KeyChapPassword + secretSuffix: "u"}
 	if _, err := f.transport(fakeSecrets{"u": "disc-secret"}).Probe(context.Background(), cfg, nil); err != nil {
 		t.Fatal(err)
 	}

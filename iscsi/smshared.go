@@ -44,21 +44,21 @@ func SMAPIv1SRsOn(root host.Root, iqn string) []string {
 // included, whatever iface or node record they use (docs/iscsi-ng.md,
 // "SMAPIv1 next door"). Only this host's attachments are visible here;
 // SR.create runs on the master, where a shared SMAPIv1 SR is plugged too.
-func (t *Transport) refuseSMShared(op string, c *config) error {
-	srs := SMAPIv1SRsOn(t.root, c.iqn)
+func (t *Transport) refuseSMShared(op string, c *Config) error {
+	srs := SMAPIv1SRsOn(t.root, c.TargetIQN)
 	if len(srs) == 0 {
 		return nil
 	}
 	return host.NewError(host.KindBusy, op,
-		fmt.Sprintf("target %s is used by SMAPIv1 iSCSI SR(s) %s on this host (%s/%s): when sm detaches them it logs out every session to that IQN, this SR's too", c.iqn, strings.Join(srs, ", "), SMRefDir, c.iqn),
+		fmt.Sprintf("target %s is used by SMAPIv1 iSCSI SR(s) %s on this host (%s/%s): when sm detaches them it logs out every session to that IQN, this SR's too", c.TargetIQN, strings.Join(srs, ", "), SMRefDir, c.TargetIQN),
 		"put this SR's LUN on another target IQN of the array (one IQN per SR stack), or move the SMAPIv1 SR off this IQN first", nil)
 }
 
 // warnSMShared says at attach what refuseSMShared refuses at create: an
 // SR that exists is attached all the same, so that its VMs keep running.
-func (t *Transport) warnSMShared(c *config) {
-	if srs := SMAPIv1SRsOn(t.root, c.iqn); len(srs) > 0 {
+func (t *Transport) warnSMShared(c *Config) {
+	if srs := SMAPIv1SRsOn(t.root, c.TargetIQN); len(srs) > 0 {
 		t.log.Warn("a SMAPIv1 iSCSI SR shares this target IQN: its detach logs out this SR's sessions too; give each its own IQN (docs/iscsi-ng.md, SMAPIv1 next door)",
-			zap.String("iqn", c.iqn), zap.Strings("sm_srs", srs))
+			zap.String("iqn", c.TargetIQN), zap.Strings("sm_srs", srs))
 	}
 }

@@ -21,12 +21,12 @@ func statePath(wwid string) string {
 	return stateDir + "/" + lockNameRE.ReplaceAllString(wwid, "_") + ".json"
 }
 
-func (t *Transport) saveState(c *config, paths []path) error {
-	b, err := json.Marshal(attachState{WWID: c.wwid, Paths: paths})
+func (t *Transport) saveState(c *Config, paths []path) error {
+	b, err := json.Marshal(attachState{WWID: c.WWID, Paths: paths})
 	if err != nil {
 		return err
 	}
-	return t.root.WriteFileAtomic(statePath(c.wwid), b, 0o644)
+	return t.root.WriteFileAtomic(statePath(c.WWID), b, 0o644)
 }
 
 func (t *Transport) loadState(wwid string) ([]path, bool) {

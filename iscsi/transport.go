@@ -94,24 +94,24 @@ func (t *Transport) Prepare(ctx context.Context, cfg map[string]string) (map[str
 	if err := t.refuseSMShared(op, c); err != nil {
 		return nil, err
 	}
-	if c.wwid != "" {
-		return map[string]string{keySCSIid: c.wwid}, nil
+	if c.WWID != "" {
+		return map[string]string{KeySCSIid: c.WWID}, nil
 	}
 	luns, err := t.listLUNs(ctx, op, c, nil)
 	if err != nil {
 		return nil, err
 	}
 	if len(luns) == 1 {
-		return map[string]string{keySCSIid: luns[0].wwid}, nil
+		return map[string]string{KeySCSIid: luns[0].wwid}, nil
 	}
-	return nil, host.NewError(host.KindInvalid, op, fmt.Sprintf("device-config:SCSIid is missing and target %s has %d LUNs: %s", c.iqn, len(luns), describeLUNs(luns)),
+	return nil, host.NewError(host.KindInvalid, op, fmt.Sprintf("device-config:SCSIid is missing and target %s has %d LUNs: %s", c.TargetIQN, len(luns), describeLUNs(luns)),
 		"add device-config:SCSIid=<one of them> (xe sr-probe-ext lists them with their sizes)", nil)
 }
 
 // DeviceID is the LUN's WWID: two SRs with the same SCSIid share the LUN,
 // its multipath map and its drop-in stanza, whatever their portals.
 func (t *Transport) DeviceID(cfg map[string]string) (string, error) {
-	w := normaliseWWID(strings.TrimSpace(cfg[keySCSIid]))
+	w := normaliseWWID(strings.TrimSpace(cfg[KeySCSIid]))
 	if w == "" || !wwidRE.MatchString(w) {
 		return "", host.NewError(host.KindInvalid, "iscsi-ng", "device-config:SCSIid is missing or not a SCSI WWID",
 			"give the SCSIid of the LUN as xe sr-probe-ext lists it", nil)
@@ -187,8 +187,8 @@ func (t *Transport) Attach(ctx context.Context, cfg map[string]string) (transpor
 	for _, f := range failures {
 		h.Detail += "; " + f.path.String() + " login failed: " + f.msg
 	}
-	t.log.Info("attached", zap.String("wwid", c.wwid), zap.String("device", dev), zap.Int("live", h.Live), zap.Int("total", h.Total),
-		zap.String("path_loss_policy", policyString(c.queueSeconds)), zap.Duration("elapsed", time.Since(start)))
+	t.log.Info("attached", zap.String("wwid", c.WWID), zap.String("device", dev), zap.Int("live", h.Live), zap.Int("total", h.Total),
+		zap.String("path_loss_policy", policyString(c.QueueSeconds)), zap.Duration("elapsed", time.Since(start)))
 	return transport.Device{Path: dev, Health: h}, nil
 }
 
@@ -218,7 +218,7 @@ func (t *Transport) Detach(ctx context.Context, cfg map[string]string, others []
 	id, _ := t.DeviceID(cfg)
 	for _, o := range others {
 		if oid, err := t.DeviceID(o); err == nil && oid == id {
-			t.log.Warn("the LUN is in use by another attached SR; leaving it alone", zap.String("wwid", c.wwid))
+			t.log.Warn("the LUN is in use by another attached SR; leaving it alone", zap.String("wwid", c.WWID))
 			return nil
 		}
 	}
@@ -233,10 +233,10 @@ func (t *Transport) Detach(ctx context.Context, cfg map[string]string, others []
 			t.log.Warn("cannot delete SCSI disk", zap.String("disk", d.name), zap.Error(err))
 		}
 	}
-	if _, err := t.setStanza(ctx, c.wwid, nil); err != nil {
+	if _, err := t.setStanza(ctx, c.WWID, nil); err != nil {
 		t.log.Warn("cannot remove the map's stanza from "+DropInPath, zap.Error(err))
 	}
-	if _, err := t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-w", c.wwid}, Timeout: t.to.Command}); err != nil {
+	if _, err := t.run.Run(ctx, host.Cmd{Name: "multipath", Args: []string{"-w", c.WWID}, Timeout: t.to.Command}); err != nil {
 		t.log.Debug("multipath -w failed", zap.Error(err))
 	}
 
@@ -254,7 +254,7 @@ func (t *Transport) Detach(ctx context.Context, cfg map[string]string, others []
 				otherPaths = append(otherPaths, p)
 			}
 		}
-		if oc.iqn == wildcardIQN {
+		if oc.TargetIQN == wildcardIQN {
 			otherWild = append(otherWild, configuredPaths(oc, wildcardIQN)...)
 		}
 	}
@@ -272,7 +272,7 @@ func (t *Transport) Detach(ctx context.Context, cfg map[string]string, others []
 			t.log.Info("session kept: another SR uses it", zap.Int("sid", s.sid), zap.String("portal", s.portal.String()))
 			continue
 		}
-		if held := heldDisks(s, c.wwid); len(held) > 0 {
+		if held := heldDisks(s, c.WWID); len(held) > 0 {
 			t.log.Info("session kept: other LUNs on it are in use", zap.Int("sid", s.sid), zap.Strings("disks", held))
 			continue
 		}
@@ -290,6 +290,6 @@ func (t *Transport) Detach(ctx context.Context, cfg map[string]string, others []
 	if len(errs) > 0 {
 		return host.NewError(host.KindBusy, op, "the map is gone but sessions remain", "log them out by hand (iscsiadm -m session; iscsiadm -m session -r <sid> -u) or run SR.detach again", errors.Join(errs...))
 	}
-	t.removeState(c.wwid)
+	t.removeState(c.WWID)
 	return nil
 }

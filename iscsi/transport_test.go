@@ -89,7 +89,7 @@ func TestAttachBuildsMapWhenMultipathdDoesNot(t *testing.T) {
 	f := newFakeHost(t)
 	f.autoMap = false // find_multipaths yes with one path, say
 	cfg := baseConfig()
-	cfg[keyTarget] = "127.0.0.1"
+	cfg[KeyTarget] = "127.0.0.1"
 	dev := attach(t, f.transport(nil), cfg)
 	if dev.Health.Live != 1 || dev.Health.Total != 1 {
 		t.Errorf("health %+v", dev.Health)
@@ -131,13 +131,13 @@ func TestAttachCHAP(t *testing.T) {
 		f := newFakeHost(t)
 		f.targets[testIQN].chap = &chap{"initiator1", "out-secret-123"}
 		cfg := baseConfig()
-		cfg[keyChapUser] = "initiator1"
-		cfg[keyChapPassword+secretSuffix] = "uuid-out"
+		cfg[KeyChapUser] = "initiator1"
+		cfg[KeyChapPassword+secretSuffix] = "uuid-out"
 		secrets := fakeSecrets{"uuid-out": "out-secret-123"}
 		if mutual {
 			f.targets[testIQN].mutual = &chap{"target1", "in-secret-456"}
-			cfg[keyIncomingUser] = "target1"
-			cfg[keyIncomingPassword+secretSuffix] = "uuid-in"
+			cfg[KeyIncomingUser] = "target1"
+			cfg[KeyIncomingPassword+secretSuffix] = "uuid-in"
 			secrets["uuid-in"] = "in-secret-456"
 		}
 		dev := attach(t, f.transport(secrets), cfg)
@@ -152,8 +152,8 @@ func TestAttachWrongCHAPFailsOnceWithAuthError(t *testing.T) {
 	f := newFakeHost(t)
 	f.targets[testIQN].chap = &chap{"initiator1", "right"}
 	cfg := baseConfig()
-	cfg[keyChapUser] = "initiator1"
-	cfg[keyChapPassword+secretSuffix] = "uuid"
+	cfg[KeyChapUser] = "initiator1"
+	cfg[KeyChapPassword+secretSuffix] = "uuid"
 	start := time.Now()
 	_, err := f.transport(fakeSecrets{"uuid": "wrong-pass-789"}).Attach(context.Background(), cfg)
 	if !errors.Is(err, host.ErrAuth) {
@@ -192,7 +192,7 @@ func TestAttachACLRefusalWithoutCHAP(t *testing.T) {
 func TestAttachWrongIQN(t *testing.T) {
 	f := newFakeHost(t)
 	cfg := baseConfig()
-	cfg[keyTargetIQN] = "iqn.2003-01.org.linux-iscsi.lab:typo"
+	cfg[KeyTargetIQN] = "iqn.2003-01.org.linux-iscsi.lab:typo"
 	_, err := f.transport(nil).Attach(context.Background(), cfg)
 	if !errors.Is(err, host.ErrNotFound) {
 		t.Fatalf("want NotFound, got %v", err)
@@ -238,7 +238,7 @@ func TestAttachWildcardTwoIQNs(t *testing.T) {
 	f.targets[testIQN].portals = []Portal{portal1}
 	f.targets[testIQN2] = &fakeTarget{iqn: testIQN2, portals: []Portal{portal2}, tpgt: map[Portal]int{portal2: 1}, luns: lun}
 	cfg := baseConfig()
-	cfg[keyTargetIQN] = "*"
+	cfg[KeyTargetIQN] = "*"
 	dev := attach(t, f.transport(nil), cfg)
 	if dev.Health.Live != 2 || f.sessionCount() != 2 || f.mapCount() != 1 {
 		t.Errorf("health %+v, %d sessions, %d maps", dev.Health, f.sessionCount(), f.mapCount())
@@ -261,7 +261,7 @@ func TestAttachWildcardTwoIQNs(t *testing.T) {
 func TestAttachWrongSCSIidRollsBack(t *testing.T) {
 	f := newFakeHost(t)
 	cfg := baseConfig()
-	cfg[keySCSIid] = otherWWID
+	cfg[KeySCSIid] = otherWWID
 	_, err := f.transport(nil).Attach(context.Background(), cfg)
 	if !errors.Is(err, host.ErrNotFound) || !strings.Contains(err.Error(), testWWID) {
 		t.Fatalf("want NotFound listing the visible LUN, got %v", err)
@@ -286,7 +286,7 @@ func TestAttachWithoutMapFailsAndRollsBack(t *testing.T) {
 func TestAttachIfaceBinding(t *testing.T) {
 	f := newFakeHost(t)
 	cfg := baseConfig()
-	cfg[keyIface] = "eth1"
+	cfg[KeyIface] = "eth1"
 	dev := attach(t, f.transport(nil), cfg)
 	if f.ifaces["sanvol-eth1"]["iface.net_ifacename"] != "eth1" {
 		t.Errorf("iface record %v", f.ifaces)
@@ -299,7 +299,7 @@ func TestAttachIfaceBinding(t *testing.T) {
 	if !strings.Contains(dev.Health.Detail, "2 of 2") {
 		t.Errorf("health %+v", dev.Health)
 	}
-	cfg[keyIface] = "eth9"
+	cfg[KeyIface] = "eth9"
 	if _, err := f.transport(nil).Attach(context.Background(), cfg); !errors.Is(err, host.ErrInvalid) {
 		t.Errorf("unknown NIC: %v", err)
 	}
@@ -322,8 +322,8 @@ func TestHealthReportsDownPath(t *testing.T) {
 	}
 	// Not attached at all: a clear NotAttached error.
 	cfg := baseConfig()
-	cfg[keySCSIid] = otherWWID
-	cfg[keyTargetIQN] = testIQN2
+	cfg[KeySCSIid] = otherWWID
+	cfg[KeyTargetIQN] = testIQN2
 	if _, err := tr.Health(context.Background(), cfg); !errors.Is(err, host.ErrNotAttached) {
 		t.Errorf("unattached: %v", err)
 	}
@@ -381,7 +381,7 @@ func TestDetachKeepsSessionsOtherSRsUse(t *testing.T) {
 	f.addSecondLUN()
 	tr := f.transport(nil)
 	other := baseConfig()
-	other[keySCSIid] = otherWWID
+	other[KeySCSIid] = otherWWID
 	attach(t, tr, baseConfig())
 	attach(t, tr, other)
 	if f.sessionCount() != 2 || f.mapCount() != 2 {
@@ -448,20 +448,20 @@ func TestDetachFailedFlushResumesMap(t *testing.T) {
 func TestProbeTargets(t *testing.T) {
 	f := newFakeHost(t)
 	f.targets[testIQN2] = &fakeTarget{iqn: testIQN2, portals: []Portal{portal2}, tpgt: map[Portal]int{portal2: 3}}
-	cands, err := f.transport(nil).Probe(context.Background(), map[string]string{keyTarget: "127.0.0.1,127.0.0.2"}, nil)
+	cands, err := f.transport(nil).Probe(context.Background(), map[string]string{KeyTarget: "127.0.0.1,127.0.0.2"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(cands) != 3 {
 		t.Fatalf("%d candidates: %+v", len(cands), cands)
 	}
-	if cands[0].Configuration[keyTargetIQN] != testIQN || cands[0].Extra["portals"] != "127.0.0.1:3260,127.0.0.2:3260" || cands[0].Complete {
+	if cands[0].Configuration[KeyTargetIQN] != testIQN || cands[0].Extra["portals"] != "127.0.0.1:3260,127.0.0.2:3260" || cands[0].Complete {
 		t.Errorf("first %+v", cands[0])
 	}
-	if cands[1].Configuration[keyTargetIQN] != testIQN2 || cands[1].Extra["portals"] != "127.0.0.2:3260" || cands[1].Extra["tpgt"] != "3" {
+	if cands[1].Configuration[KeyTargetIQN] != testIQN2 || cands[1].Extra["portals"] != "127.0.0.2:3260" || cands[1].Extra["tpgt"] != "3" {
 		t.Errorf("second %+v", cands[1])
 	}
-	if cands[2].Configuration[keyTargetIQN] != "*" {
+	if cands[2].Configuration[KeyTargetIQN] != "*" {
 		t.Errorf("no wildcard candidate: %+v", cands[2])
 	}
 	if f.sessionCount() != 0 {
@@ -472,7 +472,7 @@ func TestProbeTargets(t *testing.T) {
 func TestProbeDiscoveryCHAP(t *testing.T) {
 	f := newFakeHost(t)
 	f.targets[testIQN].discCHAP = &chap{"initiator1", "disc-secret"}
-	cfg := map[string]string{keyTarget: "127.0.0.1", keyChapUser: "initiator1", keyChapPassword + secretSuffix: "u"}
+	cfg := map[string]string{KeyTarget: "127.0.0.1", KeyChapUser: "initiator1", KeyChapPassword + secretSuffix: "u"}
 	if _, err := f.transport(fakeSecrets{"u": "disc-secret"}).Probe(context.Background(), cfg, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -497,7 +497,7 @@ func TestProbeLUNsInspectsAndCleansUp(t *testing.T) {
 		}
 		return nil, nil
 	}
-	cfg := map[string]string{keyTarget: "127.0.0.1,127.0.0.2", keyTargetIQN: testIQN}
+	cfg := map[string]string{KeyTarget: "127.0.0.1,127.0.0.2", KeyTargetIQN: testIQN}
 	cands, err := f.transport(nil).Probe(context.Background(), cfg, inspect)
 	if err != nil {
 		t.Fatal(err)
@@ -506,7 +506,7 @@ func TestProbeLUNsInspectsAndCleansUp(t *testing.T) {
 		t.Fatalf("%d candidates, inspected %v", len(cands), inspected)
 	}
 	c := cands[0]
-	if c.Configuration[keySCSIid] != testWWID || !c.Complete || c.SR == nil || c.Configuration["sr_uuid"] != "" {
+	if c.Configuration[KeySCSIid] != testWWID || !c.Complete || c.SR == nil || c.Configuration["sr_uuid"] != "" {
 		t.Errorf("first candidate %+v", c)
 	}
 	if c.Extra["vendor"] != "LIO-ORG" || c.Extra["product"] != "lun0" || c.Extra["size"] != "1073741824" || c.Extra["paths"] != "2" {
@@ -525,7 +525,7 @@ func TestProbeLeavesAttachedSRAlone(t *testing.T) {
 	tr := f.transport(nil)
 	attach(t, tr, baseConfig())
 	cfg := baseConfig()
-	delete(cfg, keySCSIid)
+	delete(cfg, KeySCSIid)
 	cands, err := tr.Probe(context.Background(), cfg, func(context.Context, string) (*transport.FoundSR, error) { return nil, nil })
 	if err != nil || len(cands) != 1 {
 		t.Fatalf("%v %+v", err, cands)
@@ -539,9 +539,9 @@ func TestPrepare(t *testing.T) {
 	f := newFakeHost(t)
 	tr := f.transport(nil)
 	cfg := baseConfig()
-	delete(cfg, keySCSIid)
+	delete(cfg, KeySCSIid)
 	got, err := tr.Prepare(context.Background(), cfg)
-	if err != nil || got[keySCSIid] != testWWID {
+	if err != nil || got[KeySCSIid] != testWWID {
 		t.Errorf("one LUN: %v %v", got, err)
 	}
 	f.addSecondLUN()
@@ -549,8 +549,8 @@ func TestPrepare(t *testing.T) {
 	if !errors.Is(err, host.ErrInvalid) || !strings.Contains(err.Error(), otherWWID) {
 		t.Errorf("two LUNs: %v", err)
 	}
-	cfg[keySCSIid] = testNAA
-	if got, err := tr.Prepare(context.Background(), cfg); err != nil || got[keySCSIid] != testWWID {
+	cfg[KeySCSIid] = testNAA
+	if got, err := tr.Prepare(context.Background(), cfg); err != nil || got[KeySCSIid] != testWWID {
 		t.Errorf("given: %v %v", got, err)
 	}
 	if f.sessionCount() != 0 {
@@ -674,8 +674,8 @@ func TestDetachLeavesALUNAnotherSRNames(t *testing.T) {
 	tr := f.transport(nil)
 	attach(t, tr, baseConfig())
 	other := baseConfig()
-	other[keyTarget] = "127.0.0.2"
-	other[keySCSIid] = strings.ToUpper(testWWID)
+	other[KeyTarget] = "127.0.0.2"
+	other[KeySCSIid] = strings.ToUpper(testWWID)
 	if err := tr.Detach(context.Background(), baseConfig(), []map[string]string{other}); err != nil {
 		t.Fatal(err)
 	}
@@ -702,7 +702,7 @@ func TestDeviceID(t *testing.T) {
 		t.Fatalf("DeviceID = %q, %v", a, err)
 	}
 	cfg := baseConfig()
-	delete(cfg, keySCSIid)
+	delete(cfg, KeySCSIid)
 	if _, err := tr.DeviceID(cfg); host.KindOf(err) != host.KindInvalid {
 		t.Fatalf("without SCSIid: %v", err)
 	}

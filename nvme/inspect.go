@@ -17,6 +17,11 @@ import (
 // MultipathParam is nvme_core's native multipath switch ("Y" when on).
 const MultipathParam = sysMultipathParam
 
+// MultipathOn says whether a value of MultipathParam turns native
+// multipath on: the kernel prints a bool parameter as Y or N, and
+// modprobe also takes y and 1.
+func MultipathOn(v string) bool { return v == "Y" || v == "y" || v == "1" }
+
 // ParseConfig validates a device-config as SR.attach does. It does not
 // need nqn (a pre-flight check may not know it yet) and leaves the
 // dhchap secrets unread.

@@ -40,7 +40,7 @@ func (t *Transport) checkKernel(ctx context.Context, op string) error {
 		return host.NewError(host.KindUnsupported, op,
 			"kernel "+rel+" has no native NVMe multipath ("+sysMultipathParam+" is missing: CONFIG_NVME_MULTIPATH is off)",
 			"boot a kernel built with CONFIG_NVME_MULTIPATH=y", nil)
-	case mp != "Y" && mp != "y" && mp != "1":
+	case !MultipathOn(mp):
 		return host.NewError(host.KindUnsupported, op,
 			"native NVMe multipath is off (nvme_core multipath="+mp+"), so each path would be a separate disk",
 			"echo 'options nvme_core multipath=Y' > /etc/modprobe.d/nvme-multipath.conf, rebuild the initrd (dracut -f) and reboot: the parameter cannot change while NVMe controllers exist", nil)
