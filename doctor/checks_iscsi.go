@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	pathpkg "path"
 	"regexp"
 	"strconv"
 	"strings"
@@ -26,15 +25,12 @@ func (r *run) checkISCSIHost(ctx context.Context) {
 	r.checkPoolIQN(ctx, local)
 }
 
-// running finds a process by name in /proc, which works with or without
-// systemd.
+// running lists the PIDs of the processes named name (host.Processes
+// reads /proc, which works with or without systemd).
 func (r *run) running(name string) []string {
-	comms, _ := r.d.Root.Glob("/proc/[0-9]*/comm")
 	var pids []string
-	for _, c := range comms {
-		if v, err := r.d.Root.ReadString(c); err == nil && v == name {
-			pids = append(pids, pathpkg.Base(pathpkg.Dir(c)))
-		}
+	for _, pid := range host.ProcessesNamed(r.d.Root, name) {
+		pids = append(pids, strconv.Itoa(pid))
 	}
 	return pids
 }

@@ -3,7 +3,6 @@ package iscsi
 import (
 	"context"
 	"errors"
-	"strings"
 
 	"go.uber.org/zap"
 
@@ -24,13 +23,7 @@ const iscsidUnit = "iscsid.service"
 // read rather than asking systemctl so that the common case (running)
 // costs no command, and a daemon started outside systemd counts too.
 func (t *Transport) iscsidRunning() bool {
-	comms, _ := t.root.Glob("/proc/[0-9]*/comm")
-	for _, c := range comms {
-		if v, err := t.root.ReadString(c); err == nil && strings.TrimSpace(v) == "iscsid" {
-			return true
-		}
-	}
-	return false
+	return len(host.ProcessesNamed(t.root, "iscsid")) > 0
 }
 
 // ensureIscsid starts iscsid the way sm does when it is not running, so
