@@ -14,7 +14,7 @@ func pathLines(v *netView, paths []path) []string {
 			out = append(out, p.String())
 			continue
 		}
-		out = append(out, p.String()+": "+v.describe(p.Iface))
+		out = append(out, p.String()+": "+v.describe(p.Iface, p.lowers))
 	}
 	return out
 }
@@ -132,12 +132,12 @@ func (r *run) checkRedundancy(s *subject, paths []path) {
 		fmt.Sprintf("single point of failure: every path leaves through NIC %s", strings.Join(nics, "+")), ev, fix))
 }
 
-func (r *run) checkManagement(s *subject, paths []path) {
+func (r *run) checkManagement(ctx context.Context, s *subject, paths []path) {
 	mgmt, how := r.net.managementInterface()
 	ev := append([]string{how}, pathLines(r.net, paths)...)
 	var mgmtNICs []string
 	for _, m := range mgmt {
-		mgmtNICs = append(mgmtNICs, r.net.lowersOf(m).NICs...)
+		mgmtNICs = append(mgmtNICs, r.net.lowersOf(ctx, m).NICs...)
 	}
 	worst, summary := Pass, "no path uses the management interface"
 	if len(mgmt) > 0 {

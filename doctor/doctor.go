@@ -249,7 +249,7 @@ func Run(ctx context.Context, d Deps, o Options) (Report, error) {
 	if err != nil {
 		return rep, err
 	}
-	r := &run{d: d, o: o, tr: tr, net: newNetView(ctx, d), rep: &rep}
+	r := &run{d: d, o: o, tr: tr, net: newNetView(d), rep: &rep}
 	if len(subjects) == 0 {
 		rep.Results = append(rep.Results, result(chkScope, "this host", Warn,
 			"no sanvol SR is attached on this host, so there is nothing to check",
@@ -296,11 +296,11 @@ func (r *run) checkSubject(ctx context.Context, s *subject) {
 		r.add(result(chkConfig, s.scope(), Fail, s.err.Error(), nil, s.errFix))
 		return
 	}
-	paths := r.net.paths(s)
+	paths := r.net.paths(ctx, s)
 	r.checkPathCount(s, paths)
 	r.checkLivePaths(ctx, s)
 	r.checkRedundancy(s, paths)
-	r.checkManagement(s, paths)
+	r.checkManagement(ctx, s, paths)
 	r.checkDefaultRoute(s, paths)
 	r.checkBond(s, paths)
 	r.checkARP(s, paths)

@@ -52,8 +52,6 @@ type lowers struct {
 
 // netView is the host's network configuration, read once per run.
 type netView struct {
-	// ctx bounds the ovs-vsctl calls that resolve Open vSwitch bridges.
-	ctx    context.Context
 	d      Deps
 	err    error
 	links  []Link
@@ -63,8 +61,8 @@ type netView struct {
 	cache  map[string]lowers
 }
 
-func newNetView(ctx context.Context, d Deps) *netView {
-	v := &netView{ctx: ctx, d: d, byIdx: map[int]*Link{}, byName: map[string]*Link{}, cache: map[string]lowers{}}
+func newNetView(d Deps) *netView {
+	v := &netView{d: d, byIdx: map[int]*Link{}, byName: map[string]*Link{}, cache: map[string]lowers{}}
 	if d.Net == nil {
 		v.err = fmt.Errorf("no netlink access")
 		return v
@@ -102,15 +100,15 @@ func (v *netView) prefixes(iface string) []netip.Prefix {
 	return out
 }
 
-// describe is an interface with its addresses, for evidence lines.
-func (v *netView) describe(iface string) string {
+// describe is an interface with its addresses and l, what lowersOf found
+// under it, for evidence lines.
+func (v *netView) describe(iface string, l lowers) string {
 	var ps []string
 	for _, p := range v.prefixes(iface) {
 		if !p.Addr().IsLinkLocalUnicast() {
 			ps = append(ps, p.String())
 		}
 	}
-	l := v.lowersOf(iface)
 	s := iface
 	if len(ps) > 0 {
 		s += " " + strings.Join(ps, ",")
@@ -126,7 +124,7 @@ func (v *netView) describe(iface string) string {
 
 // paths lists every path of a subject: one per portal, or one per portal
 // and bound interface.
-func (v *netView) paths(s *subject) []path {
+func (v *netView) paths(ctx context.Context, s *subject) []path {
 	var out []path
 	for i, p := range s.Portals {
 		binds := s.Bind[i]
@@ -134,13 +132,13 @@ func (v *netView) paths(s *subject) []path {
 			binds = []string{""}
 		}
 		for _, b := range binds {
-			out = append(out, v.path(p, b))
+			out = append(out, v.path(ctx, p, b))
 		}
 	}
 	return out
 }
 
-func (v *netView) path(p portal, bound string) path {
+func (v *netView) path(ctx context.Context, p portal, bound string) path {
 	pa := path{Portal: p, Bound: bound}
 	if v.err != nil {
 		pa.Err = v.err
@@ -161,7 +159,7 @@ func (v *netView) path(p portal, bound string) path {
 			pa.Unbound = u
 		}
 	}
-	pa.lowers = v.lowersOf(pa.Iface)
+	pa.lowers = v.lowersOf(ctx, pa.Iface)
 	return pa
 }
 
@@ -170,17 +168,17 @@ func (v *netView) path(p portal, bound string) path {
 // Open vSwitch bridges (XCP-ng's default network backend, where the
 // storage address sits on xenbrN) with ovs-vsctl, since the kernel does
 // not know which ports belong to which OVS bridge.
-func (v *netView) lowersOf(iface string) lowers {
+func (v *netView) lowersOf(ctx context.Context, iface string) lowers {
 	if l, ok := v.cache[iface]; ok {
 		return l
 	}
-	l := v.resolve(iface, 0)
+	l := v.resolve(ctx, iface, 0)
 	l.NICs, l.Bonds = dedupSorted(l.NICs), dedupSorted(l.Bonds)
 	v.cache[iface] = l
 	return l
 }
 
-func (v *netView) resolve(iface string, depth int) lowers {
+func (v *netView) resolve(ctx context.Context, iface string, depth int) lowers {
 	link := v.byName[iface]
 	if link == nil || depth > 8 {
 		return lowers{NICs: []string{iface}}
@@ -188,7 +186,7 @@ func (v *netView) resolve(iface string, depth int) lowers {
 	switch link.Kind {
 	case "vlan":
 		if p := v.byIdx[link.ParentIndex]; p != nil {
-			return v.resolve(p.Name, depth+1)
+			return v.resolve(ctx, p.Name, depth+1)
 		}
 	case "bond", "bridge":
 		var out lowers
@@ -199,7 +197,7 @@ func (v *netView) resolve(iface string, depth int) lowers {
 			if port.MasterIndex != link.Index || guestPort(port.Name) {
 				continue
 			}
-			sub := v.resolve(port.Name, depth+1)
+			sub := v.resolve(ctx, port.Name, depth+1)
 			out.NICs = append(out.NICs, sub.NICs...)
 			out.Bonds = append(out.Bonds, sub.Bonds...)
 		}
@@ -208,14 +206,14 @@ func (v *netView) resolve(iface string, depth int) lowers {
 		}
 		return out
 	case "openvswitch":
-		return v.ovs(iface, depth)
+		return v.ovs(ctx, iface, depth)
 	}
 	return lowers{NICs: []string{iface}}
 }
 
-func (v *netView) ovs(br string, depth int) lowers {
+func (v *netView) ovs(ctx context.Context, br string, depth int) lowers {
 	vsctl := func(args ...string) ([]string, error) {
-		res, err := v.d.Runner.Run(v.ctx, host.Cmd{Name: "ovs-vsctl", Args: append([]string{"--timeout=5"}, args...), Timeout: 10 * time.Second})
+		res, err := v.d.Runner.Run(ctx, host.Cmd{Name: "ovs-vsctl", Args: append([]string{"--timeout=5"}, args...), Timeout: 10 * time.Second})
 		if err != nil {
 			return nil, err
 		}
@@ -245,7 +243,7 @@ func (v *netView) ovs(br string, depth int) lowers {
 		if l := v.byName[i]; i == parent || guestPort(i) || (l != nil && l.Kind == "openvswitch") {
 			continue
 		}
-		sub := v.resolve(i, depth+1)
+		sub := v.resolve(ctx, i, depth+1)
 		out.NICs = append(out.NICs, sub.NICs...)
 		out.Bonds = append(out.Bonds, sub.Bonds...)
 	}

@@ -135,7 +135,7 @@ func ReadStatus(ctx context.Context, d StatusDeps, srs []volume.Attached, verbos
 	var nv *netView
 	dd := Deps{Root: d.Root, Runner: d.Runner, Net: d.Net, Resolve: net.DefaultResolver.LookupHost, Log: d.Log}
 	if d.Net != nil {
-		nv = newNetView(ctx, dd)
+		nv = newNetView(dd)
 	}
 	tr := newTransports(dd)
 	rep.Versions = append([]ToolVersion{{"sanvol", orDash(d.Version)}}, toolVersions(ctx, d.Runner, tr)...)
@@ -143,7 +143,7 @@ func ReadStatus(ctx context.Context, d StatusDeps, srs []volume.Attached, verbos
 		st := SRStatus{UUID: a.UUID, Type: a.Type, Device: a.Device, VG: a.VG, Config: redactConfig(a.Configuration)}
 		if nv != nil {
 			if s := newSubject(ctx, tr, a.Type, a.UUID, a.Configuration); s.err == nil {
-				for _, p := range nv.paths(s) {
+				for _, p := range nv.paths(ctx, s) {
 					st.Paths = append(st.Paths, p.String())
 				}
 			}

@@ -36,7 +36,6 @@ import (
 // dpLab is one SR created through the simulator, shared by the subtests
 // of a scenario so that the SR's setup is paid once.
 type dpLab struct {
-	ctx context.Context
 	sim *xapisim.Sim
 	sr  *xapisim.SR
 	vg  string
@@ -66,7 +65,7 @@ func newDPLab(t *testing.T, srType string, deviceConfig map[string]string) *dpLa
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &dpLab{ctx: ctx, sim: sim, sr: sr, vg: a.VG}
+	return &dpLab{sim: sim, sr: sr, vg: a.VG}
 }
 
 // releaseSR is the safety net: whatever the scenario left attached goes,
@@ -136,7 +135,7 @@ func (l *dpLab) wantRefs(t *testing.T, uri string, want map[string]bool, when st
 
 func (l *dpLab) vdiCreate(t *testing.T, name string, size int64) schema.Volume {
 	t.Helper()
-	v, err := l.sr.VDICreate(l.ctx, name, "", size, false)
+	v, err := l.sr.VDICreate(context.Background(), name, "", size, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +149,7 @@ func (l *dpLab) vdiCreate(t *testing.T, name string, size int64) schema.Volume {
 // back a block device and the LV is active.
 func (l *dpLab) vmStart(t *testing.T, v schema.Volume, domain string) *xapisim.Attachment {
 	t.Helper()
-	a, err := l.sr.VMStart(l.ctx, v.Key, domain)
+	a, err := l.sr.VMStart(context.Background(), v.Key, domain)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,11 +171,11 @@ func (l *dpLab) vmStart(t *testing.T, v schema.Volume, domain string) *xapisim.A
 // still worth knowing for the day it declares the feature.
 func (l *dpLab) resizeAttached(t *testing.T, key string, size int64) schema.Volume {
 	t.Helper()
-	if err := l.sr.Call(l.ctx, "Volume.resize", schema.VolumeResizeArgs{Dbg: "e2e", SR: l.sr.Handle, Key: key, NewSize: size}, nil); err != nil {
+	if err := l.sr.Call(context.Background(), "Volume.resize", schema.VolumeResizeArgs{Dbg: "e2e", SR: l.sr.Handle, Key: key, NewSize: size}, nil); err != nil {
 		t.Fatal(err)
 	}
 	var v schema.Volume
-	if err := l.sr.Call(l.ctx, "Volume.stat", schema.VolumeArgs{Dbg: "e2e", SR: l.sr.Handle, Key: key}, &v); err != nil {
+	if err := l.sr.Call(context.Background(), "Volume.stat", schema.VolumeArgs{Dbg: "e2e", SR: l.sr.Handle, Key: key}, &v); err != nil {
 		t.Fatal(err)
 	}
 	return v
@@ -193,7 +192,7 @@ func (l *dpLab) wantAttachShape(t *testing.T, a *xapisim.Attachment) {
 func (l *dpLab) attachRaw(t *testing.T, uri, domain string) json.RawMessage {
 	t.Helper()
 	var raw json.RawMessage
-	if err := l.sim.CallDatapath(l.ctx, uri, "Datapath.attach", schema.DatapathArgs{Dbg: "e2e", URI: uri, Domain: domain}, &raw); err != nil {
+	if err := l.sim.CallDatapath(context.Background(), uri, "Datapath.attach", schema.DatapathArgs{Dbg: "e2e", URI: uri, Domain: domain}, &raw); err != nil {
 		t.Fatal(err)
 	}
 	return raw
@@ -220,7 +219,7 @@ func wantBackendShape(t *testing.T, raw json.RawMessage, dev string) {
 // twice, then detach).
 func (l *dpLab) vmStop(t *testing.T, a *xapisim.Attachment) {
 	t.Helper()
-	if err := l.sr.VMShutdown(l.ctx, a); err != nil {
+	if err := l.sr.VMShutdown(context.Background(), a); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -230,10 +229,10 @@ func (l *dpLab) vmStop(t *testing.T, a *xapisim.Attachment) {
 func (l *dpLab) step(t *testing.T, method string, v schema.Volume, domain string) {
 	t.Helper()
 	var st schema.Volume
-	if err := l.sr.Call(l.ctx, "Volume.stat", schema.VolumeArgs{Dbg: "e2e", SR: l.sr.Handle, Key: v.Key}, &st); err != nil {
+	if err := l.sr.Call(context.Background(), "Volume.stat", schema.VolumeArgs{Dbg: "e2e", SR: l.sr.Handle, Key: v.Key}, &st); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.sim.CallDatapath(l.ctx, st.URI[0], method, schema.DatapathArgs{Dbg: "e2e", URI: st.URI[0], Domain: domain}, nil); err != nil {
+	if err := l.sim.CallDatapath(context.Background(), st.URI[0], method, schema.DatapathArgs{Dbg: "e2e", URI: st.URI[0], Domain: domain}, nil); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -356,13 +355,13 @@ func (l *dpLab) datapathScenarios(t *testing.T, v schema.Volume) {
 		}
 		for _, u := range unknown {
 			for _, domain := range []string{"7", ""} {
-				if err := l.sim.CallDatapath(l.ctx, u, "Datapath.detach", schema.DatapathArgs{Dbg: "e2e", URI: u, Domain: domain}, nil); err != nil {
+				if err := l.sim.CallDatapath(context.Background(), u, "Datapath.detach", schema.DatapathArgs{Dbg: "e2e", URI: u, Domain: domain}, nil); err != nil {
 					t.Errorf("detach %q domain %q: %v", u, domain, err)
 				}
 			}
 		}
 		// A repeated detach of a real volume that nobody holds succeeds too.
-		if err := l.sim.CallDatapath(l.ctx, uri, "Datapath.detach", schema.DatapathArgs{Dbg: "e2e", URI: uri, Domain: "7"}, nil); err != nil {
+		if err := l.sim.CallDatapath(context.Background(), uri, "Datapath.detach", schema.DatapathArgs{Dbg: "e2e", URI: uri, Domain: "7"}, nil); err != nil {
 			t.Errorf("detach of an unattached volume: %v", err)
 		}
 		if e, _ := os.ReadDir(filepath.Join(datapath.StateDir, "3f1c9d2e-8a7b-4c6d-9e0f-1a2b3c4d5e6f")); len(e) != 0 {
@@ -423,10 +422,10 @@ func (l *dpLab) datapathScenarios(t *testing.T, v schema.Volume) {
 	})
 
 	t.Run("NotPlugged", func(t *testing.T) {
-		if err := l.sr.Unplug(l.ctx); err != nil {
+		if err := l.sr.Unplug(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		err := l.sim.CallDatapath(l.ctx, uri, "Datapath.attach", schema.DatapathArgs{Dbg: "e2e", URI: uri, Domain: "7"}, nil)
+		err := l.sim.CallDatapath(context.Background(), uri, "Datapath.attach", schema.DatapathArgs{Dbg: "e2e", URI: uri, Domain: "7"}, nil)
 		var ce *plugin.CallError
 		if !errors.As(err, &ce) || len(ce.Doc.Params) < 2 {
 			t.Fatalf("attach with the SR unplugged: %v, want a plugin error", err)
@@ -436,11 +435,11 @@ func (l *dpLab) datapathScenarios(t *testing.T, v schema.Volume) {
 		if ce.Doc.Params[0] != string(host.KindNotAttached) || !strings.Contains(msg, "pbd-plug") || !strings.Contains(msg, l.sr.UUID) {
 			t.Errorf("error %v does not tell to plug the PBD of SR %s", ce.Doc.Params, l.sr.UUID)
 		}
-		if err := l.sim.CallDatapath(l.ctx, uri, "Datapath.detach", schema.DatapathArgs{Dbg: "e2e", URI: uri, Domain: "7"}, nil); err != nil {
+		if err := l.sim.CallDatapath(context.Background(), uri, "Datapath.detach", schema.DatapathArgs{Dbg: "e2e", URI: uri, Domain: "7"}, nil); err != nil {
 			t.Errorf("detach with the SR unplugged: %v", err)
 		}
 		l.wantRefs(t, uri, nil, "after the refused attach")
-		if err := l.sr.Plug(l.ctx); err != nil {
+		if err := l.sr.Plug(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		// Volumes carry LVM's activation skip flag, so udev's vgchange
@@ -455,10 +454,10 @@ func (l *dpLab) datapathScenarios(t *testing.T, v schema.Volume) {
 // reference counts left behind.
 func (l *dpLab) destroy(t *testing.T) {
 	t.Helper()
-	if err := l.sr.Unplug(l.ctx); err != nil {
+	if err := l.sr.Unplug(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if err := l.sr.Destroy(l.ctx); err != nil {
+	if err := l.sr.Destroy(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if e, _ := os.ReadDir(filepath.Join(datapath.StateDir, l.sr.UUID)); len(e) != 0 {
@@ -493,7 +492,7 @@ func TestDatapathNVMe(t *testing.T) {
 	})
 	v := l.vdiCreate(t, "datapath disk", 32<<20)
 	l.datapathScenarios(t, v)
-	if err := l.sr.VDIDestroy(l.ctx, v.Key); err != nil {
+	if err := l.sr.VDIDestroy(context.Background(), v.Key); err != nil {
 		t.Fatal(err)
 	}
 	l.destroy(t)

@@ -55,7 +55,7 @@ func (l *dpLab) wantHealth(t *testing.T, what string, ok func(schema.Health) boo
 	t.Helper()
 	var h schema.Health
 	waitFor(t, "SR.stat health "+what, 90*time.Second, func() (bool, string) {
-		st, err := l.sr.Stat(l.ctx)
+		st, err := l.sr.Stat(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -147,13 +147,13 @@ func TestISCSILifecycle(t *testing.T) {
 		t.Fatalf("map %s: slaves %v (exists %t)", scsiID, slaves, ok)
 	}
 	l.wantHealth(t, "Healthy", func(h schema.Health) bool { return h.State == schema.Healthy })
-	scanKeepsPassing(t, l.ctx, l.sr, scsiID, "[2, 2]")
+	scanKeepsPassing(t, context.Background(), l.sr, scsiID, "[2, 2]")
 
 	var vols []schema.Volume
 	for i, size := range []int64{64 << 20, 8 << 20, 8 << 20} {
 		vols = append(vols, l.vdiCreate(t, fmt.Sprintf("disk %d", i), size))
 	}
-	if ls, err := l.sr.Scan(l.ctx); err != nil || len(ls) != 3 {
+	if ls, err := l.sr.Scan(context.Background()); err != nil || len(ls) != 3 {
 		t.Fatalf("sr-scan: %d volumes, %v", len(ls), err)
 	}
 	disk := vols[0]
@@ -179,7 +179,7 @@ func TestISCSILifecycle(t *testing.T) {
 		if !strings.Contains(h.Message, labtarget.Addr2+":3260") {
 			t.Errorf("health %q does not name the portal that went", h.Message)
 		}
-		scanKeepsPassing(t, l.ctx, l.sr, scsiID, "[1, 2]")
+		scanKeepsPassing(t, context.Background(), l.sr, scsiID, "[1, 2]")
 		load.waitWrites(t, 16, 2*time.Minute)
 		if err := tg.EnablePortal(labtarget.Addr2); err != nil {
 			t.Fatal(err)
@@ -188,7 +188,7 @@ func TestISCSILifecycle(t *testing.T) {
 		h = l.wantHealth(t, "Healthy, 2 of 2 paths live", func(h schema.Health) bool {
 			return h.State == schema.Healthy && strings.HasPrefix(h.Message, "2 of 2 paths live")
 		})
-		scanKeepsPassing(t, l.ctx, l.sr, scsiID, "[2, 2]")
+		scanKeepsPassing(t, context.Background(), l.sr, scsiID, "[2, 2]")
 		t.Logf("Healthy %s after the portal came back: %q", time.Since(back).Round(100*time.Millisecond), h.Message)
 		load.waitWrites(t, 8, time.Minute)
 		st := load.Stop()
@@ -214,7 +214,7 @@ func TestISCSILifecycle(t *testing.T) {
 			return h.State == schema.Unreachable && strings.HasPrefix(h.Message, "2 of 2 paths down")
 		})
 		start := time.Now()
-		if _, err := l.sr.Stat(l.ctx); err != nil {
+		if _, err := l.sr.Stat(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("%s %q; SR.stat took %s", h.State, h.Message, time.Since(start).Round(time.Millisecond))
@@ -229,7 +229,7 @@ func TestISCSILifecycle(t *testing.T) {
 		l.wantHealth(t, "Healthy, 2 of 2 paths live", func(h schema.Health) bool {
 			return h.State == schema.Healthy && strings.HasPrefix(h.Message, "2 of 2 paths live")
 		})
-		scanKeepsPassing(t, l.ctx, l.sr, scsiID, "[2, 2]")
+		scanKeepsPassing(t, context.Background(), l.sr, scsiID, "[2, 2]")
 	})
 
 	// A resize while the VM runs, on the master: the LV grows in place
@@ -251,14 +251,14 @@ func TestISCSILifecycle(t *testing.T) {
 	// scan) rescans the paths, the master grows the PV, and the SR's size
 	// follows.
 	t.Run("LUNGrowth", func(t *testing.T) {
-		before, err := l.sr.Stat(l.ctx)
+		before, err := l.sr.Stat(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := tg.Grow(tg.Size + 256<<20); err != nil {
 			t.Fatal(err)
 		}
-		after, err := l.sr.Stat(l.ctx)
+		after, err := l.sr.Stat(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -270,15 +270,15 @@ func TestISCSILifecycle(t *testing.T) {
 	})
 
 	for _, v := range vols {
-		if err := l.sr.VDIDestroy(l.ctx, v.Key); err != nil {
+		if err := l.sr.VDIDestroy(context.Background(), v.Key); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if ls, err := l.sr.Scan(l.ctx); err != nil || len(ls) != 0 {
+	if ls, err := l.sr.Scan(context.Background()); err != nil || len(ls) != 0 {
 		t.Fatalf("sr-scan after vdi-destroy: %d volumes, %v", len(ls), err)
 	}
 
-	if err := l.sr.Unplug(l.ctx); err != nil {
+	if err := l.sr.Unplug(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	wantNoPathKeys(t, l.sr, scsiID)

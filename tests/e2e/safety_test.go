@@ -9,6 +9,7 @@ package e2e
 // VG "already gone", and the data is there when the paths return.
 
 import (
+	"context"
 	"errors"
 	"maps"
 	"os"
@@ -50,7 +51,7 @@ func (l *dpLab) duplicateCreate(t *testing.T, srType string, dupConfig map[strin
 	a := l.vmStart(t, v, "1")
 	writePattern(t, a.Device, patternMiB, 13)
 
-	_, err := l.sim.SRCreate(l.ctx, srType, "mistyped", t.Name(), dupConfig)
+	_, err := l.sim.SRCreate(context.Background(), srType, "mistyped", t.Name(), dupConfig)
 	wantKind(t, "sr-create on the attached SR's device", err, host.KindBusy, l.sr.UUID, "pbd-unplug")
 	if ok, state := check(); !ok {
 		t.Errorf("after the refused create, the attached SR's paths: %s", state)
@@ -59,19 +60,19 @@ func (l *dpLab) duplicateCreate(t *testing.T, srType string, dupConfig map[strin
 	checkPattern(t, a.Device, patternMiB, 13)
 	writePattern(t, a.Device, patternMiB, 14)
 	checkPattern(t, a.Device, patternMiB, 14)
-	if st, err := l.sr.Stat(l.ctx); err != nil || st.Health.State != "Healthy" {
+	if st, err := l.sr.Stat(context.Background()); err != nil || st.Health.State != "Healthy" {
 		t.Errorf("SR.stat after the refused create: %+v %v", st.Health, err)
 	}
 	// A second plug of another SR on the same device is refused the same way.
 	cfg := maps.Clone(l.sr.Config)
 	cfg["sr_uuid"] = "5f1c2a9e-1111-4c3b-9c1e-2f0d3a4b5c6d"
 	var handle string
-	err = l.sr.Call(l.ctx, "SR.attach", schema.SRAttachArgs{Dbg: "e2e", Configuration: cfg}, &handle)
+	err = l.sr.Call(context.Background(), "SR.attach", schema.SRAttachArgs{Dbg: "e2e", Configuration: cfg}, &handle)
 	wantKind(t, "SR.attach of another SR on the attached SR's device", err, host.KindBusy, l.sr.UUID)
 	checkPattern(t, a.Device, patternMiB, 14)
 
 	l.vmStop(t, a)
-	if err := l.sr.VDIDestroy(l.ctx, v.Key); err != nil {
+	if err := l.sr.VDIDestroy(context.Background(), v.Key); err != nil {
 		t.Fatal(err)
 	}
 	l.destroy(t)
@@ -138,13 +139,13 @@ func (l *dpLab) invisibleDevice(t *testing.T, cut, restore func()) {
 	waitFor(t, "the SR's device to stop reading", 3*time.Minute, func() (bool, string) {
 		return readFails(rec.Device), rec.Device + " still reads"
 	})
-	err = l.sr.VDIDestroy(l.ctx, v.Key)
+	err = l.sr.VDIDestroy(context.Background(), v.Key)
 	if err != nil && strings.Contains(err.Error(), "Volume.stat") {
 		// xapi stats first; the destroy itself is what is checked.
-		err = l.sr.Call(l.ctx, "Volume.destroy", schema.VolumeArgs{Dbg: "e2e", SR: l.sr.Handle, Key: v.Key}, nil)
+		err = l.sr.Call(context.Background(), "Volume.destroy", schema.VolumeArgs{Dbg: "e2e", SR: l.sr.Handle, Key: v.Key}, nil)
 	}
 	wantKind(t, "Volume.destroy with every path cut", err, host.KindUnreachable, "not reachable", "sr-forget")
-	err = l.sr.Call(l.ctx, "SR.destroy", schema.SRArgs{Dbg: "e2e", SR: l.sr.Handle}, nil)
+	err = l.sr.Call(context.Background(), "SR.destroy", schema.SRArgs{Dbg: "e2e", SR: l.sr.Handle}, nil)
 	wantKind(t, "SR.destroy with every path cut", err, host.KindUnreachable, "not reachable")
 	if _, err := os.Stat("/run/sanvol/sr/" + l.sr.UUID + ".json"); err != nil {
 		t.Errorf("the attach record went: %v", err)
@@ -154,14 +155,14 @@ func (l *dpLab) invisibleDevice(t *testing.T, cut, restore func()) {
 	waitFor(t, "the SR's device to read again", 3*time.Minute, func() (bool, string) {
 		return !readFails(rec.Device), rec.Device + " does not read"
 	})
-	vols, err := l.sr.Scan(l.ctx)
+	vols, err := l.sr.Scan(context.Background())
 	if err != nil || len(vols) != 1 || vols[0].Key != v.Key {
 		t.Fatalf("sr-scan after the outage: %v %v", vols, err)
 	}
 	a = l.vmStart(t, v, "1")
 	checkPattern(t, a.Device, patternMiB, 21)
 	l.vmStop(t, a)
-	if err := l.sr.VDIDestroy(l.ctx, v.Key); err != nil {
+	if err := l.sr.VDIDestroy(context.Background(), v.Key); err != nil {
 		t.Fatal(err)
 	}
 	l.destroy(t)
@@ -191,10 +192,10 @@ func TestSafetyInvisibleDeviceNVMe(t *testing.T) {
 		}
 		// The kernel deleted the controllers: plugging the PBD again
 		// reconnects, as xapi's pbd-unplug/pbd-plug would.
-		if err := l.sr.Unplug(l.ctx); err != nil {
+		if err := l.sr.Unplug(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		if err := l.sr.Plug(l.ctx); err != nil {
+		if err := l.sr.Plug(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 	})
