@@ -1,6 +1,3 @@
-// Package blockdev holds sanvol's block-device primitives: the operations
-// on a device node that need a system call rather than an external tool.
-// Devices are opened through a host.Root, so tests can point it at files.
 package blockdev
 
 import (
