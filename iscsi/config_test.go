@@ -27,15 +27,17 @@ func TestParsePortals(t *testing.T) {
 		{"array.example:3263", "", []Portal{{"10.0.0.5", 3263}}},
 	}
 	for _, c := range cases {
-		cfg := map[string]string{KeyTarget: c.target, KeyPort: c.port}
-		got, err := tr.parseConfig(context.Background(), "test", cfg, parseNeeds{})
-		if err != nil {
-			t.Errorf("%q: %v", c.target, err)
-			continue
-		}
-		if diff := cmp.Diff(c.want, got.Portals); diff != "" {
-			t.Errorf("%q: portals (-want +got):\n%s", c.target, diff)
-		}
+		t.Run(c.target, func(t *testing.T) {
+			cfg := map[string]string{KeyTarget: c.target, KeyPort: c.port}
+			got, err := tr.parseConfig(context.Background(), "test", cfg, parseNeeds{})
+			if err != nil {
+				t.Errorf("%q: %v", c.target, err)
+				return
+			}
+			if diff := cmp.Diff(c.want, got.Portals); diff != "" {
+				t.Errorf("%q: portals (-want +got):\n%s", c.target, diff)
+			}
+		})
 	}
 	if got := (Portal{"fd00::2", 3261}).String(); got != "[fd00::2]:3261" {
 		t.Errorf("IPv6 portal prints as %q", got)
@@ -71,18 +73,20 @@ func TestParseConfigRejects(t *testing.T) {
 		{"unknown policy", map[string]string{KeyTarget: "10.0.0.1", KeyPathLossPolicy: "retry"}, parseNeeds{}, "device-config:path-loss-policy"},
 	}
 	for _, c := range cases {
-		_, err := tr.parseConfig(context.Background(), "test", c.cfg, c.need)
-		if err == nil {
-			t.Errorf("%s: accepted", c.name)
-			continue
-		}
-		var he *host.Error
-		if !errors.As(err, &he) || he.Kind != host.KindInvalid || he.Fix == "" {
-			t.Errorf("%s: want an InvalidArgument error with a fix, got %#v", c.name, err)
-		}
-		if !strings.Contains(err.Error(), c.key) {
-			t.Errorf("%s: %q does not name %s", c.name, err, c.key)
-		}
+		t.Run(c.name, func(t *testing.T) {
+			_, err := tr.parseConfig(context.Background(), "test", c.cfg, c.need)
+			if err == nil {
+				t.Errorf("%s: accepted", c.name)
+				return
+			}
+			var he *host.Error
+			if !errors.As(err, &he) || he.Kind != host.KindInvalid || he.Fix == "" {
+				t.Errorf("%s: want an InvalidArgument error with a fix, got %#v", c.name, err)
+			}
+			if !strings.Contains(err.Error(), c.key) {
+				t.Errorf("%s: %q does not name %s", c.name, err, c.key)
+			}
+		})
 	}
 }
 

@@ -178,14 +178,16 @@ func TestDmsetupStatusFixtures(t *testing.T) {
 		{"synthetic-dmsetup-status-4.19-round-robin.txt", []dmPathState{{dev: "8:0", active: true}, {dev: "8:16", fails: 1}}},
 	}
 	for _, c := range cases {
-		got, err := parseMultipathStatus(strings.TrimSpace(fixture(t, c.file)))
-		if err != nil {
-			t.Errorf("%s: %v", c.file, err)
-			continue
-		}
-		if diff := cmp.Diff(c.want, got, cmp.AllowUnexported(dmPathState{})); diff != "" {
-			t.Errorf("%s (-want +got):\n%s", c.file, diff)
-		}
+		t.Run(c.file, func(t *testing.T) {
+			got, err := parseMultipathStatus(strings.TrimSpace(fixture(t, c.file)))
+			if err != nil {
+				t.Errorf("%s: %v", c.file, err)
+				return
+			}
+			if diff := cmp.Diff(c.want, got, cmp.AllowUnexported(dmPathState{})); diff != "" {
+				t.Errorf("%s (-want +got):\n%s", c.file, diff)
+			}
+		})
 	}
 	table := fixture(t, "dmsetup-table-"+fixtureKernel+".txt")
 	if !strings.Contains(table, " multipath 1 queue_if_no_path ") {

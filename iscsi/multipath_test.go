@@ -2,6 +2,7 @@ package iscsi
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -84,9 +85,11 @@ func TestNoPathRetry(t *testing.T) {
 		{30, 10, "3"},
 	}
 	for _, c := range cases {
-		if got := noPathRetry(c.seconds, c.interval); got != c.want {
-			t.Errorf("noPathRetry(%d, %d) = %s, want %s", c.seconds, c.interval, got, c.want)
-		}
+		t.Run(fmt.Sprintf("%d s every %d s", c.seconds, c.interval), func(t *testing.T) {
+			if got := noPathRetry(c.seconds, c.interval); got != c.want {
+				t.Errorf("noPathRetry(%d, %d) = %s, want %s", c.seconds, c.interval, got, c.want)
+			}
+		})
 	}
 }
 
@@ -116,14 +119,16 @@ func TestParseMultipathStatus(t *testing.T) {
 		},
 	}
 	for _, c := range cases {
-		got, err := parseMultipathStatus(c.line)
-		if err != nil {
-			t.Errorf("%s: %v", c.name, err)
-			continue
-		}
-		if diff := cmp.Diff(c.want, got, cmp.AllowUnexported(dmPathState{})); diff != "" {
-			t.Errorf("%s (-want +got):\n%s", c.name, diff)
-		}
+		t.Run(c.name, func(t *testing.T) {
+			got, err := parseMultipathStatus(c.line)
+			if err != nil {
+				t.Errorf("%s: %v", c.name, err)
+				return
+			}
+			if diff := cmp.Diff(c.want, got, cmp.AllowUnexported(dmPathState{})); diff != "" {
+				t.Errorf("%s (-want +got):\n%s", c.name, diff)
+			}
+		})
 	}
 	for _, bad := range []string{"0 100 linear 8:0 0", "0 100 multipath 2 0", "0 100 multipath 0 0 1 1 A 0 2 0 8:0 A"} {
 		if _, err := parseMultipathStatus(bad); err == nil {

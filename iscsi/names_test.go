@@ -55,18 +55,20 @@ func TestParseConfigRejectsUnsafeNames(t *testing.T) {
 		{"incoming user tab", base(KeyChapUser, "u", KeyChapPassword+secretSuffix, "ok", KeyIncomingUser, "t\tx", KeyIncomingPassword+secretSuffix, "ok"), "device-config:incoming_chapuser"},
 	}
 	for _, c := range cases {
-		_, err := tr.parseConfig(context.Background(), "test", c.cfg, parseNeeds{secrets: true})
-		var he *host.Error
-		if !errors.As(err, &he) || he.Kind != host.KindInvalid || he.Fix == "" {
-			t.Errorf("%s: want an InvalidArgument error with a fix, got %v", c.name, err)
-			continue
-		}
-		if !strings.Contains(err.Error(), c.key) {
-			t.Errorf("%s: %q does not name %s", c.name, err, c.key)
-		}
-		if strings.Contains(err.Error(), "secret\n") || strings.Contains(err.Error(), "p\nnode") {
-			t.Errorf("%s: the message echoes the secret: %q", c.name, err)
-		}
+		t.Run(c.name, func(t *testing.T) {
+			_, err := tr.parseConfig(context.Background(), "test", c.cfg, parseNeeds{secrets: true})
+			var he *host.Error
+			if !errors.As(err, &he) || he.Kind != host.KindInvalid || he.Fix == "" {
+				t.Errorf("%s: want an InvalidArgument error with a fix, got %v", c.name, err)
+				return
+			}
+			if !strings.Contains(err.Error(), c.key) {
+				t.Errorf("%s: %q does not name %s", c.name, err, c.key)
+			}
+			if strings.Contains(err.Error(), "secret\n") || strings.Contains(err.Error(), "p\nnode") {
+				t.Errorf("%s: the message echoes the secret: %q", c.name, err)
+			}
+		})
 	}
 }
 

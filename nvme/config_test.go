@@ -35,18 +35,20 @@ func TestParsePortals(t *testing.T) {
 		{"::ffff:10.0.0.1", []string{"10.0.0.1:4420"}},
 	}
 	for _, c := range good {
-		ps, err := parsePortals(c.in, 4420)
-		if err != nil {
-			t.Errorf("%q: %v", c.in, err)
-			continue
-		}
-		var got []string
-		for _, p := range ps {
-			got = append(got, p.String())
-		}
-		if diff := cmp.Diff(c.want, got); diff != "" {
-			t.Errorf("%q (-want +got):\n%s", c.in, diff)
-		}
+		t.Run(c.in, func(t *testing.T) {
+			ps, err := parsePortals(c.in, 4420)
+			if err != nil {
+				t.Errorf("%q: %v", c.in, err)
+				return
+			}
+			var got []string
+			for _, p := range ps {
+				got = append(got, p.String())
+			}
+			if diff := cmp.Diff(c.want, got); diff != "" {
+				t.Errorf("%q (-want +got):\n%s", c.in, diff)
+			}
+		})
 	}
 	for _, in := range []string{"", " , ", "array.example.com", "10.0.0.1:0", "10.0.0.1:99999", "0.0.0.0", "10.0.0.1,10.0.0.1:4420", "224.0.0.1"} {
 		_, err := parsePortals(in, 4420)
@@ -71,14 +73,16 @@ func TestParseNamespaceID(t *testing.T) {
 		{"eui.0025385b21801234", NamespaceID{Hex: "0025385b21801234", Kind: "eui64"}, "eui.0025385b21801234"},
 	}
 	for _, c := range cases {
-		got, err := ParseNamespaceID(c.in)
-		if err != nil {
-			t.Errorf("%q: %v", c.in, err)
-			continue
-		}
-		if got != c.want || got.String() != c.str {
-			t.Errorf("%q = %+v (%s), want %+v (%s)", c.in, got, got, c.want, c.str)
-		}
+		t.Run(c.in, func(t *testing.T) {
+			got, err := ParseNamespaceID(c.in)
+			if err != nil {
+				t.Errorf("%q: %v", c.in, err)
+				return
+			}
+			if got != c.want || got.String() != c.str {
+				t.Errorf("%q = %+v (%s), want %+v (%s)", c.in, got, got, c.want, c.str)
+			}
+		})
 	}
 	for _, in := range []string{"0", "4294967295", "-1", "nvme0n1", "00000000-0000-0000-0000-000000000000", "uuid.0025385b21801234", "12345"} {
 		if in == "12345" {
@@ -110,13 +114,15 @@ func TestParseConfigErrors(t *testing.T) {
 		{"ctrl key alone", map[string]string{KeyTarget: "10.0.0.1", KeyNQN: testNQN, KeyDHCHAPCtrl: testKey}, "without dhchap-password"},
 	}
 	for _, c := range cases {
-		_, err := parseConfig(context.Background(), c.cfg, parseOpts{needNQN: true, secrets: fakeSecrets{}})
-		if !errors.Is(err, host.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s: err = %v, want Invalid containing %q", c.name, err, c.want)
-		}
-		if err != nil && strings.Contains(err.Error(), "secret123") {
-			t.Errorf("%s: error echoes the key", c.name)
-		}
+		t.Run(c.name, func(t *testing.T) {
+			_, err := parseConfig(context.Background(), c.cfg, parseOpts{needNQN: true, secrets: fakeSecrets{}})
+			if !errors.Is(err, host.ErrInvalid) || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("%s: err = %v, want Invalid containing %q", c.name, err, c.want)
+			}
+			if err != nil && strings.Contains(err.Error(), "secret123") {
+				t.Errorf("%s: error echoes the key", c.name)
+			}
+		})
 	}
 }
 

@@ -84,22 +84,24 @@ func TestRealSysfsHealth(t *testing.T) {
 		{realTree, transport.Health{Total: 2, Live: 2, Detail: "2 of 2 paths live"}},
 		{realDegraded, transport.Health{Total: 2, Live: 1, Detail: "1 of 2 paths live: 127.0.0.2:4420 connecting"}},
 	} {
-		// Health only reads, so it can look at the fixture in place.
-		tr := New(Deps{Root: host.NewRoot(c.tree)})
-		cfg := realCfg()
-		cfg[KeyHostNQN] = realHostNQN
-		h, err := tr.Health(context.Background(), cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if diff := cmp.Diff(c.want, h); diff != "" {
-			t.Errorf("%s (-want +got):\n%s", c.tree, diff)
-		}
-		cfg[KeyHostNQN] = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000000"
-		cfg[KeyHostID] = "00000000-0000-4000-8000-000000000000"
-		if h, _ := tr.Health(context.Background(), cfg); h.Live != 0 {
-			t.Errorf("%s: paths of another host identity count as ours: %+v", c.tree, h)
-		}
+		t.Run(c.tree, func(t *testing.T) {
+			// Health only reads, so it can look at the fixture in place.
+			tr := New(Deps{Root: host.NewRoot(c.tree)})
+			cfg := realCfg()
+			cfg[KeyHostNQN] = realHostNQN
+			h, err := tr.Health(context.Background(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(c.want, h); diff != "" {
+				t.Errorf("%s (-want +got):\n%s", c.tree, diff)
+			}
+			cfg[KeyHostNQN] = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000000"
+			cfg[KeyHostID] = "00000000-0000-4000-8000-000000000000"
+			if h, _ := tr.Health(context.Background(), cfg); h.Live != 0 {
+				t.Errorf("%s: paths of another host identity count as ours: %+v", c.tree, h)
+			}
+		})
 	}
 }
 
@@ -156,25 +158,27 @@ func TestRealSysfsAttachAdoptsExistingPaths(t *testing.T) {
 		{realTree, "2 of 2 paths live"},
 		{realDegraded, "1 of 2 paths live: 127.0.0.2:4420 connecting"},
 	} {
-		k := fakeKernelOn(t, c.tree)
-		k.write("/dev/nvme0n1", "") // the capture has no /dev
-		cfg := realCfg()
-		cfg[KeyNamespace] = realNamespace
-		dev, err := k.transport(nil).Attach(context.Background(), cfg)
-		if err != nil {
-			t.Fatalf("%s: %v", c.tree, err)
-		}
-		if n := len(k.connects()); n != 0 {
-			t.Errorf("%s: %d connects for paths that exist", c.tree, n)
-		}
-		// No udev ran on the capture: sanvol makes the by-id link itself
-		// rather than hand on the kernel name.
-		if dev.Path != "/dev/disk/by-id/nvme-"+realNamespace || dev.Health.Detail != c.detail {
-			t.Errorf("%s: device %+v", c.tree, dev)
-		}
-		if target, err := k.root.EvalSymlinks(dev.Path); err != nil || target != "/dev/nvme0n1" {
-			t.Errorf("%s: %s -> %s, %v", c.tree, dev.Path, target, err)
-		}
+		t.Run(c.tree, func(t *testing.T) {
+			k := fakeKernelOn(t, c.tree)
+			k.write("/dev/nvme0n1", "") // the capture has no /dev
+			cfg := realCfg()
+			cfg[KeyNamespace] = realNamespace
+			dev, err := k.transport(nil).Attach(context.Background(), cfg)
+			if err != nil {
+				t.Fatalf("%s: %v", c.tree, err)
+			}
+			if n := len(k.connects()); n != 0 {
+				t.Errorf("%s: %d connects for paths that exist", c.tree, n)
+			}
+			// No udev ran on the capture: sanvol makes the by-id link itself
+			// rather than hand on the kernel name.
+			if dev.Path != "/dev/disk/by-id/nvme-"+realNamespace || dev.Health.Detail != c.detail {
+				t.Errorf("%s: device %+v", c.tree, dev)
+			}
+			if target, err := k.root.EvalSymlinks(dev.Path); err != nil || target != "/dev/nvme0n1" {
+				t.Errorf("%s: %s -> %s, %v", c.tree, dev.Path, target, err)
+			}
+		})
 	}
 }
 

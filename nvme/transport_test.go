@@ -123,9 +123,11 @@ func TestAlreadyConnectedAnswers(t *testing.T) {
 		{"kernel refused", &os.PathError{Op: "write", Path: devFabrics, Err: syscall.ECONNREFUSED}, false},
 	}
 	for _, c := range cases {
-		if got := isAlreadyConnected(c.err); got != c.want {
-			t.Errorf("%s: isAlreadyConnected = %t, want %t", c.name, got, c.want)
-		}
+		t.Run(c.name, func(t *testing.T) {
+			if got := isAlreadyConnected(c.err); got != c.want {
+				t.Errorf("%s: isAlreadyConnected = %t, want %t", c.name, got, c.want)
+			}
+		})
 	}
 }
 
@@ -375,15 +377,17 @@ func TestNamespaceSelection(t *testing.T) {
 		{"uuid." + testUUID, "/dev/disk/by-id/nvme-uuid." + testUUID},
 		{testUUID, "/dev/disk/by-id/nvme-uuid." + testUUID},
 	} {
-		cfg := baseCfg()
-		cfg[KeyNamespace] = c.ns
-		dev, err := tr.Attach(context.Background(), cfg)
-		if err != nil {
-			t.Fatalf("namespace=%s: %v", c.ns, err)
-		}
-		if dev.Path != c.dev {
-			t.Errorf("namespace=%s: path %s, want %s", c.ns, dev.Path, c.dev)
-		}
+		t.Run(c.ns, func(t *testing.T) {
+			cfg := baseCfg()
+			cfg[KeyNamespace] = c.ns
+			dev, err := tr.Attach(context.Background(), cfg)
+			if err != nil {
+				t.Fatalf("namespace=%s: %v", c.ns, err)
+			}
+			if dev.Path != c.dev {
+				t.Errorf("namespace=%s: path %s, want %s", c.ns, dev.Path, c.dev)
+			}
+		})
 	}
 	cfg := baseCfg()
 	cfg[KeyNamespace] = "7"

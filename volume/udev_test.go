@@ -37,13 +37,15 @@ func TestUdevRuleMatchesSanvolLVs(t *testing.T) {
 		{"VG_XenStorage-" + sr, "VHD-0123abcd", false}, // SMAPIv1's own rule covers it
 		{"VolGroup00", "LogVol00", false},
 	} {
-		name := dmName(tc.vg, tc.lv)
-		got, err := path.Match(glob, name)
-		if err != nil {
-			t.Fatalf("pattern %q: %v", glob, err)
-		}
-		if got != tc.want {
-			t.Errorf("rule pattern %q on %s: %v, want %v", glob, name, got, tc.want)
-		}
+		t.Run(tc.vg+" "+tc.lv, func(t *testing.T) {
+			name := dmName(tc.vg, tc.lv)
+			got, err := path.Match(glob, name)
+			if err != nil {
+				t.Fatalf("pattern %q: %v", glob, err)
+			}
+			if got != tc.want {
+				t.Errorf("rule pattern %q on %s: %v, want %v", glob, name, got, tc.want)
+			}
+		})
 	}
 }

@@ -677,21 +677,23 @@ func TestScanIsScan2(t *testing.T) {
 		{"Unreachable", []string{stat, stat, stat, stat}, "Unreachable", "try again later"},
 		{"Unreachable\nRecovering", []string{stat, stat}, "Recovering", ""},
 	} {
-		write(t, root, "health", c.health+"\n")
-		_, err := sr.Scan(ctx)
-		if diff := cmp.Diff(c.want, sequence(calls(t, root))); diff != "" {
-			t.Errorf("scan with health %q (-want +got):\n%s", c.health, diff)
-		}
-		if c.code == "" {
-			if err != nil {
-				t.Errorf("scan with health %q: %v", c.health, err)
+		t.Run(c.health, func(t *testing.T) {
+			write(t, root, "health", c.health+"\n")
+			_, err := sr.Scan(ctx)
+			if diff := cmp.Diff(c.want, sequence(calls(t, root))); diff != "" {
+				t.Errorf("scan with health %q (-want +got):\n%s", c.health, diff)
 			}
-			continue
-		}
-		ae := apiError(t, err, "SR_UNHEALTHY")
-		if diff := cmp.Diff([]string{sr.UUID, c.code, c.advice}, ae.Params); diff != "" {
-			t.Errorf("SR_UNHEALTHY params with health %q (-want +got):\n%s", c.health, diff)
-		}
+			if c.code == "" {
+				if err != nil {
+					t.Errorf("scan with health %q: %v", c.health, err)
+				}
+				return
+			}
+			ae := apiError(t, err, "SR_UNHEALTHY")
+			if diff := cmp.Diff([]string{sr.UUID, c.code, c.advice}, ae.Params); diff != "" {
+				t.Errorf("SR_UNHEALTHY params with health %q (-want +got):\n%s", c.health, diff)
+			}
+		})
 	}
 
 	// The 2020 daemon had no scan2: SR.ls alone, whatever the health.
@@ -953,29 +955,31 @@ func TestStrictResultDecoding(t *testing.T) {
 		{"SR.detach", `{}`, "Expected unit", false},
 		{"Datapath.attach", `{"implementations":[["BlockDevice",{"path":"/dev/x"}],["Nbd",{}]]}`, "No value found for key: 'uri' when unmarshalling 'nbd'", false},
 	} {
-		write(t, root, "result-"+c.method, c.result)
-		sim.OldDaemon = c.old
-		var args any = map[string]string{"dbg": "d", "sr": sr.Handle, "key": "k"}
-		var err error
-		if strings.HasPrefix(c.method, "Datapath.") {
-			err = sim.CallDatapath(ctx, "fake+blk://sr/k", c.method, map[string]string{"dbg": "d", "uri": "fake+blk://sr/k", "domain": "7"}, nil)
-		} else {
-			err = sr.Call(ctx, c.method, args, nil)
-		}
-		unflag(t, root, "result-"+c.method)
-		if c.fails == "" {
-			if err != nil {
-				t.Errorf("%s %s: %v, want it accepted", c.method, c.result, err)
+		t.Run(c.method, func(t *testing.T) {
+			write(t, root, "result-"+c.method, c.result)
+			sim.OldDaemon = c.old
+			var args any = map[string]string{"dbg": "d", "sr": sr.Handle, "key": "k"}
+			var err error
+			if strings.HasPrefix(c.method, "Datapath.") {
+				err = sim.CallDatapath(ctx, "fake+blk://sr/k", c.method, map[string]string{"dbg": "d", "uri": "fake+blk://sr/k", "domain": "7"}, nil)
+			} else {
+				err = sr.Call(ctx, c.method, args, nil)
 			}
-			continue
-		}
-		if err == nil {
-			t.Errorf("%s %s: accepted, want SCRIPT_FAILED (%s)", c.method, c.result, c.fails)
-			continue
-		}
-		if p := scriptFailed(t, err); len(p) != 1 || !strings.HasPrefix(p[0], "Unexpected exception:") || !strings.Contains(p[0], c.fails) {
-			t.Errorf("%s %s: params %q, want %q", c.method, c.result, p, c.fails)
-		}
+			unflag(t, root, "result-"+c.method)
+			if c.fails == "" {
+				if err != nil {
+					t.Errorf("%s %s: %v, want it accepted", c.method, c.result, err)
+				}
+				return
+			}
+			if err == nil {
+				t.Errorf("%s %s: accepted, want SCRIPT_FAILED (%s)", c.method, c.result, c.fails)
+				return
+			}
+			if p := scriptFailed(t, err); len(p) != 1 || !strings.HasPrefix(p[0], "Unexpected exception:") || !strings.Contains(p[0], c.fails) {
+				t.Errorf("%s %s: params %q, want %q", c.method, c.result, p, c.fails)
+			}
+		})
 	}
 }
 
