@@ -323,12 +323,7 @@ func hostname(root host.Root) string {
 	return "this host"
 }
 
-func kernelRelease(root host.Root) string {
-	if v, err := root.ReadString("/proc/sys/kernel/osrelease"); err == nil && v != "" {
-		return v
-	}
-	return "unknown"
-}
+func kernelRelease(root host.Root) string { return host.KernelRelease(root) }
 
 func sortedKeys[V any](m map[string]V) []string {
 	out := make([]string, 0, len(m))

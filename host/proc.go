@@ -49,3 +49,12 @@ func ProcessesNamed(root Root, name string) []int {
 	}
 	return pids
 }
+
+// KernelRelease is the running kernel's release (uname -r, from
+// /proc/sys/kernel/osrelease), or "unknown" when it cannot be read.
+func KernelRelease(root Root) string {
+	if r, err := root.ReadString("/proc/sys/kernel/osrelease"); err == nil && r != "" {
+		return r
+	}
+	return "unknown"
+}

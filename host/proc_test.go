@@ -64,3 +64,16 @@ func TestProcesses(t *testing.T) {
 		})
 	}
 }
+
+func TestKernelRelease(t *testing.T) {
+	root := fakeProc(t, nil)
+	if got := KernelRelease(root); got != "unknown" {
+		t.Errorf("without osrelease: %q, want unknown", got)
+	}
+	if err := os.WriteFile(root.Path("/proc/sys/kernel/osrelease"), []byte("6.1.0-28-amd64\n"), 0o444); err != nil {
+		t.Fatal(err)
+	}
+	if got := KernelRelease(root); got != "6.1.0-28-amd64" {
+		t.Errorf("KernelRelease = %q", got)
+	}
+}

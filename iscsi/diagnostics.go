@@ -17,9 +17,7 @@ func (t *Transport) Diagnostics(ctx context.Context) string {
 	line := func(format string, a ...any) { fmt.Fprintf(&b, format+"\n", a...) }
 
 	line("== iscsi-ng")
-	if kver, err := t.root.ReadString("/proc/sys/kernel/osrelease"); err == nil {
-		line("kernel: %s", kver)
-	}
+	line("kernel: %s", host.KernelRelease(t.root))
 	line("iscsiadm: %s", t.toolVersion(ctx, "iscsiadm", "--version"))
 	line("multipath: %s", t.toolVersion(ctx, "multipath", "-h"))
 	if iqn, err := t.initiatorName("diagnostics"); err == nil {

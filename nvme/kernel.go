@@ -9,12 +9,7 @@ import (
 
 const kernelFix = "boot a dom0 kernel 5.0 or newer built with CONFIG_NVME_TCP and CONFIG_NVME_MULTIPATH=y (5.14+ for host-iface; Linux 6.0+ with CONFIG_NVME_AUTH/CONFIG_NVME_HOST_AUTH for DH-HMAC-CHAP). XCP-ng 8.3's 4.19 dom0 kernel has no nvme-tcp"
 
-func (t *Transport) kernelRelease() string {
-	if r, err := t.root.ReadString(procOSRelease); err == nil && r != "" {
-		return r
-	}
-	return "unknown"
-}
+func (t *Transport) kernelRelease() string { return host.KernelRelease(t.root) }
 
 // checkKernel makes sure this kernel can be an NVMe/TCP host with native
 // multipath. It loads nvme-tcp if needed; a module that is not there

@@ -22,7 +22,6 @@ const (
 	sysModNVMeTCP     = "/sys/module/nvme_tcp"
 	sysMultipathParam = "/sys/module/nvme_core/parameters/multipath"
 	devFabrics        = "/dev/nvme-fabrics"
-	procOSRelease     = "/proc/sys/kernel/osrelease"
 )
 
 var (
