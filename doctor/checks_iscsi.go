@@ -58,7 +58,7 @@ func (r *run) checkIscsid(ctx context.Context) {
 		return
 	}
 	ev := []string{"no process named iscsid in /proc"}
-	sessions, _ := r.d.Root.Glob("/sys/class/iscsi_session/session*")
+	sessions, _ := r.tr.iscsi.Sessions()
 	// LoadState without --value: CentOS 7's systemd 219 predates it.
 	res, err := r.d.Runner.Run(ctx, host.Cmd{Name: "systemctl", Args: []string{"show", "-p", "LoadState", unit}, Timeout: 10 * time.Second})
 	state := strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(string(res.Stdout)), "LoadState="))
