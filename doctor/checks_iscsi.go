@@ -324,26 +324,48 @@ func policyText(queue int) string {
 	return fmt.Sprintf("queue I/O for %d s when every path is down", queue)
 }
 
-// checkSMShared reports an sm iSCSI SR attached here on the target IQN of
-// a sanvol SR. sm does not know sanvol's sessions: when its last SR on the
-// IQN detaches it logs out every session to that IQN (BaseISCSI
-// detach_and_delete -> iscsilib.logout all=True, `iscsiadm -m node -T
-// <iqn> -u`, which matches sessions by target name whatever their iface
-// or node record); a raw iscsi SR's detach also deletes every node
-// record of the IQN (RawISCSISR.detach -> iscsilib.delete). docs/iscsi-ng.md, "SMAPIv1
-// next door", gives the decision: one target IQN per SR stack.
-func (r *run) checkSMShared(s *subject) {
+// checkSMShared reports a SMAPIv1 iSCSI SR on the target IQN of a sanvol
+// SR: one attached here (sm's reference file) or, through XenAPI, one of
+// the pool whose PBD names the IQN on any host. sm does not know sanvol's
+// sessions: when its last SR on the IQN detaches from a host it logs out
+// every session to that IQN there (BaseISCSI detach_and_delete ->
+// iscsilib.logout all=True, `iscsiadm -m node -T <iqn> -u`, which matches
+// sessions by target name whatever their iface or node record); a raw
+// iscsi SR's detach also deletes every node record of the IQN
+// (RawISCSISR.detach -> iscsilib.delete). docs/iscsi-ng.md, "SMAPIv1 next
+// door", gives the decision: one target IQN per SR stack.
+func (r *run) checkSMShared(ctx context.Context, s *subject) {
 	sess, _ := r.tr.iscsi.Sessions()
 	iqns := targetIQNs(s, sess)
 	var ev []string
+	var poolErr error
 	for _, q := range iqns {
 		srs := iscsi.SMAPIv1SRsOn(r.d.Root, q)
 		if len(srs) > 0 {
 			ev = append(ev, fmt.Sprintf("%s/%s lists SMAPIv1 SR(s) %s attached here on %s", iscsi.SMRefDir, q, strings.Join(srs, ", "), q))
 		}
+		if r.d.SMAPIv1 == nil || poolErr != nil {
+			continue
+		}
+		pool, err := r.d.SMAPIv1.SMAPIv1ISCSISRsOn(ctx, q)
+		if err != nil {
+			poolErr = err
+			continue
+		}
+		for _, p := range pool {
+			ev = append(ev, fmt.Sprintf("XenAPI: SMAPIv1 SR %s has device-config:targetIQN=%s", p, q))
+		}
 	}
 	if len(ev) == 0 {
-		r.add(result(chkSMShared, s.scope(), Pass, "no SMAPIv1 iSCSI SR (lvmoiscsi, iscsi) is attached here on this SR's target IQN", nil, ""))
+		msg := "no SMAPIv1 iSCSI SR (lvmoiscsi, iscsi) of the pool uses this SR's target IQN"
+		if r.d.SMAPIv1 == nil || poolErr != nil {
+			msg = "no SMAPIv1 iSCSI SR (lvmoiscsi, iscsi) is attached here on this SR's target IQN"
+		}
+		var pev []string
+		if poolErr != nil {
+			pev = []string{"the pool's SRs could not be read through XenAPI, so only this host's were checked: " + poolErr.Error()}
+		}
+		r.add(result(chkSMShared, s.scope(), Pass, msg, pev, ""))
 		return
 	}
 	r.add(result(chkSMShared, s.scope(), Fail,

@@ -204,6 +204,9 @@ type Deps struct {
 	// Pool reads the pool's hosts through XenAPI; nil when there is no
 	// xapi (the checks then say so, they never pass).
 	Pool Pool
+	// SMAPIv1 lists the pool's SMAPIv1 iSCSI SRs by target IQN through
+	// XenAPI; nil reads only this host's sm reference files.
+	SMAPIv1 host.SMAPIv1SRs
 	// Health reports the live paths of an attached SR, per SR type
 	// (transport.Transport satisfies it); nil or a missing type skips the
 	// live-path check.
@@ -224,7 +227,8 @@ type HealthReporter interface {
 // NewDeps returns the production dependencies: netlink, XenAPI over the
 // local socket, and the given root and runner.
 func NewDeps(root host.Root, run host.Runner, log *zap.Logger) Deps {
-	return Deps{Root: root, Runner: run, Net: Netlink{}, Pool: NewXenAPIPool(host.NewXenAPI(root), root), Log: log}
+	x := host.NewXenAPI(root)
+	return Deps{Root: root, Runner: run, Net: Netlink{}, Pool: NewXenAPIPool(x, root), SMAPIv1: x, Log: log}
 }
 
 // The SR types the doctor knows.
@@ -311,7 +315,7 @@ func (r *run) checkSubject(ctx context.Context, s *subject) {
 		r.checkIOPolicy(s)
 	case TypeISCSI:
 		r.checkNodeRecords(ctx, s, paths)
-		r.checkSMShared(s)
+		r.checkSMShared(ctx, s)
 		r.checkMap(ctx, s)
 	}
 }

@@ -1,9 +1,12 @@
 package doctor
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"testing"
 
+	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/iscsi"
 )
 
@@ -218,4 +221,39 @@ func TestSMSharedTargetNone(t *testing.T) {
 	h.write(iscsi.SMRefDir+"/iqn.2001-05.com.example:other", "8e1c2d3f-2222-4a2b-9c3d-4e5f60718293\n")
 	h.write(iscsi.SMRefDir+"/"+targetIQN, "") // sm unlinks it after its last detach; an empty one counts as none
 	expect(t, iscsiRun(h), chkSMShared, Pass, "no SMAPIv1 iSCSI SR", "")
+}
+
+// fakeSMAPIv1 answers the pool-wide lookup as XenAPI would.
+type fakeSMAPIv1 struct {
+	srs map[string][]host.SMAPIv1SR
+	err error
+}
+
+func (f fakeSMAPIv1) SMAPIv1ISCSISRsOn(_ context.Context, iqn string) ([]host.SMAPIv1SR, error) {
+	return f.srs[iqn], f.err
+}
+
+// An lvmoiscsi SR of the pool on the IQN, attached on other hosts only:
+// no reference file here, XenAPI's PBDs tell.
+func TestSMSharedTargetInThePool(t *testing.T) {
+	h := newFakeHost(t)
+	h.deps.SMAPIv1 = fakeSMAPIv1{srs: map[string][]host.SMAPIv1SR{targetIQN: {{UUID: "9f2d3e4a-3333-4a2b-9c3d-4e5f60718293", Name: "sm LVM", Type: "lvmoiscsi", PBDs: 3}}}}
+	r := expect(t, iscsiRun(h), chkSMShared, Fail, "logs out every session to the IQN", "its own target IQN")
+	if ev := strings.Join(r.Evidence, "\n"); !strings.Contains(ev, "XenAPI: SMAPIv1 SR 9f2d3e4a-3333-4a2b-9c3d-4e5f60718293 (sm LVM, type lvmoiscsi, 3 PBD(s)) has device-config:targetIQN="+targetIQN) {
+		t.Errorf("evidence %q", ev)
+	}
+}
+
+// None in the pool: a pass that says the pool was read; XenAPI down: a
+// pass on this host's files that says the pool was not.
+func TestSMSharedTargetPoolNoneOrUnread(t *testing.T) {
+	h := newFakeHost(t)
+	h.deps.SMAPIv1 = fakeSMAPIv1{}
+	expect(t, iscsiRun(h), chkSMShared, Pass, "no SMAPIv1 iSCSI SR (lvmoiscsi, iscsi) of the pool uses this SR's target IQN", "")
+	h = newFakeHost(t)
+	h.deps.SMAPIv1 = fakeSMAPIv1{err: errors.New("cannot log in to xapi")}
+	r := expect(t, iscsiRun(h), chkSMShared, Pass, "is attached here on this SR's target IQN", "")
+	if ev := strings.Join(r.Evidence, "\n"); !strings.Contains(ev, "only this host's were checked: cannot log in to xapi") {
+		t.Errorf("evidence %q", ev)
+	}
 }

@@ -68,3 +68,65 @@ func anyStrings(v any) []string {
 	}
 	return out
 }
+
+// fakeSMAPIv1 answers the pool-wide lookup as XenAPI would.
+type fakeSMAPIv1 struct {
+	srs   map[string][]host.SMAPIv1SR // by IQN
+	err   error
+	calls int
+}
+
+func (f *fakeSMAPIv1) SMAPIv1ISCSISRsOn(_ context.Context, iqn string) ([]host.SMAPIv1SR, error) {
+	f.calls++
+	return f.srs[iqn], f.err
+}
+
+// An lvmoiscsi SR of the pool on the IQN, unplugged here (no sm reference
+// file): SR.create still refuses, before any login, naming the SR.
+func TestPrepareRefusesIQNOfSMAPIv1SRInThePool(t *testing.T) {
+	f := newFakeHost(t)
+	tr := f.transport(nil)
+	pool := &fakeSMAPIv1{srs: map[string][]host.SMAPIv1SR{testIQN: {{UUID: smSR, Name: "sm LVM", Type: "lvmoiscsi", PBDs: 2}}}}
+	tr.smapiv1 = pool
+	_, err := tr.Prepare(context.Background(), baseConfig())
+	var he *host.Error
+	if !errors.Is(err, host.ErrBusy) || !errors.As(err, &he) {
+		t.Fatalf("prepare: %v, want a Busy error", err)
+	}
+	for _, want := range []string{smSR, "sm LVM", "lvmoiscsi", testIQN, "logs out every session"} {
+		if !strings.Contains(he.Msg, want) {
+			t.Errorf("message %q lacks %q", he.Msg, want)
+		}
+	}
+	if !strings.Contains(he.Fix, "another target IQN") || !strings.Contains(he.Fix, "xe pbd-list") {
+		t.Errorf("fix %q", he.Fix)
+	}
+	if n := len(f.commands("iscsiadm")); n != 0 {
+		t.Errorf("%d iscsiadm calls before refusing", n)
+	}
+}
+
+// No SMAPIv1 SR on the IQN, or XenAPI not answering: SR.create goes on
+// (the second with a warning that only the local files were read).
+func TestPrepareWithThePoolsSMAPIv1SRsElsewhere(t *testing.T) {
+	for _, pool := range []*fakeSMAPIv1{
+		{srs: map[string][]host.SMAPIv1SR{testIQN2: {{UUID: smSR, Type: "iscsi", PBDs: 1}}}},
+		{err: host.NewError(host.KindUnreachable, "x", "cannot log in to xapi", "", nil)},
+	} {
+		f := newFakeHost(t)
+		core, logs := observer.New(zapcore.WarnLevel)
+		tr := f.transport(nil)
+		tr.log = zap.New(core)
+		tr.smapiv1 = pool
+		if _, err := tr.Prepare(context.Background(), baseConfig()); err != nil {
+			t.Fatalf("prepare: %v", err)
+		}
+		if pool.calls != 1 {
+			t.Errorf("%d pool lookups, want 1", pool.calls)
+		}
+		w := logs.FilterMessageSnippet("could not read the pool's SMAPIv1 iSCSI SRs").Len()
+		if want := map[bool]int{true: 1, false: 0}[pool.err != nil]; w != want {
+			t.Errorf("%d warnings, want %d: %v", w, want, logs.All())
+		}
+	}
+}

@@ -43,6 +43,10 @@ type Deps struct {
 	// Capacity reads a LUN's capacity from one of its disks; nil asks
 	// the disk with SG_IO (scsiCapacity).
 	Capacity CapacityFunc
+	// SMAPIv1 lists the pool's SMAPIv1 iSCSI SRs through XenAPI, for
+	// SR.create's pool-wide check (smshared.go); nil checks this host's
+	// sm reference files only.
+	SMAPIv1 host.SMAPIv1SRs
 }
 
 // Transport implements transport.Transport for iSCSI with dm-multipath.
@@ -57,6 +61,7 @@ type Transport struct {
 	lookup  func(ctx context.Context, name string) ([]string, error)
 	// capacity reads a LUN's size cheaply, for Rescan.
 	capacity CapacityFunc
+	smapiv1  host.SMAPIv1SRs
 }
 
 var _ transport.Transport = (*Transport)(nil)
@@ -76,6 +81,7 @@ func New(d Deps) *Transport {
 	return &Transport{
 		run: d.Runner, root: d.Root, sys: sysfs{root: d.Root}, locker: d.Locker, secrets: d.Secrets,
 		log: d.Log.Named("iscsi"), to: to, lookup: d.Lookup, capacity: d.Capacity,
+		smapiv1: d.SMAPIv1,
 	}
 }
 
@@ -91,7 +97,7 @@ func (t *Transport) Prepare(ctx context.Context, cfg map[string]string) (map[str
 	if err != nil {
 		return nil, err
 	}
-	if err := t.refuseSMShared(op, c); err != nil {
+	if err := t.refuseSMShared(ctx, op, c); err != nil {
 		return nil, err
 	}
 	if c.WWID != "" {

@@ -36,6 +36,10 @@ type Deps struct {
 	// XenAPI is where SR.attach, SR.stat and SR.detach publish the path
 	// counts (PBD other-config) and learn xapi's version; nil for none.
 	XenAPI host.PBDRecords
+	// SMAPIv1 lists the pool's SMAPIv1 iSCSI SRs, which iscsi-ng's
+	// SR.create refuses to share a target IQN with; nil checks only this
+	// host's sm reference files.
+	SMAPIv1 host.SMAPIv1SRs
 }
 
 // Services is what the SR and Volume methods of one SR type are served by.

@@ -86,6 +86,7 @@ func newServices(d *Deps, srType string) (*srServices, error) {
 			Locker:  host.FileLocker{Root: d.Root},
 			Secrets: secrets,
 			Log:     d.Log,
+			SMAPIv1: d.SMAPIv1,
 		})
 	default:
 		return nil, host.NewError(host.KindInvalid, "", fmt.Sprintf("unknown SR type %q", srType), "use nvmetcp or iscsi-ng", nil)

@@ -12,12 +12,14 @@ import (
 func NewDeps(version string, stderr io.Writer) *Deps {
 	root := host.NewRoot(hostRootDir())
 	log := NewLogger(stderr, ReadLogLevel(root) == LogDebug)
+	x := host.NewXenAPI(root)
 	d := &Deps{
 		Version: version,
 		Log:     log,
 		Root:    root,
 		Runner:  host.NewExecRunner(log),
-		XenAPI:  host.NewXenAPI(root),
+		XenAPI:  x,
+		SMAPIv1: x,
 	}
 	d.Services = func(srType string) (Services, error) { return newServices(d, srType) }
 	d.Datapath = func() (*datapath.Datapath, error) { return newDatapath(d) }

@@ -405,8 +405,18 @@ func (l *dpLab) datapathScenarios(t *testing.T, v schema.Volume) {
 		// On the master lvextend reloads the table itself. A host where
 		// the VM runs and the master is elsewhere keeps the old table:
 		// put it back to stand for that host.
-		mustRun(t, "dmsetup", "reload", dm, "--table", oldTable)
-		mustRun(t, "dmsetup", "resume", dm)
+		// With dom0's tools (run.sh --dom0 xcpng8) lvm keeps /dev/VG/LV
+		// itself (dom0's lvm.conf: udev_rules = 0) and marks its uevents
+		// so that udev's LVM rules skip them. A dmsetup run with udev
+		// rules would let udev create and claim that link, and udev would
+		// drop it again at lvm's next refresh (a marked event): the lab's
+		// stand-in must not do what no dom0 program does.
+		var noUdev []string
+		if fileExists("/etc/sanvol-lab-dom0") {
+			noUdev = []string{"--noudevrules", "--noudevsync"}
+		}
+		mustRun(t, "dmsetup", append(noUdev, "reload", dm, "--table", oldTable)...)
+		mustRun(t, "dmsetup", append(noUdev, "resume", dm)...)
 		if s := blockSize(t, a.Device); s != before {
 			t.Fatalf("could not stand for a stale host: size %d after reloading the old table, want %d", s, before)
 		}

@@ -62,17 +62,50 @@ for t in lvm2 open-iscsi multipath; do
 done
 rm -rf "$mnt/tmp/dom0-tools" "$mnt/tmp/dom0-out"
 chroot "$mnt" dpkg-query -W -f '${Package}\n' | sort >"$out/pkgs.after"
-# The build packages go again, except the libraries the tools load (lvm2
-# links libreadline, which Debian's own storage tools do not need).
-chroot "$mnt" /bin/sh -c 'for f in /opt/xcpng8/sbin/* /opt/xcpng8/lib*/*.so* /opt/xcpng8/lib64/multipath/*.so; do
-	[ -f "$f" ] && LD_LIBRARY_PATH=/opt/xcpng8/lib:/opt/xcpng8/lib64 ldd "$f" 2>/dev/null; done |
-	awk "\$2 == \"=>\" && \$3 ~ /^\// && \$3 !~ /^\/opt\// { print \$3 }" | sort -u |
-	while read -r l; do dpkg -S "$l" 2>/dev/null || dpkg -S "$(readlink -f "$l")" 2>/dev/null || dpkg -S "/usr$l" 2>/dev/null; done |
-	cut -d: -f1 | sort -u' >"$out/pkgs.runtime"
-new=$(comm -13 "$out/pkgs.before" "$out/pkgs.after" | comm -23 - "$out/pkgs.runtime" | tr '\n' ' ')
-echo "lab: the dom0 tools' libraries kept: $(comm -13 "$out/pkgs.before" "$out/pkgs.after" | comm -12 - "$out/pkgs.runtime" | tr '\n' ' ')"
-chroot "$mnt" /bin/sh -c "DEBIAN_FRONTEND=noninteractive apt-get -q -y purge $new" >>"$out/dom0-build.log" 2>&1 ||
+# The build packages go again, except what the built tools load. The
+# packages holding the libraries `ldd` names are kept, and so are their own
+# dependencies: apt works them out, since every package the build brought is
+# marked automatic and only the runtime ones manual before autoremove. (A
+# plain purge of the build packages once took libreadline8 along with
+# readline-common, its dependency, and lvm 2.02.180 could not start.)
+# ldd_tools prints each built tool's and plugin's ldd output, with the
+# library path init.sh's wrapper gives that tool.
+cat >"$mnt/tmp/ldd-tools.sh" <<'LDD'
+for f in /opt/xcpng8/sbin/* /opt/xcpng8/lib/*.so* /opt/xcpng8/lib64/*.so* /opt/xcpng8/lib64/multipath/*.so; do
+	[ -f "$f" ] && [ ! -L "$f" ] || continue
+	case $f in
+	*/lib64/* | */multipath* | */mpathpersist | */kpartx | */mpathconf) lp=/opt/xcpng8/lib64 ;;
+	*/iscsi*) lp= ;;
+	*) lp=/opt/xcpng8/lib ;;
+	esac
+	out=$(LD_LIBRARY_PATH=$lp ldd "$f" 2>/dev/null) || continue # a script, not an ELF file
+	printf '%s\n' "$out" | sed "s|^|$f: |"
+done
+LDD
+chroot "$mnt" /bin/sh /tmp/ldd-tools.sh >"$out/ldd.before"
+awk '$3 == "=>" && $4 ~ /^\// && $4 !~ /^\/opt\// { print $4 }' "$out/ldd.before" | sort -u |
+	while read -r l; do
+		chroot "$mnt" /bin/sh -c "dpkg -S '$l' 2>/dev/null || dpkg -S \"\$(readlink -f '$l')\" 2>/dev/null || dpkg -S '/usr$l' 2>/dev/null" ||
+			{ echo "lab: no package holds $l, which the dom0 tools load"; exit 1; }
+	done | cut -d: -f1 | sort -u >"$out/pkgs.runtime"
+new=$(comm -13 "$out/pkgs.before" "$out/pkgs.after" | tr '\n' ' ')
+echo "lab: the dom0 tools' libraries kept: $(tr '\n' ' ' <"$out/pkgs.runtime")"
+chroot "$mnt" /bin/sh -c "apt-mark manual $(tr '\n' ' ' <"$out/pkgs.before") >/dev/null &&
+	apt-mark auto $new >/dev/null && apt-mark manual $(tr '\n' ' ' <"$out/pkgs.runtime") >/dev/null &&
+	DEBIAN_FRONTEND=noninteractive apt-get -q -y autoremove --purge" >>"$out/dom0-build.log" 2>&1 ||
 	{ tail -30 "$out/dom0-build.log"; exit 1; }
+# The image fails here rather than in a lab run: every built tool must
+# still find every library it loads.
+chroot "$mnt" /bin/sh /tmp/ldd-tools.sh >"$out/ldd.after"
+if grep 'not found' "$out/ldd.after"; then
+	echo "lab: the dom0 tools above lack libraries after the build packages were purged (see $out/dom0-build.log)"
+	exit 1
+fi
+for t in lvm multipath multipathd iscsiadm iscsid; do
+	[ ! -e "$mnt/opt/xcpng8/sbin/$t" ] || grep -q "^/opt/xcpng8/sbin/$t: " "$out/ldd.after" ||
+		{ echo "lab: ldd gave nothing for /opt/xcpng8/sbin/$t"; exit 1; }
+done
+rm -f "$mnt/tmp/ldd-tools.sh" "$out/ldd.before" "$out/ldd.after"
 rm -f "$out/pkgs.before" "$out/pkgs.after" "$out/pkgs.runtime" "$mnt/etc/apt/sources.list.d/dom0-build.list"
 rm -rf "$mnt/var/cache/apt/archives/"*.deb "$mnt/var/lib/apt/lists/"*
 printf '%s\n' "${built[@]}" >"$mnt/opt/xcpng8/BUILT"

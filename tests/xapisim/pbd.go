@@ -116,6 +116,30 @@ func (s *Sim) recordSR(sr *SR) {
 		DeviceCfg: maps.Clone(sr.Config), OtherConfig: map[string]string{}}
 }
 
+// AddSMAPIv1SR records an SR that sm serves (type lvmoiscsi or iscsi), as
+// `xe sr-create type=lvmoiscsi shared=true` leaves it: the SR and one PBD
+// per host with the device-config, this host's first and hosts-1 others.
+// It returns the SR's uuid.
+func (s *Sim) AddSMAPIv1SR(srType, name string, deviceConfig map[string]string, hosts int) string {
+	db := &s.xapi
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	db.init()
+	uuid := newUUID()
+	ref := srRefPrefix + uuid
+	db.srs[ref] = &srRecord{UUID: uuid, Type: srType, Name: name}
+	for i := range hosts {
+		h := hostRefPrefix + db.hostUUID
+		if i > 0 {
+			h = hostRefPrefix + newUUID()
+		}
+		pbd := newUUID()
+		db.pbds[pbdRefPrefix+pbd] = &pbdRecord{UUID: pbd, Host: h, SR: ref,
+			DeviceCfg: maps.Clone(deviceConfig), OtherConfig: map[string]string{}}
+	}
+	return uuid
+}
+
 // forgetSR is what xapi does after SR.destroy (xapi_sr.ml destroy, then
 // forget): the PBDs and the SR record go.
 func (s *Sim) forgetSR(uuid string) {
@@ -209,6 +233,18 @@ func (s *Sim) xenAPIRecords(method string, params []json.RawMessage) (result any
 			}
 		}
 		return nil, uuidInvalid("SR"), true
+	case "SR.get_all_records_where":
+		match, err := parseWhere(str(1))
+		if err != nil {
+			return nil, &rpcError{Message: "INTERNAL_ERROR", Data: []string{err.Error()}}, true
+		}
+		out := map[string]any{}
+		for ref, r := range db.srs {
+			if match(map[string]string{"uuid": r.UUID, "type": r.Type, "name_label": r.Name}) {
+				out[ref] = map[string]any{"uuid": r.UUID, "type": r.Type, "name_label": r.Name}
+			}
+		}
+		return out, nil, true
 	case "PBD.get_all_records_where":
 		match, err := parseWhere(str(1))
 		if err != nil {
