@@ -18,10 +18,10 @@ import (
 // fields, ocaml/xapi/exnHelper.ml for how database exceptions become
 // XenAPI errors).
 type xapiDB struct {
-	mu       sync.Mutex
-	hostUUID string
-	srs      map[string]*srRecord  // by ref
-	pbds     map[string]*pbdRecord // by ref
+	mu    sync.Mutex
+	hosts map[string]bool       // the uuids of the hosts it knows (a pool's: PoolSim)
+	srs   map[string]*srRecord  // by ref
+	pbds  map[string]*pbdRecord // by ref
 }
 
 type srRecord struct {
@@ -44,14 +44,22 @@ const (
 	pbdRefPrefix  = "OpaqueRef:pbd-"
 )
 
-// init makes the maps and this host's uuid on first use; callers hold mu.
+// init makes the maps on first use; callers hold mu.
 func (db *xapiDB) init() {
 	if db.srs == nil {
-		db.srs, db.pbds = map[string]*srRecord{}, map[string]*pbdRecord{}
+		db.srs, db.pbds, db.hosts = map[string]*srRecord{}, map[string]*pbdRecord{}, map[string]bool{}
 	}
-	if db.hostUUID == "" {
-		db.hostUUID = newUUID()
+}
+
+// hostLocked is this Sim's host uuid, made and entered in the database on
+// first use; callers hold s.xapi.mu.
+func (s *Sim) hostLocked() string {
+	s.xapi.init()
+	if s.hostUUID == "" {
+		s.hostUUID = newUUID()
 	}
+	s.xapi.hosts[s.hostUUID] = true
+	return s.hostUUID
 }
 
 // HostUUID is this host's uuid in the simulated xapi: what the plugin
@@ -59,8 +67,7 @@ func (db *xapiDB) init() {
 func (s *Sim) HostUUID() string {
 	s.xapi.mu.Lock()
 	defer s.xapi.mu.Unlock()
-	s.xapi.init()
-	return s.xapi.hostUUID
+	return s.hostLocked()
 }
 
 // xapiVersion is software_version["xapi"] of the daemon simulated: the
@@ -98,10 +105,10 @@ func (s *Sim) WriteInventory(root string) (restore func() error, err error) {
 // configuration returned), for this host; Introduce does the same for an
 // SR created from another host.
 func (s *Sim) recordSR(sr *SR) {
-	db := &s.xapi
+	db := s.xapi
 	db.mu.Lock()
 	defer db.mu.Unlock()
-	db.init()
+	self := s.hostLocked()
 	srRef := ""
 	for ref, r := range db.srs {
 		if r.UUID == sr.UUID {
@@ -112,14 +119,14 @@ func (s *Sim) recordSR(sr *SR) {
 		srRef = srRefPrefix + sr.UUID
 		db.srs[srRef] = &srRecord{UUID: sr.UUID, Type: sr.Type, Name: sr.Name}
 	}
-	db.pbds[pbdRefPrefix+sr.PBD] = &pbdRecord{UUID: sr.PBD, Host: hostRefPrefix + db.hostUUID, SR: srRef,
+	db.pbds[pbdRefPrefix+sr.PBD] = &pbdRecord{UUID: sr.PBD, Host: hostRefPrefix + self, SR: srRef,
 		DeviceCfg: maps.Clone(sr.Config), OtherConfig: map[string]string{}}
 }
 
 // forgetSR is what xapi does after SR.destroy (xapi_sr.ml destroy, then
 // forget): the PBDs and the SR record go.
 func (s *Sim) forgetSR(uuid string) {
-	db := &s.xapi
+	db := s.xapi
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	for ref, r := range db.srs {
@@ -138,7 +145,7 @@ func (s *Sim) forgetSR(uuid string) {
 // PBDOtherConfig is this host's PBD's other-config, as
 // `xe pbd-param-get uuid=<pbd> param-name=other-config` shows it.
 func (sr *SR) PBDOtherConfig() map[string]string {
-	db := &sr.sim.xapi
+	db := sr.sim.xapi
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	if p, ok := db.pbds[pbdRefPrefix+sr.PBD]; ok {
@@ -172,10 +179,10 @@ func (s *Sim) xenAPIRecords(method string, params []json.RawMessage) (result any
 		}
 		return v
 	}
-	db := &s.xapi
+	db := s.xapi
 	db.mu.Lock()
 	defer db.mu.Unlock()
-	db.init()
+	s.hostLocked()
 	// get_by_uuid of an unknown uuid: Db_exn.Read_missing_uuid becomes
 	// UUID_INVALID [class; uuid]; a bad reference: DBCache_NotFound
 	// "missing row" becomes HANDLE_INVALID [class; ref] (exnHelper.ml).
@@ -193,12 +200,12 @@ func (s *Sim) xenAPIRecords(method string, params []json.RawMessage) (result any
 	}
 	switch method {
 	case "host.get_by_uuid":
-		if str(1) != db.hostUUID {
+		if !db.hosts[str(1)] {
 			return nil, uuidInvalid("host"), true
 		}
-		return hostRefPrefix + db.hostUUID, nil, true
+		return hostRefPrefix + str(1), nil, true
 	case "host.get_software_version":
-		if str(1) != hostRefPrefix+db.hostUUID {
+		if u, ok := strings.CutPrefix(str(1), hostRefPrefix); !ok || !db.hosts[u] {
 			return nil, handleInvalid("host"), true
 		}
 		return map[string]string{"xapi": s.xapiVersion(), "product_brand": "XCP-ng"}, nil, true
