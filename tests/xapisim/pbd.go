@@ -80,6 +80,12 @@ func (s *Sim) xapiVersion() string {
 	return "26.1"
 }
 
+// Inventory is the /etc/xensource-inventory naming this host, as the
+// XCP-ng installer writes it (the part a plugin reads).
+func (s *Sim) Inventory() []byte {
+	return fmt.Appendf(nil, "PRODUCT_BRAND='XCP-ng'\nINSTALLATION_UUID='%s'\n", s.HostUUID())
+}
+
 // WriteInventory writes <root>/etc/xensource-inventory naming this host,
 // as the XCP-ng installer does, and returns how to put back what was there.
 func (s *Sim) WriteInventory(root string) (restore func() error, err error) {
@@ -88,8 +94,7 @@ func (s *Sim) WriteInventory(root string) (restore func() error, err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
-	body := fmt.Sprintf("PRODUCT_BRAND='XCP-ng'\nINSTALLATION_UUID='%s'\n", s.HostUUID())
-	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+	if err := os.WriteFile(path, s.Inventory(), 0o644); err != nil {
 		return nil, err
 	}
 	return func() error {
