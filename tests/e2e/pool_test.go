@@ -411,3 +411,241 @@ func TestPoolMasterChange(t *testing.T) {
 	l.destroy(ps)
 	fmt.Println("pool master change: B wrote as master, A refused as member")
 }
+
+// cutMemberPaths drops, on B's NIC, every packet B sends to the target
+// ports of A's two portal addresses (tc, egress). A blackhole route would
+// not do: a path bound to an interface (host-iface) does not consult it.
+// The returned func lets them through again.
+func (l *poolLab) cutMemberPaths(port string) func() {
+	t := l.t
+	t.Helper()
+	out, err := l.b.Exec("ip", "-o", "-4", "addr", "show", "to", poolAddrB)
+	f := strings.Fields(out)
+	if err != nil || len(f) < 2 {
+		t.Fatalf("B's NIC: %q %v", out, err)
+	}
+	nic := f[1]
+	cmds := [][]string{{"tc", "qdisc", "add", "dev", nic, "root", "handle", "1:", "prio"}}
+	for _, a := range []string{poolAddrA1, poolAddrA2} {
+		cmds = append(cmds, []string{"tc", "filter", "add", "dev", nic, "parent", "1:", "protocol", "ip", "u32",
+			"match", "ip", "dst", a + "/32", "match", "ip", "dport", port, "0xffff", "action", "drop"})
+	}
+	for _, c := range cmds {
+		if _, err := l.b.Exec(c...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restore := func() { _, _ = l.b.Exec("tc", "qdisc", "del", "dev", nic, "root") }
+	t.Cleanup(restore)
+	return restore
+}
+
+// waitHealth waits until host i's SR.stat answers state.
+func (l *poolLab) waitHealth(ps *xapisim.PoolSR, i int, state schema.HealthState, timeout time.Duration) time.Duration {
+	return waitFor(l.t, fmt.Sprintf("host %d's SR.stat to say %s", i, state), timeout, func() (bool, string) {
+		st, err := ps.On(i).Stat(l.ctx)
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Health.State == state, fmt.Sprintf("%s (%s)", st.Health.State, st.Health.Message)
+	})
+}
+
+// TestPoolMemberPathLoss: B loses both paths while A keeps them and a VM
+// on A writes: B's SR.stat says so, the VM on A never notices, B recovers
+// when the paths return; then B unplugs while the VM on A still writes.
+func TestPoolMemberPathLoss(t *testing.T) {
+	l := newPoolLab(t)
+	ctx := l.ctx
+	ps := l.create("nvmetcp", l.nvmeTarget("cut"))
+	v, err := ps.Master().VDICreate(ctx, "writer on A", "", 32<<20, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	onA, err := ps.Master().VMStart(ctx, v.Key, "5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := StartIO(t, onA.Device, 32<<20)
+	load.waitWrites(t, 8, time.Minute)
+
+	restore := l.cutMemberPaths("4420")
+	lost := l.waitHealth(ps, 1, schema.Unreachable, 3*time.Minute)
+	if st, err := ps.Master().Stat(ctx); err != nil || st.Health.State != schema.Healthy {
+		t.Fatalf("A's SR.stat while B has no path: %+v %v", st, err)
+	}
+	load.waitWrites(t, 16, time.Minute)
+	restore()
+	back := l.waitHealth(ps, 1, schema.Healthy, 3*time.Minute)
+	t.Logf("pool-numbers path loss: B Unreachable after %s, Healthy %s after the paths returned", lost.Round(time.Second), back.Round(time.Second))
+	if _, err := ps.On(1).Scan(ctx); err != nil {
+		t.Fatalf("sr-scan on B after recovery: %v", err)
+	}
+
+	if err := ps.On(1).Unplug(ctx); err != nil {
+		t.Fatalf("pbd-unplug on B while A's VM writes: %v", err)
+	}
+	load.waitWrites(t, 16, time.Minute)
+	st := load.Stop()
+	if err := load.Verify(); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Errors) > 0 {
+		t.Fatalf("the VM on A saw %d failed writes, first %v", len(st.Errors), st.Errors[0])
+	}
+	if err := ps.Master().VMShutdown(ctx, onA); err != nil {
+		t.Fatal(err)
+	}
+	if err := ps.Master().VDIDestroy(ctx, v.Key); err != nil {
+		t.Fatal(err)
+	}
+	l.destroy(ps) // B's unplug again answers success: no attach recorded
+}
+
+// poolDisk is one VDI of the interleaved run and the pattern it holds.
+type poolDisk struct {
+	key  string
+	size int64
+	seed uint32 // last pattern written, 0 = none
+}
+
+// TestPoolInterleaved: 100 operations from both hosts at once. A creates,
+// resizes, destroys and starts VMs on its disks and scans; B starts VMs on
+// its disks, writes them, stops them and scans. Then vgck is clean, lvs
+// shows the same volumes from both hosts, and every disk holds what was
+// last written to it.
+func TestPoolInterleaved(t *testing.T) {
+	l := newPoolLab(t)
+	ctx := l.ctx
+	ps := l.create("nvmetcp", l.nvmeTarget("mix"))
+	const chunks = 2 // MiB of pattern per write
+	newDisk := func(name string) *poolDisk {
+		v, err := ps.Master().VDICreate(ctx, name, "", 8<<20, false)
+		if err != nil {
+			t.Error(err)
+			return nil
+		}
+		return &poolDisk{key: v.Key, size: 8 << 20}
+	}
+	var bDisks []*poolDisk
+	for i := range 3 {
+		if d := newDisk(fmt.Sprintf("B disk %d", i)); d != nil {
+			bDisks = append(bDisks, d)
+		}
+	}
+	// writeOn starts a VM on host h, writes seed, stops it.
+	writeOn := func(h int, d *poolDisk, seed uint32, domain string) error {
+		a, err := ps.On(h).VMStart(ctx, d.key, domain)
+		if err != nil {
+			return err
+		}
+		if h == 0 {
+			err = directIO(a.Device, chunks, seed, false)
+		} else {
+			err = l.b.Pattern(a.Device, seed, chunks, false)
+		}
+		if serr := ps.On(h).VMShutdown(ctx, a); err == nil {
+			err = serr
+		}
+		if err == nil {
+			d.seed = seed
+		}
+		return err
+	}
+	start := time.Now()
+	var aDisks []*poolDisk
+	errs := make(chan error, 2)
+	go func() { // host A: 50 operations
+		var err error
+		for i := 0; i < 50 && err == nil; i++ {
+			switch {
+			case i%5 == 4:
+				_, err = ps.On(0).Scan(ctx)
+			case len(aDisks) < 2 || i%5 == 0:
+				d, verr := ps.Master().VDICreate(ctx, fmt.Sprintf("A disk %d", i), "", 8<<20, false)
+				err = verr
+				if err == nil {
+					aDisks = append(aDisks, &poolDisk{key: d.Key, size: 8 << 20})
+				}
+			case i%5 == 1:
+				d := aDisks[i%len(aDisks)]
+				d.size += 4 << 20
+				_, err = ps.Master().VDIResize(ctx, d.key, d.size)
+			case i%5 == 2:
+				err = writeOn(0, aDisks[i%len(aDisks)], uint32(1000+i), "10")
+			case i%5 == 3 && len(aDisks) > 3:
+				d := aDisks[0]
+				aDisks = aDisks[1:]
+				err = ps.Master().VDIDestroy(ctx, d.key)
+			default:
+				_, err = ps.On(0).Scan(ctx)
+			}
+			if err != nil {
+				err = fmt.Errorf("A's operation %d: %w", i, err)
+			}
+		}
+		errs <- err
+	}()
+	go func() { // host B: 50 operations
+		var err error
+		for i := 0; i < 50 && err == nil && len(bDisks) > 0; i++ {
+			if i%3 == 2 {
+				_, err = ps.On(1).Scan(ctx)
+			} else {
+				err = writeOn(1, bDisks[i%len(bDisks)], uint32(2000+i), "20")
+			}
+			if err != nil {
+				err = fmt.Errorf("B's operation %d: %w", i, err)
+			}
+		}
+		errs <- err
+	}()
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	took := time.Since(start)
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	vg := "VG_sanvol-" + ps.Master().UUID
+	mustRun(t, "vgck", vg)
+	lvsArgs := []string{"lvs", "--readonly", "--noheadings", "--units", "b", "-o", "lv_name,lv_size,lv_tags", "--sort", "lv_name", vg}
+	onA := mustOutput(t, lvsArgs[0], lvsArgs[1:]...)
+	onB, err := l.b.Exec(lvsArgs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if onA != onB {
+		t.Fatalf("lvs differs between the hosts:\nA:\n%s\nB:\n%s", onA, onB)
+	}
+	for _, d := range append(aDisks, bDisks...) {
+		if d.seed == 0 {
+			continue
+		}
+		a, err := ps.Master().VMStart(ctx, d.key, "30")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := directIO(a.Device, chunks, d.seed, true); err != nil {
+			t.Errorf("disk %s: %v", d.key, err)
+		}
+		if err := ps.Master().VMShutdown(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+		if err := ps.Master().VDIDestroy(ctx, d.key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("pool-numbers interleaved: 100 operations (50 on each host at once) in %s", took.Round(time.Second))
+	for _, d := range append(aDisks, bDisks...) {
+		if d.seed == 0 {
+			if err := ps.Master().VDIDestroy(ctx, d.key); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	l.destroy(ps)
+}
