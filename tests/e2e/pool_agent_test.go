@@ -111,6 +111,9 @@ func runPoolAgent() int {
 		return execResp{Err: errString(directIO(r.Dev, r.Chunks, r.Seed, r.Verify))}
 	}))
 	mux.HandleFunc("/xenapi", handle(func(r execReq) execResp {
+		if len(r.Argv) != 1 {
+			return execResp{Err: "want the master's XenAPI address"}
+		}
 		return execResp{Err: errString(a.proxyXenAPI(r.Argv[0]))}
 	}))
 	mux.HandleFunc("/quit", func(w http.ResponseWriter, _ *http.Request) {
