@@ -118,6 +118,9 @@ func (l *poolLab) nvmeTarget(name string) map[string]string {
 // iscsiTarget serves an iSCSI LUN on A's two addresses.
 func (l *poolLab) iscsiTarget(name string) map[string]string {
 	tg := newISCSILUN(l.t, name, poolAddrA1, poolAddrA2)
+	if err := tg.Grow(srLUNSize); err != nil {
+		l.t.Fatal(err)
+	}
 	l.memberCleanup()
 	return iscsiConfig(tg, poolAddrA1, poolAddrA2)
 }
