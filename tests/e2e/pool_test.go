@@ -344,14 +344,15 @@ func TestPoolMemberReboot(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The reboot: the device-mapper devices, the NVMe connections and
-	// /run go; the VM and the PBD's attach with them.
+	// /run go; the VM and the PBD's attach with them. --retry: udev may
+	// still be probing the LV the pattern was just written to.
 	dms, err := l.b.Exec("dmsetup", "ls")
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, line := range strings.Split(dms, "\n") {
 		if name, _, _ := strings.Cut(line, "\t"); strings.HasPrefix(name, "VG_sanvol--") {
-			if _, err := l.b.Exec("dmsetup", "remove", name); err != nil {
+			if _, err := l.b.Exec("dmsetup", "remove", "--retry", name); err != nil {
 				t.Fatal(err)
 			}
 		}
