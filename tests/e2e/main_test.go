@@ -39,6 +39,10 @@ func TestMain(m *testing.M) {
 		fmt.Println("e2e: these tests run only inside the lab guest; use tests/lab/run.sh test")
 		os.Exit(0)
 	}
+	// The pool lab's member runs its agent, not scenarios (pool_agent_test.go).
+	if os.Getenv("SANVOL_LAB_POOL_AGENT") == "1" {
+		os.Exit(runPoolAgent())
+	}
 	// A previous binary in this boot may have died half-way; the next
 	// scenario must not inherit its targets.
 	if err := labtarget.CleanNVMet(); err != nil {
@@ -47,7 +51,11 @@ func TestMain(m *testing.M) {
 	if err := labtarget.CleanLIO(); err != nil {
 		fmt.Println("e2e: cleaning LIO:", err)
 	}
-	os.Exit(m.Run())
+	rc := m.Run()
+	if poolMaster() {
+		(&member{}).quit()
+	}
+	os.Exit(rc)
 }
 
 // LabDir is the 9p share with the host: the built binaries come in

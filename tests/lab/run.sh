@@ -5,6 +5,7 @@
 #   run.sh image   [--kernel bookworm|backports]
 #   run.sh test    [--kernel K] [--dom0 xcpng8] [-run REGEX] [--timeout S]
 #                  [--keep] [--shards N] [--also KERNEL[+xcpng8]:REGEX]...
+#   run.sh test    --pool [--kernel K] [-run REGEX] [--timeout S] [--keep]
 #   run.sh demo    [--kernel K]
 #   run.sh capture [--kernel K] [--dom0 xcpng8] [--force]
 #   run.sh shell   [--kernel K] [--keep]   interactive guest, for debugging
@@ -16,7 +17,10 @@
 # in one more guest at the same time; it may be given more than once. Each
 # guest's scenarios still share its one boot. --dom0 xcpng8 runs the guest
 # with lvm2 2.02.180, open-iscsi 2.0.874 and multipath-tools 0.4.9 built
-# from ../shared/dom0-tools (tests/lab/README.md).
+# from ../shared/dom0-tools (tests/lab/README.md). --pool boots two guests
+# joined by a private qemu socket link, a pool master that also serves the
+# targets and a member driven through its agent, and runs the TestPool
+# scenarios on the master (tests/lab/README.md, "The pool lab").
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -196,9 +200,12 @@ boot() {
 	case $img in */backports-* | */backports+*) cpu=max ;; esac
 	cpu=${SANVOL_LAB_CPU:-$cpu}
 	local interactive=${4:-}
+	# A pool guest's link to the other guest (pool_run); else no network.
+	local net=(-nic none)
+	[ -z "${pool_net:-}" ] || read -ra net <<<"$pool_net"
 	local args=(
-		-machine pc -accel "$accel" -cpu "$cpu" -smp 2 -m 3072
-		-no-reboot -nic none
+		-machine pc -accel "$accel" -cpu "$cpu" -smp 2 -m "${pool_mem:-3072}"
+		-no-reboot "${net[@]}"
 		-kernel "$img/vmlinuz" -initrd "$img/initrd.img"
 		-append "console=ttyS0 root=/dev/vda rw rootfstype=ext4 init=/sbin/lab-init $cmdline"
 		-drive "file=$img/rootfs.img,if=virtio,format=raw,snapshot=on,cache=unsafe"
@@ -390,6 +397,61 @@ run_jobs() {
 	echo "lab: ${#dirs[@]} guests: $pass passed, $fail failed, $skip skipped"
 }
 
+# pool_run BUILT LIMIT REGEX: the pool lab (issue 15). Guest A is the pool
+# master and serves the NVMe/TCP and iSCSI targets on 10.99.0.1 and
+# 10.99.0.2; guest B is a member on 10.99.0.20 that runs only the agent the
+# scenarios on A drive it through. The guests share a qemu socket netdev
+# (A listens on a loopback port, B connects): no host networking. Each
+# guest's share/pool-role tells its init which one it is. When A is done,
+# share/stop tells B's agent to end (A's scenarios also end it). Sets
+# jobs_rc to A's result, or B's if only B failed.
+pool_run() {
+	local built=$1 limit=$2 regex=$3 port d a b pa pb i rc
+	image_dir "$kernel" >/dev/null
+	port=$((20000 + RANDOM % 20000))
+	a=$(new_rundir) b=$(new_rundir)
+	for d in "$a" "$b"; do
+		cp "$built/share/e2e.test" "$d/share/"
+		[ ! -f "$built/share/sanvol" ] || cp "$built/share/sanvol" "$d/share/"
+	done
+	echo master >"$a/share/pool-role"
+	echo member >"$b/share/pool-role"
+	say "[pool-a] master and targets, run dir $a, -run '$regex'"
+	say "[pool-b] member (agent), run dir $b, link on 127.0.0.1:$port"
+	(
+		job_name=pool-a
+		pool_net="-netdev socket,id=pool,listen=127.0.0.1:$port -device virtio-net-pci,netdev=pool,mac=52:54:00:99:00:01"
+		run_guest "$kernel" "$a" "$limit" "SANVOL_LAB_POOL=master $(test_cmd "$regex" "$limit")"
+		echo "$guest_rc" >"$a/job.rc"
+		: >"$b/share/stop"
+	) &
+	pa=$!
+	# B's qemu connects once, at start: A must be listening by then.
+	for i in $(seq 150); do
+		ss -ltn "sport = :$port" 2>/dev/null | grep -q LISTEN && break
+		sleep 0.2
+	done
+	(
+		job_name=pool-b
+		pool_mem=1536
+		pool_net="-netdev socket,id=pool,connect=127.0.0.1:$port -device virtio-net-pci,netdev=pool,mac=52:54:00:99:00:20"
+		run_guest "$kernel" "$b" "$limit" "SANVOL_LAB_POOL_AGENT=1 /lab/e2e.test"
+		echo "$guest_rc" >"$b/job.rc"
+	) &
+	pb=$!
+	wait "$pa" || true
+	wait "$pb" || true
+	jobs_rc=0
+	for d in "$b" "$a"; do
+		rc=$(cat "$d/job.rc" 2>/dev/null || echo 125)
+		echo
+		echo "################ [$( [ "$d" = "$a" ] && echo pool-a || echo pool-b)] ################"
+		summary "$d" "$rc"
+		[ "$rc" = 0 ] || jobs_rc=$rc
+	done
+	if [ "$jobs_rc" = 0 ] && [ -z "$keep" ]; then rm -rf "$a" "$b"; fi
+}
+
 # copy_fixtures SRC DST: copies captured fixtures into a package's testdata.
 # Files that already exist are kept (another helper may have captured them
 # by hand and written tests on their exact content) unless --force; the
@@ -430,7 +492,7 @@ copy_fixtures() {
 # checkouts share it) cannot change what the run does next.
 main() {
 	local kernel=bookworm run=. limit=1200 keep= force= sub rundir rc t0 dir pkg
-	local shards=1 also=() jobs=() line k dom0= a
+	local shards=1 also=() jobs=() line k dom0= a pool=
 	sub=${1:-}; [ -n "$sub" ] || usage; shift
 	while [ $# -gt 0 ]; do
 		case $1 in
@@ -442,6 +504,7 @@ main() {
 		--shards) shards=$2; shift 2 ;;
 		--also) also+=("$2"); shift 2 ;;
 		--dom0) dom0=$2; shift 2 ;;
+		--pool) pool=1; shift ;;
 		*) [ "$sub" = durations ] && break; usage ;;
 		esac
 	done
@@ -468,6 +531,17 @@ main() {
 		;;
 	test | demo)
 		[ "$sub" = demo ] && run='^TestDemo$'
+		if [ -n "$pool" ]; then
+			[ "$sub" = test ] && [ "$shards" = 1 ] && [ ${#also[@]} = 0 ] && [ -z "$dom0" ] ||
+				die "--pool is for test, without --shards, --also or --dom0"
+			[ "$run" != . ] || run='^TestPool'
+			rundir=$(new_rundir)
+			build "$rundir"
+			pool_run "$rundir" "$limit" "$run"
+			rm -rf "$rundir"
+			say "$sub finished in $((SECONDS - t0)) s with exit $jobs_rc"
+			exit "$jobs_rc"
+		fi
 		# Several guests side by side: shards of one kernel's scenarios (a
 		# -run naming subtests is not split) and the --also job.
 		if [ "$sub" = test ] && { [ "$shards" -gt 1 ] || [ ${#also[@]} -gt 0 ]; }; then

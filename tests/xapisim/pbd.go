@@ -18,10 +18,10 @@ import (
 // fields, ocaml/xapi/exnHelper.ml for how database exceptions become
 // XenAPI errors).
 type xapiDB struct {
-	mu       sync.Mutex
-	hostUUID string
-	srs      map[string]*srRecord  // by ref
-	pbds     map[string]*pbdRecord // by ref
+	mu    sync.Mutex
+	hosts map[string]bool       // the uuids of the hosts it knows (a pool's: PoolSim)
+	srs   map[string]*srRecord  // by ref
+	pbds  map[string]*pbdRecord // by ref
 }
 
 type srRecord struct {
@@ -44,14 +44,22 @@ const (
 	pbdRefPrefix  = "OpaqueRef:pbd-"
 )
 
-// init makes the maps and this host's uuid on first use; callers hold mu.
+// init makes the maps on first use; callers hold mu.
 func (db *xapiDB) init() {
 	if db.srs == nil {
-		db.srs, db.pbds = map[string]*srRecord{}, map[string]*pbdRecord{}
+		db.srs, db.pbds, db.hosts = map[string]*srRecord{}, map[string]*pbdRecord{}, map[string]bool{}
 	}
-	if db.hostUUID == "" {
-		db.hostUUID = newUUID()
+}
+
+// hostLocked is this Sim's host uuid, made and entered in the database on
+// first use; callers hold s.xapi.mu.
+func (s *Sim) hostLocked() string {
+	s.xapi.init()
+	if s.hostUUID == "" {
+		s.hostUUID = newUUID()
 	}
+	s.xapi.hosts[s.hostUUID] = true
+	return s.hostUUID
 }
 
 // HostUUID is this host's uuid in the simulated xapi: what the plugin
@@ -59,8 +67,7 @@ func (db *xapiDB) init() {
 func (s *Sim) HostUUID() string {
 	s.xapi.mu.Lock()
 	defer s.xapi.mu.Unlock()
-	s.xapi.init()
-	return s.xapi.hostUUID
+	return s.hostLocked()
 }
 
 // xapiVersion is software_version["xapi"] of the daemon simulated: the
@@ -73,6 +80,12 @@ func (s *Sim) xapiVersion() string {
 	return "26.1"
 }
 
+// Inventory is the /etc/xensource-inventory naming this host, as the
+// XCP-ng installer writes it (the part a plugin reads).
+func (s *Sim) Inventory() []byte {
+	return fmt.Appendf(nil, "PRODUCT_BRAND='XCP-ng'\nINSTALLATION_UUID='%s'\n", s.HostUUID())
+}
+
 // WriteInventory writes <root>/etc/xensource-inventory naming this host,
 // as the XCP-ng installer does, and returns how to put back what was there.
 func (s *Sim) WriteInventory(root string) (restore func() error, err error) {
@@ -81,8 +94,7 @@ func (s *Sim) WriteInventory(root string) (restore func() error, err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
-	body := fmt.Sprintf("PRODUCT_BRAND='XCP-ng'\nINSTALLATION_UUID='%s'\n", s.HostUUID())
-	if err := os.WriteFile(path, []byte(body), 0o644); err != nil {
+	if err := os.WriteFile(path, s.Inventory(), 0o644); err != nil {
 		return nil, err
 	}
 	return func() error {
@@ -98,10 +110,10 @@ func (s *Sim) WriteInventory(root string) (restore func() error, err error) {
 // configuration returned), for this host; Introduce does the same for an
 // SR created from another host.
 func (s *Sim) recordSR(sr *SR) {
-	db := &s.xapi
+	db := s.xapi
 	db.mu.Lock()
 	defer db.mu.Unlock()
-	db.init()
+	self := s.hostLocked()
 	srRef := ""
 	for ref, r := range db.srs {
 		if r.UUID == sr.UUID {
@@ -112,7 +124,7 @@ func (s *Sim) recordSR(sr *SR) {
 		srRef = srRefPrefix + sr.UUID
 		db.srs[srRef] = &srRecord{UUID: sr.UUID, Type: sr.Type, Name: sr.Name}
 	}
-	db.pbds[pbdRefPrefix+sr.PBD] = &pbdRecord{UUID: sr.PBD, Host: hostRefPrefix + db.hostUUID, SR: srRef,
+	db.pbds[pbdRefPrefix+sr.PBD] = &pbdRecord{UUID: sr.PBD, Host: hostRefPrefix + self, SR: srRef,
 		DeviceCfg: maps.Clone(sr.Config), OtherConfig: map[string]string{}}
 }
 
@@ -121,15 +133,15 @@ func (s *Sim) recordSR(sr *SR) {
 // per host with the device-config, this host's first and hosts-1 others.
 // It returns the SR's uuid.
 func (s *Sim) AddSMAPIv1SR(srType, name string, deviceConfig map[string]string, hosts int) string {
-	db := &s.xapi
+	db := s.xapi
 	db.mu.Lock()
 	defer db.mu.Unlock()
-	db.init()
+	self := s.hostLocked()
 	uuid := newUUID()
 	ref := srRefPrefix + uuid
 	db.srs[ref] = &srRecord{UUID: uuid, Type: srType, Name: name}
 	for i := range hosts {
-		h := hostRefPrefix + db.hostUUID
+		h := hostRefPrefix + self
 		if i > 0 {
 			h = hostRefPrefix + newUUID()
 		}
@@ -143,7 +155,7 @@ func (s *Sim) AddSMAPIv1SR(srType, name string, deviceConfig map[string]string, 
 // forgetSR is what xapi does after SR.destroy (xapi_sr.ml destroy, then
 // forget): the PBDs and the SR record go.
 func (s *Sim) forgetSR(uuid string) {
-	db := &s.xapi
+	db := s.xapi
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	for ref, r := range db.srs {
@@ -162,7 +174,7 @@ func (s *Sim) forgetSR(uuid string) {
 // PBDOtherConfig is this host's PBD's other-config, as
 // `xe pbd-param-get uuid=<pbd> param-name=other-config` shows it.
 func (sr *SR) PBDOtherConfig() map[string]string {
-	db := &sr.sim.xapi
+	db := sr.sim.xapi
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	if p, ok := db.pbds[pbdRefPrefix+sr.PBD]; ok {
@@ -196,10 +208,10 @@ func (s *Sim) xenAPIRecords(method string, params []json.RawMessage) (result any
 		}
 		return v
 	}
-	db := &s.xapi
+	db := s.xapi
 	db.mu.Lock()
 	defer db.mu.Unlock()
-	db.init()
+	s.hostLocked()
 	// get_by_uuid of an unknown uuid: Db_exn.Read_missing_uuid becomes
 	// UUID_INVALID [class; uuid]; a bad reference: DBCache_NotFound
 	// "missing row" becomes HANDLE_INVALID [class; ref] (exnHelper.ml).
@@ -217,12 +229,12 @@ func (s *Sim) xenAPIRecords(method string, params []json.RawMessage) (result any
 	}
 	switch method {
 	case "host.get_by_uuid":
-		if str(1) != db.hostUUID {
+		if !db.hosts[str(1)] {
 			return nil, uuidInvalid("host"), true
 		}
-		return hostRefPrefix + db.hostUUID, nil, true
+		return hostRefPrefix + str(1), nil, true
 	case "host.get_software_version":
-		if str(1) != hostRefPrefix+db.hostUUID {
+		if u, ok := strings.CutPrefix(str(1), hostRefPrefix); !ok || !db.hosts[u] {
 			return nil, handleInvalid("host"), true
 		}
 		return map[string]string{"xapi": s.xapiVersion(), "product_brand": "XCP-ng"}, nil, true

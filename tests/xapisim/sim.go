@@ -54,12 +54,17 @@ type Sim struct {
 	// ScanRetryWait replaces stat_with_retry's 1 s between SR.stat calls
 	// of a scan of an Unreachable SR, for tests; zero means 1 s.
 	ScanRetryWait time.Duration
+	// Exec runs a method file on the host this Sim stands for; nil runs it
+	// on this machine (plugin.Run). A pool lab points a member's Sim at
+	// that host's agent.
+	Exec func(ctx context.Context, script string, stdin []byte) (plugin.Outcome, error)
 
 	mu         sync.Mutex
 	registered map[string]*Datapath // by scheme
 	refused    map[string]error     // datapath dirs the daemon would ignore, and why
 	secrets    map[string]string    // secret uuid -> value
-	xapi       xapiDB               // host, SR and PBD records (pbd.go)
+	xapi       *xapiDB              // host, SR and PBD records (pbd.go), a pool's in a PoolSim
+	hostUUID   string               // under xapi.mu
 	narration  sync.Mutex
 	serial     sync.Mutex // OldDaemon's one call at a time
 	inflight   atomic.Int32
@@ -85,7 +90,7 @@ func (d *Datapath) NonPersistent() bool {
 
 // New returns a simulator for the plugin tree under root.
 func New(root string, out io.Writer) *Sim {
-	return &Sim{Root: root, Out: out, secrets: map[string]string{}}
+	return &Sim{Root: root, Out: out, secrets: map[string]string{}, xapi: &xapiDB{}}
 }
 
 // VolumeDir is the volume plugin directory of an SR type.
@@ -172,7 +177,11 @@ func (s *Sim) invoke(ctx context.Context, dir, method string, args any) (json.Ra
 		s.serial.Lock()
 		defer s.serial.Unlock()
 	}
-	out, err := plugin.Run(ctx, script, stdin)
+	run := plugin.Run
+	if s.Exec != nil {
+		run = s.Exec
+	}
+	out, err := run(ctx, script, stdin)
 	if err != nil {
 		return nil, err
 	}

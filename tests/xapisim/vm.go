@@ -83,6 +83,20 @@ func (sr *SR) vmStart(ctx context.Context, o *op, key, domain string, persistent
 	if err := sr.epochBegin(ctx, o, key, persistent); err != nil {
 		return nil, err
 	}
+	a, err := sr.attachStep(ctx, o, key, domain)
+	if err != nil {
+		return nil, err
+	}
+	if err := sr.activateStep(ctx, o, a); err != nil {
+		return a, err
+	}
+	o.say("  = %s", a.Device)
+	return a, nil
+}
+
+// attachStep is xenopsd's VBD_attach on this host: Volume.stat, the
+// datapath's choice, Datapath.attach.
+func (sr *SR) attachStep(ctx context.Context, o *op, key, domain string) (*Attachment, error) {
 	a := &Attachment{Key: key, Domain: domain}
 	var err error
 	if a.Datapath, a.URI, err = sr.statAndChoose(ctx, o, key); err != nil {
@@ -100,15 +114,27 @@ func (sr *SR) vmStart(ctx context.Context, o *op, key, domain string, persistent
 			a.Device = i.File
 		}
 	}
-	dp, uri, err := sr.statAndChoose(ctx, o, key)
-	if err != nil {
-		return a, err
-	}
-	if err := o.call(ctx, dp.Dir, "Datapath.activate", schema.DatapathArgs{Dbg: o.dbg, URI: uri, Domain: domain}, nil); err != nil {
-		return a, err
-	}
-	o.say("  = %s", a.Device)
 	return a, nil
+}
+
+// activateStep is xenopsd's VBD_activate on this host: Volume.stat, the
+// datapath's choice, Datapath.activate.
+func (sr *SR) activateStep(ctx context.Context, o *op, a *Attachment) error {
+	dp, uri, err := sr.statAndChoose(ctx, o, a.Key)
+	if err != nil {
+		return err
+	}
+	return o.call(ctx, dp.Dir, "Datapath.activate", schema.DatapathArgs{Dbg: o.dbg, URI: uri, Domain: a.Domain}, nil)
+}
+
+// deactivateStep is the daemon's VDI.deactivate on this host: Volume.stat,
+// the datapath's choice, Datapath.deactivate.
+func (sr *SR) deactivateStep(ctx context.Context, o *op, a *Attachment) error {
+	dp, uri, err := sr.statAndChoose(ctx, o, a.Key)
+	if err != nil {
+		return err
+	}
+	return o.call(ctx, dp.Dir, "Datapath.deactivate", schema.DatapathArgs{Dbg: o.dbg, URI: uri, Domain: a.Domain}, nil)
 }
 
 // epochBegin is the daemon's VDI.epoch_begin (main.ml,
@@ -162,14 +188,11 @@ func (sr *SR) VMShutdown(ctx context.Context, a *Attachment) error {
 	args := func(uri string) schema.DatapathArgs {
 		return schema.DatapathArgs{Dbg: o.dbg, URI: uri, Domain: a.Domain}
 	}
+	if err := sr.deactivateStep(ctx, o, a); err != nil {
+		return err
+	}
 	dp, uri, err := sr.statAndChoose(ctx, o, a.Key)
 	if err != nil {
-		return err
-	}
-	if err := o.call(ctx, dp.Dir, "Datapath.deactivate", args(uri), nil); err != nil {
-		return err
-	}
-	if dp, uri, err = sr.statAndChoose(ctx, o, a.Key); err != nil {
 		return err
 	}
 	if !sr.sim.OldDaemon {

@@ -22,6 +22,10 @@ func (s *Sim) ServeXenAPI(socket string) (stop func() error, err error) {
 	return serveUnix(socket, http.HandlerFunc(s.serveRPC))
 }
 
+// XenAPIHandler is the handler ServeXenAPI serves, for a listener of the
+// caller's (a pool lab serves the master's to the other hosts over TCP).
+func (s *Sim) XenAPIHandler() http.Handler { return http.HandlerFunc(s.serveRPC) }
+
 // serveUnix serves h on a unix socket until stop is called.
 func serveUnix(socket string, h http.Handler) (stop func() error, err error) {
 	if err := os.MkdirAll(filepath.Dir(socket), 0o755); err != nil {

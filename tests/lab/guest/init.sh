@@ -31,6 +31,35 @@ mount -t tmpfs -o size=75% tmpfs /srv/lab
 hostname lab
 ip link set lo up
 
+# The pool lab (run.sh test --pool): two guests on one qemu socket link.
+# The NIC comes up before udevd starts, so it keeps the kernel's name.
+# Each guest gets its pool.conf the way xapi writes it: "master", or
+# "slave:<master address>" (host.ReadRole).
+role=$(cat "$L/pool-role" 2>/dev/null || true)
+if [ -n "$role" ]; then
+	modprobe -q virtio_net || say "modprobe virtio_net failed"
+	nic=
+	for n in /sys/class/net/*; do
+		[ "${n##*/}" = lo ] || { nic=${n##*/}; break; }
+	done
+	ip link set "$nic" up
+	mkdir -p /etc/xensource
+	case $role in
+	master)
+		hostname pool-a
+		ip addr add 10.99.0.1/24 dev "$nic"
+		ip addr add 10.99.0.2/24 dev "$nic"
+		echo master >/etc/xensource/pool.conf
+		;;
+	member)
+		hostname pool-b
+		ip addr add 10.99.0.20/24 dev "$nic"
+		echo slave:10.99.0.1 >/etc/xensource/pool.conf
+		;;
+	esac
+	say "pool $role on $nic: $(ip -o -4 addr show dev "$nic" | awk '{print $4}' | tr '\n' ' ')"
+fi
+
 for m in nvme-tcp nvme-fabrics nvmet nvmet-tcp iscsi_tcp sd_mod target_core_mod \
 	target_core_file iscsi_target_mod dm_mod dm_multipath dm_round_robin \
 	dm_service_time scsi_dh_alua; do
