@@ -215,6 +215,14 @@ func (e *Engine) VolumeDestroy(ctx context.Context, sr, key string) error {
 	}
 	defer unlock()
 	s := e.scope(a.Device)
+	// A volume with snapshots is the base of their images: it goes only
+	// after them (and the COWs with it), never under them.
+	if l, err := e.lvm.LV(ctx, s, a.VG, lvName(key)); err == nil {
+		if c, err := parseChain(key, l.Tags); err != nil || len(c.Snaps) > 0 || c.Intent != nil {
+			return host.NewError(host.KindBusy, op, fmt.Sprintf("volume %s has snapshots (or a snapshot step under way)", key),
+				"delete its snapshots first", err)
+		}
+	}
 	err = e.lvm.LVRemove(ctx, s, a.VG, lvName(key))
 	if errors.Is(err, host.ErrNotFound) {
 		return e.provenGone(ctx, op, a, s, err)
