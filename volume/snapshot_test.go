@@ -161,6 +161,9 @@ func TestSnapshotStackLive(t *testing.T) {
 	if err := s.e.VolumeDestroy(ctx, s.sr, s.key); host.KindOf(err) != host.KindBusy {
 		t.Fatalf("destroying a volume with snapshots: %v, want Busy", err)
 	}
+	if err := s.e.VolumeResize(ctx, s.sr, s.key, 2*gib); host.KindOf(err) != host.KindBusy {
+		t.Fatalf("resizing a volume with snapshots: %v, want Busy", err)
+	}
 	if err := s.e.DeleteSnapshot(ctx, s.sr, s1); err != nil {
 		t.Fatal(err)
 	}
