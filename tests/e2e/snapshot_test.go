@@ -22,6 +22,7 @@ import (
 	"github.com/sanvol/sanvol/datapath"
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/tests/labtarget"
 	"github.com/sanvol/sanvol/transport"
 	"github.com/sanvol/sanvol/volume"
 )
@@ -45,9 +46,32 @@ type snapLab struct {
 	ctx context.Context
 }
 
-func newSnapLab(t *testing.T, name string) *snapLab {
+// snapLUNSize holds a 64 MiB volume and three COWs next to the metadata.
+const snapLUNSize = (volume.MetadataAreaMiB + 640) << 20
+
+// newISCSIEngineLab is engineLab on a LIO LUN seen through dm-multipath
+// over two portals, logged in by the test itself.
+func newISCSIEngineLab(t *testing.T, name string, size int64) *engineLab {
 	t.Helper()
-	l := newEngineLab(t, name, (volume.MetadataAreaMiB+640)<<20)
+	tgt := labLIO(t, labtarget.ISCSIOptions{Name: name, Size: size})
+	dev := loginISCSI(t, tgt, []string{labtarget.Addr1, labtarget.Addr2})
+	l := &engineLab{t: t, dev: dev, log: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)), root: host.NewRoot("/")}
+	l.runner = &countingRunner{Runner: host.NewExecRunner(l.log)}
+	l.tr = &labTransport{dev: dev, health: transport.Health{Total: 2, Live: 2}}
+	t.Cleanup(func() {
+		cfg, _ := lvm.BuildConfig(lvm.Version{Major: 2, Minor: 3}, l.scope())
+		if out, err := labtarget.Run(context.Background(), "vgchange", "--config", cfg, "-an"); err != nil {
+			t.Logf("cleanup vgchange -an: %v %s", err, out)
+		}
+		for _, a := range mustList(t, l.root) {
+			_ = os.Remove(filepath.Join(volume.StateDir, a.UUID+".json"))
+		}
+	})
+	return l
+}
+
+func newSnapLab(t *testing.T, l *engineLab) *snapLab {
+	t.Helper()
 	e := l.engine(host.Role{Master: true})
 	sr := l.createSR(e)
 	a, err := volume.LoadAttached(l.root, testSRUUID)
@@ -132,12 +156,22 @@ func stopIO(t *testing.T, io *IOLoad, step string) {
 }
 
 func TestSnapshotLive(t *testing.T) {
+	nvmeLab(t)
+	snapshotLive(t, newSnapLab(t, newEngineLab(t, "snaplive", snapLUNSize)))
+}
+
+func TestSnapshotLiveISCSI(t *testing.T) {
+	nvmeLab(t) // the lab's portal addresses
+	snapshotLive(t, newSnapLab(t, newISCSIEngineLab(t, "snaplive", snapLUNSize)))
+}
+
+// snapshotLive is the scenario on one SR: snapshots and merges under
+// writes, two of them killed and repaired.
+func snapshotLive(t *testing.T, l *snapLab) {
 	const (
 		size = 64 << 20
 		span = 32 << 20
 	)
-	nvmeLab(t)
-	l := newSnapLab(t, "snaplive")
 	ctx := l.ctx
 	v, err := l.e.VolumeCreate(ctx, l.sr, "k", "", size, false)
 	if err != nil {
