@@ -302,11 +302,11 @@ func (st *Stack) removeExtras(ctx context.Context, extras []string) error {
 }
 
 // names returns the device names a chain may have on a host: K's and one
-// per snapshot (a middle layer is named after the snapshot whose image it
-// is), plus those of extra snapshot keys.
-func names(sr string, c Chain, extra ...string) []string {
+// per snapshot, the intent's included (a middle layer is named after the
+// snapshot whose image it is).
+func names(sr string, c Chain) []string {
 	out := []string{DevName(sr, c.Key)}
-	for _, s := range append(append(append([]string{}, c.Snaps...), extra...), intentSnap(c)...) {
+	for _, s := range append(slices.Clone(c.Snaps), intentSnap(c)...) {
 		n := DevName(sr, s)
 		if !slices.Contains(out, n) {
 			out = append(out, n)
