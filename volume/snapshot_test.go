@@ -2,6 +2,7 @@ package volume_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"github.com/sanvol/sanvol/blockdev"
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/lvm/lvmtest"
 	"github.com/sanvol/sanvol/volume"
 )
 
@@ -267,5 +269,38 @@ func TestSnapshotCrashAtEveryStep(t *testing.T) {
 				})
 			}
 		}
+	}
+}
+
+// A process killed between a suspend and its resume leaves K suspended
+// (here: the resume fails, so the sim keeps K suspended with the new
+// table loaded); the next call resumes it with the stack its tags give.
+func TestSnapshotRepairResumesASuspendedStack(t *testing.T) {
+	ctx := context.Background()
+	for _, depth := range []int{0, 1} {
+		t.Run(fmt.Sprintf("depth=%d", depth), func(t *testing.T) {
+			s := newSnapEnv(t, true)
+			var snaps []string
+			for range depth {
+				snaps = append(snaps, s.snapshot("s"))
+			}
+			k := volume.DevName(srUUID, s.key)
+			s.sim.Once(lvmtest.And(lvmtest.Tool("dmsetup"), lvmtest.HasArg("resume"), lvmtest.HasArg(k)),
+				lvmtest.Reply{Code: 1, Stderr: "killed"})
+			if _, err := s.e.Snapshot(ctx, s.sr, s.key, "s", ""); !errors.Is(err, blockdev.ErrLeftSuspended) {
+				t.Fatalf("snapshot with a failed resume: %v", err)
+			}
+			if _, suspended := s.sim.DM(); !slices.Contains(suspended, k) {
+				t.Fatalf("K is not suspended (%v): the case is not made", suspended)
+			}
+			if err := s.e.RepairChain(ctx, s.sr, s.key); err != nil {
+				t.Fatal(err)
+			}
+			got, _ := s.chain()
+			if len(got) != depth+1 {
+				t.Fatalf("chain %v: the snapshot whose table was loaded must roll forward", got)
+			}
+			s.wantStack(got, "repaired")
+		})
 	}
 }
