@@ -280,9 +280,8 @@ func TestSnapshotRepairResumesASuspendedStack(t *testing.T) {
 	for _, depth := range []int{0, 1} {
 		t.Run(fmt.Sprintf("depth=%d", depth), func(t *testing.T) {
 			s := newSnapEnv(t, true)
-			var snaps []string
 			for range depth {
-				snaps = append(snaps, s.snapshot("s"))
+				s.snapshot("s")
 			}
 			k := volume.DevName(srUUID, s.key)
 			s.sim.Once(lvmtest.And(lvmtest.Tool("dmsetup"), lvmtest.HasArg("resume"), lvmtest.HasArg(k)),
@@ -302,5 +301,28 @@ func TestSnapshotRepairResumesASuspendedStack(t *testing.T) {
 			}
 			s.wantStack(got, "repaired")
 		})
+	}
+}
+
+// sanvol status judges chain LVs: a COW with its tags is healthy, a base
+// with an intent says a step is pending.
+func TestSnapshotProblems(t *testing.T) {
+	s := newSnapEnv(t, true)
+	snap := s.snapshot("s")
+	lvs := s.sim.LVs()
+	row := func(name string) lvm.LV { return lvm.LV{Name: name, Tags: lvs[name].Tags} }
+	if p := volume.Problem(row("s-" + snap)); p != "" {
+		t.Fatalf("COW: %q", p)
+	}
+	if p := volume.Problem(row(volume.LVName(s.key))); p != "" {
+		t.Fatalf("base with a chain: %q", p)
+	}
+	if p := volume.Problem(lvm.LV{Name: "s-" + snap}); !strings.Contains(p, "do not say whose") {
+		t.Fatalf("COW without tags: %q", p)
+	}
+	base := row(volume.LVName(s.key))
+	base.Tags = append(base.Tags, lvm.EncodeField("X", "merge "+snap)...)
+	if p := volume.Problem(base); !strings.Contains(p, "merge "+snap) {
+		t.Fatalf("base with an intent: %q", p)
 	}
 }
