@@ -4,9 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/sanvol/sanvol/host"
 )
@@ -229,4 +232,66 @@ func (d *DM) Suspended(ctx context.Context, names []string, step func(context.Co
 		held = append(held, n)
 	}
 	return step(ctx)
+}
+
+// DevInfo is what `dmsetup info` says of one device.
+type DevInfo struct {
+	Exists bool
+	// Suspended: I/O is held until a resume (a process died between the
+	// two). Inactive: a loaded table waits for a resume.
+	Suspended, Inactive, ReadOnly bool
+	// Dev is "major:minor", how `dmsetup table` names the devices a
+	// table maps.
+	Dev string
+}
+
+// Info reports whether name exists and its state. A missing device is
+// Exists == false with a nil error.
+func (d *DM) Info(ctx context.Context, name string) (DevInfo, error) {
+	out, err := d.dmsetup(ctx, "info", "-c", "--noheadings", "--separator", ":", "-o", "attr,major,minor", name)
+	if err != nil {
+		var ee *host.ExitError
+		if errors.As(err, &ee) && strings.Contains(ee.Stderr, "not exist") {
+			return DevInfo{}, nil
+		}
+		return DevInfo{}, err
+	}
+	return ParseInfo(out)
+}
+
+// ParseInfo reads one line of `dmsetup info -c --noheadings --separator :
+// -o attr,major,minor`: "L--w:253:3". The attr letters are (L)ive table,
+// (I)nactive table, (s)uspended, (r)ead-only or read-(w)rite.
+func ParseInfo(out string) (DevInfo, error) {
+	f := strings.Split(strings.TrimSpace(out), ":")
+	if len(f) != 3 || len(f[0]) < 4 {
+		return DevInfo{}, fmt.Errorf("dmsetup info line %q is not attr:major:minor", strings.TrimSpace(out))
+	}
+	a := f[0]
+	return DevInfo{Exists: true, Inactive: a[1] == 'I', Suspended: a[2] == 's', ReadOnly: a[3] == 'r', Dev: f[1] + ":" + f[2]}, nil
+}
+
+// SnapMagic is the first word of a persistent exception store's header
+// (dm-snap-persistent.c SNAP_MAGIC 0x70416e53, little-endian "SnAp"): the
+// kernel writes it when a snapshot target is first built on a zeroed COW.
+const SnapMagic = "SnAp"
+
+// HasSnapMagic reports whether dev starts with a persistent exception
+// store header. It reads with O_DIRECT: the header is written by the
+// kernel below any page cache of dev.
+func HasSnapMagic(root host.Root, dev string) (bool, error) {
+	f, err := os.OpenFile(root.Path(dev), os.O_RDONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	buf, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		return false, err
+	}
+	defer func() { _ = unix.Munmap(buf) }()
+	if _, err := f.ReadAt(buf, 0); err != nil {
+		return false, fmt.Errorf("read the header of %s: %w", dev, err)
+	}
+	return string(buf[:4]) == SnapMagic, nil
 }

@@ -171,3 +171,32 @@ func TestParseSnapStatusLab(t *testing.T) {
 		}
 	}
 }
+
+func TestParseInfo(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want DevInfo
+	}{
+		{"L--w:253:3\n", DevInfo{Exists: true, Dev: "253:3"}},
+		{"LIsr:253:12", DevInfo{Exists: true, Inactive: true, Suspended: true, ReadOnly: true, Dev: "253:12"}},
+	} {
+		t.Run(c.in, func(t *testing.T) {
+			got, err := ParseInfo(c.in)
+			if err != nil || got != c.want {
+				t.Fatalf("ParseInfo(%q) = %+v, %v; want %+v", c.in, got, err, c.want)
+			}
+		})
+	}
+	if _, err := ParseInfo("L--w 253 3"); err == nil {
+		t.Fatal("a line without separators parsed")
+	}
+}
+
+// A device that does not exist is an answer, not an error.
+func TestInfoOfAMissingDevice(t *testing.T) {
+	r := &dmRunner{fail: map[string]error{"dmsetup info": &host.ExitError{Cmd: "dmsetup info", Code: 1, Stderr: "Device does not exist.\nCommand failed."}}}
+	got, err := NewDM(r, 0).Info(context.Background(), "nope")
+	if err != nil || got.Exists {
+		t.Fatalf("Info of a missing device = %+v, %v", got, err)
+	}
+}

@@ -61,6 +61,16 @@ type Deps struct {
 	Usable func(lvm.LV) error
 	// Role is this host's pool role: LVM runs read-only off the master.
 	Role host.Role
+	// Stack builds the volume's device-mapper device over its LV (and its
+	// snapshot overlays, from the LV's tags) and takes it down: the
+	// engine's volume.Stack. Nil hands out the LV itself.
+	Stack Stack
+}
+
+// Stack is the part of volume.Stack the datapath uses.
+type Stack interface {
+	Assemble(ctx context.Context, s lvm.Scope, sr, vg, key string) (string, error)
+	Disassemble(ctx context.Context, s lvm.Scope, sr, vg, key string) error
 }
 
 // Datapath serves the Datapath.* methods.
@@ -186,7 +196,13 @@ func (p *Datapath) ensureActive(ctx context.Context, op string, sr SR, t Target)
 	} else if err := p.d.LVM.Activate(ctx, s, sr.VG, lv); err != nil {
 		return "", err
 	}
-	return lvm.DevicePath(sr.VG, lv), nil
+	if p.d.Stack == nil {
+		return lvm.DevicePath(sr.VG, lv), nil
+	}
+	// blkback gets a device-mapper device of sanvol's own, never the LV:
+	// a snapshot later switches that device's table while blkback holds
+	// it, and its major:minor stays.
+	return p.d.Stack.Assemble(ctx, s, sr.UUID, sr.VG, t.Key)
 }
 
 func (p *Datapath) lookup(op string, t Target) (SR, error) {
@@ -314,6 +330,12 @@ func (p *Datapath) Detach(ctx context.Context, uri, domain string) error {
 	if err != nil {
 		log.Info("SR not attached here; no LV to deactivate", zap.Error(err))
 		return nil
+	}
+	if p.d.Stack != nil {
+		if err := p.d.Stack.Disassemble(ctx, p.scope(sr), sr.UUID, sr.VG, t.Key); err != nil {
+			log.Error("cannot take down the volume's device; the LV stays active until the next detach", zap.Error(err))
+			return nil
+		}
 	}
 	if err := p.d.LVM.Deactivate(ctx, p.scope(sr), sr.VG, p.d.LVName(t.Key)); err != nil {
 		if errors.Is(err, host.ErrNotFound) {

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"syscall"
 
+	"github.com/sanvol/sanvol/blockdev"
 	"github.com/sanvol/sanvol/datapath"
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/iscsi"
@@ -117,8 +118,10 @@ func newDatapath(d *Deps) (*datapath.Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
+	lc := lvm.New(d.Runner, d.Log).WithVersionCache(d.Root)
 	return datapath.New(datapath.Deps{
-		LVM:    lvm.New(d.Runner, d.Log).WithVersionCache(d.Root),
+		LVM:    lc,
+		Stack:  &volume.Stack{DM: blockdev.NewDM(d.Runner, 0), LVM: lc, Root: d.Root, Log: d.Log},
 		Root:   d.Root,
 		Locker: host.FileLocker{Root: d.Root},
 		Log:    d.Log,

@@ -101,6 +101,20 @@ func (e *Engine) collect(ctx context.Context, a Attached, s lvm.Scope) ([]lvm.LV
 // without locks or the clock, so it is safe on any host.
 func Problem(l lvm.LV) string {
 	key, isVol := keyOfLV(l.Name)
+	if snap, isCOW := snapOfCOW(l.Name); isCOW {
+		f, _, _ := lvm.DecodeEachField(l.Tags)
+		if f[volFieldKey] != snap || !IsUUID(f[volFieldOverlayOf]) {
+			return "named like a snapshot COW (s-<uuid>) but its tags do not say whose; sanvol leaves it alone: check it with lvs -o+tags"
+		}
+		return ""
+	}
+	if isVol {
+		if c, err := parseChain(key, l.Tags); err != nil {
+			return "unreadable snapshot chain (" + err.Error() + "); snapshots of it and its attach refuse: check it with lvs -o+tags"
+		} else if c.Intent != nil {
+			return "snapshot step under way or interrupted (" + c.Intent.String() + "); the next snapshot or delete of this volume finishes or undoes it"
+		}
+	}
 	if !isVol {
 		return "not a sanvol volume (its name is not v-<uuid>); sanvol leaves it alone, and SR.destroy refuses while it exists"
 	}

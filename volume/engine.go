@@ -94,6 +94,16 @@ type Options struct {
 	// (host.ID); empty means unknown, and then no mark is taken for this
 	// host's own.
 	HostID string
+	// DM drives device-mapper for the snapshot stacks; nil means dmsetup
+	// through Runner.
+	DM *blockdev.DM
+	// DevNum returns a device node's "major:minor"; nil stats it.
+	DevNum func(path string) (string, error)
+	// SnapMagic reports whether a COW carries an exception store header;
+	// nil reads it (blockdev.HasSnapMagic).
+	SnapMagic func(ctx context.Context, dev string) (bool, error)
+	// MergePoll is how often a merge's progress is read; 0 means 500 ms.
+	MergePoll time.Duration
 }
 
 // Engine implements SR.* and Volume.* for one SR type (one Transport).
@@ -111,6 +121,8 @@ type Engine struct {
 	lockWait time.Duration
 	hostID   string
 	zeroer   Zeroer
+	stack    *Stack
+	magic    func(ctx context.Context, dev string) (bool, error)
 }
 
 // New builds an engine.
@@ -128,6 +140,15 @@ func New(o Options) (*Engine, error) {
 	}
 	if e.now == nil {
 		e.now = time.Now
+	}
+	dm := o.DM
+	if dm == nil {
+		dm = blockdev.NewDM(o.Runner, 0)
+	}
+	e.stack = &Stack{DM: dm, LVM: o.LVM, DevNum: o.DevNum, Root: e.root, Log: e.log, MergePoll: o.MergePoll}
+	e.magic = o.SnapMagic
+	if e.magic == nil {
+		e.magic = func(_ context.Context, dev string) (bool, error) { return blockdev.HasSnapMagic(e.root, dev) }
 	}
 	if e.lockWait == 0 {
 		e.lockWait = 5 * time.Minute

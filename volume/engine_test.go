@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
@@ -112,7 +113,7 @@ func (v *env) engineWith(tr transport.Transport) *volume.Engine {
 
 func (v *env) engineOf(role host.Role, tr transport.Transport) *volume.Engine {
 	e, err := volume.New(volume.Options{
-		LVM: lvm.New(v.sim, nil), Transport: tr, Runner: v.sim, Zeroer: v.sim, Locker: host.FileLocker{Root: v.root}, Root: v.root,
+		LVM: lvm.New(v.sim, nil), Transport: tr, Runner: v.sim, Zeroer: v.sim, DevNum: v.sim.DevNum, SnapMagic: v.sim.SnapMagic, MergePoll: time.Millisecond, Locker: host.FileLocker{Root: v.root}, Root: v.root,
 		Role: role, Version: "test-1.0", HostID: testHost,
 		Fault: func(step string) {
 			v.mu.Lock()

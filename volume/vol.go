@@ -215,6 +215,11 @@ func (e *Engine) VolumeDestroy(ctx context.Context, sr, key string) error {
 	}
 	defer unlock()
 	s := e.scope(a.Device)
+	// A volume with snapshots is the base of their images: it goes only
+	// after them (and the COWs with it), never under them.
+	if err := e.refuseChain(ctx, op, a, key, "destroyed"); err != nil {
+		return err
+	}
 	err = e.lvm.LVRemove(ctx, s, a.VG, lvName(key))
 	if errors.Is(err, host.ErrNotFound) {
 		return e.provenGone(ctx, op, a, s, err)
@@ -259,6 +264,9 @@ func (e *Engine) VolumeResize(ctx context.Context, sr, key string, newSize int64
 		return err
 	}
 	defer unlockVol()
+	if err := e.refuseChain(ctx, op, a, key, "resized"); err != nil {
+		return err
+	}
 	g, l, wasActive, done, err := e.growLocked(ctx, op, a, key, newSize)
 	if err != nil || done {
 		return err
@@ -447,5 +455,20 @@ func (e *Engine) setVolumeField(ctx context.Context, op, sr, key, field string, 
 		return err
 	}
 	e.step(StepVolumeSetTags)
+	return nil
+}
+
+// refuseChain refuses op on a volume that has snapshots or a snapshot step
+// under way: its base LV is their image, and its COWs are sized to it.
+// A volume that is not there is left to op to report.
+func (e *Engine) refuseChain(ctx context.Context, op string, a Attached, key, what string) error {
+	l, err := e.lvm.LV(ctx, e.scope(a.Device), a.VG, lvName(key))
+	if err != nil {
+		return nil
+	}
+	if c, err := parseChain(key, l.Tags); err != nil || len(c.Snaps) > 0 || c.Intent != nil {
+		return host.NewError(host.KindBusy, op, fmt.Sprintf("volume %s has snapshots (or a snapshot step under way) and cannot be %s", key, what),
+			"delete its snapshots first", err)
+	}
 	return nil
 }

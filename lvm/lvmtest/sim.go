@@ -37,6 +37,13 @@ type Sim struct {
 	Ops map[string]int
 	// offline: every path to the device is down, as SetOffline says.
 	offline bool
+
+	// device-mapper (dm.go)
+	dm           map[string]*simDM
+	minor        int
+	nums         map[string]int
+	magic        map[string]bool
+	pendingMerge int
 }
 
 // SetOffline cuts (true) or restores (false) every path to the device:
@@ -220,6 +227,8 @@ func (s *Sim) do(c host.Cmd) Reply {
 	case ZeroOutCmd:
 		s.Ops[ZeroOutCmd]++
 		return s.zero(c)
+	case "dmsetup":
+		return s.dmsetup(c.Args)
 	case "lvm":
 	default:
 		return Reply{Code: 127, Stderr: c.Name + ": not simulated"}
@@ -388,7 +397,7 @@ func (s *Sim) do(c host.Cmd) Reply {
 		l.Extents = n
 		return Reply{}
 	case "lvremove":
-		if l.Open {
+		if l.Open || s.mapped(lvm.DevicePath(vg.name, lvn)) {
 			return fail("Logical volume %s contains a filesystem in use.", last)
 		}
 		delete(vg.lvs, lvn)
@@ -398,7 +407,7 @@ func (s *Sim) do(c host.Cmd) Reply {
 		case len(act) == 1 && act[0] == "y":
 			l.Active = true
 		case len(act) == 1 && act[0] == "n":
-			if l.Open {
+			if l.Open || s.mapped(lvm.DevicePath(vg.name, lvn)) {
 				return fail("Logical volume %s in use.", last)
 			}
 			l.Active = false
@@ -444,6 +453,9 @@ func (s *Sim) zero(c host.Cmd) Reply {
 		return Reply{Code: 1, Stderr: "BLKZEROOUT: invalid argument (beyond the end of the device)"}
 	}
 	l.zeroed = append(l.zeroed, span{off, off + length})
+	if off == 0 {
+		delete(s.magic, dev)
+	}
 	return Reply{}
 }
 

@@ -1,0 +1,79 @@
+package datapath
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+
+	"github.com/sanvol/sanvol/lvm"
+)
+
+// fakeStack records the stack calls in the fakeLVM's call list, so the
+// order against activation shows.
+type fakeStack struct {
+	f       *fakeLVM
+	failOff error
+}
+
+func (s *fakeStack) Assemble(ctx context.Context, sc lvm.Scope, sr, vg, key string) (string, error) {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	if !s.f.active["v-"+key] {
+		return "", errors.New("assemble over an inactive LV")
+	}
+	s.f.record(sc, "assemble "+key)
+	return "/dev/mapper/sanvol-" + sr + "-" + key, nil
+}
+
+func (s *fakeStack) Disassemble(ctx context.Context, sc lvm.Scope, sr, vg, key string) error {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	s.f.record(sc, "disassemble "+key)
+	return s.failOff
+}
+
+// The device handed to blkback is the volume's own device-mapper device,
+// built over the active LV, and taken down before the LV is deactivated;
+// when it cannot be taken down (still open), the LV stays active.
+func TestAttachHandsOutTheStackDevice(t *testing.T) {
+	f := newFakeLVM("v-k1")
+	st := &fakeStack{f: f}
+	dp := newDP(t, f, true, true)
+	dp.d.Stack = st
+	uri := URI(srUUID, "k1")
+	b, err := dp.Attach(ctx, uri, "5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "/dev/mapper/sanvol-" + srUUID + "-k1"; b.Device != want {
+		t.Fatalf("attach gave %s, want %s", b.Device, want)
+	}
+	st.failOff = errors.New("device busy")
+	if err := dp.Detach(ctx, uri, "5"); err != nil {
+		t.Fatal(err)
+	}
+	if !f.active["v-k1"] {
+		t.Fatal("the LV was deactivated under a device that could not be removed")
+	}
+	if _, err := dp.Attach(ctx, uri, "5"); err != nil {
+		t.Fatal(err)
+	}
+	st.failOff = nil
+	if err := dp.Detach(ctx, uri, "5"); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"activate v-k1", "assemble k1", "disassemble k1", "assemble k1", "disassemble k1", "deactivate v-k1"}
+	var got []string
+	for _, c := range f.calls {
+		if c != "refresh v-k1" {
+			got = append(got, c)
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("calls %v, want %v", got, want)
+	}
+	if f.active["v-k1"] {
+		t.Fatal("the LV is still active after the last detach")
+	}
+}

@@ -1,0 +1,456 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/sanvol/sanvol/blockdev"
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
+)
+
+// DevName is the device-mapper name of volume key's device on a host
+// where it is attached: what Datapath.attach hands to blkback. It maps
+// the LV linearly until the volume has a snapshot, and then the overlay
+// stack; its major:minor never changes while it exists, because every
+// step reloads its table instead of replacing it.
+func DevName(sr, key string) string { return "sanvol-" + sr + "-" + key }
+
+// DevPath is DevName's device node.
+func DevPath(sr, key string) string { return "/dev/mapper/" + DevName(sr, key) }
+
+// DatapathLock is the per-volume lock the datapath holds around attach,
+// activate, deactivate and detach on a host; the snapshot steps hold it
+// too, so a table switch never races an attach or a detach here.
+func DatapathLock(sr, key string) string { return "dp-" + sr + "-" + key }
+
+// StackLVM is the part of the lvm client the stack uses.
+type StackLVM interface {
+	LV(ctx context.Context, s lvm.Scope, vg, lv string) (lvm.LV, error)
+	Activate(ctx context.Context, s lvm.Scope, vg, lv string) error
+	Deactivate(ctx context.Context, s lvm.Scope, vg, lv string) error
+}
+
+// Stack builds, switches and takes down the device-mapper devices of a
+// volume on this host, from its chain (chain.go).
+type Stack struct {
+	DM  *blockdev.DM
+	LVM StackLVM
+	// DevNum returns a device node's "major:minor", the way `dmsetup
+	// table` names the devices a live table maps; nil stats the node
+	// under Root.
+	DevNum func(path string) (string, error)
+	Root   host.Root
+	Log    *zap.Logger
+	// MergePoll is how often a merge's progress is read; 0 means 500 ms.
+	MergePoll time.Duration
+}
+
+func (st *Stack) log() *zap.Logger {
+	if st.Log == nil {
+		return zap.NewNop()
+	}
+	return st.Log
+}
+
+func (st *Stack) devNum(path string) (string, error) {
+	if st.DevNum != nil {
+		return st.DevNum(path)
+	}
+	fi, err := st.Root.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	sys, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || fi.Mode()&os.ModeDevice == 0 {
+		return "", fmt.Errorf("%s is not a device node", path)
+	}
+	rdev := uint64(sys.Rdev)
+	major := (rdev >> 8 & 0xfff) | (rdev >> 32 & ^uint64(0xfff))
+	minor := (rdev & 0xff) | (rdev >> 12 & ^uint64(0xff))
+	return fmt.Sprintf("%d:%d", major, minor), nil
+}
+
+// dmDev is one device of a stack as it must be.
+type dmDev struct {
+	name     string
+	table    blockdev.Table
+	readOnly bool
+}
+
+// where names a volume's SR for the stack.
+type where struct {
+	sr, vg string
+	scope  lvm.Scope
+}
+
+// layout is the stack K's chain asks for, bottom-up; the last device is
+// K's own (research/dm-snapshot-lab.md has the sequences it comes from):
+//
+//	no snapshot:  K = linear(base)
+//	one:          K = snapshot(base, cow0)       (snapshot-merge while S0 merges)
+//	two:          M = snapshot(base, cow0), read-only: S1's image
+//	              K = snapshot(M, cow1)          (M is snapshot-merge while S0 merges)
+func layout(w where, c Chain, sectors uint64) ([]dmDev, error) {
+	snaps, merging := c.Live()
+	if merging != "" && (len(snaps) == 0 || snaps[0] != merging) {
+		return nil, fmt.Errorf("volume %s merges %s, which is not its oldest snapshot", c.Key, merging)
+	}
+	base := lvm.DevicePath(w.vg, lvName(c.Key))
+	cow := func(i int) string { return lvm.DevicePath(w.vg, cowName(snaps[i])) }
+	over := func(origin string, i int) blockdev.Table {
+		if i == 0 && merging != "" {
+			return blockdev.SnapshotMerge(origin, cow(i), sectors)
+		}
+		return blockdev.Snapshot(origin, cow(i), sectors)
+	}
+	k := DevName(w.sr, c.Key)
+	switch len(snaps) {
+	case 0:
+		return []dmDev{{name: k, table: blockdev.Linear(base, sectors)}}, nil
+	case 1:
+		return []dmDev{{name: k, table: over(base, 0)}}, nil
+	case 2:
+		m := DevName(w.sr, snaps[1])
+		// snapshot-merge writes its origin: only while merging is M
+		// writable.
+		return []dmDev{{name: m, table: over(base, 0), readOnly: merging == ""},
+			{name: k, table: blockdev.Snapshot("/dev/mapper/"+m, cow(1), sectors)}}, nil
+	}
+	return nil, fmt.Errorf("volume %s has %d snapshots; sanvol builds at most %d", c.Key, len(snaps), MaxDepth)
+}
+
+// numbered is t with device paths replaced by "major:minor", as the
+// kernel prints a live table.
+func (st *Stack) numbered(t blockdev.Table) (blockdev.Table, error) {
+	out := make(blockdev.Table, len(t))
+	for i, tg := range t {
+		f := strings.Fields(tg.Args)
+		for j := range f {
+			if strings.HasPrefix(f[j], "/dev/") {
+				n, err := st.devNum(f[j])
+				if err != nil {
+					return nil, err
+				}
+				f[j] = n
+			}
+		}
+		tg.Args = strings.Join(f, " ")
+		out[i] = tg
+	}
+	return out, nil
+}
+
+// state is how far a device is from what it must be.
+type state struct {
+	info blockdev.DevInfo
+	same bool // exists, and its live table is the wanted one
+}
+
+func (st *Stack) state(ctx context.Context, d dmDev) (state, error) {
+	info, err := st.DM.Info(ctx, d.name)
+	if err != nil || !info.Exists {
+		return state{info: info}, err
+	}
+	live, err := st.DM.Table(ctx, d.name)
+	if err != nil {
+		return state{}, err
+	}
+	want, err := st.numbered(d.table)
+	if err != nil {
+		// A device the wanted table maps is missing: it cannot be the
+		// live table.
+		return state{info: info}, nil
+	}
+	return state{info: info, same: live.String() == want.String()}, nil
+}
+
+func (s state) settled() bool { return s.same && !s.info.Suspended && !s.info.Inactive }
+
+// ensure makes one device what it must be, K suspended above it if K
+// exists: created, or reloaded, or resumed after a process died with it
+// suspended.
+func (st *Stack) ensure(ctx context.Context, d dmDev) error {
+	s, err := st.state(ctx, d)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !s.info.Exists:
+		if err := st.DM.Create(ctx, d.name, d.table, d.readOnly); err != nil {
+			// A device whose first resume failed hangs its openers
+			// (udev too): it goes.
+			rctx, cancel := host.RollbackContext(ctx, time.Minute)
+			defer cancel()
+			if rerr := st.DM.Remove(rctx, d.name); rerr != nil {
+				st.log().Error("a device whose create failed is still there", zap.String("device", d.name), zap.Error(rerr))
+			}
+			return err
+		}
+	case !s.same || s.info.Inactive:
+		return st.DM.Suspended(ctx, []string{d.name}, func(ctx context.Context) error { return st.DM.Load(ctx, d.name, d.table) })
+	case s.info.Suspended:
+		return st.DM.Resume(ctx, d.name)
+	}
+	return nil
+}
+
+// converge makes the devices of K's stack on this host what devs (from
+// layout) says, and removes extras, the devices of layers that are gone.
+// With K absent the stack is built bottom-up. With K present every change
+// happens under K suspended, so blkback sees one pause and K keeps its
+// major:minor. Extras are suspended as well before K resumes: an extra
+// may hold a COW that K's new table takes over, and the kernel hands a
+// COW over only from a suspended holder (else the resume fails, -EINVAL).
+// It also repairs what a killed process left: devices suspended, a
+// loaded table never resumed, a K whose COW was handed over.
+func (st *Stack) converge(ctx context.Context, devs []dmDev, extras []string) error {
+	top := devs[len(devs)-1]
+	lower := devs[:len(devs)-1]
+	ks, err := st.state(ctx, top)
+	if err != nil {
+		return err
+	}
+	if !ks.info.Exists {
+		for _, d := range devs {
+			if err := st.ensure(ctx, d); err != nil {
+				return err
+			}
+		}
+		return st.removeExtras(ctx, extras)
+	}
+	var present []string
+	for _, x := range extras {
+		info, err := st.DM.Info(ctx, x)
+		if err != nil {
+			return err
+		}
+		if info.Exists {
+			present = append(present, x)
+		}
+	}
+	change := !ks.settled() || len(present) > 0
+	for _, d := range lower {
+		s, err := st.state(ctx, d)
+		if err != nil {
+			return err
+		}
+		change = change || !s.settled()
+	}
+	if !change {
+		return nil
+	}
+	// K is suspended first and resumed last; the extras are suspended
+	// after K and stay so until they are removed.
+	held := false
+	err = st.DM.Suspended(ctx, []string{top.name}, func(ctx context.Context) error {
+		for _, x := range present {
+			if err := st.DM.Suspend(ctx, x); err != nil {
+				return err
+			}
+			held = true
+		}
+		for _, d := range lower {
+			if err := st.ensure(ctx, d); err != nil {
+				return err
+			}
+		}
+		return st.DM.Load(ctx, top.name, top.table)
+	})
+	if err != nil {
+		if held {
+			// Nothing may stay suspended: an extra resumed with its COW
+			// handed over fails its I/O, but nothing maps it any more.
+			for _, x := range present {
+				if rerr := st.DM.Resume(ctx, x); rerr != nil {
+					err = errors.Join(err, rerr)
+				}
+			}
+		}
+		return err
+	}
+	return st.removeExtras(ctx, present)
+}
+
+func (st *Stack) removeExtras(ctx context.Context, extras []string) error {
+	var errs []error
+	for _, x := range extras {
+		info, err := st.DM.Info(ctx, x)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if !info.Exists {
+			continue
+		}
+		if err := st.DM.Remove(ctx, x); err != nil {
+			errs = append(errs, err)
+			if info.Suspended {
+				_ = st.DM.Resume(ctx, x)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// names returns the device names a chain may have on a host: K's and one
+// per snapshot, the intent's included (a middle layer is named after the
+// snapshot whose image it is).
+func names(sr string, c Chain) []string {
+	out := []string{DevName(sr, c.Key)}
+	for _, s := range append(slices.Clone(c.Snaps), intentSnap(c)...) {
+		n := DevName(sr, s)
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+func intentSnap(c Chain) []string {
+	if c.Intent == nil {
+		return nil
+	}
+	return []string{c.Intent.Snap}
+}
+
+// extrasOf returns the names among all that devs does not build.
+func extrasOf(all []string, devs []dmDev) []string {
+	var out []string
+	for _, n := range all {
+		keep := false
+		for _, d := range devs {
+			keep = keep || d.name == n
+		}
+		if !keep {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Live reports whether volume key has its device on this host.
+func (st *Stack) Live(ctx context.Context, sr, key string) (bool, error) {
+	info, err := st.DM.Info(ctx, DevName(sr, key))
+	return info.Exists, err
+}
+
+// chainOf reads K's base LV and its chain.
+func (st *Stack) chainOf(ctx context.Context, w where, key string) (lvm.LV, Chain, error) {
+	l, err := st.LVM.LV(ctx, w.scope, w.vg, lvName(key))
+	if err != nil {
+		return l, Chain{}, err
+	}
+	c, err := parseChain(key, l.Tags)
+	if err != nil {
+		return l, c, host.NewError(host.KindInternal, "snapshot chain", fmt.Sprintf("LV %s carries a snapshot chain sanvol cannot read", l.Name),
+			fmt.Sprintf("inspect it with lvs -o+tags %s/%s", w.vg, l.Name), err)
+	}
+	return l, c, nil
+}
+
+// activateChain activates the COW LVs K's stack maps (the base is the
+// caller's: the datapath activates it, or refreshes it after a resize).
+func (st *Stack) activateChain(ctx context.Context, w where, c Chain) error {
+	snaps, _ := c.Live()
+	for _, s := range snaps {
+		l, err := st.LVM.LV(ctx, w.scope, w.vg, cowName(s))
+		if err != nil {
+			return err
+		}
+		if !l.Active() {
+			if err := st.LVM.Activate(ctx, w.scope, w.vg, cowName(s)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// assemble builds or repairs K's stack from its tags; it returns K's base
+// LV and chain as read. The base LV must be active.
+func (st *Stack) assemble(ctx context.Context, w where, key string) (lvm.LV, Chain, error) {
+	l, c, err := st.chainOf(ctx, w, key)
+	if err != nil {
+		return l, c, err
+	}
+	if err := st.activateChain(ctx, w, c); err != nil {
+		return l, c, err
+	}
+	devs, err := layout(w, c, uint64(l.Size/512))
+	if err != nil {
+		return l, c, err
+	}
+	return l, c, st.converge(ctx, devs, extrasOf(names(w.sr, c), devs))
+}
+
+// Assemble builds volume key's device on this host from its chain, or
+// brings an existing one up to date (after a resize, or a process killed
+// mid-step), and returns its path. The base LV must be active here.
+func (st *Stack) Assemble(ctx context.Context, s lvm.Scope, sr, vg, key string) (string, error) {
+	if _, _, err := st.assemble(ctx, where{sr: sr, vg: vg, scope: s}, key); err != nil {
+		return "", err
+	}
+	return DevPath(sr, key), nil
+}
+
+// Disassemble removes volume key's devices on this host, top-down, and
+// deactivates its COW LVs; the base LV is left to the caller. K's own
+// device goes even when the chain cannot be read.
+func (st *Stack) Disassemble(ctx context.Context, s lvm.Scope, sr, vg, key string) error {
+	w := where{sr: sr, vg: vg, scope: s}
+	var errs []error
+	if err := st.removeExtras(ctx, []string{DevName(sr, key)}); err != nil {
+		return err
+	}
+	_, c, err := st.chainOf(ctx, w, key)
+	if err != nil {
+		return err
+	}
+	all := names(sr, c)
+	if err := st.removeExtras(ctx, all[1:]); err != nil {
+		return err
+	}
+	for _, snap := range append(append([]string{}, c.Snaps...), intentSnap(c)...) {
+		if err := st.LVM.Deactivate(ctx, s, vg, cowName(snap)); err != nil && !errors.Is(err, host.ErrNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// waitMerged polls name's snapshot-merge target until every exception is
+// back in its origin. A target that stops (Merge failed, Invalid) is an
+// error: the intent stays for the next call to look at.
+func (st *Stack) waitMerged(ctx context.Context, name string) error {
+	every := st.MergePoll
+	if every == 0 {
+		every = 500 * time.Millisecond
+	}
+	start := time.Now()
+	err := host.Poll(ctx, every, func(ctx context.Context) (bool, error) {
+		line, err := st.DM.Status(ctx, name)
+		if err != nil {
+			return false, err
+		}
+		s, err := blockdev.ParseSnapStatus(line)
+		if err != nil {
+			return false, err
+		}
+		if s.State != "" {
+			return false, host.NewError(host.KindInternal, "snapshot merge", fmt.Sprintf("the merge on %s stopped: %s", name, s.State),
+				"check the kernel log (dmesg) for I/O errors on the SR; the merge resumes at the next call", nil)
+		}
+		return s.Merged(), nil
+	})
+	st.log().Info("merge done", zap.String("device", name), zap.Duration("elapsed", time.Since(start)), zap.Error(err))
+	return err
+}
