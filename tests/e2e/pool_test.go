@@ -322,6 +322,21 @@ func (l *poolLab) scenario(srType string, cfg map[string]string, checkA func()) 
 	if err := ps.Master().VDIDestroy(ctx, v.Key); err != nil {
 		t.Fatal(err)
 	}
+	// A destroyed it: B's next look fails clearly and its scan no longer
+	// lists it (no resurrected volume).
+	var gone schema.Volume
+	if err := b.Call(ctx, "Volume.stat", schema.VolumeArgs{Dbg: "pool", SR: b.Handle, Key: v.Key}, &gone); err == nil {
+		t.Fatalf("B's Volume.stat of a volume A destroyed answered %+v", gone)
+	}
+	vols, err := b.Scan(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, vol := range vols {
+		if vol.Key == v.Key {
+			t.Fatalf("B's scan still lists %s, which A destroyed", v.Key)
+		}
+	}
 	l.destroy(ps)
 }
 
