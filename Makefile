@@ -10,7 +10,7 @@ DESTDIR     ?= /
 export CGO_ENABLED := 0
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build install uninstall test unit conformance lab lab-dom0 lab-pool lint demo bench fuzz lab-image clean rpm rpm-test
+.PHONY: all build install uninstall test unit conformance lab lab-dom0 lab-pool lint demo demo-pool bench fuzz lab-image clean rpm rpm-test
 
 all: build
 
@@ -72,6 +72,11 @@ lab-pool:
 # xe commands an admin would type.
 demo:
 	tests/lab/run.sh demo
+
+# The two-host demo: a shared SR on the pool lab's master and member, a VM
+# started on the member, live-migrated to the master, its data verified.
+demo-pool:
+	tests/lab/run.sh demo --pool
 
 lab-image:
 	tests/lab/run.sh image

@@ -116,6 +116,9 @@ func runPoolAgent() int {
 		}
 		return execResp{Err: errString(a.proxyXenAPI(r.Argv[0]))}
 	}))
+	mux.HandleFunc("/forward", handle(func(r execReq) execResp {
+		return execResp{Err: errString(a.forward(r.Argv))}
+	}))
 	mux.HandleFunc("/quit", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = io.WriteString(w, "bye")
 		a.once.Do(func() { close(a.quit) })
@@ -144,6 +147,53 @@ type agent struct {
 	once sync.Once
 	mu   sync.Mutex
 	xapi net.Listener
+	fwd  []net.Listener
+}
+
+// forward with [listen, to] relays TCP connections to listen (an address
+// of B's) to to, the storage array's service on A: the floating portal
+// scenario's stand-in for the array's service moving with its address.
+// With no argument it stops every relay.
+func (a *agent) forward(argv []string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(argv) == 0 {
+		for _, l := range a.fwd {
+			_ = l.Close()
+		}
+		a.fwd = nil
+		return nil
+	}
+	if len(argv) != 2 {
+		return errors.New("want the address to listen on and the one to relay to")
+	}
+	l, err := net.Listen("tcp", argv[0])
+	if err != nil {
+		return err
+	}
+	a.fwd = append(a.fwd, l)
+	go relay(l, argv[1])
+	return nil
+}
+
+// relay pipes each connection accepted on l to a new one to addr.
+func relay(l net.Listener, addr string) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			up, err := net.DialTimeout("tcp", addr, 10*time.Second)
+			if err != nil {
+				return
+			}
+			defer up.Close()
+			go func() { _, _ = io.Copy(up, c) }()
+			_, _ = io.Copy(c, up)
+		}()
+	}
 }
 
 // proxyXenAPI makes B's XenAPI socket (host.XapiSocket) a pipe to the
@@ -162,24 +212,7 @@ func (a *agent) proxyXenAPI(addr string) error {
 		return err
 	}
 	a.xapi = l
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				up, err := net.DialTimeout("tcp", addr, 10*time.Second)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				go func() { _, _ = io.Copy(up, c) }()
-				_, _ = io.Copy(c, up)
-			}()
-		}
-	}()
+	go relay(l, addr)
 	return nil
 }
 
@@ -274,6 +307,14 @@ func (m *member) Pattern(dev string, seed uint32, chunks int, verify bool) error
 func (m *member) ProxyXenAPI(addr string) error {
 	return m.call("/xenapi", execReq{Argv: []string{addr}})
 }
+
+// Forward makes B relay connections to listen on to to (agent.forward);
+// Unforward stops every relay.
+func (m *member) Forward(listen, to string) error {
+	return m.call("/forward", execReq{Argv: []string{listen, to}})
+}
+
+func (m *member) Unforward() error { return m.call("/forward", execReq{}) }
 
 // waitUp waits for B's agent (B boots alongside A).
 func (m *member) waitUp(timeout time.Duration) error {

@@ -100,8 +100,13 @@ func (l *poolLab) memberCleanup() {
 
 // nvmeTarget serves an NVMe/TCP subsystem on A's two addresses.
 func (l *poolLab) nvmeTarget(name string) map[string]string {
+	return l.nvmeTargetAt(name, poolAddrA1, poolAddrA2)
+}
+
+// nvmeTargetAt serves an NVMe/TCP subsystem on addrs, addresses of A's.
+func (l *poolLab) nvmeTargetAt(name string, addrs ...string) map[string]string {
 	t := l.t
-	tgt, err := labtarget.NewNVMe(l.ctx, labtarget.NVMeOptions{Name: name, Addrs: []string{poolAddrA1, poolAddrA2}, Size: 512 << 20})
+	tgt, err := labtarget.NewNVMe(l.ctx, labtarget.NVMeOptions{Name: name, Addrs: addrs, Size: 512 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +117,7 @@ func (l *poolLab) nvmeTarget(name string) map[string]string {
 		}
 	})
 	l.memberCleanup()
-	return map[string]string{"target": poolAddrA1 + "," + poolAddrA2, "nqn": tgt.NQN}
+	return map[string]string{"target": strings.Join(addrs, ","), "nqn": tgt.NQN}
 }
 
 // iscsiTarget serves an iSCSI LUN on A's two addresses.
@@ -403,17 +408,7 @@ func TestPoolMasterChange(t *testing.T) {
 	l := newPoolLab(t)
 	ctx := l.ctx
 	ps := l.create("nvmetcp", l.nvmeTarget("master"))
-	restore := func() {
-		_ = os.WriteFile(host.PoolConf, []byte("master\n"), 0o644)
-		_ = l.b.Write(host.PoolConf, []byte("slave:"+poolAddrA1+"\n"))
-	}
-	t.Cleanup(restore)
-	if err := l.b.Write(host.PoolConf, []byte("master\n")); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(host.PoolConf, []byte("slave:"+poolAddrB+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	restore := l.promoteB()
 	v, err := ps.On(1).VDICreate(ctx, "made on the new master", "", 16<<20, false)
 	if err != nil {
 		t.Fatalf("vdi-create on B, the new master: %v", err)
@@ -470,6 +465,24 @@ func (l *poolLab) waitHealth(ps *xapisim.PoolSR, i int, state schema.HealthState
 	})
 }
 
+// writerOnA makes a 32 MiB VDI, starts a VM with it on A and a writer
+// on its device, and waits for the first writes.
+func (l *poolLab) writerOnA(ps *xapisim.PoolSR, name string) (schema.Volume, *xapisim.Attachment, *IOLoad) {
+	t := l.t
+	t.Helper()
+	v, err := ps.Master().VDICreate(l.ctx, name, "", 32<<20, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	onA, err := ps.Master().VMStart(l.ctx, v.Key, "5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	load := StartIO(t, onA.Device, 32<<20)
+	load.waitWrites(t, 8, time.Minute)
+	return v, onA, load
+}
+
 // TestPoolMemberPathLoss: B loses both paths while A keeps them and a VM
 // on A writes: B's SR.stat says so, the VM on A never notices, B recovers
 // when the paths return; then B unplugs while the VM on A still writes.
@@ -477,16 +490,7 @@ func TestPoolMemberPathLoss(t *testing.T) {
 	l := newPoolLab(t)
 	ctx := l.ctx
 	ps := l.create("nvmetcp", l.nvmeTarget("cut"))
-	v, err := ps.Master().VDICreate(ctx, "writer on A", "", 32<<20, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	onA, err := ps.Master().VMStart(ctx, v.Key, "5")
-	if err != nil {
-		t.Fatal(err)
-	}
-	load := StartIO(t, onA.Device, 32<<20)
-	load.waitWrites(t, 8, time.Minute)
+	v, onA, load := l.writerOnA(ps, "writer on A")
 
 	restore := l.cutMemberPaths("4420")
 	lost := l.waitHealth(ps, 1, schema.Unreachable, 3*time.Minute)

@@ -6,7 +6,7 @@
 #   run.sh test    [--kernel K] [--dom0 xcpng8] [-run REGEX] [--timeout S]
 #                  [--keep] [--shards N] [--also KERNEL[+xcpng8]:REGEX]...
 #   run.sh test    --pool [--kernel K] [-run REGEX] [--timeout S] [--keep]
-#   run.sh demo    [--kernel K]
+#   run.sh demo    [--kernel K] [--pool]
 #   run.sh capture [--kernel K] [--dom0 xcpng8] [--force]
 #   run.sh shell   [--kernel K] [--keep]   interactive guest, for debugging
 #   run.sh durations TEST.LOG...         weights for --shards, from runs' logs
@@ -20,7 +20,8 @@
 # from ../shared/dom0-tools (tests/lab/README.md). --pool boots two guests
 # joined by a private qemu socket link, a pool master that also serves the
 # targets and a member driven through its agent, and runs the TestPool
-# scenarios on the master (tests/lab/README.md, "The pool lab").
+# scenarios on the master (tests/lab/README.md, "The pool lab"); demo
+# --pool runs the two-host demo (TestDemoPool) there.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -532,8 +533,9 @@ main() {
 	test | demo)
 		[ "$sub" = demo ] && run='^TestDemo$'
 		if [ -n "$pool" ]; then
-			[ "$sub" = test ] && [ "$shards" = 1 ] && [ ${#also[@]} = 0 ] && [ -z "$dom0" ] ||
-				die "--pool is for test, without --shards, --also or --dom0"
+			[ "$shards" = 1 ] && [ ${#also[@]} = 0 ] && [ -z "$dom0" ] ||
+				die "--pool is for test and demo, without --shards, --also or --dom0"
+			[ "$sub" = demo ] && run='^TestDemoPool$'
 			[ "$run" != . ] || run='^TestPool'
 			rundir=$(new_rundir)
 			build "$rundir"
