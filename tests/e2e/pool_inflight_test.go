@@ -298,12 +298,21 @@ func TestPoolMasterChangeInFlight(t *testing.T) {
 			t.Fatalf("host %d's scan lists %v, want %v (the half-made create hidden)", i, got, want)
 		}
 	}
-	if n := len(lvNames(t, localHost{}, vg)); n != 4 {
-		t.Fatalf("the VG holds %d LVs; want 4: three volumes and A's half-made create", n)
+	// The orphaned lvcreate either made its LV (marked, so hidden) or, its
+	// parent gone, died before writing (SIGPIPE on a warning): both leave
+	// a consistent VG. Which one happened is logged.
+	left := len(lvNames(t, localHost{}, vg))
+	switch left {
+	case 4:
+		t.Logf("A's late lvcreate made its LV: hidden by its create mark")
+	case 3:
+		t.Logf("A's late lvcreate wrote nothing")
+	default:
+		t.Fatalf("the VG holds %d LVs; want the three volumes and at most A's half-made create", left)
 	}
 	l.reattach(ps, 1)
-	if n := len(lvNames(t, l.b, vg)); n != 4 {
-		t.Fatalf("after B's SR.attach the VG holds %d LVs; want 4 (B leaves A's create alone within its lease)", n)
+	if n := len(lvNames(t, l.b, vg)); n != left {
+		t.Fatalf("after B's SR.attach the VG holds %d LVs, before %d (B leaves A's create alone within its lease)", n, left)
 	}
 	if st, err := ps.On(1).Stat(ctx); err != nil || st.Health.State != schema.Healthy {
 		t.Fatalf("SR.stat on B, the new master: %+v %v", st, err)
