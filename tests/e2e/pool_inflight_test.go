@@ -233,6 +233,18 @@ func (l *poolLab) reattach(ps *xapisim.PoolSR, i int) {
 	}
 }
 
+// running tells whether process pid still runs here (a zombie does not:
+// the orphan is reaped by whichever process inherited it, maybe late).
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// "pid (comm) state ...": the state follows the last ')'.
+	_, rest, ok := strings.Cut(string(b[strings.LastIndexByte(string(b), ')')+1:]), " ")
+	return ok && !strings.HasPrefix(rest, "Z")
+}
+
 // TestPoolMasterChangeInFlight: A's Volume.create is killed (SIGKILL of
 // its sanvol process) while its lvcreate is in flight, held by the lvm
 // wrapper; then B becomes the master. B's write calls work at once; the
@@ -267,8 +279,8 @@ func TestPoolMasterChangeInFlight(t *testing.T) {
 	} else {
 		t.Logf("A's Volume.create, killed mid-lvcreate: %v", err)
 	}
-	if _, err := os.Stat(fmt.Sprintf("/proc/%d", cmd)); err != nil {
-		t.Fatalf("the held lvcreate (pid %d) died with its parent: %v", cmd, err)
+	if !running(cmd) {
+		t.Fatalf("the held lvcreate (pid %d) died with its parent", cmd)
 	}
 
 	restore := l.promoteB()
@@ -281,8 +293,7 @@ func TestPoolMasterChangeInFlight(t *testing.T) {
 	}
 	w.release()
 	waitFor(t, "the orphaned lvcreate on A to finish", 3*time.Minute, func() (bool, string) {
-		_, err := os.Stat(fmt.Sprintf("/proc/%d", cmd))
-		return err != nil, ""
+		return !running(cmd), ""
 	})
 	v2, err := ps.On(1).VDICreate(ctx, "B as master, after A's late lvcreate", "", 16<<20, false)
 	if err != nil {
