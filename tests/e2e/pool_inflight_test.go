@@ -270,7 +270,7 @@ func TestPoolMasterChangeInFlight(t *testing.T) {
 		_, err := ps.Master().VDICreate(ctx, "in flight on A", "", 16<<20, false)
 		done <- err
 	}()
-	parent, cmd := w.waitHeld(3 * time.Minute)
+	parent, cmd := w.waitHeld(time.Minute)
 	if err := syscall.Kill(parent, syscall.SIGKILL); err != nil {
 		t.Fatalf("kill A's sanvol (pid %d): %v", parent, err)
 	}
@@ -358,6 +358,9 @@ func TestPoolLVMCount(t *testing.T) {
 			t.Fatalf("%s: %v", what, err)
 		}
 		n, by := w.calls()
+		if n == 0 {
+			t.Fatalf("%s: the wrapper saw %d lvm commands %v; is %s first in PATH?", what, n, by, filepath.Dir(lvmWrapperPath))
+		}
 		t.Logf("pool-numbers lvm processes: %-40s %2d %v", what, n, by)
 	}
 	var v schema.Volume

@@ -58,6 +58,11 @@ if [ -n "$role" ]; then
 		;;
 	esac
 	say "pool $role on $nic: $(ip -o -4 addr show dev "$nic" | awk '{print $4}' | tr '\n' ' ')"
+	# /usr/local/sbin first, as host.ExecDirs orders it: the tools sanvol
+	# starts are looked up in its caller's PATH (os/exec), and the pool
+	# scenarios' lvm wrapper goes there (tests/e2e/pool_inflight_test.go).
+	PATH=/usr/local/sbin:$PATH
+	export PATH
 fi
 
 for m in nvme-tcp nvme-fabrics nvmet nvmet-tcp iscsi_tcp sd_mod target_core_mod \
