@@ -10,7 +10,7 @@ DESTDIR     ?= /
 export CGO_ENABLED := 0
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: all build install uninstall test unit conformance lab lab-dom0 lab-pool lint demo demo-pool bench fuzz lab-image clean rpm rpm-test
+.PHONY: all build install uninstall test unit conformance lab lab-extra lab-dom0 lab-pool lint demo demo-pool bench fuzz lab-image clean rpm rpm-test
 
 all: build
 
@@ -43,18 +43,25 @@ unit:
 conformance:
 	$(GO) test -count=1 ./tests/conformance/
 
-# Every scenario on Debian 12's 6.1 kernel, split between three guests; at
-# the same time, in a fourth guest, the NVMe DH-HMAC-CHAP scenarios on
-# bookworm-backports' 6.12 kernel, the first with NVMe auth; and in a
-# fifth, with XCP-ng 8.x dom0's lvm2 2.02.180, multipath 0.4.9 and
-# open-iscsi 2.0.874 (run.sh --dom0 xcpng8), the scenarios that depend most
-# on those tools: the engine's LVM use, the datapath, the iSCSI lifecycle
-# and sm's iscsiadm commands. The guests mostly wait on timeouts, so five
-# of them share the two cores; three Debian shards instead of two keep
-# each under its 1200 s limit next to the others (docs/benchmarks.md).
+# Every scenario on Debian 12's 6.1 kernel, split between three guests, and
+# at the same time in a fourth guest the NVMe DH-HMAC-CHAP scenarios on
+# bookworm-backports' 6.12 kernel, the first with NVMe auth. Measured on
+# 2026-12-07, a fifth guest with XCP-ng 8.x dom0's tools (make lab-dom0)
+# and the two pool guests (make lab-pool) do not fit beside them on two
+# cores within 30 minutes: every guest ran out its limit
+# (docs/benchmarks.md, "The lab's time"). TestDMSnapshotPrimitives is left
+# to make lab-extra: TestSnapshotLive and TestSnapshotLiveISCSI drive the
+# same kernel steps through the engine. --timeout 1500 leaves a loaded
+# machine room without changing an unloaded run's time.
 LAB_DOM0_TESTS = TestEngineLifecycle|TestEngineNonMaster|TestEngineCrashVolumeSteps|TestDatapathNVMe|TestISCSILifecycle|TestISCSIFailover|TestISCSIGrow|TestISCSISMNextDoor
+LAB_EXTRA_TESTS = TestDMSnapshotPrimitives
 lab:
-	tests/lab/run.sh test --shards 3 --also 'backports:^TestNVMeAuth' --also 'bookworm+xcpng8:^($(LAB_DOM0_TESTS))$$'
+	tests/lab/run.sh test --shards 3 --timeout 1500 --skip '^($(LAB_EXTRA_TESTS))$$' --also 'backports:^TestNVMeAuth'
+
+# What make lab leaves out, for a machine with more cores or more time: the
+# dom0-tools guest, the pool lab and the extra scenarios, one after another.
+lab-extra: lab-dom0 lab-pool
+	tests/lab/run.sh test -run '^($(LAB_EXTRA_TESTS))$$'
 
 # The dom0-tools guest alone, with the zeroing comparison as well
 # (docs/benchmarks.md).

@@ -3,7 +3,7 @@
 # runs the end-to-end tests inside. See tests/lab/README.md.
 #
 #   run.sh image   [--kernel bookworm|backports]
-#   run.sh test    [--kernel K] [--dom0 xcpng8] [-run REGEX] [--timeout S]
+#   run.sh test    [--kernel K] [--dom0 xcpng8] [-run REGEX] [--skip REGEX] [--timeout S]
 #                  [--keep] [--shards N] [--also KERNEL[+xcpng8]:REGEX]...
 #   run.sh test    --pool [--kernel K] [-run REGEX] [--timeout S] [--keep]
 #   run.sh demo    [--kernel K] [--pool]
@@ -312,7 +312,7 @@ run_guest() {
 test_cmd() {
 	local bench=
 	[ "${SANVOL_LAB_BENCH:-}" = 1 ] && bench="SANVOL_LAB_BENCH=1 "
-	echo "$bench/lab/e2e.test -test.v -test.count=1 -test.timeout $(($2 - 30))s -test.run '$1'"
+	echo "$bench/lab/e2e.test -test.v -test.count=1 -test.timeout $(($2 - 30))s -test.run '$1'${skip_re:+ -test.skip '$skip_re'}"
 }
 
 # shard_tests BINARY REGEX N: prints N lines, the -test.run regexes of N
@@ -320,7 +320,8 @@ test_cmd() {
 # first, each to the least loaded guest, by tests/lab/durations.
 shard_tests() {
 	local bin=$1 run=$2 n=$3 names
-	names=$("$bin" -test.list "$run" | grep -E '^Test') || die "no scenario matches '$run'"
+	names=$("$bin" -test.list "$run" | grep -E '^Test' | { if [ -n "$skip_re" ]; then grep -vE "$skip_re"; else cat; fi; }) ||
+		die "no scenario matches '$run'${skip_re:+ without '$skip_re'}"
 	printf '%s\n' "$names" | awk -v n="$n" -v dfile="$here/durations" '
 		BEGIN { while ((getline l < dfile) > 0) { if (l ~ /^#/) continue; split(l, f, " "); w[f[1]] = f[2] + 0 } }
 		{ t[NR] = $1; wt[NR] = ($1 in w) ? w[$1] : 10 }
@@ -494,6 +495,7 @@ copy_fixtures() {
 main() {
 	local kernel=bookworm run=. limit=1200 keep= force= sub rundir rc t0 dir pkg
 	local shards=1 also=() jobs=() line k dom0= a pool=
+	skip_re= # read by test_cmd and shard_tests
 	sub=${1:-}; [ -n "$sub" ] || usage; shift
 	while [ $# -gt 0 ]; do
 		case $1 in
@@ -506,6 +508,7 @@ main() {
 		--also) also+=("$2"); shift 2 ;;
 		--dom0) dom0=$2; shift 2 ;;
 		--pool) pool=1; shift ;;
+		--skip) skip_re=$2; shift 2 ;;
 		*) [ "$sub" = durations ] && break; usage ;;
 		esac
 	done
