@@ -326,3 +326,33 @@ func TestSnapshotProblems(t *testing.T) {
 		t.Fatalf("base with an intent: %q", p)
 	}
 }
+
+// A resize of a volume whose VM runs on this host reaches the VM: the
+// device above the LV (what blkback holds) is reloaded to the grown size
+// and keeps its major:minor (the iSCSI lifecycle lab scenario's resize
+// of a running VM's disk).
+func TestResizeGrowsTheRunningDevice(t *testing.T) {
+	s := newSnapEnv(t, true)
+	name := volume.DevName(srUUID, s.key)
+	sectors := func() string {
+		tables, _ := s.sim.DM()
+		f := strings.Fields(tables[name])
+		if len(f) < 2 {
+			t.Fatalf("no table for %s: %q", name, tables[name])
+		}
+		return f[1]
+	}
+	if got, want := sectors(), fmt.Sprint(gib/512); got != want {
+		t.Fatalf("before the resize the device has %s sectors, want %s", got, want)
+	}
+	if err := s.e.VolumeResize(context.Background(), s.sr, s.key, 2*gib); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := sectors(), fmt.Sprint(2*gib/512); got != want {
+		t.Errorf("after the resize the device has %s sectors, want %s", got, want)
+	}
+	if _, suspended := s.sim.DM(); len(suspended) != 0 {
+		t.Errorf("left suspended: %v", suspended)
+	}
+	s.attach() // checks K's major:minor is unchanged
+}

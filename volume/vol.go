@@ -293,6 +293,8 @@ func (e *Engine) VolumeResize(ctx context.Context, sr, key string, newSize int64
 			return err
 		}
 		e.step(StepVolumeResizeDeactivate)
+	} else if err := e.growStack(ctx, s, a, key); err != nil {
+		return err
 	}
 	// Volume.set may have changed other tags meanwhile; only the mark
 	// goes, exactly as written.
@@ -302,6 +304,22 @@ func (e *Engine) VolumeResize(ctx context.Context, sr, key string, newSize int64
 	e.step(StepVolumeResizeCommit)
 	e.log.Info("volume resized", zap.String("sr", a.UUID), zap.String("key", key), zap.Int64("size", g.To))
 	return nil
+}
+
+// growStack grows volume key's device on this host to its grown LV. A
+// running VM uses sanvol's device above the LV (Datapath.attach), whose
+// table keeps the size it was loaded with: without a reload the LV grows
+// and the VM's disk does not. It runs after the zeroing, so the VM never
+// sees new space before it reads as zeroes; the reload is one suspend
+// and resume of the device, which keeps its major:minor. A volume with no
+// device here (attached elsewhere, or only activated) has nothing to grow.
+func (e *Engine) growStack(ctx context.Context, s lvm.Scope, a Attached, key string) error {
+	live, err := e.stack.Live(ctx, a.UUID, key)
+	if err != nil || !live {
+		return err
+	}
+	_, err = e.stack.Assemble(ctx, s, a.UUID, a.VG, key)
+	return err
 }
 
 // growLocked is the first half of a resize, under the SR lock: it writes
