@@ -143,6 +143,25 @@ func (l *snapLab) kTable(t *testing.T, key string) blockdev.Table {
 	return tab
 }
 
+// liveVolume creates a volume and attaches and activates it through the
+// datapath as for VM dbid; it returns the volume, its URI and K's device.
+func (l *snapLab) liveVolume(t *testing.T, name string, size int64, dbid string) (volume.Volume, string, string) {
+	t.Helper()
+	v, err := l.e.VolumeCreate(l.ctx, l.sr, name, "", size, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := datapath.URI(testSRUUID, v.Key)
+	b, err := l.dp.Attach(l.ctx, uri, dbid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.dp.Activate(l.ctx, uri, dbid); err != nil {
+		t.Fatal(err)
+	}
+	return v, uri, b.Device
+}
+
 func stopIO(t *testing.T, io *IOLoad, step string) {
 	t.Helper()
 	st := io.Stop()
@@ -173,19 +192,7 @@ func snapshotLive(t *testing.T, l *snapLab) {
 		span = 32 << 20
 	)
 	ctx := l.ctx
-	v, err := l.e.VolumeCreate(ctx, l.sr, "k", "", size, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	uri := datapath.URI(testSRUUID, v.Key)
-	b, err := l.dp.Attach(ctx, uri, "7")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.dp.Activate(ctx, uri, "7"); err != nil {
-		t.Fatal(err)
-	}
-	k := b.Device
+	v, uri, k := l.liveVolume(t, "k", size, "7")
 	if k != volume.DevPath(testSRUUID, v.Key) {
 		t.Fatalf("attach gave %s, want sanvol's dm device", k)
 	}
