@@ -398,13 +398,18 @@ func (l *dpLab) datapathScenarios(t *testing.T, v schema.Volume) {
 		before := blockSize(t, a.Device)
 		dm := dmName(l.vg, volume.LVName(v.Key))
 		oldTable := strings.TrimSpace(mustRun(t, "dmsetup", "table", dm))
+		// The VM's device is sanvol's device above the LV
+		// (Datapath.attach); Volume.resize grows it on this host too.
+		top := filepath.Base(a.Device)
+		oldTop := strings.TrimSpace(mustRun(t, "dmsetup", "table", top))
 		grown := l.resizeAttached(t, v.Key, before+16<<20)
 		if grown.VirtualSize < before+16<<20 {
 			t.Fatalf("Volume.stat after resize: virtual_size %d, want >= %d", grown.VirtualSize, before+16<<20)
 		}
-		// On the master lvextend reloads the table itself. A host where
-		// the VM runs and the master is elsewhere keeps the old table:
-		// put it back to stand for that host.
+		// On the master lvextend reloads the LV's table itself and
+		// Volume.resize the device above it. A host where the VM runs
+		// and the master is elsewhere keeps the old tables: put them
+		// back to stand for that host.
 		// With dom0's tools (run.sh --dom0 xcpng8) lvm keeps /dev/VG/LV
 		// itself (dom0's lvm.conf: udev_rules = 0) and marks its uevents
 		// so that udev's LVM rules skip them. A dmsetup run with udev
@@ -415,6 +420,8 @@ func (l *dpLab) datapathScenarios(t *testing.T, v schema.Volume) {
 		if fileExists("/etc/sanvol-lab-dom0") {
 			noUdev = []string{"--noudevrules", "--noudevsync"}
 		}
+		mustRun(t, "dmsetup", append(noUdev, "reload", top, "--table", oldTop)...)
+		mustRun(t, "dmsetup", append(noUdev, "resume", top)...)
 		mustRun(t, "dmsetup", append(noUdev, "reload", dm, "--table", oldTable)...)
 		mustRun(t, "dmsetup", append(noUdev, "resume", dm)...)
 		if s := blockSize(t, a.Device); s != before {
