@@ -220,8 +220,8 @@ type IOStats struct {
 	MaxLatency time.Duration
 }
 
-// StartIO begins writing to the first span bytes of dev.
-func StartIO(t testing.TB, dev string, span int64) *IOLoad {
+// openDirect opens dev for O_DIRECT writes with a buffer of one ioChunk.
+func openDirect(t testing.TB, dev string) (*os.File, []byte) {
 	t.Helper()
 	f, err := os.OpenFile(dev, os.O_RDWR|syscall.O_DIRECT, 0)
 	if err != nil {
@@ -233,6 +233,13 @@ func StartIO(t testing.TB, dev string, span int64) *IOLoad {
 		f.Close()
 		t.Fatalf("mmap I/O buffer: %v", err)
 	}
+	return f, buf
+}
+
+// StartIO begins writing to the first span bytes of dev.
+func StartIO(t testing.TB, dev string, span int64) *IOLoad {
+	t.Helper()
+	f, buf := openDirect(t, dev)
 	l := &IOLoad{dev: dev, f: f, buf: buf, chunks: int(span / ioChunk), done: make(chan struct{})}
 	l.written = make([]uint32, l.chunks)
 	go l.loop()

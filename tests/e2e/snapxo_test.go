@@ -52,15 +52,7 @@ type seqWriter struct {
 
 func startSeqWriter(t *testing.T, dev string, size int64) *seqWriter {
 	t.Helper()
-	f, err := os.OpenFile(dev, os.O_RDWR|syscall.O_DIRECT, 0)
-	if err != nil {
-		t.Fatalf("open %s O_DIRECT: %v", dev, err)
-	}
-	buf, err := syscall.Mmap(-1, 0, ioChunk, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
-	if err != nil {
-		f.Close()
-		t.Fatal(err)
-	}
+	f, buf := openDirect(t, dev)
 	w := &seqWriter{dev: dev, f: f, buf: buf, chunks: int(size / ioChunk), done: make(chan struct{})}
 	go w.run()
 	t.Cleanup(func() { w.halt() })
