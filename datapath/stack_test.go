@@ -16,7 +16,7 @@ type fakeStack struct {
 	failOff error
 }
 
-func (s *fakeStack) Assemble(ctx context.Context, sc lvm.Scope, sr, vg, key string) (string, error) {
+func (s *fakeStack) AssembleLV(ctx context.Context, sc lvm.Scope, sr, vg, key string, base lvm.LV) (string, error) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	if !s.f.active["v-"+key] {

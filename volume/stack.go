@@ -349,12 +349,18 @@ func (st *Stack) chainOf(ctx context.Context, w where, key string) (lvm.LV, Chai
 	if err != nil {
 		return l, Chain{}, err
 	}
+	c, err := chainFrom(w, key, l)
+	return l, c, err
+}
+
+// chainFrom reads K's chain from its base LV's tags.
+func chainFrom(w where, key string, l lvm.LV) (Chain, error) {
 	c, err := parseChain(key, l.Tags)
 	if err != nil {
-		return l, c, host.NewError(host.KindInternal, "snapshot chain", fmt.Sprintf("LV %s carries a snapshot chain sanvol cannot read", l.Name),
+		return c, host.NewError(host.KindInternal, "snapshot chain", fmt.Sprintf("LV %s carries a snapshot chain sanvol cannot read", l.Name),
 			fmt.Sprintf("inspect it with lvs -o+tags %s/%s", w.vg, l.Name), err)
 	}
-	return l, c, nil
+	return c, nil
 }
 
 // activateChain activates the COW LVs K's stack maps (the base is the
@@ -382,14 +388,19 @@ func (st *Stack) assemble(ctx context.Context, w where, key string) (lvm.LV, Cha
 	if err != nil {
 		return l, c, err
 	}
+	return l, c, st.build(ctx, w, l, c)
+}
+
+// build makes K's devices on this host what chain c over base LV l says.
+func (st *Stack) build(ctx context.Context, w where, l lvm.LV, c Chain) error {
 	if err := st.activateChain(ctx, w, c); err != nil {
-		return l, c, err
+		return err
 	}
 	devs, err := layout(w, c, uint64(l.Size/512))
 	if err != nil {
-		return l, c, err
+		return err
 	}
-	return l, c, st.converge(ctx, devs, extrasOf(names(w.sr, c), devs))
+	return st.converge(ctx, devs, extrasOf(names(w.sr, c), devs))
 }
 
 // Assemble builds volume key's device on this host from its chain, or
@@ -397,6 +408,21 @@ func (st *Stack) assemble(ctx context.Context, w where, key string) (lvm.LV, Cha
 // mid-step), and returns its path. The base LV must be active here.
 func (st *Stack) Assemble(ctx context.Context, s lvm.Scope, sr, vg, key string) (string, error) {
 	if _, _, err := st.assemble(ctx, where{sr: sr, vg: vg, scope: s}, key); err != nil {
+		return "", err
+	}
+	return DevPath(sr, key), nil
+}
+
+// AssembleLV is Assemble for a caller that has just read K's base LV (the
+// datapath, before activating it): its tags and size are the chain and
+// the size, so the call costs no second lvs.
+func (st *Stack) AssembleLV(ctx context.Context, s lvm.Scope, sr, vg, key string, base lvm.LV) (string, error) {
+	w := where{sr: sr, vg: vg, scope: s}
+	c, err := chainFrom(w, key, base)
+	if err != nil {
+		return "", err
+	}
+	if err := st.build(ctx, w, base, c); err != nil {
 		return "", err
 	}
 	return DevPath(sr, key), nil
