@@ -141,16 +141,10 @@ func (d *DM) dmsetup(ctx context.Context, args ...string) (string, error) {
 	return string(res.Stdout), nil
 }
 
-// noUdev makes dmsetup create and remove the /dev/mapper node itself and
-// not wait for udev, as sanvol's LVM commands do (lvm.BuildConfig): the
-// node exists when the call returns, for the next table that names it,
-// without a round trip through a dom0 udev that may be busy.
-func noUdev(args ...string) []string { return append(args, "--noudevsync", "--noudevrules") }
-
 // Create makes device name with table t; readOnly devices refuse writes
 // in the kernel, whatever their table.
 func (d *DM) Create(ctx context.Context, name string, t Table, readOnly bool) error {
-	args := noUdev("create", name)
+	args := []string{"create", name}
 	if readOnly {
 		args = append(args, "--readonly")
 	}
@@ -189,7 +183,7 @@ func (d *DM) Suspend(ctx context.Context, name string) error {
 func (d *DM) Resume(ctx context.Context, name string) error {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d.timeout)
 	defer cancel()
-	_, err := d.dmsetup(rctx, noUdev("resume", name)...)
+	_, err := d.dmsetup(rctx, "resume", name)
 	return err
 }
 
@@ -201,7 +195,7 @@ func (d *DM) Load(ctx context.Context, name string, t Table) error {
 
 // Remove removes name; --retry rides out udev's short-lived opens.
 func (d *DM) Remove(ctx context.Context, name string) error {
-	_, err := d.dmsetup(ctx, noUdev("remove", "--retry", name)...)
+	_, err := d.dmsetup(ctx, "remove", "--retry", name)
 	return err
 }
 

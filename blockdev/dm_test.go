@@ -97,12 +97,12 @@ func TestSwitchResumesOnEveryPath(t *testing.T) {
 		wantErr error
 		want    []string
 	}{
-		{"ok", nil, nil, []string{"dmsetup suspend k", "dmsetup reload k --table 0 8 linear b 0", "dmsetup resume k --noudevsync --noudevrules"}},
+		{"ok", nil, nil, []string{"dmsetup suspend k", "dmsetup reload k --table 0 8 linear b 0", "dmsetup resume k"}},
 		{"load fails", map[string]error{"dmsetup reload": loadErr}, loadErr,
-			[]string{"dmsetup suspend k", "dmsetup reload k --table 0 8 linear b 0", "dmsetup resume k --noudevsync --noudevrules"}},
+			[]string{"dmsetup suspend k", "dmsetup reload k --table 0 8 linear b 0", "dmsetup resume k"}},
 		{"suspend fails", map[string]error{"dmsetup suspend": loadErr}, loadErr, []string{"dmsetup suspend k"}},
 		{"resume fails", map[string]error{"dmsetup resume": loadErr}, ErrLeftSuspended,
-			[]string{"dmsetup suspend k", "dmsetup reload k --table 0 8 linear b 0", "dmsetup resume k --noudevsync --noudevrules"}},
+			[]string{"dmsetup suspend k", "dmsetup reload k --table 0 8 linear b 0", "dmsetup resume k"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := &dmRunner{fail: tc.fail}
@@ -127,7 +127,7 @@ func TestSuspendedResumesInReverseEvenWhenCancelled(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v", err)
 	}
-	want := []string{"dmsetup suspend k", "dmsetup suspend m", "dmsetup resume m --noudevsync --noudevrules", "dmsetup resume k --noudevsync --noudevrules"}
+	want := []string{"dmsetup suspend k", "dmsetup suspend m", "dmsetup resume m", "dmsetup resume k"}
 	if diff := cmp.Diff(want, r.calls); diff != "" {
 		t.Errorf("calls (-want +got):\n%s", diff)
 	}
@@ -138,7 +138,7 @@ func TestCreateReadOnly(t *testing.T) {
 	if err := NewDM(r, 0).Create(context.Background(), "m", Snapshot("b", "c", 8), true); err != nil {
 		t.Fatal(err)
 	}
-	if want := "dmsetup create m --noudevsync --noudevrules --readonly --table 0 8 snapshot b c P 16"; r.calls[0] != want {
+	if want := "dmsetup create m --readonly --table 0 8 snapshot b c P 16"; r.calls[0] != want {
 		t.Errorf("got %q, want %q", r.calls[0], want)
 	}
 }
