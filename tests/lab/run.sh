@@ -7,7 +7,7 @@
 #                  [--keep] [--shards N] [--also KERNEL[+xcpng8]:REGEX]...
 #                  [--with-pool REGEX]
 #   run.sh test    --pool [--kernel K] [-run REGEX] [--timeout S] [--keep]
-#   run.sh demo    [--kernel K] [--pool]
+#   run.sh demo    [--kernel K]
 #   run.sh capture [--kernel K] [--dom0 xcpng8] [--force]
 #   run.sh shell   [--kernel K] [--keep]   interactive guest, for debugging
 #   run.sh durations TEST.LOG...         weights for --shards, from runs' logs
@@ -21,8 +21,8 @@
 # from ../shared/dom0-tools (tests/lab/README.md). --pool boots two guests
 # joined by a private qemu socket link, a pool master that also serves the
 # targets and a member driven through its agent, and runs the TestPool
-# scenarios on the master (tests/lab/README.md, "The pool lab"); demo
-# --pool runs the two-host demo (TestDemoPool) there. --with-pool REGEX
+# scenarios on the master (tests/lab/README.md, "The pool lab"). demo
+# runs on that pool: TestDemo on the master, then the two-host TestDemoPool. --with-pool REGEX
 # boots that pool pair beside the other guests of a test run and runs the
 # pool scenarios matching REGEX on it (make lab).
 set -euo pipefail
@@ -425,6 +425,8 @@ pool_run() {
 	say "[pool-b] member (agent), run dir $b, link on 127.0.0.1:$port"
 	(
 		job_name=pool-a
+		# The pool's REGEX names its scenarios; --skip is for the shards.
+		skip_re=
 		pool_net="-netdev socket,id=pool,listen=127.0.0.1:$port -device virtio-net-pci,netdev=pool,mac=52:54:00:99:00:01"
 		run_guest "$kernel" "$a" "$limit" "SANVOL_LAB_POOL=master $(test_cmd "$regex" "$limit")"
 		echo "$guest_rc" >"$a/job.rc"
@@ -538,11 +540,16 @@ main() {
 		say "image: $dir ($(tr '\n' ' ' <"$dir/versions.txt"))"
 		;;
 	test | demo)
-		[ "$sub" = demo ] && run='^TestDemo$'
+		# The demo is the pool lab's: one host's SR lifecycle with path cuts
+		# on both SR types (TestDemo, on the master), then the two-host
+		# pool, a VM started on the member and migrated to the master
+		# (TestDemoPool).
+		if [ "$sub" = demo ]; then
+			pool=1 run='^(TestDemo|TestDemoPool)$'
+		fi
 		if [ -n "$pool" ]; then
 			[ "$shards" = 1 ] && [ ${#also[@]} = 0 ] && [ -z "$dom0" ] ||
 				die "--pool is for test and demo, without --shards, --also or --dom0"
-			[ "$sub" = demo ] && run='^TestDemoPool$'
 			[ "$run" != . ] || run='^TestPool'
 			rundir=$(new_rundir)
 			build "$rundir"
