@@ -24,7 +24,6 @@ func TestConfig203(t *testing.T) {
 	for _, want := range []string{
 		"filter=" + filter, "global_filter=" + filter, "obtain_device_list_from_udev=0",
 		`hints="none"`, "use_devicesfile=0", "metadata_read_only=0", "archive=0",
-		"udev_sync=0", "udev_rules=0",
 	} {
 		if !strings.Contains(cfg, want) {
 			t.Errorf("config lacks %s:\n%s", want, cfg)
