@@ -73,6 +73,14 @@ type Stack interface {
 	Disassemble(ctx context.Context, s lvm.Scope, sr, vg, key string) error
 }
 
+// LVResolver is implemented by a Stack that serves volumes with no LV of
+// their own: a snapshot's image maps its volume's base LV (volume.Stack,
+// LVOf). The Stack's Disassemble releases such an LV itself; detach's
+// deactivation of the volume's own LV then finds none.
+type LVResolver interface {
+	LVOf(ctx context.Context, s lvm.Scope, sr, vg, key string) (string, error)
+}
+
 // Datapath serves the Datapath.* methods.
 type Datapath struct{ d Deps }
 
@@ -174,6 +182,12 @@ func (p *Datapath) scope(sr SR) lvm.Scope {
 func (p *Datapath) ensureActive(ctx context.Context, op string, sr SR, t Target) (string, error) {
 	lv := p.d.LVName(t.Key)
 	s := p.scope(sr)
+	if r, ok := p.d.Stack.(LVResolver); ok {
+		var err error
+		if lv, err = r.LVOf(ctx, s, sr.UUID, sr.VG, t.Key); err != nil {
+			return "", err
+		}
+	}
 	info, err := p.d.LVM.LV(ctx, s, sr.VG, lv)
 	if err != nil {
 		if errors.Is(err, host.ErrNotFound) {

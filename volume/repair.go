@@ -21,7 +21,13 @@ func (e *Engine) RepairChain(ctx context.Context, sr, key string) error {
 		return err
 	}
 	defer sc.unlock()
-	_, _, err = e.repairLocked(ctx, op, sc)
+	l, c, err := e.repairLocked(ctx, op, sc)
+	if err != nil {
+		return err
+	}
+	// Clone steps (clone.go): a clone LV whose create died goes, and so
+	// does a hidden snapshot no clone needs any more.
+	_, _, err = e.reapLocked(ctx, op, sc, l, c)
 	return err
 }
 

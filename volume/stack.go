@@ -35,6 +35,7 @@ func DatapathLock(sr, key string) string { return "dp-" + sr + "-" + key }
 // StackLVM is the part of the lvm client the stack uses.
 type StackLVM interface {
 	LV(ctx context.Context, s lvm.Scope, vg, lv string) (lvm.LV, error)
+	LVs(ctx context.Context, s lvm.Scope, vg string) ([]lvm.LV, error)
 	Activate(ctx context.Context, s lvm.Scope, vg, lv string) error
 	Deactivate(ctx context.Context, s lvm.Scope, vg, lv string) error
 }
@@ -349,6 +350,11 @@ func (st *Stack) chainOf(ctx context.Context, w where, key string) (lvm.LV, Chai
 	if err != nil {
 		return l, Chain{}, err
 	}
+	if _, _, isClone, _ := cloneOf(l.Tags); isClone {
+		// A clone's LV is a COW, not a base a chain can grow over.
+		return l, Chain{Key: key}, host.NewError(host.KindUnsupported, "snapshot chain", fmt.Sprintf("volume %s is a linked clone: sanvol cannot snapshot or clone it", key),
+			"copy it to a new volume (xe vdi-copy) first, or snapshot the volume it was cloned from", nil)
+	}
 	c, err := parseChain(key, l.Tags)
 	if err != nil {
 		return l, c, host.NewError(host.KindInternal, "snapshot chain", fmt.Sprintf("LV %s carries a snapshot chain sanvol cannot read", l.Name),
@@ -395,8 +401,22 @@ func (st *Stack) assemble(ctx context.Context, w where, key string) (lvm.LV, Cha
 // Assemble builds volume key's device on this host from its chain, or
 // brings an existing one up to date (after a resize, or a process killed
 // mid-step), and returns its path. The base LV must be active here.
+//
+// A snapshot's image is built read-only, and a clone over its parent's
+// image (image.go); for a snapshot the caller activates its volume's base
+// (LVOf).
 func (st *Stack) Assemble(ctx context.Context, s lvm.Scope, sr, vg, key string) (string, error) {
-	if _, _, err := st.assemble(ctx, where{sr: sr, vg: vg, scope: s}, key); err != nil {
+	w := where{sr: sr, vg: vg, scope: s}
+	l, parent, snapshot, err := st.source(ctx, w, key)
+	switch {
+	case err != nil:
+		return "", err
+	case snapshot:
+		return st.assembleSnapshot(ctx, w, key)
+	case parent != "":
+		return st.assembleClone(ctx, w, key, l, parent)
+	}
+	if _, _, err := st.assemble(ctx, w, key); err != nil {
 		return "", err
 	}
 	return DevPath(sr, key), nil
@@ -408,6 +428,9 @@ func (st *Stack) Assemble(ctx context.Context, s lvm.Scope, sr, vg, key string) 
 func (st *Stack) Disassemble(ctx context.Context, s lvm.Scope, sr, vg, key string) error {
 	w := where{sr: sr, vg: vg, scope: s}
 	var errs []error
+	if _, parent, snapshot, err := st.source(ctx, w, key); err == nil && (snapshot || parent != "") {
+		return st.disassembleImage(ctx, w, key, parent, snapshot)
+	}
 	if err := st.removeExtras(ctx, []string{DevName(sr, key)}); err != nil {
 		return err
 	}
