@@ -392,3 +392,87 @@ func TestCloneCrashAtEveryStep(t *testing.T) {
 		}
 	}
 }
+
+// TestResetOnBootAsTheDaemonDoes replays what xapi-storage-script does for
+// a VDI with on-boot=reset (main.ml): at VM start vdi_epoch_begin_impl
+// (persistent=false, the datapath has no NONPERSISTENT) destroys a stale
+// temporary named by K's clone-on-boot key, clones K and sets the key;
+// attach and activate stat K and use the temporary's URI
+// (vdi_attach_common, vdi_activate_common); at shutdown vdi_epoch_end_impl
+// destroys the temporary and unsets the key. The second start finds a
+// stale key (the host died with the VM running) and recovers.
+func TestResetOnBootAsTheDaemonDoes(t *testing.T) {
+	ctx := context.Background()
+	const cob = "clone-on-boot"
+	s := newSnapEnv(t, false)
+	epochBegin := func() string {
+		k, err := s.e.VolumeStat(ctx, s.sr, s.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if old, ok := k.Keys[cob]; ok {
+			if err := s.e.VolumeDestroy(ctx, s.sr, old); err != nil {
+				t.Fatal(err)
+			}
+		}
+		tmp, err := s.e.VolumeClone(ctx, s.sr, s.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.e.VolumeSet(ctx, s.sr, s.key, cob, tmp.Key); err != nil {
+			t.Fatal(err)
+		}
+		return tmp.Key
+	}
+	attach := func() string {
+		k, err := s.e.VolumeStat(ctx, s.sr, s.key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmp, err := s.e.VolumeStat(ctx, s.sr, k.Keys[cob])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tmp.URI[0] != "sanvol://"+srUUID+"/"+tmp.Key {
+			t.Fatalf("temporary's URI %v", tmp.URI)
+		}
+		return s.attachKey(tmp.Key)
+	}
+	epochEnd := func(tmp string) {
+		if err := s.e.VolumeDestroy(ctx, s.sr, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.e.VolumeUnset(ctx, s.sr, s.key, cob); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	t1 := epochBegin()
+	if dev := attach(); dev != volume.DevPath(srUUID, t1) {
+		t.Fatalf("the VM got %s, want the temporary's device", dev)
+	}
+	// SR.ls shows the temporary; xapi leaves it out of its scan because
+	// K's clone-on-boot key names it (main.ml, sr_scan_impl).
+	if got, want := s.keys(), sorted(s.key, t1); !slices.Equal(got, want) {
+		t.Fatalf("SR.ls %v, want %v", got, want)
+	}
+	// The host dies with the VM running: no epoch_end. Its devices are
+	// gone with it.
+	s.detachKey(t1)
+	t2 := epochBegin()
+	if t2 == t1 || len(s.cloneLVs()) != 1 {
+		t.Fatalf("second start: temporary %s, clone LVs %v", t2, s.cloneLVs())
+	}
+	if snaps, _ := s.chain(); len(snaps) != 1 {
+		t.Fatalf("the stale temporary's snapshot was not merged: chain %v", snaps)
+	}
+	attach()
+	s.detachKey(t2)
+	epochEnd(t2)
+	s.wantStack(nil, "after the VM's shutdown")
+	if k := s.ls()[s.key]; len(s.ls()) != 1 || len(k.Keys) != 0 {
+		t.Fatalf("SR.ls after shutdown: %v", s.ls())
+	}
+	// epoch_end repeated (xapi retries): the temporary's destroy succeeds.
+	epochEnd(t2)
+}
