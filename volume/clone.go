@@ -202,18 +202,11 @@ func (e *Engine) VolumeClone(ctx context.Context, sr, key string) (Volume, error
 	if owner != "" {
 		k, snap = owner, key
 	}
-	sc, err := e.holdChain(ctx, op, sr, k)
+	sc, l, c, err := e.holdRepaired(ctx, op, sr, k)
 	if err != nil {
 		return Volume{}, err
 	}
 	defer sc.unlock()
-	l, c, err := e.repairLocked(ctx, op, sc)
-	if err != nil {
-		return Volume{}, err
-	}
-	if l, c, err = e.reapLocked(ctx, op, sc, l, c); err != nil {
-		return Volume{}, err
-	}
 	var name, description string
 	if snap == "" {
 		m, _ := decodeVolumeTags(l.Tags)
@@ -391,29 +384,11 @@ func (e *Engine) reapLocked(ctx context.Context, op string, sc *snapCtx, l lvm.L
 // xapi repeats a destroy whose answer it lost.
 func (e *Engine) DestroySnapshot(ctx context.Context, sr, snap string) error {
 	const op = "Volume.destroy"
-	a, err := e.attached(ctx, sr)
-	if err != nil {
-		return err
-	}
-	key, err := e.overlayOf(ctx, op, a, snap)
-	if errors.Is(err, host.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	sc, err := e.holdChain(ctx, op, sr, key)
-	if err != nil {
+	sc, _, c, err := e.holdSnapshotOwner(ctx, op, sr, snap)
+	if err != nil || sc == nil {
 		return err
 	}
 	defer sc.unlock()
-	l, c, err := e.repairLocked(ctx, op, sc)
-	if err != nil {
-		return err
-	}
-	if _, c, err = e.reapLocked(ctx, op, sc, l, c); err != nil {
-		return err
-	}
 	if !c.Holds(snap) {
 		return nil
 	}
@@ -435,7 +410,8 @@ func (e *Engine) DestroySnapshot(ctx context.Context, sr, snap string) error {
 			return err
 		}
 		// The newer snapshot may be waiting for this one to go.
-		if l, c, err = e.stack.chainOf(ctx, sc.w, sc.key); err != nil {
+		l, c, err := e.stack.chainOf(ctx, sc.w, sc.key)
+		if err != nil {
 			return err
 		}
 		_, _, err = e.reapLocked(ctx, op, sc, l, c)
@@ -445,10 +421,10 @@ func (e *Engine) DestroySnapshot(ctx context.Context, sr, snap string) error {
 			return err
 		}
 		e.step(StepSnapshotHide)
-		e.log.Info("snapshot deleted; it stays hidden while clones need it", zap.String("sr", a.UUID), zap.String("key", key), zap.String("snapshot", snap))
+		e.log.Info("snapshot deleted; it stays hidden while clones need it", zap.String("sr", sc.a.UUID), zap.String("key", sc.key), zap.String("snapshot", snap))
 		return nil
 	}
-	return host.NewError(host.KindUnsupported, op, fmt.Sprintf("snapshot %s is not the oldest snapshot of volume %s", snap, key),
+	return host.NewError(host.KindUnsupported, op, fmt.Sprintf("snapshot %s is not the oldest snapshot of volume %s", snap, sc.key),
 		"delete the older snapshot first", nil)
 }
 
@@ -457,32 +433,46 @@ func (e *Engine) DestroySnapshot(ctx context.Context, sr, snap string) error {
 // parent hidden for the next chain call on its volume; the destroy itself
 // is done.
 func (e *Engine) reapParent(ctx context.Context, sr, snap string) {
-	const op = "Volume.destroy"
-	err := func() error {
-		a, err := e.attached(ctx, sr)
-		if err != nil {
-			return err
-		}
-		key, err := e.overlayOf(ctx, op, a, snap)
-		if errors.Is(err, host.ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		sc, err := e.holdChain(ctx, op, sr, key)
-		if err != nil {
-			return err
-		}
-		defer sc.unlock()
-		l, c, err := e.repairLocked(ctx, op, sc)
-		if err != nil {
-			return err
-		}
-		_, _, err = e.reapLocked(ctx, op, sc, l, c)
-		return err
-	}()
+	sc, _, _, err := e.holdSnapshotOwner(ctx, "Volume.destroy", sr, snap)
+	if sc != nil {
+		sc.unlock()
+	}
 	if err != nil {
 		e.log.Warn("a clone's parent snapshot was not merged yet; the next call on its volume does it", zap.String("snapshot", snap), zap.Error(err))
 	}
+}
+
+// holdRepaired holds K's chain (holdChain) and brings it to a state with
+// no intent and no hidden snapshot left to merge; the caller unlocks.
+func (e *Engine) holdRepaired(ctx context.Context, op, sr, key string) (*snapCtx, lvm.LV, Chain, error) {
+	sc, err := e.holdChain(ctx, op, sr, key)
+	if err != nil {
+		return nil, lvm.LV{}, Chain{}, err
+	}
+	l, c, err := e.repairLocked(ctx, op, sc)
+	if err == nil {
+		l, c, err = e.reapLocked(ctx, op, sc, l, c)
+	}
+	if err != nil {
+		sc.unlock()
+		return nil, l, c, err
+	}
+	return sc, l, c, nil
+}
+
+// holdSnapshotOwner is holdRepaired on the volume whose snapshot snap is;
+// a nil hold and error say snap is gone.
+func (e *Engine) holdSnapshotOwner(ctx context.Context, op, sr, snap string) (*snapCtx, lvm.LV, Chain, error) {
+	a, err := e.attached(ctx, sr)
+	if err != nil {
+		return nil, lvm.LV{}, Chain{}, err
+	}
+	key, err := e.overlayOf(ctx, op, a, snap)
+	if errors.Is(err, host.ErrNotFound) {
+		return nil, lvm.LV{}, Chain{}, nil
+	}
+	if err != nil {
+		return nil, lvm.LV{}, Chain{}, err
+	}
+	return e.holdRepaired(ctx, op, sr, key)
 }
