@@ -52,10 +52,12 @@ conformance:
 # (docs/benchmarks.md, "The lab's time"). TestDMSnapshotPrimitives is left
 # to make lab-extra: TestSnapshotLive and TestSnapshotLiveISCSI drive the
 # same kernel steps through the engine; so is TestSnapshotXOBackup (ten
-# snapshot rounds), until the lab has room for it. --timeout 1500 leaves a loaded
+# snapshot rounds), and so are TestCloneLive and TestCloneLiveISCSI (a
+# clone and two reset-on-boot rounds, about 200 s each in a lone guest),
+# until the lab has room for them. --timeout 1500 leaves a loaded
 # machine room without changing an unloaded run's time.
 LAB_DOM0_TESTS = TestEngineLifecycle|TestEngineNonMaster|TestEngineCrashVolumeSteps|TestDatapathNVMe|TestISCSILifecycle|TestISCSIFailover|TestISCSIGrow|TestISCSISMNextDoor
-LAB_EXTRA_TESTS = TestDMSnapshotPrimitives|TestSnapshotXOBackup
+LAB_EXTRA_TESTS = TestDMSnapshotPrimitives|TestSnapshotXOBackup|TestCloneLive|TestCloneLiveISCSI
 lab:
 	tests/lab/run.sh test --shards 3 --timeout 1500 --skip '^($(LAB_EXTRA_TESTS))$$' --also 'backports:^TestNVMeAuth'
 
