@@ -345,13 +345,25 @@ func (p *Datapath) Detach(ctx context.Context, uri, domain string) error {
 		log.Info("SR not attached here; no LV to deactivate", zap.Error(err))
 		return nil
 	}
+	lv := p.d.LVName(t.Key)
+	if r, ok := p.d.Stack.(LVResolver); ok {
+		if got, err := r.LVOf(ctx, p.scope(sr), sr.UUID, sr.VG, t.Key); err == nil {
+			lv = got
+		}
+	}
 	if p.d.Stack != nil {
 		if err := p.d.Stack.Disassemble(ctx, p.scope(sr), sr.UUID, sr.VG, t.Key); err != nil {
 			log.Error("cannot take down the volume's device; the LV stays active until the next detach", zap.Error(err))
 			return nil
 		}
 	}
-	if err := p.d.LVM.Deactivate(ctx, p.scope(sr), sr.VG, p.d.LVName(t.Key)); err != nil {
+	if lv != p.d.LVName(t.Key) {
+		// A snapshot's image maps its volume's LV, which Disassemble
+		// deactivated unless something here still uses it.
+		log.Info("detached; the image's LV is left to the stack", zap.String("lv", lv))
+		return nil
+	}
+	if err := p.d.LVM.Deactivate(ctx, p.scope(sr), sr.VG, lv); err != nil {
 		if errors.Is(err, host.ErrNotFound) {
 			log.Info("LV already gone")
 			return nil
