@@ -136,21 +136,53 @@ func (st *Stack) imageUsed(ctx context.Context, w where, img image, snap string)
 	if live, err := st.Live(ctx, w.sr, img.of); err != nil || live {
 		return live, err
 	}
+	live, err := st.liveClones(ctx, w)
+	return live[snap], err
+}
+
+// liveClones lists the snapshots that have a clone whose device is here.
+func (st *Stack) liveClones(ctx context.Context, w where) (map[string]bool, error) {
+	out := map[string]bool{}
 	lvs, err := st.LVM.LVs(ctx, w.scope, w.vg)
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	for _, l := range lvs {
 		parent, _, isClone, _ := cloneOf(l.Tags)
 		key, isVol := keyOfLV(l.Name)
-		if !isClone || !isVol || parent != snap {
+		if !isClone || !isVol || out[parent] {
 			continue
 		}
-		if live, err := st.Live(ctx, w.sr, key); err != nil || live {
-			return live, err
+		live, err := st.Live(ctx, w.sr, key)
+		if err != nil {
+			return nil, err
+		}
+		out[parent] = live
+	}
+	return out, nil
+}
+
+// notUnderClones returns the devices among K's middle layers that no
+// clone here builds on.
+func (st *Stack) notUnderClones(ctx context.Context, w where, middle []string) ([]string, error) {
+	if len(middle) == 0 {
+		return nil, nil
+	}
+	live, err := st.liveClones(ctx, w)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, n := range middle {
+		used := false
+		for s := range live {
+			used = used || (live[s] && DevName(w.sr, s) == n)
+		}
+		if !used {
+			out = append(out, n)
 		}
 	}
-	return false, nil
+	return out, nil
 }
 
 // assembleSnapshot makes snapshot snap's image readable here and returns

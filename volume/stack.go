@@ -438,12 +438,24 @@ func (st *Stack) Disassemble(ctx context.Context, s lvm.Scope, sr, vg, key strin
 	if err != nil {
 		return err
 	}
-	all := names(sr, c)
-	if err := st.removeExtras(ctx, all[1:]); err != nil {
+	// A middle layer is also its snapshot's image, which a clone running
+	// here may use (image.go): it stays, and so do the LVs it maps.
+	middle, err := st.notUnderClones(ctx, w, names(sr, c)[1:])
+	if err != nil {
+		return err
+	}
+	if err := st.removeExtras(ctx, middle); err != nil {
 		return err
 	}
 	for _, snap := range append(append([]string{}, c.Snaps...), intentSnap(c)...) {
-		if err := st.LVM.Deactivate(ctx, s, vg, cowName(snap)); err != nil && !errors.Is(err, host.ErrNotFound) {
+		l, err := st.LVM.LV(ctx, s, vg, cowName(snap))
+		if errors.Is(err, host.ErrNotFound) || (err == nil && l.Open()) {
+			continue
+		}
+		if err == nil {
+			err = st.LVM.Deactivate(ctx, s, vg, cowName(snap))
+		}
+		if err != nil && !errors.Is(err, host.ErrNotFound) {
 			errs = append(errs, err)
 		}
 	}
