@@ -207,23 +207,34 @@ func (e *Engine) VolumeClone(ctx context.Context, sr, key string) (Volume, error
 		return Volume{}, err
 	}
 	defer sc.unlock()
-	var name, description string
 	if snap == "" {
 		m, _ := decodeVolumeTags(l.Tags)
-		name, description = m.Name, m.Description
+		name, description := m.Name, m.Description
 		s, err := e.snapshotLocked(ctx, op, sc, l, c, name, description, true)
 		if err != nil {
 			return Volume{}, err
 		}
 		snap = s.Key
-	} else {
-		_, v, _, err := e.lookupSnapshot(ctx, op, a, snap)
+		v, err := e.cloneLocked(ctx, op, sc, l.Size, snap, name, description)
 		if err != nil {
-			return Volume{}, err
+			// The hidden snapshot has no clone: it goes now (or at the
+			// next chain call on K).
+			rctx, cancel := host.RollbackContext(ctx, rollbackTimeout)
+			defer cancel()
+			if l, c, rerr := e.stack.chainOf(rctx, sc.w, sc.key); rerr == nil {
+				_, _, rerr = e.reapLocked(rctx, op, sc, l, c)
+				if rerr != nil {
+					e.log.Warn("the snapshot of a failed clone stays hidden until the next call on its volume", zap.String("snapshot", snap), zap.Error(rerr))
+				}
+			}
 		}
-		name, description = v.Name, v.Description
+		return v, err
 	}
-	return e.cloneLocked(ctx, op, sc, l.Size, snap, name, description)
+	_, v, _, err := e.lookupSnapshot(ctx, op, a, snap)
+	if err != nil {
+		return Volume{}, err
+	}
+	return e.cloneLocked(ctx, op, sc, l.Size, snap, v.Name, v.Description)
 }
 
 // cloneLocked creates the clone of snapshot snap of K (size bytes) under

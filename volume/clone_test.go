@@ -9,6 +9,7 @@ import (
 
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/lvm/lvmtest"
 	"github.com/sanvol/sanvol/volume"
 )
 
@@ -501,5 +502,26 @@ func TestCloneSharesTheMiddleLayer(t *testing.T) {
 		if l.Active {
 			t.Fatalf("LV %s left active", n)
 		}
+	}
+}
+
+// A clone of K whose own lvcreate fails leaves no hidden snapshot behind.
+func TestFailedCloneOfVolumeDropsItsSnapshot(t *testing.T) {
+	s := newSnapEnv(t, true)
+	clonesLV := func(c host.Cmd) bool {
+		for _, a := range c.Args {
+			if strings.Contains(a, "sv.P.") {
+				return true
+			}
+		}
+		return false
+	}
+	s.sim.Once(lvmtest.And(lvmtest.LVM("lvcreate"), clonesLV), lvmtest.Reply{Code: 5, Stderr: "Volume group has insufficient free space"})
+	if _, err := s.e.VolumeClone(context.Background(), s.sr, s.key); err == nil {
+		t.Fatal("the clone's lvcreate failed, the clone did not")
+	}
+	s.wantStack(nil, "after a failed clone of K")
+	if got := s.keys(); !slices.Equal(got, []string{s.key}) {
+		t.Fatalf("SR.ls %v", got)
 	}
 }
