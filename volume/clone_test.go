@@ -145,11 +145,19 @@ func TestSnapshotsAreVolumes(t *testing.T) {
 	if err := s.e.VolumeResize(ctx, s.sr, s1, 2*gib); host.KindOf(err) != host.KindUnsupported {
 		t.Fatalf("resize of a snapshot: %v", err)
 	}
-	// The snapshot's image, read-only, while K runs: the base itself.
-	if dev := s.attachKey(s1); dev != lvm.DevicePath(s.vg, volume.LVName(s.key)) {
-		t.Fatalf("the oldest snapshot's image is %s, want the base LV", dev)
+	// The snapshot's image, read-only, while K runs: the base under a
+	// read-only device.
+	dev := s.attachKey(s1)
+	tables, _ := s.sim.DM()
+	name := strings.TrimPrefix(dev, "/dev/mapper/")
+	if info, err := s.stack.DM.Info(ctx, name); err != nil || !info.ReadOnly ||
+		!strings.HasSuffix(tables[name], "linear "+lvm.DevicePath(s.vg, volume.LVName(s.key))+" 0") {
+		t.Fatalf("the oldest snapshot's image is %s (%q, %+v, %v), want a read-only device over the base", dev, tables[name], info, err)
 	}
 	s.detachKey(s1)
+	if tables, _ := s.sim.DM(); tables[name] != "" {
+		t.Fatal("the snapshot's device survived its detach")
+	}
 	if !s.sim.LVs()[volume.LVName(s.key)].Active {
 		t.Fatal("detaching the snapshot deactivated the base K runs on")
 	}

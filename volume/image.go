@@ -185,15 +185,31 @@ func (st *Stack) notUnderClones(ctx context.Context, w where, middle []string) (
 	return out, nil
 }
 
+// roDevName is the read-only device Datapath.attach hands out for the
+// oldest snapshot, whose image is K's base LV: the LV itself is writable
+// (K's stack maps it). No COW is involved, so the name is the snapshot's
+// own, apart from the middle layer's (names), which K's stack manages.
+func roDevName(sr, snap string) string { return DevName(sr, snap) + "-ro" }
+
 // assembleSnapshot makes snapshot snap's image readable here and returns
 // its device: what Datapath.attach hands out for a snapshot (an export,
-// a VM's read-only disk).
+// a VM's read-only disk), read-only.
 func (st *Stack) assembleSnapshot(ctx context.Context, w where, snap string) (string, error) {
 	img, err := st.imageOf(ctx, w, snap)
 	if err != nil {
 		return "", err
 	}
-	return img.path, st.buildImage(ctx, w, img)
+	if err := st.buildImage(ctx, w, img); err != nil {
+		return "", err
+	}
+	if len(img.devs) > 0 {
+		return img.path, nil
+	}
+	ro := dmDev{name: roDevName(w.sr, snap), table: blockdev.Linear(img.path, img.sectors), readOnly: true}
+	if err := st.ensure(ctx, ro); err != nil {
+		return "", err
+	}
+	return "/dev/mapper/" + ro.name, nil
 }
 
 // assembleClone builds clone key's device over its parent's image; l is
@@ -259,12 +275,12 @@ func (st *Stack) LVOf(ctx context.Context, s lvm.Scope, sr, vg, key string) (str
 // device and its parent's image, leaving what K or another clone here
 // still uses.
 func (st *Stack) disassembleImage(ctx context.Context, w where, key, parent string, snapshot bool) error {
-	snap := key
+	snap, top := key, roDevName(w.sr, key)
 	if !snapshot {
-		if err := st.removeExtras(ctx, []string{DevName(w.sr, key)}); err != nil {
-			return err
-		}
-		snap = parent
+		snap, top = parent, DevName(w.sr, key)
+	}
+	if err := st.removeExtras(ctx, []string{top}); err != nil {
+		return err
 	}
 	img, err := st.imageOf(ctx, w, snap)
 	if err != nil {
