@@ -16,7 +16,7 @@ type fakeStack struct {
 	failOff error
 }
 
-func (s *fakeStack) Assemble(ctx context.Context, sc lvm.Scope, sr, vg, key string) (string, error) {
+func (s *fakeStack) AssembleLV(ctx context.Context, sc lvm.Scope, sr, vg, key string, base lvm.LV) (string, error) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	if !s.f.active["v-"+key] {
@@ -89,11 +89,14 @@ func (s *resolvingStack) LVOf(ctx context.Context, sc lvm.Scope, sr, vg, key str
 	return "v-" + key, nil
 }
 
-func (s *resolvingStack) Assemble(ctx context.Context, sc lvm.Scope, sr, vg, key string) (string, error) {
+func (s *resolvingStack) AssembleLV(ctx context.Context, sc lvm.Scope, sr, vg, key string, base lvm.LV) (string, error) {
 	if key == "s1" {
-		return s.fakeStack.Assemble(ctx, sc, sr, vg, "k1")
+		if base.Name != "v-k1" {
+			return "", errors.New("the snapshot's image must be built from its volume's LV, got " + base.Name)
+		}
+		key = "k1"
 	}
-	return s.fakeStack.Assemble(ctx, sc, sr, vg, key)
+	return s.fakeStack.AssembleLV(ctx, sc, sr, vg, key, base)
 }
 
 // A snapshot's attach activates the LV the Stack names (its volume's

@@ -142,6 +142,12 @@ func BuildConfig(v Version, s Scope) (string, error) {
 	if !v.AtLeast(2, 3, 0) {
 		b.WriteString(" use_lvmetad=0")
 	}
-	b.WriteString("} backup{archive=0}")
+	// No udev round trip on activation: LVM makes the device nodes and
+	// /dev/VG/LV links itself and does not wait for udev to process the
+	// event, as XCP-ng's dom0 lvm.conf has it (udev_sync=0, udev_rules=0).
+	// On a dom0 whose udev is busy with a path flap's event storm, a
+	// datapath call would otherwise wait behind it; in the lab it saves
+	// about a third of every lvchange -ay/-an.
+	b.WriteString("} backup{archive=0} activation{udev_sync=0 udev_rules=0}")
 	return b.String(), nil
 }

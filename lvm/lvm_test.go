@@ -24,6 +24,7 @@ func TestConfig203(t *testing.T) {
 	for _, want := range []string{
 		"filter=" + filter, "global_filter=" + filter, "obtain_device_list_from_udev=0",
 		`hints="none"`, "use_devicesfile=0", "metadata_read_only=0", "archive=0",
+		"udev_sync=0", "udev_rules=0",
 	} {
 		if !strings.Contains(cfg, want) {
 			t.Errorf("config lacks %s:\n%s", want, cfg)
@@ -297,5 +298,39 @@ func TestReadOnlyScope(t *testing.T) {
 	}
 	if act := calls[len(calls)-1]; slices.Contains(act.Args, "--readonly") {
 		t.Fatalf("activation with --readonly: %v", act)
+	}
+}
+
+// A master change in the middle of a call: the guard (the pool role read
+// again) refuses the next metadata change before lvm runs; reports and
+// activation still run.
+func TestWriteGuardRefusesBeforeLVMRuns(t *testing.T) {
+	r := &lvmtest.Runner{}
+	r.On(lvmtest.LVM("version"), lvmtest.Version("2.03.16"))
+	r.On(lvmtest.LVM("lvs"), lvmtest.LVs())
+	r.On(lvmtest.LVM("lvchange"), lvmtest.Reply{})
+	master := true
+	c := newClient(r).WithWriteGuard(func() error {
+		if master {
+			return nil
+		}
+		return host.NewError(host.KindNotMaster, "lvm", "no longer the pool master", "", nil)
+	})
+	ctx := context.Background()
+	if err := c.LVChangeTags(ctx, scope, "vg", "lv", nil, []string{"t"}); err != nil {
+		t.Fatal(err)
+	}
+	master = false
+	if err := c.LVChangeTags(ctx, scope, "vg", "lv", nil, []string{"u"}); !errors.Is(err, host.ErrNotMaster) {
+		t.Fatalf("metadata change after the role changed: %v", err)
+	}
+	if n := r.Count(lvmtest.LVM("lvchange")); n != 1 {
+		t.Fatalf("%d lvchange ran, want only the one before the change", n)
+	}
+	if _, err := c.LVs(ctx, scope, "vg"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Activate(ctx, scope, "vg", "lv"); err != nil {
+		t.Fatal(err)
 	}
 }

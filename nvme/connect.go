@@ -99,6 +99,10 @@ func (t *Transport) deriveIfaces(c *Config) {
 			t.log.Warn("no route to portal; connecting without host-iface", zapStr("portal", p.String()), zap.Error(err))
 			continue
 		}
+		if name == "" {
+			t.log.Info("portal is this host's own address; its path stays unbound so that it follows the address", zapStr("portal", p.String()))
+			continue
+		}
 		p.Iface = name
 	}
 }

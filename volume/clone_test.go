@@ -60,7 +60,7 @@ func (s *snapEnv) cloneLVs() []string {
 }
 
 // attachKey attaches any volume (a snapshot, a clone) as the datapath
-// does: its LV (LVOf) active, then Assemble.
+// does: its LV (LVOf) active and read, then AssembleLV.
 func (s *snapEnv) attachKey(key string) string {
 	s.t.Helper()
 	ctx := context.Background()
@@ -68,10 +68,15 @@ func (s *snapEnv) attachKey(key string) string {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	if err := lvm.New(s.sim, nil).Activate(ctx, s.scope(), s.vg, lv); err != nil {
+	lc := lvm.New(s.sim, nil)
+	if err := lc.Activate(ctx, s.scope(), s.vg, lv); err != nil {
 		s.t.Fatal(err)
 	}
-	dev, err := s.stack.Assemble(ctx, s.scope(), srUUID, s.vg, key)
+	info, err := lc.LV(ctx, s.scope(), s.vg, lv)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	dev, err := s.stack.AssembleLV(ctx, s.scope(), srUUID, s.vg, key, info)
 	if err != nil {
 		s.t.Fatal(err)
 	}

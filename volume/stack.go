@@ -350,17 +350,23 @@ func (st *Stack) chainOf(ctx context.Context, w where, key string) (lvm.LV, Chai
 	if err != nil {
 		return l, Chain{}, err
 	}
+	c, err := chainFrom(w, key, l)
+	return l, c, err
+}
+
+// chainFrom reads K's chain from its base LV's tags.
+func chainFrom(w where, key string, l lvm.LV) (Chain, error) {
 	if _, _, isClone, _ := cloneOf(l.Tags); isClone {
 		// A clone's LV is a COW, not a base a chain can grow over.
-		return l, Chain{Key: key}, host.NewError(host.KindUnsupported, "snapshot chain", fmt.Sprintf("volume %s is a linked clone: sanvol cannot snapshot or clone it", key),
+		return Chain{Key: key}, host.NewError(host.KindUnsupported, "snapshot chain", fmt.Sprintf("volume %s is a linked clone: sanvol cannot snapshot or clone it", key),
 			"copy it to a new volume (xe vdi-copy) first, or snapshot the volume it was cloned from", nil)
 	}
 	c, err := parseChain(key, l.Tags)
 	if err != nil {
-		return l, c, host.NewError(host.KindInternal, "snapshot chain", fmt.Sprintf("LV %s carries a snapshot chain sanvol cannot read", l.Name),
+		return c, host.NewError(host.KindInternal, "snapshot chain", fmt.Sprintf("LV %s carries a snapshot chain sanvol cannot read", l.Name),
 			fmt.Sprintf("inspect it with lvs -o+tags %s/%s", w.vg, l.Name), err)
 	}
-	return l, c, nil
+	return c, nil
 }
 
 // activateChain activates the COW LVs K's stack maps (the base is the
@@ -388,14 +394,19 @@ func (st *Stack) assemble(ctx context.Context, w where, key string) (lvm.LV, Cha
 	if err != nil {
 		return l, c, err
 	}
+	return l, c, st.build(ctx, w, l, c)
+}
+
+// build makes K's devices on this host what chain c over base LV l says.
+func (st *Stack) build(ctx context.Context, w where, l lvm.LV, c Chain) error {
 	if err := st.activateChain(ctx, w, c); err != nil {
-		return l, c, err
+		return err
 	}
 	devs, err := layout(w, c, uint64(l.Size/512))
 	if err != nil {
-		return l, c, err
+		return err
 	}
-	return l, c, st.converge(ctx, devs, extrasOf(names(w.sr, c), devs))
+	return st.converge(ctx, devs, extrasOf(names(w.sr, c), devs))
 }
 
 // Assemble builds volume key's device on this host from its chain, or
@@ -417,6 +428,35 @@ func (st *Stack) Assemble(ctx context.Context, s lvm.Scope, sr, vg, key string) 
 		return st.assembleClone(ctx, w, key, l, parent)
 	}
 	if _, _, err := st.assemble(ctx, w, key); err != nil {
+		return "", err
+	}
+	return DevPath(sr, key), nil
+}
+
+// AssembleLV is Assemble for a caller that has just read K's base LV (the
+// datapath, before activating it): its tags and size are the chain and
+// the size, so the call costs no second lvs.
+//
+// For a snapshot, base is its volume's LV (LVOf) and the snapshot's image
+// is built; for a clone, base is the clone's own LV.
+func (st *Stack) AssembleLV(ctx context.Context, s lvm.Scope, sr, vg, key string, base lvm.LV) (string, error) {
+	w := where{sr: sr, vg: vg, scope: s}
+	if base.Name != lvName(key) {
+		return st.assembleSnapshot(ctx, w, key)
+	}
+	parent, _, isClone, err := cloneOf(base.Tags)
+	switch {
+	case err != nil:
+		return "", host.NewError(host.KindInternal, "clone", fmt.Sprintf("LV %s carries clone tags sanvol cannot read", base.Name),
+			fmt.Sprintf("inspect it with lvs -o+tags %s/%s", vg, base.Name), err)
+	case isClone:
+		return st.assembleClone(ctx, w, key, base, parent)
+	}
+	c, err := chainFrom(w, key, base)
+	if err != nil {
+		return "", err
+	}
+	if err := st.build(ctx, w, base, c); err != nil {
 		return "", err
 	}
 	return DevPath(sr, key), nil
