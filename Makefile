@@ -60,12 +60,14 @@ conformance:
 # dom0 and pool sets, and the long snapshot scenarios): docs/benchmarks.md,
 # "The lab's time". TestDMSnapshotPrimitives drives the kernel steps that
 # TestSnapshotLive and TestSnapshotLiveISCSI drive through the engine.
+# TestCloneLive and TestCloneLiveISCSI (a clone and two reset-on-boot
+# rounds, about 200 s each in a lone guest) wait there for room too.
 # --timeout 1500 leaves a loaded machine room without changing an
 # unloaded run's time.
 LAB_DOM0_TESTS = TestEngineLifecycle|TestEngineNonMaster|TestEngineCrashVolumeSteps|TestDatapathNVMe|TestISCSILifecycle|TestISCSIFailover|TestISCSIGrow|TestISCSISMNextDoor
 LAB_DOM0_CORE = TestEngineLifecycle|TestEngineCrashVolumeSteps|TestISCSIGrow|TestISCSISMNextDoor
 LAB_POOL_CORE = TestDemo|TestDemoPool|TestPoolNVMe|TestPoolISCSI|TestPoolMasterChange|TestPoolMemberReboot|TestPoolFloatingPortalDummyNVMe
-LAB_EXTRA_TESTS = TestDMSnapshotPrimitives|TestSnapshotXOBackup
+LAB_EXTRA_TESTS = TestDMSnapshotPrimitives|TestSnapshotXOBackup|TestCloneLive|TestCloneLiveISCSI
 lab:
 	tests/lab/run.sh test --shards 3 --timeout 1500 --skip '^($(LAB_EXTRA_TESTS)|TestDemo)$$' --also 'backports:^TestNVMeAuth' \
 		--also 'bookworm+xcpng8:^($(LAB_DOM0_CORE))$$' --with-pool '^($(LAB_POOL_CORE))$$'

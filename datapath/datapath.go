@@ -77,6 +77,14 @@ type Stack interface {
 	Disassemble(ctx context.Context, s lvm.Scope, sr, vg, key string) error
 }
 
+// LVResolver is implemented by a Stack that serves volumes with no LV of
+// their own: a snapshot's image maps its volume's base LV (volume.Stack,
+// LVOf). The Stack's Disassemble releases such an LV itself; detach's
+// deactivation of the volume's own LV then finds none.
+type LVResolver interface {
+	LVOf(ctx context.Context, s lvm.Scope, sr, vg, key string) (string, error)
+}
+
 // Datapath serves the Datapath.* methods.
 type Datapath struct{ d Deps }
 
@@ -178,6 +186,12 @@ func (p *Datapath) scope(sr SR) lvm.Scope {
 func (p *Datapath) ensureActive(ctx context.Context, op string, sr SR, t Target) (string, error) {
 	lv := p.d.LVName(t.Key)
 	s := p.scope(sr)
+	if r, ok := p.d.Stack.(LVResolver); ok {
+		var err error
+		if lv, err = r.LVOf(ctx, s, sr.UUID, sr.VG, t.Key); err != nil {
+			return "", err
+		}
+	}
 	info, err := p.d.LVM.LV(ctx, s, sr.VG, lv)
 	if err != nil {
 		if errors.Is(err, host.ErrNotFound) {
@@ -356,13 +370,25 @@ func (p *Datapath) Detach(ctx context.Context, uri, domain string) error {
 		log.Info("SR not attached here; no LV to deactivate", zap.Error(err))
 		return nil
 	}
+	lv := p.d.LVName(t.Key)
+	if r, ok := p.d.Stack.(LVResolver); ok {
+		if got, err := r.LVOf(ctx, p.scope(sr), sr.UUID, sr.VG, t.Key); err == nil {
+			lv = got
+		}
+	}
 	if p.d.Stack != nil {
 		if err := p.d.Stack.Disassemble(ctx, p.scope(sr), sr.UUID, sr.VG, t.Key); err != nil {
 			log.Error("cannot take down the volume's device; the LV stays active until the next detach", zap.Error(err))
 			return nil
 		}
 	}
-	if err := p.d.LVM.Deactivate(ctx, p.scope(sr), sr.VG, p.d.LVName(t.Key)); err != nil {
+	if lv != p.d.LVName(t.Key) {
+		// A snapshot's image maps its volume's LV, which Disassemble
+		// deactivated unless something here still uses it.
+		log.Info("detached; the image's LV is left to the stack", zap.String("lv", lv))
+		return nil
+	}
+	if err := p.d.LVM.Deactivate(ctx, p.scope(sr), sr.VG, lv); err != nil {
 		if errors.Is(err, host.ErrNotFound) {
 			log.Info("LV already gone")
 			return nil
