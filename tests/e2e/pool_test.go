@@ -371,10 +371,14 @@ func TestPoolMemberReboot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(dms, "\n") {
-		if name, _, _ := strings.Cut(line, "\t"); strings.HasPrefix(name, "VG_sanvol--") {
-			if _, err := l.b.Exec("dmsetup", "remove", "--retry", name); err != nil {
-				t.Fatal(err)
+	// Top-down: the VM's device (sanvol-<sr>-<key>, Datapath.attach)
+	// holds the LV's.
+	for _, prefix := range []string{"sanvol-", "VG_sanvol--"} {
+		for _, line := range strings.Split(dms, "\n") {
+			if name, _, _ := strings.Cut(line, "\t"); strings.HasPrefix(name, prefix) {
+				if _, err := l.b.Exec("dmsetup", "remove", "--retry", name); err != nil {
+					t.Fatal(err)
+				}
 			}
 		}
 	}
