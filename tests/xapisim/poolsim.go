@@ -142,6 +142,7 @@ func (ps *PoolSR) Migrate(ctx context.Context, a *Attachment, from, to int, doma
 		return b, tm, fmt.Errorf("source detach: %w", err)
 	}
 	src.setAttached(a.Key, -1)
+	ps.migrated(a, b, to)
 	od.say("  = %s on the destination", b.Device)
 	return b, tm, nil
 }
