@@ -9,10 +9,13 @@ import (
 	"encoding/xml"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/plugin"
@@ -188,18 +191,20 @@ func (s *Sim) runHostPlugin(ctx context.Context, session, name, fn string, args 
 	fail := func(params ...string) *rpcError {
 		return &rpcError{Message: "XENAPI_PLUGIN_FAILURE", Data: params}
 	}
-	entries, _ := os.ReadDir(s.pluginDir())
-	if !slices.ContainsFunc(entries, func(e os.DirEntry) bool { return e.Name() == name }) {
-		return "", &rpcError{Message: "XENAPI_MISSING_PLUGIN", Data: []string{name}}, nil
-	}
+	missing := &rpcError{Message: "XENAPI_MISSING_PLUGIN", Data: []string{name}}
 	path := filepath.Join(s.pluginDir(), name)
 	run := s.HostPlugin
 	if run == nil {
 		run = func(ctx context.Context, path, call string) (plugin.Outcome, error) {
+			entries, _ := os.ReadDir(filepath.Dir(path))
+			if !slices.ContainsFunc(entries, func(e os.DirEntry) bool { return e.Name() == filepath.Base(path) }) {
+				return plugin.Outcome{}, fs.ErrNotExist
+			}
 			r, err := host.RunHostPlugin(ctx, path, call)
 			out := plugin.Outcome{Script: path, ExitCode: r.ExitCode, Stdout: r.Stdout, Stderr: r.Stderr, Elapsed: r.Elapsed}
 			if r.Signal != 0 {
-				out.Signal = strings.ToUpper(r.Signal.String())
+				// xapi prints it with Debug.Pp.signal: "SIGKILL".
+				out.Signal = unix.SignalName(r.Signal)
 			}
 			return out, err
 		}
@@ -207,7 +212,10 @@ func (s *Sim) runHostPlugin(ctx context.Context, session, name, fn string, args 
 	o := s.begin(fmt.Sprintf("xe host-call-plugin host-uuid=%s plugin=%s fn=%s", s.HostUUID(), name, fn))
 	defer o.end()
 	out, err := run(ctx, path, MethodCallXML(fn, session, args))
-	if err != nil {
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", missing, nil
+	}
+	if err != nil && out.Signal == "" {
 		o.say("    %-22s FAILED: %v", name+"."+fn, err)
 		return "", nil, err
 	}

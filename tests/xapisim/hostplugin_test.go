@@ -25,6 +25,7 @@ printf '<methodResponse><params><param><value><struct><member><name>Status</name
 echo '<methodResponse><params><param><value><struct><member><name>Status</name><value>Failure</value></member><member><name>ErrorDescription</name><value><array><data><value>SR_BACKEND_FAILURE</value><value>Busy</value><value>x &amp; y</value></data></array></value></member></struct></value></param></params></methodResponse>'
 `,
 	"crash":   "#!/bin/sh\necho partial\nexit 3\n",
+	"killed":  "#!/bin/sh\nkill -9 $$\n",
 	"garbage": "#!/bin/sh\necho hello\n",
 	"fault": `#!/bin/sh
 echo '<methodResponse><fault><value><struct><member><name>faultCode</name><value><int>7</int></value></member><member><name>faultString</name><value>bad</value></member></struct></value></fault></methodResponse>'
@@ -77,6 +78,7 @@ func TestCallPlugin(t *testing.T) {
 		"refuse":  {"SR_BACKEND_FAILURE", "Busy", "x & y"},
 		"crash":   {"XENAPI_PLUGIN_FAILURE", "non-zero exit", "partial\n", ""},
 		"garbage": {"XENAPI_PLUGIN_FAILURE", "failed to parse plugin output"},
+		"killed":  {"XENAPI_PLUGIN_FAILURE", "signal: SIGKILL"},
 		"fault":   {"XENAPI_PLUGIN_FAILURE", "fault", "7", "bad"},
 		"nothere": {"XENAPI_MISSING_PLUGIN", "nothere"},
 	} {
