@@ -331,7 +331,7 @@ func parseMethodResponse(out string) (string, *rpcError, error) {
 		return "", &rpcError{Message: "XENAPI_PLUGIN_FAILURE", Data: []string{"fault", *code, reason}}, nil
 	}
 	if r.Params == nil || len(*r.Params) != 1 || (*r.Params)[0].Value.Struct == nil {
-		return "", nil, errors.New("Expected single return value (struct status)")
+		return "", nil, errors.New("expected a single return value (struct status)")
 	}
 	st := map[string]xrValue{}
 	for _, m := range (*r.Params)[0].Value.Struct.Members {
@@ -349,7 +349,7 @@ func parseMethodResponse(out string) (string, *rpcError, error) {
 	case "Failure":
 		d := st["ErrorDescription"]
 		if d.Array == nil || len(d.Array.Values) == 0 {
-			return "", nil, errors.New("Empty array of error strings")
+			return "", nil, errors.New("empty array of error strings")
 		}
 		var params []string
 		for _, v := range d.Array.Values {
