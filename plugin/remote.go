@@ -53,10 +53,14 @@ func (r *Remote) call(ctx context.Context, h, fn string, args map[string]string)
 		if xe.Code == ErrorCode && len(xe.Params) >= 2 {
 			return "", host.NewError(host.Kind(xe.Params[0]), op, xe.Params[1], "", nil)
 		}
-		// XENAPI_MISSING_PLUGIN, XENAPI_PLUGIN_FAILURE: the host runs
-		// no sanvol plugin, or it crashed (xapi_plugins.ml call_plugin).
-		return "", host.NewError(host.KindUnreachable, op, "the host plugin did not run",
-			"check that sanvol is installed on that host (sanvol install; ls "+host.HostPluginDir+")", err)
+		// xapi_plugins.ml call_plugin: no such plugin on that host, or
+		// it died (a signal, a non-zero exit, no answer).
+		if xe.Code == "XENAPI_MISSING_PLUGIN" {
+			return "", host.NewError(host.KindUnreachable, op, "sanvol's host plugin is not installed there",
+				"install the same sanvol version on every host of the pool (sanvol install; ls "+host.HostPluginDir+")", err)
+		}
+		return "", host.NewError(host.KindUnreachable, op, "the host plugin died before it answered",
+			"see that host's log (journalctl -t sanvol); the step stays recorded and the next snapshot or delete of the volume finishes it", err)
 	}
 	return out, err
 }
