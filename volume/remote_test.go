@@ -131,6 +131,14 @@ func newRemoteEnv(t *testing.T) *remoteEnv {
 		LVM: lvm.New(s.sim, nil), Transport: s.tr, Runner: s.sim, Zeroer: s.sim, DM: blockdev.NewDM(simA, 0), DevNum: simA.DevNum,
 		SnapMagic: magic, MergePoll: time.Millisecond, Locker: host.FileLocker{Root: s.root}, Root: s.root,
 		Role: host.Role{Master: true}, Version: "test-1.0", HostID: testHost, Remote: r.remote,
+		Fault: func(step string) {
+			s.mu.Lock()
+			c := s.crash
+			s.mu.Unlock()
+			if c == step {
+				panic(crashed{step})
+			}
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -328,5 +336,115 @@ func TestParseRemoteChain(t *testing.T) {
 		if _, err := volume.ParseRemoteChain(a); host.KindOf(err) != host.KindInvalid {
 			t.Errorf("%s: %v, want InvalidArgument", name, err)
 		}
+	}
+}
+
+// wantOnA checks the chain has no intent, one COW per snapshot, and K's
+// stack on the master (after the VM restarted there) is the chain's.
+func (r *remoteEnv) wantOnA(snaps []string, when string) {
+	r.t.Helper()
+	got, intent := r.chain()
+	if !slices.Equal(got, snaps) || intent != "" {
+		r.t.Fatalf("%s: chain %v intent %q, want %v", when, got, intent, snaps)
+	}
+	if c := r.cows(); !slices.Equal(c, slices.Sorted(slices.Values(snaps))) {
+		r.t.Fatalf("%s: COW LVs %v, want %v", when, c, snaps)
+	}
+	tables, suspended := r.simA.DM()
+	k := tables[volume.DevName(srUUID, r.key)]
+	want := "linear "
+	switch len(snaps) {
+	case 1:
+		want = "snapshot " + lvm.DevicePath(r.vg, volume.LVName(r.key)) + " " + lvm.DevicePath(r.vg, "s-"+snaps[0])
+	case 2:
+		want = "snapshot " + volume.DevPath(srUUID, snaps[1]) + " " + lvm.DevicePath(r.vg, "s-"+snaps[1])
+	}
+	if !strings.Contains(k, want) || len(suspended) > 0 || len(r.simA.DMInvalid()) > 0 {
+		r.t.Fatalf("%s: K on A %q (want %q), suspended %v, invalid %v", when, k, want, suspended, r.simA.DMInvalid())
+	}
+}
+
+// TestRemoteHostDiesAtEveryCall: B stops answering at each of its calls
+// in a snapshot and in a delete; the call fails, the VM restarts on the
+// master, and one repair there leaves a consistent chain and stack.
+func TestRemoteHostDiesAtEveryCall(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []struct {
+		op, down string
+		after    func(s1, s2 string) []string // the chain after the repair on A
+	}{
+		// Before anything changed.
+		{"snapshot", "converge#1", func(s1, s2 string) []string { return []string{s1} }},
+		// The intent is committed: A's attach builds the snapshot in
+		// (its target writes the COW's header), so the repair keeps it.
+		{"snapshot", "converge#2", func(s1, s2 string) []string { return []string{s1, s2} }},
+		{"delete", "converge#1", func(s1, s2 string) []string { return []string{s1} }},
+		{"delete", "converge#2", func(s1, s2 string) []string { return nil }},
+		{"delete", "wait_merged#1", func(s1, s2 string) []string { return nil }},
+		{"delete", "converge#3", func(s1, s2 string) []string { return nil }},
+	} {
+		t.Run(c.op+"/"+c.down, func(t *testing.T) {
+			r := newRemoteEnv(t)
+			s1 := r.snapshot("s1")
+			r.remote.calls, r.remote.counts, r.remote.down = nil, nil, c.down
+			var err error
+			if c.op == "snapshot" {
+				_, err = r.e.Snapshot(ctx, r.sr, r.key, "s2", "")
+			} else {
+				err = r.e.DeleteSnapshot(ctx, r.sr, s1)
+			}
+			if host.KindOf(err) != host.KindUnreachable {
+				t.Fatalf("%s with B dying at %s: %v, want Unreachable", c.op, c.down, err)
+			}
+			_, intent := r.chain()
+			r.restartOnA()
+			if err := r.e.RepairChain(ctx, r.sr, r.key); err != nil {
+				t.Fatal(err)
+			}
+			s2, _ := strings.CutPrefix(intent, "snap ")
+			r.wantOnA(c.after(s1, s2), "repaired on A")
+		})
+	}
+}
+
+// TestRemoteCrashAtEveryStep kills the master at each snapshot and merge
+// step of a volume running on B; the next call's repair, through B's
+// plugin, rolls back before the switch and forward after it.
+func TestRemoteCrashAtEveryStep(t *testing.T) {
+	ctx := context.Background()
+	for _, step := range volume.SnapshotSteps() {
+		t.Run(step, func(t *testing.T) {
+			r := newRemoteEnv(t)
+			s1 := r.snapshot("s1")
+			merge := strings.HasPrefix(step, "merge:")
+			r.crash = step
+			at, err := r.run(func() error {
+				if merge {
+					return r.e.DeleteSnapshot(ctx, r.sr, s1)
+				}
+				_, err := r.e.Snapshot(ctx, r.sr, r.key, "crash", "")
+				return err
+			})
+			r.crash = ""
+			if at != step {
+				t.Fatalf("crash at %s expected, got %q (%v)", step, at, err)
+			}
+			if err := r.e.RepairChain(ctx, r.sr, r.key); err != nil {
+				t.Fatal(err)
+			}
+			got, _ := r.chain()
+			want := []string{s1}
+			switch {
+			case merge:
+				want = nil
+			case step == volume.StepSnapshotSwitch || step == volume.StepSnapshotCommit:
+				if len(got) != 2 || got[0] != s1 {
+					t.Fatalf("after a crash past B's switch the chain is %v, want %s plus one", got, s1)
+				}
+				want = got
+			}
+			r.wantStack(want, "repaired through B")
+			r.masterDevices("repaired")
+		})
 	}
 }
