@@ -35,7 +35,8 @@ const hostPluginTimeout = 3 * time.Minute
 // update_vdis); a VBD is currently_attached while xenopsd has it plugged
 // or active (ocaml/xapi/xapi_xenops.ml update_vbd), and its VM's
 // resident_on is the host that runs it. A VDI attached on two hosts at
-// once (a sharable one) is refused: sanvol cannot switch two stacks.
+// once (a sharable one), or to a VM that is migrating, is refused (Busy):
+// sanvol cannot switch two stacks.
 func (x *XenAPI) ActiveHost(ctx context.Context, srUUID, key string) (string, error) {
 	op := "find the host where volume " + key + " is active"
 	s, err := x.Login(ctx)
@@ -74,6 +75,23 @@ func (x *XenAPI) ActiveHost(ctx context.Context, srUUID, key string) (string, er
 		for _, b := range vbds {
 			if !b.Attached {
 				continue
+			}
+			// A VM being migrated runs on one host and is attached on
+			// another (the destination attaches early): no host is
+			// "the" active one until the migration completes, when
+			// resident_on moves (xapi_vm_migrate.ml
+			// pool_migrate_complete). message_forwarding.ml marks the
+			// VM with the operation meanwhile (with_vm_operation
+			// ~op:`pool_migrate or `migrate_send).
+			var ops map[string]string
+			if err := get(&ops, "VM.get_current_operations", b.VM); err != nil {
+				return "", err
+			}
+			for _, o := range ops {
+				if o == "pool_migrate" || o == "migrate_send" {
+					return "", NewError(KindBusy, op, "the VM it is attached to is migrating between hosts",
+						"retry once the migration is over", nil)
+				}
 			}
 			var h string
 			if err := get(&h, "VM.get_resident_on", b.VM); err != nil {

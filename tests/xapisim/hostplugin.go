@@ -30,6 +30,10 @@ type vbdRecord struct {
 	VM       string // ref
 	Host     string // the VM's resident_on, a host uuid; "" for OpaqueRef:NULL
 	Attached bool   // currently_attached
+	// Migrating is set while PoolSR.Migrate runs: the VM's
+	// current_operations holds pool_migrate (message_forwarding.ml,
+	// with_vm_operation ~op:`pool_migrate).
+	Migrating bool
 }
 
 const (
@@ -52,6 +56,16 @@ func (db *xapiDB) vmRecords(method, arg string) (any, *rpcError, bool) {
 		return ""
 	}
 	switch method {
+	case "VM.get_current_operations":
+		for _, v := range db.vbds {
+			if v.VM == arg {
+				if v.Migrating {
+					return map[string]string{"OpaqueRef:task-migrate": "pool_migrate"}, nil, true
+				}
+				return map[string]string{}, nil, true
+			}
+		}
+		return nil, &rpcError{Message: "HANDLE_INVALID", Data: []string{"VM", arg}}, true
 	case "VM.get_resident_on":
 		for _, v := range db.vbds {
 			if v.VM == arg {
@@ -103,6 +117,16 @@ func (sr *SR) forgetVM(a *Attachment) {
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	delete(db.vbds, a.vbd)
+}
+
+// migrating marks a's VM as migrating, or no longer.
+func (ps *PoolSR) migrating(a *Attachment, on bool) {
+	db := ps.SRs[0].sim.xapi
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if v := db.vbds[a.vbd]; v != nil {
+		v.Migrating = on
+	}
 }
 
 // migrated hands a's VM to b on host to, once the migration is complete:

@@ -125,7 +125,13 @@ func TestActiveHostAndOfflineHosts(t *testing.T) {
 	if h, _ := x.ActiveHost(ctx, sr, "k2"); h != "" {
 		t.Fatalf("another VDI active on %q", h)
 	}
+	ps.DuringMigration = func() {
+		if _, err := x.ActiveHost(ctx, sr, "k1"); host.KindOf(err) != host.KindBusy {
+			t.Errorf("during the migration: %v, want Busy", err)
+		}
+	}
 	moved, _, err := ps.Migrate(ctx, att, 1, 0, "9")
+	ps.DuringMigration = nil
 	if err != nil {
 		t.Fatal(err)
 	}

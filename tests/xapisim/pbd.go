@@ -251,7 +251,7 @@ func (s *Sim) xenAPIRecords(method string, params []json.RawMessage) (result any
 			return u, nil, true
 		}
 		return nil, handleInvalid("host"), true
-	case "VDI.get_all_records_where", "VBD.get_all_records_where", "VM.get_resident_on":
+	case "VDI.get_all_records_where", "VBD.get_all_records_where", "VM.get_resident_on", "VM.get_current_operations":
 		return db.vmRecords(method, str(1))
 	case "SR.get_by_uuid":
 		for ref, r := range db.srs {
