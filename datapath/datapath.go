@@ -13,12 +13,14 @@ import (
 	"fmt"
 	"io/fs"
 	"net/url"
+	"path"
 	"regexp"
 	"sort"
 	"strings"
 
 	"go.uber.org/zap"
 
+	"github.com/sanvol/sanvol/blockdev"
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
 )
@@ -69,8 +71,18 @@ type Deps struct {
 
 // Stack is the part of volume.Stack the datapath uses.
 type Stack interface {
-	Assemble(ctx context.Context, s lvm.Scope, sr, vg, key string) (string, error)
+	// AssembleLV builds the device from base, K's LV as ensureActive read
+	// it (its tags say the chain).
+	AssembleLV(ctx context.Context, s lvm.Scope, sr, vg, key string, base lvm.LV) (string, error)
 	Disassemble(ctx context.Context, s lvm.Scope, sr, vg, key string) error
+}
+
+// LVResolver is implemented by a Stack that serves volumes with no LV of
+// their own: a snapshot's image maps its volume's base LV (volume.Stack,
+// LVOf). The Stack's Disassemble releases such an LV itself; detach's
+// deactivation of the volume's own LV then finds none.
+type LVResolver interface {
+	LVOf(ctx context.Context, s lvm.Scope, sr, vg, key string) (string, error)
 }
 
 // Datapath serves the Datapath.* methods.
@@ -174,6 +186,12 @@ func (p *Datapath) scope(sr SR) lvm.Scope {
 func (p *Datapath) ensureActive(ctx context.Context, op string, sr SR, t Target) (string, error) {
 	lv := p.d.LVName(t.Key)
 	s := p.scope(sr)
+	if r, ok := p.d.Stack.(LVResolver); ok {
+		var err error
+		if lv, err = r.LVOf(ctx, s, sr.UUID, sr.VG, t.Key); err != nil {
+			return "", err
+		}
+	}
 	info, err := p.d.LVM.LV(ctx, s, sr.VG, lv)
 	if err != nil {
 		if errors.Is(err, host.ErrNotFound) {
@@ -189,9 +207,14 @@ func (p *Datapath) ensureActive(ctx context.Context, op string, sr SR, t Target)
 	}
 	// An active LV resized on the master since it was activated here
 	// (lvs state 'X') needs the refresh: lvchange -ay would not reload it.
+	// One whose device already has the metadata's size (the activate
+	// after this host's attach) needs nothing: a refresh is an lvm
+	// process with a metadata read, on every VM start.
 	if info.Active() {
-		if err := p.d.LVM.Refresh(ctx, s, sr.VG, lv); err != nil {
-			return "", err
+		if !p.current(sr.VG, info) {
+			if err := p.d.LVM.Refresh(ctx, s, sr.VG, lv); err != nil {
+				return "", err
+			}
 		}
 	} else if err := p.d.LVM.Activate(ctx, s, sr.VG, lv); err != nil {
 		return "", err
@@ -202,7 +225,23 @@ func (p *Datapath) ensureActive(ctx context.Context, op string, sr SR, t Target)
 	// blkback gets a device-mapper device of sanvol's own, never the LV:
 	// a snapshot later switches that device's table while blkback holds
 	// it, and its major:minor stays.
-	return p.d.Stack.Assemble(ctx, s, sr.UUID, sr.VG, t.Key)
+	return p.d.Stack.AssembleLV(ctx, s, sr.UUID, sr.VG, t.Key, info)
+}
+
+// current reports whether active LV l's device is the one its metadata
+// describes: lvs says so (state 'a'; lvm2 2.03 prints 'X' for a table
+// older than the metadata) and the kernel's size is the LV's (what a
+// resize on the master changes, and the only table change sanvol makes;
+// the size check does not depend on how an lvm version reports state).
+func (p *Datapath) current(vg string, l lvm.LV) bool {
+	if len(l.Attr) < 5 || l.Attr[4] != 'a' {
+		return false
+	}
+	dev, err := p.d.Root.EvalSymlinks(lvm.DevicePath(vg, l.Name))
+	if err != nil {
+		return false
+	}
+	return blockdev.Size(p.d.Root, path.Base(dev)) == l.Size
 }
 
 func (p *Datapath) lookup(op string, t Target) (SR, error) {
@@ -331,13 +370,25 @@ func (p *Datapath) Detach(ctx context.Context, uri, domain string) error {
 		log.Info("SR not attached here; no LV to deactivate", zap.Error(err))
 		return nil
 	}
+	lv := p.d.LVName(t.Key)
+	if r, ok := p.d.Stack.(LVResolver); ok {
+		if got, err := r.LVOf(ctx, p.scope(sr), sr.UUID, sr.VG, t.Key); err == nil {
+			lv = got
+		}
+	}
 	if p.d.Stack != nil {
 		if err := p.d.Stack.Disassemble(ctx, p.scope(sr), sr.UUID, sr.VG, t.Key); err != nil {
 			log.Error("cannot take down the volume's device; the LV stays active until the next detach", zap.Error(err))
 			return nil
 		}
 	}
-	if err := p.d.LVM.Deactivate(ctx, p.scope(sr), sr.VG, p.d.LVName(t.Key)); err != nil {
+	if lv != p.d.LVName(t.Key) {
+		// A snapshot's image maps its volume's LV, which Disassemble
+		// deactivated unless something here still uses it.
+		log.Info("detached; the image's LV is left to the stack", zap.String("lv", lv))
+		return nil
+	}
+	if err := p.d.LVM.Deactivate(ctx, p.scope(sr), sr.VG, lv); err != nil {
 		if errors.Is(err, host.ErrNotFound) {
 			log.Info("LV already gone")
 			return nil

@@ -26,6 +26,7 @@ type fakeLVM struct {
 	failDeact error
 	// stale LVs are active with a table older than the metadata.
 	stale map[string]bool
+	size  int64 // of every LV
 }
 
 func newFakeLVM(lvs ...string) *fakeLVM {
@@ -54,7 +55,7 @@ func (f *fakeLVM) LV(ctx context.Context, s lvm.Scope, vg, lv string) (lvm.LV, e
 	if f.stale[lv] {
 		attr = "-wi-XX--Xk" // what lvs printed in the lab for such an LV
 	}
-	return lvm.LV{Name: lv, Attr: attr}, nil
+	return lvm.LV{Name: lv, Attr: attr, Size: f.size}, nil
 }
 
 func (f *fakeLVM) Activate(ctx context.Context, s lvm.Scope, vg, lv string) error {
@@ -212,6 +213,49 @@ func TestStaleActiveLVIsRefreshed(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"refresh v-k"}, f.calls); diff != "" {
 		t.Fatal(diff)
+	}
+}
+
+// The activate after this host's own attach finds the LV active with a
+// device of the metadata's size: no refresh (an lvm process on every VM
+// start). A device of another size (grown on the master) is refreshed.
+func TestCurrentActiveLVIsNotRefreshed(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		sectors string
+		want    []string
+	}{
+		{"same size", "16384", nil},
+		{"grown on the master", "8192", []string{"refresh v-k"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeLVM("v-k")
+			f.active["v-k"] = true
+			f.size = 8 << 20
+			p := newDP(t, f, true, false)
+			root := p.d.Root
+			vg := "VG_sanvol-" + srUUID
+			for _, d := range []string{"/dev/" + vg, "/sys/block/dm-3"} {
+				if err := root.MkdirAll(d, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := root.Symlink("../dm-3", "/dev/"+vg+"/v-k"); err != nil {
+				t.Fatal(err)
+			}
+			if err := root.WriteFile("/dev/dm-3", nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := root.WriteFile("/sys/block/dm-3/size", []byte(tc.sectors+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.Activate(ctx, URI(srUUID, "k"), "3"); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, f.calls); diff != "" {
+				t.Fatal(diff)
+			}
+		})
 	}
 }
 

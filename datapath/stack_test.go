@@ -16,7 +16,7 @@ type fakeStack struct {
 	failOff error
 }
 
-func (s *fakeStack) Assemble(ctx context.Context, sc lvm.Scope, sr, vg, key string) (string, error) {
+func (s *fakeStack) AssembleLV(ctx context.Context, sc lvm.Scope, sr, vg, key string, base lvm.LV) (string, error) {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
 	if !s.f.active["v-"+key] {
@@ -75,5 +75,49 @@ func TestAttachHandsOutTheStackDevice(t *testing.T) {
 	}
 	if f.active["v-k1"] {
 		t.Fatal("the LV is still active after the last detach")
+	}
+}
+
+// resolvingStack serves snapshot "s1" of volume k1: it has no LV of its
+// own, and its image maps k1's LV (volume.Stack.LVOf).
+type resolvingStack struct{ fakeStack }
+
+func (s *resolvingStack) LVOf(ctx context.Context, sc lvm.Scope, sr, vg, key string) (string, error) {
+	if key == "s1" {
+		return "v-k1", nil
+	}
+	return "v-" + key, nil
+}
+
+func (s *resolvingStack) AssembleLV(ctx context.Context, sc lvm.Scope, sr, vg, key string, base lvm.LV) (string, error) {
+	if key == "s1" {
+		if base.Name != "v-k1" {
+			return "", errors.New("the snapshot's image must be built from its volume's LV, got " + base.Name)
+		}
+		key = "k1"
+	}
+	return s.fakeStack.AssembleLV(ctx, sc, sr, vg, key, base)
+}
+
+// A snapshot's attach activates the LV the Stack names (its volume's
+// base), not a v-<snapshot> that does not exist; its detach leaves that
+// LV to the Stack's Disassemble.
+func TestAttachOfASnapshotActivatesTheResolvedLV(t *testing.T) {
+	f := newFakeLVM("v-k1")
+	st := &resolvingStack{fakeStack{f: f}}
+	dp := newDP(t, f, true, true)
+	dp.d.Stack = st
+	uri := URI(srUUID, "s1")
+	if _, err := dp.Attach(ctx, uri, "0"); err != nil {
+		t.Fatal(err)
+	}
+	if !f.active["v-k1"] {
+		t.Fatal("the snapshot's image LV was not activated")
+	}
+	if err := dp.Detach(ctx, uri, "0"); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"activate v-k1", "assemble k1", "disassemble s1"}; !slices.Equal(f.calls, want) {
+		t.Fatalf("calls %v, want %v", f.calls, want)
 	}
 }

@@ -32,6 +32,8 @@ type Client struct {
 	ReadRetries int
 	RetryDelay  time.Duration
 
+	guard func() error // WithWriteGuard
+
 	mu  sync.Mutex
 	ver *Version
 	// cache, when set, keeps the version in /run across plugin
@@ -41,6 +43,16 @@ type Client struct {
 
 // VersionCacheFile remembers the lvm2 version across plugin processes.
 const VersionCacheFile = "/run/sanvol/lvm-version"
+
+// WithWriteGuard makes every metadata change ask guard first and refuse
+// when it fails. The plugin re-reads the pool role there: a master change
+// (xe pool-designate-new-master) does not wait for running calls, so a
+// call that started on the master checks before each of its lvm writes
+// that it still is one (docs/design.md, "The pool model").
+func (c *Client) WithWriteGuard(guard func() error) *Client {
+	c.guard = guard
+	return c
+}
 
 // WithVersionCache makes the client remember the lvm2 version in
 // VersionCacheFile, keyed by the lvm binary's path, size and mtime, so an
@@ -149,6 +161,11 @@ func (c *Client) exec(ctx context.Context, s Scope, m mode, sub string, args ...
 		// The last line of defence: lvm2 2.03 ignores metadata_read_only.
 		return nil, host.NewError(host.KindNotMaster, "lvm "+sub, "refusing an LVM metadata change on a host that is not the pool master",
 			"run the operation on the pool master", nil)
+	}
+	if m == once && c.guard != nil {
+		if err := c.guard(); err != nil {
+			return nil, err
+		}
 	}
 	argv := []string{sub, "-qq", "--config", cfg}
 	if m == report && s.Unlocked {

@@ -299,3 +299,37 @@ func TestReadOnlyScope(t *testing.T) {
 		t.Fatalf("activation with --readonly: %v", act)
 	}
 }
+
+// A master change in the middle of a call: the guard (the pool role read
+// again) refuses the next metadata change before lvm runs; reports and
+// activation still run.
+func TestWriteGuardRefusesBeforeLVMRuns(t *testing.T) {
+	r := &lvmtest.Runner{}
+	r.On(lvmtest.LVM("version"), lvmtest.Version("2.03.16"))
+	r.On(lvmtest.LVM("lvs"), lvmtest.LVs())
+	r.On(lvmtest.LVM("lvchange"), lvmtest.Reply{})
+	master := true
+	c := newClient(r).WithWriteGuard(func() error {
+		if master {
+			return nil
+		}
+		return host.NewError(host.KindNotMaster, "lvm", "no longer the pool master", "", nil)
+	})
+	ctx := context.Background()
+	if err := c.LVChangeTags(ctx, scope, "vg", "lv", nil, []string{"t"}); err != nil {
+		t.Fatal(err)
+	}
+	master = false
+	if err := c.LVChangeTags(ctx, scope, "vg", "lv", nil, []string{"u"}); !errors.Is(err, host.ErrNotMaster) {
+		t.Fatalf("metadata change after the role changed: %v", err)
+	}
+	if n := r.Count(lvmtest.LVM("lvchange")); n != 1 {
+		t.Fatalf("%d lvchange ran, want only the one before the change", n)
+	}
+	if _, err := c.LVs(ctx, scope, "vg"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Activate(ctx, scope, "vg", "lv"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -89,6 +89,16 @@ func (t *Transport) deriveIfaces(c *Config) {
 	if opts := t.fabricsOptions(); !opts["host_iface"] {
 		return
 	}
+	// Binding keeps two paths on their own NICs. A lone portal has no
+	// other path to keep apart, and bound it cannot follow a floating
+	// portal address (the array inside the pool, issue 15) that moves
+	// onto this host, where a path bound to the NIC that led to it stays
+	// "connecting" for ever (seen in the pool lab with the address on a
+	// dummy interface); unbound, each reconnect takes the route of the
+	// moment.
+	if len(c.Portals) < 2 {
+		return
+	}
 	for i := range c.Portals {
 		p := &c.Portals[i]
 		if p.Iface != "" {
@@ -97,6 +107,10 @@ func (t *Transport) deriveIfaces(c *Config) {
 		name, err := t.router.InterfaceFor(p.Addr)
 		if err != nil {
 			t.log.Warn("no route to portal; connecting without host-iface", zapStr("portal", p.String()), zap.Error(err))
+			continue
+		}
+		if name == "" {
+			t.log.Info("portal is this host's own address; its path stays unbound so that it follows the address", zapStr("portal", p.String()))
 			continue
 		}
 		p.Iface = name

@@ -46,12 +46,16 @@ type NetlinkRouter struct {
 	table routeTable // nil: kernelTable
 }
 
-// InterfaceFor returns the output interface of the route to addr. A portal
-// that is one of this host's own addresses (the target in a pool host's
-// dom0 on a floating address, issue 15) has a local route whose output
-// interface is lo; a connect bound to lo towards an address held by another
-// interface never completes, so for a local route the interface that holds
-// the address is returned instead (lo itself for 127.0.0.0/8).
+// InterfaceFor returns the output interface of the route to addr, or ""
+// when the path must not be bound to one. A portal that is one of this
+// host's own addresses (the target in a pool host's dom0 on a floating
+// address, issue 15) has a local route whose output interface is lo: a
+// connect bound to lo towards an address another interface holds never
+// completes, and a connect bound to the holder (a dummy interface, a VLAN
+// only this host has) is stranded there once the address moves to another
+// host. Such a path is left unbound, so that every reconnect of the kernel
+// follows the address wherever the routing table then sends it; loopback
+// addresses (127.0.0.0/8, the single-host lab) stay on lo.
 func (r NetlinkRouter) InterfaceFor(addr netip.Addr) (string, error) {
 	t := r.table
 	if t == nil {
@@ -64,7 +68,11 @@ func (r NetlinkRouter) InterfaceFor(addr netip.Addr) (string, error) {
 	}
 	for _, rt := range routes {
 		if rt.Type == unix.RTN_LOCAL {
-			return holderOf(t, addr)
+			holder, err := holderOf(t, addr)
+			if err != nil || holder != "lo" {
+				return "", err
+			}
+			return holder, nil
 		}
 		if rt.LinkIndex <= 0 {
 			continue

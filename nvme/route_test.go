@@ -40,10 +40,11 @@ func addrOn(ip string, link int) netlink.Addr {
 }
 
 // The dom0 that runs the target (seed 004's array inside the pool) routes
-// its own portal address through lo as a local route; the path must be
-// bound to the interface holding the address, as seen in a two-host lab
-// where the connect bound to lo timed out.
-func TestInterfaceForLocalPortalIsTheHolder(t *testing.T) {
+// its own portal address through lo as a local route. Bound to lo, the
+// connect timed out in a two-host lab; bound to the holder, a path to a
+// floating address on a dummy interface is stranded on that interface
+// once the address moves to the other host. Such a path stays unbound.
+func TestInterfaceForLocalPortalIsUnbound(t *testing.T) {
 	table := fakeTable{
 		routes: map[string]netlink.Route{
 			"10.99.0.1":  {Type: unix.RTN_LOCAL, LinkIndex: 1},
@@ -56,10 +57,10 @@ func TestInterfaceForLocalPortalIsTheHolder(t *testing.T) {
 	}
 	r := NetlinkRouter{table: table}
 	for addr, want := range map[string]string{
-		"10.99.0.1":  "eth0",   // local, on the NIC
-		"10.99.0.2":  "dummy0", // local, on a dummy interface (floating address)
-		"127.0.0.1":  "lo",     // loopback stays lo
-		"10.99.0.20": "eth0",   // a remote portal: the route's interface
+		"10.99.0.1":  "",     // local, on the NIC
+		"10.99.0.2":  "",     // local, on a dummy interface (floating address)
+		"127.0.0.1":  "lo",   // loopback stays lo
+		"10.99.0.20": "eth0", // a remote portal: the route's interface
 	} {
 		got, err := r.InterfaceFor(netip.MustParseAddr(addr))
 		if err != nil || got != want {
@@ -74,7 +75,7 @@ func TestInterfaceForLocalRouteWithoutHolderFails(t *testing.T) {
 		links:  map[int]string{1: "lo"},
 	}}
 	if got, err := r.InterfaceFor(netip.MustParseAddr("10.99.0.9")); err == nil {
-		t.Fatalf("InterfaceFor = %q, want an error: binding to lo would time out", got)
+		t.Fatalf("InterfaceFor = %q, want an error: a local route no interface holds", got)
 	}
 	if _, err := r.InterfaceFor(netip.MustParseAddr("10.99.0.7")); err == nil {
 		t.Fatal("InterfaceFor of an unroutable address succeeded")

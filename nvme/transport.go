@@ -80,7 +80,7 @@ func (t *Transport) ConfigKeys() map[string]string {
 		KeyNamespace:      "Namespace: NSID, NGUID, EUI-64 or UUID. SR.create stores the stable identity (uuid.<uuid> or eui.<nguid>); optional when the subsystem has one namespace.",
 		KeyHostNQN:        "Host NQN (default: this host's /etc/nvme/hostnqn, generated once if absent). Applies to every host of the pool when set.",
 		KeyHostID:         "Host ID, a UUID paired with hostnqn (default: /etc/nvme/hostid). Only with hostnqn.",
-		KeyHostIface:      "Network interface(s) to bind the paths to: one for all portals, or one per portal in target order. Default: the interface of the route to each portal.",
+		KeyHostIface:      "Network interface(s) to bind the paths to: one for all portals, or one per portal in target order. Default with two or more portals: the interface of the route to each portal (none for a portal that is this host's own address); a single portal is not bound, so that its path follows a floating address.",
 		KeyCtrlLossTmo:    "Seconds a lost path keeps reconnecting before the kernel removes it (default 1800; -1 = for ever, risks hung I/O).",
 		KeyReconnectDelay: "Seconds between reconnect attempts of a lost path (default 10).",
 		KeyKeepAliveTmo:   "NVMe keep-alive timeout in seconds (default: the kernel's).",

@@ -96,6 +96,35 @@ func TestAttachExplicitIfaceDoesNotReuseOtherBinding(t *testing.T) {
 	}
 }
 
+// Derived interfaces bind the paths of a multipathed subsystem; a lone
+// portal stays unbound so that its path follows the routing table (a
+// floating portal that moves onto this host).
+func TestAttachDerivesIfacesOnlyForSeveralPortals(t *testing.T) {
+	for _, tc := range []struct {
+		target string
+		want   []string
+	}{
+		{"127.0.0.1,127.0.0.2", []string{"lo", "lo"}},
+		{"127.0.0.1", []string{""}},
+	} {
+		t.Run(tc.target, func(t *testing.T) {
+			k := newFakeKernel(t)
+			cfg := baseCfg()
+			cfg[KeyTarget] = tc.target
+			if _, err := k.transport(nil).Attach(context.Background(), cfg); err != nil {
+				t.Fatal(err)
+			}
+			var ifaces []string
+			for _, c := range k.connects() {
+				ifaces = append(ifaces, opts(c)["host_iface"])
+			}
+			if diff := cmp.Diff(tc.want, ifaces); diff != "" {
+				t.Errorf("host-iface (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 func sortedCopy(s []string) []string {
 	out := append([]string(nil), s...)
 	for i := range out {

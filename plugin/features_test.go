@@ -119,3 +119,31 @@ func TestInstallRemovesStaleMethodFiles(t *testing.T) {
 		}
 	}
 }
+
+// The pending methods are what turns snapshot, clone and reset-on-boot on:
+// with their files the daemon derives exactly those three features
+// (main.ml, QueryImpl.query_impl), and their arguments are the schema's
+// Volume.snapshot and Volume.clone requests.
+func TestPendingMethodsAreOneStepAway(t *testing.T) {
+	var names []string
+	for _, m := range pendingVolumeMethods {
+		names = append(names, m.Name)
+		if _, err := DecodeArgs(m.Name, []byte(`{"dbg":"d","sr":"sr","key":"k"}`), m.Args); err != nil {
+			t.Errorf("%s: %v", m.Name, err)
+		}
+		if slices.ContainsFunc(volumeMethods, func(v *Method) bool { return v.Name == m.Name }) {
+			t.Errorf("%s is installed already", m.Name)
+		}
+	}
+	base := daemonFeatures(nil, []string{"SR.ls"})
+	with := daemonFeatures(nil, append([]string{"SR.ls"}, names...))
+	var added []string
+	for _, f := range with {
+		if !slices.Contains(base, f) {
+			added = append(added, f)
+		}
+	}
+	if want := []string{"VDI_CLONE", "VDI_RESET_ON_BOOT/2", "VDI_SNAPSHOT"}; !slices.Equal(added, want) {
+		t.Errorf("installing %v adds %v, want %v", names, added, want)
+	}
+}

@@ -295,6 +295,29 @@ func volumeStat(ctx context.Context, c *Call) (any, error) {
 	})
 }
 
+// volumeSnapshot is Volume.snapshot: the snapshot takes K's name and
+// description (the call has none); xapi then sets its keys
+// (xapi-storage-script main.ml, vdi_snapshot_impl: snapshot_time,
+// is_a_snapshot, snapshot_of, content_id, vdi-type).
+func volumeSnapshot(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (schema.Volume, error) {
+		sr, key := c.Args.Str("sr"), c.Args.Str("key")
+		k, err := e.VolumeStat(ctx, sr, key)
+		if err != nil {
+			return schema.Volume{}, err
+		}
+		return volumeResult(e.Snapshot(ctx, sr, key, k.Name, k.Description))
+	})
+}
+
+// volumeClone is Volume.clone: of a snapshot, or of a volume (what the
+// daemon's reset-on-boot calls at VM start, main.ml vdi_epoch_begin_impl).
+func volumeClone(ctx context.Context, c *Call) (any, error) {
+	return withEngine(c, func(e *volume.Engine) (schema.Volume, error) {
+		return volumeResult(e.VolumeClone(ctx, c.Args.Str("sr"), c.Args.Str("key")))
+	})
+}
+
 func volumeDestroy(ctx context.Context, c *Call) (any, error) {
 	return withEngine(c, func(e *volume.Engine) (any, error) {
 		return unit(e.VolumeDestroy(ctx, c.Args.Str("sr"), c.Args.Str("key")))

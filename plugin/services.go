@@ -38,8 +38,12 @@ func (s *srServices) Engine() (*volume.Engine, error) {
 		return nil, host.NewError(host.KindInternal, "read pool role", err.Error(),
 			"check "+host.PoolConf+" (it should hold \"master\" or \"slave:<master address>\")", err)
 	}
+	lc := lvm.New(s.deps.Runner, s.deps.Log).WithVersionCache(s.deps.Root)
+	if role.Master {
+		lc = lc.WithWriteGuard(func() error { return stillMaster(s.deps.Root) })
+	}
 	return volume.New(volume.Options{
-		LVM:       lvm.New(s.deps.Runner, s.deps.Log).WithVersionCache(s.deps.Root),
+		LVM:       lc,
 		Transport: s.transport,
 		Runner:    s.deps.Runner,
 		Locker:    host.FileLocker{Root: s.deps.Root},
@@ -51,6 +55,26 @@ func (s *srServices) Engine() (*volume.Engine, error) {
 		HostID:    host.ID(s.deps.Root),
 		Remote:    NewRemote(s.deps.Root),
 	})
+}
+
+// stillMaster reads the pool role again before each LVM metadata change
+// of a call that started on the master. xapi's pool.designate_new_master
+// rewrites pool.conf and restarts xapi without draining the storage calls
+// under way (xen-api ocaml/xapi/xapi_pool.ml, designate_new_master), so a
+// create or resize of the old master, between its lvm commands, must stop
+// before its next metadata write rather than race the new master: the
+// window of two writers shrinks from the whole call to one lvm command.
+func stillMaster(root host.Root) error {
+	role, err := host.ReadRole(root)
+	if err == nil && role.Master {
+		return nil
+	}
+	why := "pool.conf now names master " + role.MasterAddr
+	if err != nil {
+		why = err.Error()
+	}
+	return host.NewError(host.KindNotMaster, "pool role", "this host stopped being the pool master during the call ("+why+"); sanvol stopped before its next SR metadata change",
+		"run the operation again: xapi sends it to the new master (xe task-list shows what was running)", err)
 }
 
 func crashHook() volume.FaultHook {

@@ -73,6 +73,9 @@ func (e *Engine) DeleteSnapshot(ctx context.Context, sr, snap string) error {
 		return host.NewError(host.KindUnsupported, op, fmt.Sprintf("snapshot %s is not the oldest snapshot of volume %s", snap, key),
 			"delete the older snapshot first", nil)
 	}
+	if err := e.refuseClones(ctx, op, sc, c); err != nil {
+		return err
+	}
 	c, err = e.commitChain(ctx, sc, c, c.Snaps, &Intent{Op: IntentMerge, Snap: snap})
 	if err != nil {
 		return err

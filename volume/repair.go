@@ -15,14 +15,14 @@ import (
 // active, its devices): the next snapshot or delete does the same before
 // it starts. It is the master's call.
 func (e *Engine) RepairChain(ctx context.Context, sr, key string) error {
-	const op = "repair snapshot chain"
-	sc, err := e.holdChain(ctx, op, sr, key)
+	// Clone steps (clone.go) too: a clone LV whose create died goes, and
+	// so does a hidden snapshot no clone needs any more.
+	sc, _, _, err := e.holdRepaired(ctx, "repair snapshot chain", sr, key)
 	if err != nil {
 		return err
 	}
-	defer sc.unlock()
-	_, _, err = e.repairLocked(ctx, op, sc)
-	return err
+	sc.unlock()
+	return nil
 }
 
 // repairLocked brings K's chain to a state with no intent, and its

@@ -131,6 +131,20 @@ func (e *Engine) Snapshot(ctx context.Context, sr, key, name, description string
 	if err != nil {
 		return Volume{}, err
 	}
+	// Snapshots deleted while clones used them go once those clones
+	// have (clone.go); one a killed call left behind goes here.
+	if l, c, err = e.reapLocked(ctx, op, sc, l, c); err != nil {
+		return Volume{}, err
+	}
+	return e.snapshotLocked(ctx, op, sc, l, c, name, description, false)
+}
+
+// snapshotLocked takes the snapshot under the chain hold; hidden makes
+// the snapshot's COW carry the hidden mark from its lvcreate on, for the
+// snapshot a clone of K takes (clone.go): it is never listed, and goes
+// when its clone does.
+func (e *Engine) snapshotLocked(ctx context.Context, op string, sc *snapCtx, l lvm.LV, c Chain, name, description string, hidden bool) (Volume, error) {
+	key := sc.key
 	if len(c.Snaps) >= MaxDepth {
 		return Volume{}, host.NewError(host.KindBusy, op, fmt.Sprintf("volume %s already has %d snapshots, the most sanvol keeps", key, len(c.Snaps)),
 			"delete its oldest snapshot first (Xen Orchestra does so after each backup)", nil)
@@ -140,7 +154,11 @@ func (e *Engine) Snapshot(ctx context.Context, sr, key, name, description string
 		return Volume{}, host.NewError(host.KindInternal, op, "no randomness for a snapshot uuid", "", err)
 	}
 	cow := cowName(snap)
-	tags := lvm.EncodeFields(map[string]string{volFieldKey: snap, volFieldOverlayOf: key, volFieldName: name, volFieldDescription: description})
+	fields := map[string]string{volFieldKey: snap, volFieldOverlayOf: key, volFieldName: name, volFieldDescription: description}
+	if hidden {
+		fields[volFieldHidden] = hiddenForClone
+	}
+	tags := lvm.EncodeFields(fields)
 	if err := e.lvm.LVCreate(ctx, sc.w.scope, sc.w.vg, cow, cowExtents(l.Size, sc.a.ExtentSize), tags); err != nil {
 		return Volume{}, err
 	}

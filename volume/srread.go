@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
 	"github.com/sanvol/sanvol/transport"
 )
 
@@ -73,7 +74,19 @@ func (e *Engine) SRLs(ctx context.Context, sr string) ([]Volume, error) {
 		return nil, err
 	}
 	vols := make([]Volume, 0, len(lvs))
+	byName := make(map[string]lvm.LV, len(lvs))
 	for _, l := range lvs {
+		byName[l.Name] = l
+	}
+	for _, l := range lvs {
+		if cm, isCOW := cowMetaOf(l); isCOW {
+			// A snapshot is a volume of its own (clone.go), read-only;
+			// its record is its COW's tags and its volume's size.
+			if v, ok := e.snapshotVolume(a, l, byName[lvName(cm.of)]); ok {
+				vols = append(vols, v)
+			}
+			continue
+		}
 		v, m, ok := e.volumeOf(a, l)
 		if !ok || m.Initializing {
 			// Not a volume (yet): `sanvol status` shows it with its

@@ -35,6 +35,7 @@ func DatapathLock(sr, key string) string { return "dp-" + sr + "-" + key }
 // StackLVM is the part of the lvm client the stack uses.
 type StackLVM interface {
 	LV(ctx context.Context, s lvm.Scope, vg, lv string) (lvm.LV, error)
+	LVs(ctx context.Context, s lvm.Scope, vg string) ([]lvm.LV, error)
 	Activate(ctx context.Context, s lvm.Scope, vg, lv string) error
 	Deactivate(ctx context.Context, s lvm.Scope, vg, lv string) error
 }
@@ -349,12 +350,23 @@ func (st *Stack) chainOf(ctx context.Context, w where, key string) (lvm.LV, Chai
 	if err != nil {
 		return l, Chain{}, err
 	}
+	c, err := chainFrom(w, key, l)
+	return l, c, err
+}
+
+// chainFrom reads K's chain from its base LV's tags.
+func chainFrom(w where, key string, l lvm.LV) (Chain, error) {
+	if _, _, isClone, _ := cloneOf(l.Tags); isClone {
+		// A clone's LV is a COW, not a base a chain can grow over.
+		return Chain{Key: key}, host.NewError(host.KindUnsupported, "snapshot chain", fmt.Sprintf("volume %s is a linked clone: sanvol cannot snapshot or clone it", key),
+			"copy it to a new volume (xe vdi-copy) first, or snapshot the volume it was cloned from", nil)
+	}
 	c, err := parseChain(key, l.Tags)
 	if err != nil {
-		return l, c, host.NewError(host.KindInternal, "snapshot chain", fmt.Sprintf("LV %s carries a snapshot chain sanvol cannot read", l.Name),
+		return c, host.NewError(host.KindInternal, "snapshot chain", fmt.Sprintf("LV %s carries a snapshot chain sanvol cannot read", l.Name),
 			fmt.Sprintf("inspect it with lvs -o+tags %s/%s", w.vg, l.Name), err)
 	}
-	return l, c, nil
+	return c, nil
 }
 
 // activateChain activates the COW LVs K's stack maps (the base is the
@@ -382,21 +394,69 @@ func (st *Stack) assemble(ctx context.Context, w where, key string) (lvm.LV, Cha
 	if err != nil {
 		return l, c, err
 	}
+	return l, c, st.build(ctx, w, l, c)
+}
+
+// build makes K's devices on this host what chain c over base LV l says.
+func (st *Stack) build(ctx context.Context, w where, l lvm.LV, c Chain) error {
 	if err := st.activateChain(ctx, w, c); err != nil {
-		return l, c, err
+		return err
 	}
 	devs, err := layout(w, c, uint64(l.Size/512))
 	if err != nil {
-		return l, c, err
+		return err
 	}
-	return l, c, st.converge(ctx, devs, extrasOf(names(w.sr, c), devs))
+	return st.converge(ctx, devs, extrasOf(names(w.sr, c), devs))
 }
 
 // Assemble builds volume key's device on this host from its chain, or
 // brings an existing one up to date (after a resize, or a process killed
 // mid-step), and returns its path. The base LV must be active here.
+//
+// A snapshot's image is built read-only, and a clone over its parent's
+// image (image.go); for a snapshot the caller activates its volume's base
+// (LVOf).
 func (st *Stack) Assemble(ctx context.Context, s lvm.Scope, sr, vg, key string) (string, error) {
-	if _, _, err := st.assemble(ctx, where{sr: sr, vg: vg, scope: s}, key); err != nil {
+	w := where{sr: sr, vg: vg, scope: s}
+	l, parent, snapshot, err := st.source(ctx, w, key)
+	switch {
+	case err != nil:
+		return "", err
+	case snapshot:
+		return st.assembleSnapshot(ctx, w, key)
+	case parent != "":
+		return st.assembleClone(ctx, w, key, l, parent)
+	}
+	if _, _, err := st.assemble(ctx, w, key); err != nil {
+		return "", err
+	}
+	return DevPath(sr, key), nil
+}
+
+// AssembleLV is Assemble for a caller that has just read K's base LV (the
+// datapath, before activating it): its tags and size are the chain and
+// the size, so the call costs no second lvs.
+//
+// For a snapshot, base is its volume's LV (LVOf) and the snapshot's image
+// is built; for a clone, base is the clone's own LV.
+func (st *Stack) AssembleLV(ctx context.Context, s lvm.Scope, sr, vg, key string, base lvm.LV) (string, error) {
+	w := where{sr: sr, vg: vg, scope: s}
+	if base.Name != lvName(key) {
+		return st.assembleSnapshot(ctx, w, key)
+	}
+	parent, _, isClone, err := cloneOf(base.Tags)
+	switch {
+	case err != nil:
+		return "", host.NewError(host.KindInternal, "clone", fmt.Sprintf("LV %s carries clone tags sanvol cannot read", base.Name),
+			fmt.Sprintf("inspect it with lvs -o+tags %s/%s", vg, base.Name), err)
+	case isClone:
+		return st.assembleClone(ctx, w, key, base, parent)
+	}
+	c, err := chainFrom(w, key, base)
+	if err != nil {
+		return "", err
+	}
+	if err := st.build(ctx, w, base, c); err != nil {
 		return "", err
 	}
 	return DevPath(sr, key), nil
@@ -408,6 +468,9 @@ func (st *Stack) Assemble(ctx context.Context, s lvm.Scope, sr, vg, key string) 
 func (st *Stack) Disassemble(ctx context.Context, s lvm.Scope, sr, vg, key string) error {
 	w := where{sr: sr, vg: vg, scope: s}
 	var errs []error
+	if _, parent, snapshot, err := st.source(ctx, w, key); err == nil && (snapshot || parent != "") {
+		return st.disassembleImage(ctx, w, key, parent, snapshot)
+	}
 	if err := st.removeExtras(ctx, []string{DevName(sr, key)}); err != nil {
 		return err
 	}
@@ -415,12 +478,24 @@ func (st *Stack) Disassemble(ctx context.Context, s lvm.Scope, sr, vg, key strin
 	if err != nil {
 		return err
 	}
-	all := names(sr, c)
-	if err := st.removeExtras(ctx, all[1:]); err != nil {
+	// A middle layer is also its snapshot's image, which a clone running
+	// here may use (image.go): it stays, and so do the LVs it maps.
+	middle, err := st.notUnderClones(ctx, w, names(sr, c)[1:])
+	if err != nil {
+		return err
+	}
+	if err := st.removeExtras(ctx, middle); err != nil {
 		return err
 	}
 	for _, snap := range append(append([]string{}, c.Snaps...), intentSnap(c)...) {
-		if err := st.LVM.Deactivate(ctx, s, vg, cowName(snap)); err != nil && !errors.Is(err, host.ErrNotFound) {
+		l, err := st.LVM.LV(ctx, s, vg, cowName(snap))
+		if errors.Is(err, host.ErrNotFound) || (err == nil && l.Open()) {
+			continue
+		}
+		if err == nil {
+			err = st.LVM.Deactivate(ctx, s, vg, cowName(snap))
+		}
+		if err != nil && !errors.Is(err, host.ErrNotFound) {
 			errs = append(errs, err)
 		}
 	}

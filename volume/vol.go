@@ -36,11 +36,20 @@ func (e *Engine) volumeOf(a Attached, l lvm.LV) (Volume, volumeMeta, bool) {
 	case m.Grow:
 		incomplete = fmt.Sprintf("a resize has not finished: the volume is zeroed up to byte %d of %d; repeat the resize (xe vdi-resize) before using it if it is not running", m.GrowFrom, l.Size)
 	}
+	size := l.Size
+	if _, cs, isClone, cerr := cloneOf(l.Tags); isClone {
+		// A clone's LV is its COW, larger than the clone.
+		if cerr != nil {
+			incomplete = "the volume is a linked clone with unreadable tags (" + cerr.Error() + "); inspect it with lvs -o+tags"
+		} else {
+			size = cs
+		}
+	}
 	return Volume{
 		Incomplete: incomplete,
 		Key:        key, UUID: key, Name: m.Name, Description: m.Description,
 		ReadWrite: true, Sharable: m.Sharable,
-		VirtualSize: l.Size, PhysicalUtilisation: l.Size,
+		VirtualSize: size, PhysicalUtilisation: l.Size,
 		URI:  []string{volumeURI(a.UUID, key)},
 		Keys: m.Keys,
 	}, m, true
@@ -51,15 +60,17 @@ func notFound(op string, a Attached, key string) error {
 		"rescan the SR (xe sr-scan) to refresh xapi's list of VDIs", nil)
 }
 
-// lookup reads one volume in one LVM report. A volume whose create has not
-// finished does not exist yet.
+// lookup reads one volume in one LVM report (a snapshot in two more: its
+// COW carries its metadata, K's base its size and state). A volume whose
+// create has not finished does not exist yet. The LV returned carries the
+// volume's metadata: a snapshot's is its COW.
 func (e *Engine) lookup(ctx context.Context, op string, a Attached, key string) (lvm.LV, Volume, volumeMeta, error) {
 	if !IsUUID(key) {
 		return lvm.LV{}, Volume{}, volumeMeta{}, notFound(op, a, key)
 	}
 	l, err := e.lvm.LV(ctx, e.scope(a.Device), a.VG, lvName(key))
 	if errors.Is(err, host.ErrNotFound) {
-		return lvm.LV{}, Volume{}, volumeMeta{}, notFound(op, a, key)
+		return e.lookupSnapshot(ctx, op, a, key)
 	}
 	if err != nil {
 		return lvm.LV{}, Volume{}, volumeMeta{}, err
@@ -198,42 +209,69 @@ func (e *Engine) VolumeDestroy(ctx context.Context, sr, key string) error {
 		_, err := e.attached(ctx, sr)
 		return err // nil: no volume can have this key
 	}
+	a, err := e.attached(ctx, sr)
+	if err != nil {
+		return err
+	}
+	if owner, err := e.snapshotOwner(ctx, a, key); err != nil || owner != "" {
+		if err != nil {
+			return err
+		}
+		return e.DestroySnapshot(ctx, sr, key)
+	}
+	parent, err := e.destroyVolume(ctx, op, sr, key)
+	if err != nil || parent == "" {
+		return err
+	}
+	e.reapParent(ctx, sr, parent)
+	return nil
+}
+
+// destroyVolume removes a volume's LV; parent is the snapshot it was a
+// clone of, if any, which may go now.
+func (e *Engine) destroyVolume(ctx context.Context, op, sr, key string) (parent string, err error) {
 	// A resize zeroes outside the SR lock but holds the volume lock:
 	// the LV must not go (nor be replaced) under its writes.
 	unlockVol, held, err := e.tryLock(ctx, volLock(key))
 	if err != nil {
-		return host.LockError(op, "", err)
+		return "", host.LockError(op, "", err)
 	}
 	if held {
-		return host.NewError(host.KindBusy, op, fmt.Sprintf("a resize of volume %s is zeroing its new space on this host", key),
+		return "", host.NewError(host.KindBusy, op, fmt.Sprintf("a resize of volume %s is zeroing its new space on this host", key),
 			"wait for the resize to finish (see the sanvol log), then retry", nil)
 	}
 	defer unlockVol()
 	a, unlock, err := e.begin(ctx, op, sr)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer unlock()
 	s := e.scope(a.Device)
 	// A volume with snapshots is the base of their images: it goes only
 	// after them (and the COWs with it), never under them.
-	if err := e.refuseChain(ctx, op, a, key, "destroyed"); err != nil {
-		return err
+	if err := e.refuseChain(ctx, op, a, key, "destroyed"); err != nil && host.KindOf(err) != host.KindUnsupported {
+		return "", err
+	}
+	if l, err := e.lvm.LV(ctx, s, a.VG, lvName(key)); err == nil {
+		parent, _, _, _ = cloneOf(l.Tags)
 	}
 	err = e.lvm.LVRemove(ctx, s, a.VG, lvName(key))
 	if errors.Is(err, host.ErrNotFound) {
-		return e.provenGone(ctx, op, a, s, err)
+		return "", e.provenGone(ctx, op, a, s, err)
 	}
 	if errors.Is(err, host.ErrBusy) {
-		return host.NewError(host.KindBusy, op, fmt.Sprintf("volume %s is in use on the pool master", key),
+		return "", host.NewError(host.KindBusy, op, fmt.Sprintf("volume %s is in use on the pool master", key),
 			"shut down the VM or unplug the VBD using it, then retry", err)
 	}
 	if err != nil {
-		return err
+		return "", err
 	}
 	e.step(StepVolumeDestroyLVRemove)
 	e.log.Info("volume destroyed", zap.String("sr", a.UUID), zap.String("key", key))
-	return nil
+	if parent != "" {
+		e.step(StepCloneDestroyed)
+	}
+	return parent, nil
 }
 
 // VolumeResize grows a volume to at least newSize bytes; shrinking is
@@ -331,9 +369,13 @@ func (e *Engine) growLocked(ctx context.Context, op string, a Attached, key stri
 		return g, l, false, false, err
 	}
 	defer unlock()
-	l, _, m, err := e.lookup(ctx, op, a, key)
+	l, v, m, err := e.lookup(ctx, op, a, key)
 	if err != nil {
 		return g, l, false, false, err
+	}
+	if !v.ReadWrite {
+		return g, l, false, false, host.NewError(host.KindUnsupported, op, fmt.Sprintf("volume %s is a snapshot: it is read-only and keeps its size", key),
+			"resize the volume it is a snapshot of once its snapshots are deleted", nil)
 	}
 	s := e.scope(a.Device)
 	lv := lvName(key)
@@ -469,7 +511,7 @@ func (e *Engine) setVolumeField(ctx context.Context, op, sr, key, field string, 
 	if len(del)+len(add) == 0 {
 		return nil
 	}
-	if err := e.lvm.LVChangeTags(ctx, e.scope(a.Device), a.VG, lvName(key), del, add); err != nil {
+	if err := e.lvm.LVChangeTags(ctx, e.scope(a.Device), a.VG, l.Name, del, add); err != nil {
 		return err
 	}
 	e.step(StepVolumeSetTags)
@@ -485,8 +527,12 @@ func (e *Engine) refuseChain(ctx context.Context, op string, a Attached, key, wh
 		return nil
 	}
 	if c, err := parseChain(key, l.Tags); err != nil || len(c.Snaps) > 0 || c.Intent != nil {
-		return host.NewError(host.KindBusy, op, fmt.Sprintf("volume %s has snapshots (or a snapshot step under way) and cannot be %s", key, what),
-			"delete its snapshots first", err)
+		return host.NewError(host.KindBusy, op, fmt.Sprintf("volume %s has snapshots or linked clones (or a snapshot step under way) and cannot be %s", key, what),
+			"delete its snapshots and the clones made from it first", err)
+	}
+	if _, _, isClone, _ := cloneOf(l.Tags); isClone {
+		return host.NewError(host.KindUnsupported, op, fmt.Sprintf("volume %s is a linked clone and cannot be %s", key, what),
+			"copy it to a new volume (xe vdi-copy) to get a volume that can", nil)
 	}
 	return nil
 }

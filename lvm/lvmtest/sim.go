@@ -479,7 +479,9 @@ func (s *Sim) lvRow(name string) lvm.LV {
 	if l.Active {
 		attr[4] = 'a'
 	}
-	if l.Open {
+	// A device-mapper table over the LV holds it open, as the kernel's
+	// open count (lv_attr's 'o') says.
+	if l.Open || s.mapped(lvm.DevicePath(s.vg.name, name)) {
 		attr[5] = 'o'
 	}
 	return lvm.LV{Name: name, VG: s.vg.name, UUID: l.UUID, Size: l.Extents * s.vg.extent, Tags: slices.Clone(l.Tags), Attr: string(attr)}

@@ -2,7 +2,7 @@
 
 package e2e
 
-// TestDemoPool is `make demo-pool` (tests/lab/run.sh demo --pool): a
+// TestDemoPool is the second half of `make demo` (tests/lab/run.sh demo): a
 // two-host pool told as the xe commands an admin would type, each line
 // marked with the host it runs on. A shared nvmetcp SR is created on the
 // master A and plugged on both hosts, a VM starts on the member B and

@@ -24,9 +24,15 @@ import (
 
 const poolAddrFloat = "10.99.0.3"
 
-func TestPoolFloatingPortalNVMe(t *testing.T) { poolFloating(t, "nvmetcp") }
+func TestPoolFloatingPortalNVMe(t *testing.T) { poolFloating(t, "nvmetcp", false) }
 
-func TestPoolFloatingPortalISCSI(t *testing.T) { poolFloating(t, "iscsi-ng") }
+func TestPoolFloatingPortalISCSI(t *testing.T) { poolFloating(t, "iscsi-ng", false) }
+
+// The floating address on an interface of its own (a dummy, as HA-Lizard
+// and keepalived setups often have; the first two-host lab had the
+// portal there): A's path to its own address must not be bound to that
+// interface, or it is stranded there once the address moves to B.
+func TestPoolFloatingPortalDummyNVMe(t *testing.T) { poolFloating(t, "nvmetcp", true) }
 
 // nicOf is the interface holding addr on host h.
 func nicOf(t *testing.T, h shellHost, addr string) string {
@@ -39,12 +45,29 @@ func nicOf(t *testing.T, h shellHost, addr string) string {
 	return f[1]
 }
 
-func poolFloating(t *testing.T, srType string) {
+// floatDummy is the interface of its own a dummy-hosted floating address
+// lives on, on either host.
+const floatDummy = "float0"
+
+func poolFloating(t *testing.T, srType string, dummy bool) {
 	l := newPoolLab(t)
 	ctx := l.ctx
 	a := localHost{}
 	nicA, nicB := nicOf(t, a, poolAddrA1), nicOf(t, l.b, poolAddrB)
 	float := poolAddrFloat + "/24"
+	if dummy {
+		// Each host reaches the other's dummy address over its pool
+		// NIC's subnet route; the holder answers ARP for it there.
+		float = poolAddrFloat + "/32"
+		nicA, nicB = floatDummy, floatDummy
+		for _, h := range []shellHost{a, l.b} {
+			for _, c := range [][]string{{"ip", "link", "add", floatDummy, "type", "dummy"}, {"ip", "link", "set", floatDummy, "up"}} {
+				if _, err := h.Exec(c...); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
 	if _, err := a.Exec("ip", "addr", "add", float, "dev", nicA); err != nil {
 		t.Fatal(err)
 	}
@@ -52,6 +75,10 @@ func poolFloating(t *testing.T, srType string) {
 		_ = l.b.Unforward()
 		_, _ = l.b.Exec("ip", "addr", "del", float, "dev", nicB)
 		_, _ = a.Exec("ip", "addr", "del", float, "dev", nicA)
+		if dummy {
+			_, _ = l.b.Exec("ip", "link", "del", floatDummy)
+			_, _ = a.Exec("ip", "link", "del", floatDummy)
+		}
 	})
 
 	// The target listens on the floating address and on A's fixed one
@@ -114,6 +141,9 @@ func poolFloating(t *testing.T, srType string) {
 	st := load.Stop()
 	if err := load.Verify(); err != nil {
 		t.Fatal(err)
+	}
+	if dummy {
+		srType += " (address on a dummy interface)"
 	}
 	t.Logf("pool-numbers floating portal %s: A's writes resumed %s after the move (%d writes, %d failed), SR.stat healthy after %s",
 		srType, resumed.Round(time.Second), st.Writes, len(st.Errors), healthy.Round(time.Second))

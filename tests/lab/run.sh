@@ -5,8 +5,9 @@
 #   run.sh image   [--kernel bookworm|backports]
 #   run.sh test    [--kernel K] [--dom0 xcpng8] [-run REGEX] [--skip REGEX] [--timeout S]
 #                  [--keep] [--shards N] [--also KERNEL[+xcpng8]:REGEX]...
+#                  [--with-pool REGEX]
 #   run.sh test    --pool [--kernel K] [-run REGEX] [--timeout S] [--keep]
-#   run.sh demo    [--kernel K] [--pool]
+#   run.sh demo    [--kernel K]
 #   run.sh capture [--kernel K] [--dom0 xcpng8] [--force]
 #   run.sh shell   [--kernel K] [--keep]   interactive guest, for debugging
 #   run.sh durations TEST.LOG...         weights for --shards, from runs' logs
@@ -20,8 +21,10 @@
 # from ../shared/dom0-tools (tests/lab/README.md). --pool boots two guests
 # joined by a private qemu socket link, a pool master that also serves the
 # targets and a member driven through its agent, and runs the TestPool
-# scenarios on the master (tests/lab/README.md, "The pool lab"); demo
-# --pool runs the two-host demo (TestDemoPool) there.
+# scenarios on the master (tests/lab/README.md, "The pool lab"). demo
+# runs on that pool: TestDemo on the master, then the two-host TestDemoPool. --with-pool REGEX
+# boots that pool pair beside the other guests of a test run and runs the
+# pool scenarios matching REGEX on it (make lab).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -422,6 +425,8 @@ pool_run() {
 	say "[pool-b] member (agent), run dir $b, link on 127.0.0.1:$port"
 	(
 		job_name=pool-a
+		# The pool's REGEX names its scenarios; --skip is for the shards.
+		skip_re=
 		pool_net="-netdev socket,id=pool,listen=127.0.0.1:$port -device virtio-net-pci,netdev=pool,mac=52:54:00:99:00:01"
 		run_guest "$kernel" "$a" "$limit" "SANVOL_LAB_POOL=master $(test_cmd "$regex" "$limit")"
 		echo "$guest_rc" >"$a/job.rc"
@@ -494,7 +499,7 @@ copy_fixtures() {
 # checkouts share it) cannot change what the run does next.
 main() {
 	local kernel=bookworm run=. limit=1200 keep= force= sub rundir rc t0 dir pkg
-	local shards=1 also=() jobs=() line k dom0= a pool=
+	local shards=1 also=() jobs=() line k dom0= a pool= with_pool= ppid prc
 	skip_re= # read by test_cmd and shard_tests
 	sub=${1:-}; [ -n "$sub" ] || usage; shift
 	while [ $# -gt 0 ]; do
@@ -508,6 +513,7 @@ main() {
 		--also) also+=("$2"); shift 2 ;;
 		--dom0) dom0=$2; shift 2 ;;
 		--pool) pool=1; shift ;;
+		--with-pool) with_pool=$2; shift 2 ;;
 		--skip) skip_re=$2; shift 2 ;;
 		*) [ "$sub" = durations ] && break; usage ;;
 		esac
@@ -534,11 +540,16 @@ main() {
 		say "image: $dir ($(tr '\n' ' ' <"$dir/versions.txt"))"
 		;;
 	test | demo)
-		[ "$sub" = demo ] && run='^TestDemo$'
+		# The demo is the pool lab's: one host's SR lifecycle with path cuts
+		# on both SR types (TestDemo, on the master), then the two-host
+		# pool, a VM started on the member and migrated to the master
+		# (TestDemoPool).
+		if [ "$sub" = demo ]; then
+			pool=1 run='^(TestDemo|TestDemoPool)$'
+		fi
 		if [ -n "$pool" ]; then
 			[ "$shards" = 1 ] && [ ${#also[@]} = 0 ] && [ -z "$dom0" ] ||
 				die "--pool is for test and demo, without --shards, --also or --dom0"
-			[ "$sub" = demo ] && run='^TestDemoPool$'
 			[ "$run" != . ] || run='^TestPool'
 			rundir=$(new_rundir)
 			build "$rundir"
@@ -549,9 +560,20 @@ main() {
 		fi
 		# Several guests side by side: shards of one kernel's scenarios (a
 		# -run naming subtests is not split) and the --also job.
-		if [ "$sub" = test ] && { [ "$shards" -gt 1 ] || [ ${#also[@]} -gt 0 ]; }; then
+		[ -z "$with_pool" ] || [ "$sub" = test ] || die "--with-pool is for test"
+		if [ "$sub" = test ] && { [ "$shards" -gt 1 ] || [ ${#also[@]} -gt 0 ] || [ -n "$with_pool" ]; }; then
 			rundir=$(new_rundir)
 			build "$rundir"
+			ppid=
+			if [ -n "$with_pool" ]; then
+				# The image before the guests: run_jobs may build others meanwhile.
+				image_dir "$kernel" >/dev/null
+				(
+					pool_run "$rundir" "$limit" "$with_pool"
+					echo "$jobs_rc" >"$rundir/pool.rc"
+				) &
+				ppid=$!
+			fi
 			if [ "$shards" -gt 1 ] && [[ $run != */* ]]; then
 				local split
 				split=$(shard_tests "$rundir/share/e2e.test" "$run" "$shards") || { rm -rf "$rundir"; exit 1; }
@@ -568,6 +590,12 @@ main() {
 				jobs+=("${a%%:*} ${a%%:*} ${a#*:}")
 			done
 			run_jobs "$rundir" "$limit" "${jobs[@]}"
+			if [ -n "$ppid" ]; then
+				wait "$ppid" || true
+				prc=$(cat "$rundir/pool.rc" 2>/dev/null || echo 125)
+				say "the pool pair: $([ "$prc" = 0 ] && echo passed || echo "failed ($prc)")"
+				[ "$prc" = 0 ] || jobs_rc=$prc
+			fi
 			rm -rf "$rundir"
 			say "$sub finished in $((SECONDS - t0)) s with exit $jobs_rc"
 			exit "$jobs_rc"

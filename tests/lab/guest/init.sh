@@ -196,4 +196,8 @@ cut -d' ' -f1 /proc/uptime >"$OUT/cmd-start-uptime"
 rc=$(cat "$OUT/cmd.rc" 2>/dev/null || echo 1)
 [ "$rc" = 124 ] && say "the command ran out of its ${limit}s"
 say "command exited $rc after $(cut -d' ' -f1 /proc/uptime) s of uptime"
+# What the guest asked of the host's cores: under TCG an idle vCPU halts,
+# so busy time is the scenario's CPU demand, the figure that decides how
+# many guests the host's cores carry side by side (docs/benchmarks.md).
+say "cpu: $(awk '/^cpu /{b=$2+$3+$4+$7+$8; printf "%.0f s busy, %.0f s idle (all vCPUs)", b/100, ($5+$6)/100}' /proc/stat)"
 finish "$rc"
