@@ -28,8 +28,25 @@ type MethodRun struct {
 // suite; unlike Runner it feeds stdin, because that is the contract. The
 // process runs in its own group and ctx's end kills it.
 func RunMethod(ctx context.Context, script string, stdin []byte) (MethodRun, error) {
-	cmd := exec.CommandContext(ctx, script, "--json")
-	cmd.Stdin = bytes.NewReader(stdin)
+	return runForked(ctx, script, []string{"--json"}, bytes.NewReader(stdin), nil)
+}
+
+// RunHostPlugin forks a XenAPI host plugin the way xapi does for
+// host.call_plugin (xen-api ocaml/xapi/xapi_plugins.ml call_plugin,
+// Forkhelpers.execute_command_get_output): argv[0] is the plugin's path,
+// the one argument is the XML-RPC call, there is no stdin, the
+// environment is PATH alone (forkhelpers.ml default_path_env_pair), and
+// stdout and stderr are read to EOF. For the simulator and the pool lab.
+func RunHostPlugin(ctx context.Context, path, call string) (MethodRun, error) {
+	return runForked(ctx, path, []string{call}, nil, []string{"PATH=/sbin:/usr/sbin:/bin:/usr/bin"})
+}
+
+func runForked(ctx context.Context, path string, args []string, stdin *bytes.Reader, env []string) (MethodRun, error) {
+	cmd := exec.CommandContext(ctx, path, args...)
+	if stdin != nil {
+		cmd.Stdin = stdin
+	}
+	cmd.Env = env
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

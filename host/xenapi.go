@@ -18,7 +18,9 @@ const XapiSocket = "/var/lib/xcp/xapi"
 // XenAPI is a minimal JSON-RPC client for the local xapi.
 type XenAPI struct {
 	client *http.Client
-	root   Root
+	// slow has no timeout of its own: host plugin calls (CallPlugin).
+	slow *http.Client
+	root Root
 }
 
 // NewXenAPI returns a client that talks to xapi over its local socket
@@ -31,7 +33,8 @@ func NewXenAPI(root Root) *XenAPI {
 			return d.DialContext(ctx, "unix", sock)
 		},
 	}
-	return &XenAPI{client: &http.Client{Transport: tr, Timeout: 30 * time.Second}, root: root}
+	c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	return &XenAPI{client: c, slow: slowClient(c), root: root}
 }
 
 // XenAPIError is an error answered by xapi.
@@ -47,6 +50,10 @@ func (e *XenAPIError) Error() string {
 
 // Call invokes one XenAPI method.
 func (x *XenAPI) Call(ctx context.Context, method string, params ...any) (json.RawMessage, error) {
+	return x.callWith(ctx, x.client, method, params...)
+}
+
+func (x *XenAPI) callWith(ctx context.Context, client *http.Client, method string, params ...any) (json.RawMessage, error) {
 	if params == nil {
 		params = []any{}
 	}
@@ -59,7 +66,7 @@ func (x *XenAPI) Call(ctx context.Context, method string, params ...any) (json.R
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := x.client.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return nil, NewError(KindUnreachable, "XenAPI "+method, "cannot reach xapi on "+XapiSocket,
 			"check that xapi is running on this host (systemctl status xapi)", err)

@@ -112,7 +112,48 @@ func Install(o InstallOptions) (InstallReport, error) {
 		}
 		note(&rep, filepath.Join(ScriptRoot, rel), true)
 	}
+	// The XenAPI host plugin (hostplugin.go) is a link too: xapi forks
+	// it directly (xapi_plugins.ml call_plugin), never through SMAPI's
+	// observer, so it needs no shim.
+	hp := filepath.Join(o.Root, host.HostPluginDir, host.HostPluginName)
+	changed, err = installLink(hp, bin)
+	if err != nil {
+		return rep, fmt.Errorf("install %s: %w", hp, err)
+	}
+	note(&rep, filepath.Join(host.HostPluginDir, host.HostPluginName), changed)
 	return rep, nil
+}
+
+// HostPluginLink is the target of the host plugin's link: relative, like
+// the method files', so that an install root (DESTDIR) resolves too.
+func HostPluginLink() string {
+	rel, _ := filepath.Rel(host.HostPluginDir, BinaryPath)
+	return rel
+}
+
+// installLink makes link a symlink to bin (relative), replacing anything
+// else there with one rename; a right link is left alone.
+func installLink(link, bin string) (bool, error) {
+	target, err := filepath.Rel(filepath.Dir(link), bin)
+	if err != nil {
+		return false, err
+	}
+	if got, err := os.Readlink(link); err == nil && got == target {
+		return false, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(link), 0o755); err != nil {
+		return false, err
+	}
+	tmp := filepath.Join(filepath.Dir(link), "."+filepath.Base(link)+".new")
+	_ = os.Remove(tmp)
+	if err := os.Symlink(target, tmp); err != nil {
+		return false, err
+	}
+	if err := os.Rename(tmp, link); err != nil {
+		_ = os.Remove(tmp)
+		return false, err
+	}
+	return true, nil
 }
 
 // Uninstall removes the plugin directories and the binary. Each directory
@@ -137,6 +178,17 @@ func Uninstall(root string) ([]string, error) {
 			return removed, err
 		}
 		removed = append(removed, filepath.Join(ScriptRoot, rel))
+	}
+	// The host plugin, if it is sanvol's link: another file there is
+	// not ours to remove.
+	hp := filepath.Join(root, host.HostPluginDir, host.HostPluginName)
+	if st, err := os.Lstat(hp); err == nil && st.Mode()&fs.ModeSymlink != 0 {
+		if target, _ := os.Readlink(hp); filepath.Base(target) == filepath.Base(BinaryPath) {
+			if err := os.Remove(hp); err != nil {
+				return removed, err
+			}
+			removed = append(removed, filepath.Join(host.HostPluginDir, host.HostPluginName))
+		}
 	}
 	// The CHAP secrets kept for static-vdis' boot attach (host.BootSecrets)
 	// must not outlive the package.

@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -59,8 +60,17 @@ func TestInstallLayoutAndIdempotence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Changed) != 4 || len(rep.Kept) != 0 {
+	if len(rep.Changed) != 5 || len(rep.Kept) != 0 {
 		t.Fatalf("first install: %+v", rep)
+	}
+	// The XenAPI host plugin, as xapi finds it (xapi_plugins.ml
+	// find_plugin): a link to the binary.
+	hp := filepath.Join(root, "/etc/xapi.d/plugins/sanvol")
+	if real, err := filepath.EvalSymlinks(hp); err != nil || real != filepath.Join(root, BinaryPath) {
+		t.Fatalf("host plugin %s resolves to %s %v", hp, real, err)
+	}
+	if l, _ := os.Readlink(hp); l != HostPluginLink() {
+		t.Fatalf("host plugin link %q, want %q", l, HostPluginLink())
 	}
 	for rel, methods := range PluginDirs() {
 		for _, m := range methods {
@@ -156,7 +166,7 @@ func TestUninstall(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(removed) != 4 {
+	if len(removed) != 5 || !slices.Contains(removed, "/etc/xapi.d/plugins/sanvol") {
 		t.Fatalf("removed %v", removed)
 	}
 	// With HA's boot copies of CHAP secrets, those go too.
@@ -170,7 +180,7 @@ func TestUninstall(t *testing.T) {
 	if err := os.WriteFile(kept, []byte("s3cret"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if removed, err = Uninstall(root); err != nil || len(removed) != 5 {
+	if removed, err = Uninstall(root); err != nil || len(removed) != 6 {
 		t.Fatalf("uninstall with boot secrets: %v %v", removed, err)
 	}
 	if _, err := os.Lstat(filepath.Dir(filepath.Join(root, host.BootSecretDir))); !os.IsNotExist(err) {

@@ -53,6 +53,7 @@ func (s *srServices) Engine() (*volume.Engine, error) {
 		Fault:     crashHook(),
 		Version:   s.deps.Version,
 		HostID:    host.ID(s.deps.Root),
+		Remote:    NewRemote(s.deps.Root),
 	})
 }
 

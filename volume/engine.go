@@ -104,6 +104,9 @@ type Options struct {
 	SnapMagic func(ctx context.Context, dev string) (bool, error)
 	// MergePoll is how often a merge's progress is read; 0 means 500 ms.
 	MergePoll time.Duration
+	// Remote reaches the host where a volume is active when that is not
+	// this one (remote.go); nil treats such a volume as idle.
+	Remote Remote
 }
 
 // Engine implements SR.* and Volume.* for one SR type (one Transport).
@@ -123,6 +126,7 @@ type Engine struct {
 	zeroer   Zeroer
 	stack    *Stack
 	magic    func(ctx context.Context, dev string) (bool, error)
+	remote   Remote
 }
 
 // New builds an engine.
@@ -131,7 +135,7 @@ func New(o Options) (*Engine, error) {
 		return nil, fmt.Errorf("volume.New: LVM, Transport, Runner and Locker are required")
 	}
 	e := &Engine{lvm: o.LVM, t: o.Transport, run: o.Runner, locker: o.Locker, root: o.Root, role: o.Role,
-		log: o.Log, now: o.Now, fault: o.Fault, version: o.Version, lockWait: o.LockWait, hostID: o.HostID, zeroer: o.Zeroer}
+		log: o.Log, now: o.Now, fault: o.Fault, version: o.Version, lockWait: o.LockWait, hostID: o.HostID, zeroer: o.Zeroer, remote: o.Remote}
 	if e.log == nil {
 		e.log = zap.NewNop()
 	}

@@ -63,6 +63,10 @@ func (e *Engine) DeleteSnapshot(ctx context.Context, sr, snap string) error {
 		return err
 	}
 	switch {
+	case !c.Holds(snap) && sc.merged == snap:
+		// A delete that failed after its intent (its host died) and
+		// was retried: the repair just finished it.
+		return nil
 	case !c.Holds(snap):
 		return notFound(op, a, snap)
 	case c.Snaps[0] != snap:
@@ -83,10 +87,14 @@ func (e *Engine) DeleteSnapshot(ctx context.Context, sr, snap string) error {
 // finishMerge runs a merge whose intent is committed to its end.
 func (e *Engine) finishMerge(ctx context.Context, op string, sc *snapCtx, c Chain) error {
 	snap := c.Intent.Snap
-	live, err := e.stack.Live(ctx, sc.a.UUID, sc.key)
+	at, err := e.activeAt(ctx, sc)
 	if err != nil {
 		return err
 	}
+	if at.host != "" {
+		return e.finishMergeOn(ctx, op, sc, at.host, c)
+	}
+	live := at.local
 	if !live {
 		// An idle volume merges on the master, in a stack built for the
 		// merge and taken down after it.

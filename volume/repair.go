@@ -49,13 +49,17 @@ func (e *Engine) repairLocked(ctx context.Context, op string, sc *snapCtx) (lvm.
 	if err := e.dropOrphanCOWs(ctx, sc, c); err != nil {
 		return l, c, err
 	}
-	live, err := e.stack.Live(ctx, sc.a.UUID, sc.key)
+	at, err := e.activeAt(ctx, sc)
 	if err != nil {
 		return l, c, err
 	}
+	live, sectors := at.local, uint64(l.Size/512)
 	if c.Intent == nil {
-		if live {
+		switch {
+		case live:
 			_, _, err = e.stack.assemble(ctx, sc.w, sc.key)
+		case at.host != "":
+			err = e.convergeOn(ctx, op, sc, at.host, c, nil, sectors)
 		}
 		return l, c, err
 	}
@@ -72,6 +76,10 @@ func (e *Engine) repairLocked(ctx context.Context, op string, sc *snapCtx) (lvm.
 				if _, _, err := e.stack.assemble(ctx, sc.w, sc.key); err != nil {
 					return l, c, err
 				}
+			} else if at.host != "" {
+				if err := e.convergeOn(ctx, op, sc, at.host, c, nil, sectors); err != nil {
+					return l, c, err
+				}
 			}
 			c, err = e.commitChain(ctx, sc, c, append(c.Snaps, in.Snap), nil)
 			return l, c, err
@@ -85,6 +93,11 @@ func (e *Engine) repairLocked(ctx context.Context, op string, sc *snapCtx) (lvm.
 			if err := e.stack.converge(ctx, devs, extrasOf(names(sc.a.UUID, c), devs)); err != nil {
 				return l, c, err
 			}
+		} else if at.host != "" {
+			back := Chain{Key: c.Key, Snaps: c.Snaps}
+			if err := e.convergeOn(ctx, op, sc, at.host, back, []string{in.Snap}, sectors); err != nil {
+				return l, c, err
+			}
 		}
 		if err := e.lvm.LVRemove(ctx, sc.w.scope, sc.w.vg, cowName(in.Snap)); err != nil && !errors.Is(err, host.ErrNotFound) {
 			return l, c, err
@@ -95,6 +108,7 @@ func (e *Engine) repairLocked(ctx context.Context, op string, sc *snapCtx) (lvm.
 		if err := e.finishMerge(ctx, op, sc, c); err != nil {
 			return l, c, err
 		}
+		sc.merged = in.Snap
 		l, c, err = e.stack.chainOf(ctx, sc.w, sc.key)
 		return l, c, err
 	}

@@ -57,6 +57,8 @@ type snapCtx struct {
 	unlockSR func()
 	// after runs once an idle volume's stack is down (merge.go).
 	after []func(context.Context) error
+	// merged is the snapshot a repair in this call finished merging.
+	merged string
 }
 
 func (e *Engine) holdChain(ctx context.Context, op, sr, key string) (*snapCtx, error) {
@@ -102,8 +104,8 @@ func (e *Engine) commitChain(ctx context.Context, sc *snapCtx, c Chain, snaps []
 }
 
 // Snapshot freezes volume key's data as a new snapshot volume and returns
-// it. K keeps running: on the host where its device is (here, in this
-// slice: the control channel to other hosts is not built yet), K's table
+// it. K keeps running: on the host where its device is (here, or another
+// host of the pool through its host plugin: remote.go), K's table
 // switches from the base (or the newest frozen layer) to a snapshot
 // target writing into a new COW, in one suspend/reload/resume. On an idle
 // volume only the tags change; the next attach builds the stack.
@@ -172,10 +174,11 @@ func (e *Engine) snapshotLocked(ctx context.Context, op string, sc *snapCtx, l l
 		return Volume{}, err
 	}
 	e.step(StepSnapshotIntent)
-	live, err := e.stack.Live(ctx, sc.a.UUID, key)
+	at, err := e.activeAt(ctx, sc)
 	if err != nil {
 		return Volume{}, err
 	}
+	live := at.local
 	if live {
 		if _, _, err := e.stack.assemble(ctx, sc.w, key); err != nil {
 			// The intent stays: the next call on K looks at the COW's
@@ -184,6 +187,12 @@ func (e *Engine) snapshotLocked(ctx context.Context, op string, sc *snapCtx, l l
 		}
 	} else if err := e.lvm.Deactivate(ctx, sc.w.scope, sc.w.vg, cow); err != nil {
 		return Volume{}, err
+	} else if at.host != "" {
+		// K runs on another host: that host switches (remote.go). If
+		// it does not answer, the intent stays for repair.
+		if err := e.convergeOn(ctx, op, sc, at.host, c, nil, uint64(l.Size/512)); err != nil {
+			return Volume{}, err
+		}
 	}
 	e.step(StepSnapshotSwitch)
 	if _, err := e.commitChain(ctx, sc, c, append(c.Snaps, snap), nil); err != nil {

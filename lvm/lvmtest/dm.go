@@ -272,3 +272,11 @@ func (s *Sim) resume(name string, d *simDM) Reply {
 	d.suspended = false
 	return Reply{}
 }
+
+// ForgetDM drops every device-mapper device, as a host that died or
+// rebooted has none.
+func (s *Sim) ForgetDM() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.dm = nil
+}

@@ -223,26 +223,34 @@ type IOStats struct {
 // openDirect opens dev for O_DIRECT writes with a buffer of one ioChunk.
 func openDirect(t testing.TB, dev string) (*os.File, []byte) {
 	t.Helper()
+	f, buf, err := openDirectErr(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f, buf
+}
+
+func openDirectErr(dev string) (*os.File, []byte, error) {
 	f, err := os.OpenFile(dev, os.O_RDWR|syscall.O_DIRECT, 0)
 	if err != nil {
-		t.Fatalf("open %s O_DIRECT: %v", dev, err)
+		return nil, nil, fmt.Errorf("open %s O_DIRECT: %w", dev, err)
 	}
 	// O_DIRECT needs an aligned buffer; an anonymous mapping is page aligned.
 	buf, err := syscall.Mmap(-1, 0, ioChunk, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
 	if err != nil {
 		f.Close()
-		t.Fatalf("mmap I/O buffer: %v", err)
+		return nil, nil, fmt.Errorf("mmap I/O buffer: %w", err)
 	}
-	return f, buf
+	return f, buf, nil
 }
 
 // StartIO begins writing to the first span bytes of dev.
 func StartIO(t testing.TB, dev string, span int64) *IOLoad {
 	t.Helper()
-	f, buf := openDirect(t, dev)
-	l := &IOLoad{dev: dev, f: f, buf: buf, chunks: int(span / ioChunk), done: make(chan struct{})}
-	l.written = make([]uint32, l.chunks)
-	go l.loop()
+	l, err := startIO(dev, span)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		if !l.stop.Load() {
 			l.Stop()
@@ -289,6 +297,18 @@ func (l *IOLoad) loop() {
 			}
 		}
 	}
+}
+
+// startIO is StartIO without a test: the pool agent's (pool_agent_test.go).
+func startIO(dev string, span int64) (*IOLoad, error) {
+	f, buf, err := openDirectErr(dev)
+	if err != nil {
+		return nil, err
+	}
+	l := &IOLoad{dev: dev, f: f, buf: buf, chunks: int(span / ioChunk), done: make(chan struct{})}
+	l.written = make([]uint32, l.chunks)
+	go l.loop()
+	return l, nil
 }
 
 // Writes is how many chunks have been written so far.

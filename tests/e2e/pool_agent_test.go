@@ -17,12 +17,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/plugin"
@@ -73,6 +77,34 @@ type patternReq struct {
 	Verify bool   `json:"verify"`
 }
 
+// pluginReq runs the host plugin at Path with Call (host.RunHostPlugin),
+// as B's xapi forks it for host.call_plugin; KillAfterMs > 0 SIGKILLs
+// it after that long, as a host dying under it would.
+type pluginReq struct {
+	Path        string `json:"path"`
+	Call        string `json:"call"`
+	KillAfterMs int    `json:"kill_after_ms"`
+}
+
+// loadReq drives an IOLoad on B's Dev: Op "start" (Span bytes),
+// "writes", "stop" (and verify).
+type loadReq struct {
+	Op   string `json:"op"`
+	Dev  string `json:"dev"`
+	Span int64  `json:"span"`
+}
+
+type loadResp struct {
+	Writes     int           `json:"writes"`
+	Errors     []string      `json:"errors"`
+	MaxLatency time.Duration `json:"max_latency"`
+	Verify     string        `json:"verify"`
+	Err        string        `json:"err"`
+}
+
+// errNoPlugin is the agent's answer for a plugin B does not have.
+const errNoPlugin = "no such host plugin"
+
 // runPoolAgent serves the agent until /quit or the stop file; its exit
 // code is the guest command's.
 func runPoolAgent() int {
@@ -94,6 +126,25 @@ func runPoolAgent() int {
 		}
 		return resp
 	}))
+	mux.HandleFunc("/plugin", handle(func(r pluginReq) invokeResp {
+		if _, err := os.Stat(r.Path); err != nil {
+			return invokeResp{Err: errNoPlugin + ": " + err.Error()}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		if r.KillAfterMs > 0 {
+			ctx, cancel = context.WithTimeout(context.Background(), time.Duration(r.KillAfterMs)*time.Millisecond)
+		}
+		defer cancel()
+		res, err := host.RunHostPlugin(ctx, r.Path, r.Call)
+		out := plugin.Outcome{Script: r.Path, ExitCode: res.ExitCode, Stdout: res.Stdout, Stderr: res.Stderr, Elapsed: res.Elapsed}
+		if res.Signal != 0 {
+			// A killed plugin is an outcome, as xapi sees it (WSIGNALED).
+			out.Signal = strings.ToUpper(unix.SignalName(res.Signal))
+			return invokeResp{Outcome: out}
+		}
+		return invokeResp{Outcome: out, Err: errString(err)}
+	}))
+	mux.HandleFunc("/load", handle(a.load))
 	mux.HandleFunc("/exec", handle(func(r execReq) execResp {
 		if len(r.Argv) == 0 {
 			return execResp{Err: "empty argv"}
@@ -143,11 +194,44 @@ func runPoolAgent() int {
 }
 
 type agent struct {
-	quit chan struct{}
-	once sync.Once
-	mu   sync.Mutex
-	xapi net.Listener
-	fwd  []net.Listener
+	quit  chan struct{}
+	once  sync.Once
+	mu    sync.Mutex
+	xapi  net.Listener
+	fwd   []net.Listener
+	loads map[string]*IOLoad // by device
+}
+
+// load runs the writers a VM on B stands for: IOLoad's O_DIRECT pattern.
+func (a *agent) load(r loadReq) loadResp {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.loads == nil {
+		a.loads = map[string]*IOLoad{}
+	}
+	l := a.loads[r.Dev]
+	switch {
+	case r.Op == "start" && l == nil:
+		l, err := startIO(r.Dev, r.Span)
+		if err != nil {
+			return loadResp{Err: err.Error()}
+		}
+		a.loads[r.Dev] = l
+		return loadResp{}
+	case l == nil:
+		return loadResp{Err: "no load on " + r.Dev}
+	case r.Op == "writes":
+		return loadResp{Writes: l.Writes()}
+	case r.Op == "stop":
+		delete(a.loads, r.Dev)
+		st := l.Stop()
+		resp := loadResp{Writes: st.Writes, MaxLatency: st.MaxLatency, Verify: errString(l.Verify())}
+		for _, e := range st.Errors {
+			resp.Errors = append(resp.Errors, e.Error())
+		}
+		return resp
+	}
+	return loadResp{Err: "bad load request " + r.Op}
 }
 
 // forward with [listen, to] relays TCP connections to listen (an address
@@ -268,6 +352,42 @@ func (m *member) Invoke(ctx context.Context, script string, stdin []byte) (plugi
 		return resp.Outcome, errors.New(resp.Err)
 	}
 	return resp.Outcome, nil
+}
+
+// Plugin runs a host plugin on B: a member Sim's HostPlugin.
+func (m *member) Plugin(ctx context.Context, path, call string) (plugin.Outcome, error) {
+	return m.plugin(pluginReq{Path: path, Call: call})
+}
+
+// PluginKilled runs a host plugin on B and SIGKILLs it after d.
+func (m *member) PluginKilled(path, call string, d time.Duration) (plugin.Outcome, error) {
+	return m.plugin(pluginReq{Path: path, Call: call, KillAfterMs: int(d / time.Millisecond)})
+}
+
+func (m *member) plugin(r pluginReq) (plugin.Outcome, error) {
+	var resp invokeResp
+	if err := m.post("/plugin", r, &resp); err != nil {
+		return plugin.Outcome{Script: r.Path}, err
+	}
+	switch {
+	case strings.HasPrefix(resp.Err, errNoPlugin):
+		return resp.Outcome, fmt.Errorf("%s: %w", resp.Err, fs.ErrNotExist)
+	case resp.Err != "":
+		return resp.Outcome, errors.New(resp.Err)
+	}
+	return resp.Outcome, nil
+}
+
+// Load drives a writer on B (agent.load).
+func (m *member) Load(op, dev string, span int64) (loadResp, error) {
+	var resp loadResp
+	if err := m.post("/load", loadReq{Op: op, Dev: dev, Span: span}, &resp); err != nil {
+		return resp, err
+	}
+	if resp.Err != "" {
+		return resp, errors.New(resp.Err)
+	}
+	return resp, nil
 }
 
 // Exec runs a command on B and returns its standard output.

@@ -68,6 +68,7 @@ func newPoolLab(t *testing.T) *poolLab {
 	}
 	a, b := xapisim.New(xapisim.DefaultRoot, prefixed("[A] ")), xapisim.New(xapisim.DefaultRoot, prefixed("[B] "))
 	b.Exec = m.Invoke
+	b.HostPlugin = m.Plugin
 	pool := xapisim.NewPoolSim(a, b)
 	serveXapi(t, a)
 	l, err := net.Listen("tcp", poolXenAPI)

@@ -115,7 +115,7 @@ func TestRPMFiles(t *testing.T) {
 	list := strings.Fields(must(t, "", nil, "rpm", "-qp", "--list", pkg))
 	docs, _ := filepath.Glob(filepath.Join(repoRoot(t), "docs", "*.md"))
 	want := []string{"/usr/libexec/sanvol", "/usr/libexec/sanvol/sanvol", "/usr/share/doc/sanvol", "/usr/share/doc/sanvol/README.md",
-		"/usr/lib/udev/rules.d/12-sanvol-dm-disk.rules"}
+		"/usr/lib/udev/rules.d/12-sanvol-dm-disk.rules", hostPlugin}
 	want = append(want, pluginDirs...)
 	for _, d := range docs {
 		want = append(want, "/usr/share/doc/sanvol/"+filepath.Base(d))
@@ -134,6 +134,10 @@ func TestRPMFiles(t *testing.T) {
 		t.Errorf("binary mode:\n%s", modes)
 	}
 }
+
+// hostPlugin is the XenAPI host plugin, a link to the binary the package
+// owns (xen-api ocaml/xapi/xapi_plugins.ml looks plugins up there).
+const hostPlugin = "/etc/xapi.d/plugins/sanvol"
 
 // pluginDirs are the directories `sanvol install` fills; the package owns
 // them, as XCP-ng's SMAPIv3 plugin packages own theirs.
@@ -352,6 +356,12 @@ func TestRPMLifecycle(t *testing.T) {
 		t.Errorf("no toolstack hint on install:\n%s", out)
 	}
 	bin := filepath.Join(root, "usr/libexec/sanvol/sanvol")
+	if got, err := filepath.EvalSymlinks(filepath.Join(root, hostPlugin)); err != nil || got != bin {
+		t.Errorf("%s resolves to %q (%v), want %s", hostPlugin, got, err, bin)
+	}
+	if q, err := rpmIn(t, root, "-qf", hostPlugin); err != nil || !strings.HasPrefix(q, "sanvol-") {
+		t.Errorf("rpm -qf %s: %q %v", hostPlugin, q, err)
+	}
 	for _, dir := range []string{plugin, filepath.Join(root, "usr/libexec/xapi-storage-script/volume/org.xen.xapi.storage.iscsi-ng"), filepath.Join(root, "usr/libexec/xapi-storage-script/datapath/sanvol")} {
 		entries, err := os.ReadDir(dir)
 		if err != nil || len(entries) == 0 {

@@ -22,6 +22,12 @@ type xapiDB struct {
 	hosts map[string]bool       // the uuids of the hosts it knows (a pool's: PoolSim)
 	srs   map[string]*srRecord  // by ref
 	pbds  map[string]*pbdRecord // by ref
+	// The VBDs of running VMs and where they run (hostplugin.go).
+	vbds map[string]*vbdRecord // by ref
+	// sims are the daemons of the pool by host uuid, for host.call_plugin;
+	// down are the hosts xapi finds offline (PoolSim.Down).
+	sims map[string]*Sim
+	down map[string]bool
 }
 
 type srRecord struct {
@@ -48,6 +54,7 @@ const (
 func (db *xapiDB) init() {
 	if db.srs == nil {
 		db.srs, db.pbds, db.hosts = map[string]*srRecord{}, map[string]*pbdRecord{}, map[string]bool{}
+		db.vbds, db.sims, db.down = map[string]*vbdRecord{}, map[string]*Sim{}, map[string]bool{}
 	}
 }
 
@@ -59,6 +66,7 @@ func (s *Sim) hostLocked() string {
 		s.hostUUID = newUUID()
 	}
 	s.xapi.hosts[s.hostUUID] = true
+	s.xapi.sims[s.hostUUID] = s
 	return s.hostUUID
 }
 
@@ -238,6 +246,13 @@ func (s *Sim) xenAPIRecords(method string, params []json.RawMessage) (result any
 			return nil, handleInvalid("host"), true
 		}
 		return map[string]string{"xapi": s.xapiVersion(), "product_brand": "XCP-ng"}, nil, true
+	case "host.get_uuid":
+		if u, ok := strings.CutPrefix(str(1), hostRefPrefix); ok && db.hosts[u] {
+			return u, nil, true
+		}
+		return nil, handleInvalid("host"), true
+	case "VDI.get_all_records_where", "VBD.get_all_records_where", "VM.get_resident_on", "VM.get_current_operations":
+		return db.vmRecords(method, str(1))
 	case "SR.get_by_uuid":
 		for ref, r := range db.srs {
 			if r.UUID == str(1) {

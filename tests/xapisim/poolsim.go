@@ -53,6 +53,9 @@ func (p *PoolSim) Master() *Sim { return p.Hosts[0] }
 // host i's view (its PBD and, while plugged, its SR.attach handle).
 type PoolSR struct {
 	SRs []*SR
+	// DuringMigration, if set, runs inside Migrate once the VM is marked
+	// migrating, before the destination attaches.
+	DuringMigration func()
 }
 
 // SRCreate replays `xe sr-create shared=true` on the master: SR.create
@@ -115,6 +118,11 @@ func (ps *PoolSR) Migrate(ctx context.Context, a *Attachment, from, to int, doma
 	if err := validDomain(domainTo, false, dst.sim.OldDaemon); err != nil {
 		return nil, tm, err
 	}
+	ps.migrating(a, true)
+	defer ps.migrating(a, false)
+	if ps.DuringMigration != nil {
+		ps.DuringMigration()
+	}
 	if err := dst.epochBegin(ctx, od, a.Key, true); err != nil {
 		return nil, tm, err
 	}
@@ -142,6 +150,7 @@ func (ps *PoolSR) Migrate(ctx context.Context, a *Attachment, from, to int, doma
 		return b, tm, fmt.Errorf("source detach: %w", err)
 	}
 	src.setAttached(a.Key, -1)
+	ps.migrated(a, b, to)
 	od.say("  = %s on the destination", b.Device)
 	return b, tm, nil
 }

@@ -45,6 +45,8 @@ type Attachment struct {
 	// Device is the first BlockDevice (or File) path of the backend, what
 	// blkback would be given.
 	Device string
+	// vbd is the VBD record of its VM in the pool's database.
+	vbd string
 }
 
 // SRCreate replays `xe sr-create type=<t> shared=true` (spec §8.1): on the

@@ -58,6 +58,15 @@ type Sim struct {
 	// on this machine (plugin.Run). A pool lab points a member's Sim at
 	// that host's agent.
 	Exec func(ctx context.Context, script string, stdin []byte) (plugin.Outcome, error)
+	// HostPlugin runs a XenAPI host plugin on this host (host.call_plugin,
+	// hostplugin.go); nil forks it here (host.RunHostPlugin). A pool lab
+	// points a member's at that host's agent. An error wrapping
+	// fs.ErrNotExist is a plugin the host does not have; a killed plugin
+	// is an Outcome with its Signal.
+	HostPlugin func(ctx context.Context, path, call string) (plugin.Outcome, error)
+	// PluginDir is this host's xapi plugin directory; "" means
+	// /etc/xapi.d/plugins.
+	PluginDir string
 
 	mu         sync.Mutex
 	registered map[string]*Datapath // by scheme

@@ -90,6 +90,7 @@ func (sr *SR) vmStart(ctx context.Context, o *op, key, domain string, persistent
 	if err := sr.activateStep(ctx, o, a); err != nil {
 		return a, err
 	}
+	sr.recordVM(a)
 	o.say("  = %s", a.Device)
 	return a, nil
 }
@@ -204,6 +205,7 @@ func (sr *SR) VMShutdown(ctx context.Context, a *Attachment) error {
 		return err
 	}
 	sr.setAttached(a.Key, -1)
+	sr.forgetVM(a)
 	v, err := sr.volumeStat(ctx, o, a.Key)
 	if err != nil {
 		return err

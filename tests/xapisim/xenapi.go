@@ -92,6 +92,18 @@ func (s *Sim) serveRPC(w http.ResponseWriter, r *http.Request) {
 		} else {
 			resp["error"] = rpcError{Message: "HANDLE_INVALID", Data: []string{"secret", str(1)}}
 		}
+	case "host.call_plugin":
+		// Outside the database lock: the plugin may run for a while.
+		var args map[string]string
+		if len(req.Params) > 4 {
+			_ = json.Unmarshal(req.Params[4], &args)
+		}
+		res, rerr := s.callPlugin(r.Context(), str(0), str(1), str(2), str(3), args)
+		if rerr != nil {
+			resp["error"] = *rerr
+		} else {
+			resp["result"] = res
+		}
 	default:
 		res, rerr, ok := s.xenAPIRecords(req.Method, req.Params)
 		switch {
