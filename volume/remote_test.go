@@ -417,21 +417,13 @@ func TestRemoteCrashAtEveryStep(t *testing.T) {
 			r := newRemoteEnv(t)
 			s1 := r.snapshot("s1")
 			merge := strings.HasPrefix(step, "merge:")
-			r.crash = step
-			at, err := r.run(func() error {
+			r.crashThenRepair(t, step, func() error {
 				if merge {
 					return r.e.DeleteSnapshot(ctx, r.sr, s1)
 				}
 				_, err := r.e.Snapshot(ctx, r.sr, r.key, "crash", "")
 				return err
 			})
-			r.crash = ""
-			if at != step {
-				t.Fatalf("crash at %s expected, got %q (%v)", step, at, err)
-			}
-			if err := r.e.RepairChain(ctx, r.sr, r.key); err != nil {
-				t.Fatal(err)
-			}
 			got, _ := r.chain()
 			want := []string{s1}
 			switch {

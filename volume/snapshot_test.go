@@ -236,21 +236,13 @@ func TestSnapshotCrashAtEveryStep(t *testing.T) {
 					if !merge && depth+1 == volume.MaxDepth {
 						t.Skip("no room for another snapshot")
 					}
-					s.crash = step
-					at, err := s.run(func() error {
+					s.crashThenRepair(t, step, func() error {
 						if merge {
 							return s.e.DeleteSnapshot(ctx, s.sr, snaps[0])
 						}
 						_, err := s.e.Snapshot(ctx, s.sr, s.key, "crash", "")
 						return err
 					})
-					s.crash = ""
-					if at != step {
-						t.Fatalf("crash at %s expected, got %q (%v)", step, at, err)
-					}
-					if err := s.e.RepairChain(ctx, s.sr, s.key); err != nil {
-						t.Fatal(err)
-					}
 					got, _ := s.chain()
 					want := snaps
 					switch {
@@ -355,4 +347,20 @@ func TestResizeGrowsTheRunningDevice(t *testing.T) {
 		t.Errorf("left suspended: %v", suspended)
 	}
 	s.attach() // checks K's major:minor is unchanged
+}
+
+// crashThenRepair runs f with a crash at step, requires the crash to
+// happen there, and repairs the volume's chain from its tags, as the next
+// call on any host would.
+func (s *snapEnv) crashThenRepair(t *testing.T, step string, f func() error) {
+	t.Helper()
+	s.crash = step
+	at, err := s.run(f)
+	s.crash = ""
+	if at != step {
+		t.Fatalf("crash at %s expected, got %q (%v)", step, at, err)
+	}
+	if err := s.e.RepairChain(context.Background(), s.sr, s.key); err != nil {
+		t.Fatal(err)
+	}
 }
