@@ -538,7 +538,8 @@ type poolDisk struct {
 	seed uint32 // last pattern written, 0 = none
 }
 
-// TestPoolInterleaved: 100 operations from both hosts at once. A creates,
+// TestPoolInterleaved: 100 operations from both hosts at once, each one
+// xapi call (a VM's start and stop are its four datapath calls). A creates,
 // resizes, destroys and starts VMs on its disks and scans; B starts VMs on
 // its disks, writes them, stops them and scans. Then vgck is clean, lvs
 // shows the same volumes from both hosts, and every disk holds what was
@@ -584,9 +585,15 @@ func TestPoolInterleaved(t *testing.T) {
 	start := time.Now()
 	var aDisks []*poolDisk
 	errs := make(chan error, 2)
+	// An operation is one call xapi makes: a create, a resize, a destroy,
+	// a scan, or one of a VM's four datapath calls (attach, activate,
+	// deactivate, detach), as the issue counts them; writeOn is four.
+	const vmCycle = 4
+	var opsA, opsB int
 	go func() { // host A: 50 operations
 		var err error
-		for i := 0; i < 50 && err == nil; i++ {
+		for i := 0; opsA < 50 && err == nil; i++ {
+			opsA++
 			switch {
 			case i%5 == 4:
 				_, err = ps.On(0).Scan(ctx)
@@ -601,6 +608,7 @@ func TestPoolInterleaved(t *testing.T) {
 				d.size += 4 << 20
 				_, err = ps.Master().VDIResize(ctx, d.key, d.size)
 			case i%5 == 2:
+				opsA += vmCycle - 1
 				err = writeOn(0, aDisks[i%len(aDisks)], uint32(1000+i), "10")
 			case i%5 == 3 && len(aDisks) > 3:
 				d := aDisks[0]
@@ -617,10 +625,12 @@ func TestPoolInterleaved(t *testing.T) {
 	}()
 	go func() { // host B: 50 operations
 		var err error
-		for i := 0; i < 50 && err == nil && len(bDisks) > 0; i++ {
+		for i := 0; opsB < 50 && err == nil && len(bDisks) > 0; i++ {
 			if i%3 == 2 {
+				opsB++
 				_, err = ps.On(1).Scan(ctx)
 			} else {
+				opsB += vmCycle
 				err = writeOn(1, bDisks[i%len(bDisks)], uint32(2000+i), "20")
 			}
 			if err != nil {
@@ -668,7 +678,7 @@ func TestPoolInterleaved(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	t.Logf("pool-numbers interleaved: 100 operations (50 on each host at once) in %s", took.Round(time.Second))
+	t.Logf("pool-numbers interleaved: %d operations (%d on A, %d on B, at once) in %s", opsA+opsB, opsA, opsB, took.Round(time.Second))
 	for _, d := range append(aDisks, bDisks...) {
 		if d.seed == 0 {
 			if err := ps.Master().VDIDestroy(ctx, d.key); err != nil {

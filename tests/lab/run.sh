@@ -294,6 +294,9 @@ run_guest() {
 	img=$(image_dir "$kernel")
 	printf '%s\n' "$cmd" >"$rundir/share/cmd"
 	echo "$limit" >"$rundir/share/timeout"
+	# SANVOL_LAB_ACCT=1: the guest accounts every process's CPU and writes
+	# the sums to out/acct.txt (tests/lab/README.md, "Where the CPU goes").
+	[ "${SANVOL_LAB_ACCT:-}" != 1 ] || : >"$rundir/share/acct"
 	# boot (~15 s) and poweroff on top of the guest's own limit. The 6.12
 	# kernel sometimes oopses in early boot under multi-threaded TCG (an
 	# int3 left by live code patching): a guest that died before its init

@@ -20,6 +20,39 @@ finish() {
 	sleep 30
 }
 
+# acct_summary: CPU seconds by command name, from the accounting file
+# (struct acct_v3: comp_t times in 1/100 s) for the processes that ended,
+# and from /proc for the daemons still running; then /proc/stat's split
+# (kernel threads, nvmet and softirq land in system/softirq).
+acct_summary() {
+	perl -e 'syscall(163, 0)'
+	perl -e '
+		sub comp { my $c = shift; ($c & 0x1fff) << (3 * ($c >> 13)) }
+		open(my $f, "<", "/run/acct") or die;
+		binmode $f;
+		my (%cpu, %n);
+		while (read($f, my $r, 64) == 64) {
+			my @a = unpack("C C S L L L L L L f S S S S S S S S Z16", $r);
+			my $t = (comp($a[10]) + comp($a[11])) / 100;
+			$cpu{$a[18]} += $t; $n{$a[18]}++;
+		}
+		for my $s (glob "/proc/[0-9]*/stat") {
+			open(my $g, "<", $s) or next; my $l = <$g>; close $g;
+			$l =~ /^\d+ \((.*)\) \S+ (.*)/ or next; my @x = split / /, $2;
+			next if $x[5] == 0 && $x[6] == 0 || $1 =~ /^(kworker|ksoftirq|rcu|migration|cpuhp|kthreadd)/;
+			$cpu{"$1 (running)"} += ($x[10] + $x[11]) / 100; $n{"$1 (running)"}++;
+		}
+		my $tot = 0; $tot += $_ for values %cpu;
+		printf "%-28s %9s %7s %9s\n", "command", "cpu s", "count", "s each";
+		for my $k (sort { $cpu{$b} <=> $cpu{$a} } keys %cpu) {
+			printf "%-28s %9.2f %7d %9.3f\n", $k, $cpu{$k}, $n{$k}, $cpu{$k} / $n{$k};
+		}
+		printf "%-28s %9.2f\n", "all processes", $tot;
+	'
+	awk '/^cpu /{printf "proc/stat: user %.0f s, system %.0f s, irq %.0f s, softirq %.0f s, idle %.0f s\n", $2/100, $4/100, $7/100, $8/100, $5/100}' /proc/stat
+	grep -H . /sys/devices/system/cpu/vulnerabilities/* | sed 's|.*/||'
+}
+
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
 mkdir -p /run/lock /run/lvm /run/multipath /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
@@ -189,6 +222,12 @@ cd /root
 say "running $(cat "$L/cmd") (limit ${limit}s)"
 # The host shows the kernel log from here on when the command fails.
 cut -d' ' -f1 /proc/uptime >"$OUT/cmd-start-uptime"
+# BSD process accounting (the host asked with SANVOL_LAB_ACCT=1): perl's
+# syscall() is acct(2) (163 on x86_64); no package needed.
+if [ -f "$L/acct" ]; then
+	: >/run/acct
+	perl -e 'my $p = "/run/acct"; syscall(163, $p) == 0 or die "acct: $!\n"' || rm -f /run/acct
+fi
 {
 	timeout -k 15 "$limit" sh "$L/cmd"
 	echo $? >"$OUT/cmd.rc"
@@ -199,5 +238,6 @@ say "command exited $rc after $(cut -d' ' -f1 /proc/uptime) s of uptime"
 # What the guest asked of the host's cores: under TCG an idle vCPU halts,
 # so busy time is the scenario's CPU demand, the figure that decides how
 # many guests the host's cores carry side by side (docs/benchmarks.md).
+[ ! -f /run/acct ] || acct_summary >"$OUT/acct.txt" 2>&1
 say "cpu: $(awk '/^cpu /{b=$2+$3+$4+$7+$8; printf "%.0f s busy, %.0f s idle (all vCPUs)", b/100, ($5+$6)/100}' /proc/stat)"
 finish "$rc"
