@@ -190,7 +190,7 @@ new_rundir() {
 # memory exposure attempt detected from page alloc" in nvmet_tcp_io_work)
 # under heavy I/O; initiator and target never share a kernel outside the
 # lab. cryptomgr.notests saves boot time.
-cmdline="panic=1 oops=panic quiet cryptomgr.notests hardened_usercopy=off"
+cmdline="panic=1 oops=panic quiet cryptomgr.notests hardened_usercopy=off${SANVOL_LAB_APPEND:+ $SANVOL_LAB_APPEND}"
 
 # boot IMAGE RUNDIR LIMIT: boots the guest on the run dir and streams its
 # console. The guest powers itself off; the host timeout is the backstop.
