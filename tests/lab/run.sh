@@ -208,7 +208,7 @@ boot() {
 	local net=(-nic none)
 	[ -z "${pool_net:-}" ] || read -ra net <<<"$pool_net"
 	local args=(
-		-machine pc -accel "$accel" -cpu "$cpu" -smp 2 -m "${pool_mem:-3072}"
+		-machine pc -accel "$accel" -cpu "$cpu" -smp "${SANVOL_LAB_SMP:-2}" -m "${pool_mem:-3072}"
 		-no-reboot "${net[@]}"
 		-kernel "$img/vmlinuz" -initrd "$img/initrd.img"
 		-append "console=ttyS0 root=/dev/vda rw rootfstype=ext4 init=/sbin/lab-init $cmdline"
@@ -301,9 +301,25 @@ run_guest() {
 	# kernel sometimes oopses in early boot under multi-threaded TCG (an
 	# int3 left by live code patching): a guest that died before its init
 	# ran is booted again, at most twice.
-	local try
+	# A 6.1 guest once hung before its init said it was up: a process
+	# spinning in the kernel with soft lockup reports until the host
+	# timeout, 25 minutes later. The boot watchdog kills a guest not up
+	# after boot_wait seconds (booting takes 10 to 60 s, loaded) and it
+	# is booted again like a dead one.
+	local try wd boot_wait=${SANVOL_LAB_BOOT_WAIT:-300}
 	for try in 1 2 3; do
+		(
+			for _ in $(seq $((boot_wait / 5))); do
+				sleep 5
+				grep -q '^lab: up after' "$rundir/console.log" 2>/dev/null && exit 0
+			done
+			say "the guest is not up after ${boot_wait}s (boot $try): killing it"
+			pkill -f -- "path=$rundir/share," || true
+		) &
+		wd=$!
 		boot "$img" "$rundir" $((limit + 120))
+		kill "$wd" 2>/dev/null || true
+		wait "$wd" 2>/dev/null || true
 		grep -q '^lab: up after' "$rundir/console.log" 2>/dev/null && break
 		[ "$qemu_rc" = 124 ] && break # hung, not dead: booting again would hang too
 		say "the guest died before its init ran (boot $try): $(grep -m1 -E 'Oops|panic|BUG' "$rundir/console.log" || echo 'no kernel message')"
