@@ -66,16 +66,20 @@ func TestSnapshotBench(t *testing.T) {
 	// open creates a volume and attaches and activates it as VM dbid
 	// would. Volume.create zeroes the whole volume and the lab's zeroes
 	// are real pages in the guest's RAM (tmpfs has no ZERO_RANGE), so a
-	// large volume is created at 64 MiB and its LV then grown with
+	// sparse volume is created at 64 MiB and its LV then grown with
 	// lvextend: the added extents were never written and read as zeroes.
 	// Neither the snapshot call nor its delete reads the volume's data.
-	open := func(name string, size int64, dbid string) (key, dev string) {
+	open := func(name string, size int64, dbid string, sparse bool) (key, dev string) {
 		t.Helper()
-		v, err := l.e.VolumeCreate(ctx, l.sr, name, "", min(size, 64*mib), false)
+		create := size
+		if sparse {
+			create = min(size, 64*mib)
+		}
+		v, err := l.e.VolumeCreate(ctx, l.sr, name, "", create, false)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if size > 64*mib {
+		if size > create {
 			if err := lc.LVExtend(ctx, l.scope(), l.vg, volume.LVName(v.Key), size/a.ExtentSize); err != nil {
 				t.Fatal(err)
 			}
@@ -97,9 +101,9 @@ func TestSnapshotBench(t *testing.T) {
 	keys := make([]string, len(sizes))
 	devs := make([]string, len(sizes))
 	for i, size := range sizes {
-		keys[i], devs[i] = open(fmt.Sprintf("size%d", i), size, strconv.Itoa(10+i))
+		keys[i], devs[i] = open(fmt.Sprintf("size%d", i), size, strconv.Itoa(10+i), true)
 	}
-	kKey, k := open("k", kSize, "7")
+	kKey, k := open("k", kSize, "7", false)
 	kName := volume.DevName(testSRUUID, kKey)
 
 	// The merges of K run through an engine whose step hook, at the
