@@ -35,28 +35,47 @@ import (
 //     against dd copying as much data between two volumes of the SR;
 //  5. the kernel memory per changed chunk: the dm_exception slab and
 //     /proc/meminfo's SUnreclaim, for sequential and for scattered
-//     changed chunks.
+//     changed chunks;
+//  6. the same for every chunk of K changed in an order the kernel
+//     cannot fold: the worst case per GiB of volume.
 //
-// Run: SANVOL_LAB_BENCH=1 tests/lab/run.sh test -run '^TestSnapshotBench$'
+// TestSnapshotBenchISCSI is the same on an iSCSI LUN through
+// dm-multipath (two portals).
+//
+// Run: SANVOL_LAB_BENCH=1 tests/lab/run.sh test -run '^TestSnapshotBench(ISCSI)?$'
 func TestSnapshotBench(t *testing.T) {
 	nvmeLab(t)
+	benchOnly(t)
+	snapshotBench(t, func(size int64) *engineLab { return newEngineLab(t, "snapbench", size) })
+}
+
+func TestSnapshotBenchISCSI(t *testing.T) {
+	nvmeLab(t) // the lab's portal addresses
+	benchOnly(t)
+	snapshotBench(t, func(size int64) *engineLab { return newISCSIEngineLab(t, "snapbench", size) })
+}
+
+func benchOnly(t *testing.T) {
 	if os.Getenv("SANVOL_LAB_BENCH") != "1" {
-		t.Skip("a benchmark: SANVOL_LAB_BENCH=1 tests/lab/run.sh test -run '^TestSnapshotBench$'")
+		t.Skip("a benchmark: SANVOL_LAB_BENCH=1 tests/lab/run.sh test -run '^TestSnapshotBench(ISCSI)?$'")
 	}
+}
+
+func snapshotBench(t *testing.T, newLab func(size int64) *engineLab) {
 	const (
 		mib   = int64(1) << 20
 		gib   = mib << 10
 		kSize = 256 * mib
 		seq   = 64 * mib // the sequential writes' span, at K's start
-		reps  = 3
+		reps  = 5
 	)
 	sizes := []int64{64 * mib, gib, 4 * gib}
-	// The namespace's backing file is sparse on the guest's tmpfs, so it
+	// The target's backing file is sparse on the guest's tmpfs, so it
 	// holds only what is written: the 1 and 4 GiB volumes are grown
 	// outside sanvol (below) and never written, and only one COW exists
 	// at a time.
 	lun := volume.MetadataAreaMiB*mib + 64*mib + gib + 4*gib + kSize + (4*gib + 64*mib)
-	l := newSnapLab(t, newEngineLab(t, "snapbench", lun))
+	l := newSnapLab(t, newLab(lun))
 	ctx := l.ctx
 	a, err := volume.LoadAttached(l.root, testSRUUID)
 	if err != nil {
@@ -106,21 +125,31 @@ func TestSnapshotBench(t *testing.T) {
 	kKey, k := open("k", kSize, "7", false)
 	kName := volume.DevName(testSRUUID, kKey)
 
-	// The merges of K run through an engine whose step hook, at the
-	// merge's start (K's table just reloaded as snapshot-merge), watches
-	// the kernel's status until every exception is merged: the engine
-	// itself polls only every 500 ms and then switches tables.
-	var kernelMerge time.Duration
-	var hookErr error
+	// The snapshots and merges run through an engine whose step hook
+	// notes when each step ends and, at a merge's start (the table just
+	// reloaded as snapshot-merge), watches the kernel's status until
+	// every exception is merged: the engine itself polls only every
+	// 500 ms and then switches tables.
+	type stepAt struct {
+		step string
+		at   time.Time
+	}
+	var (
+		steps       []stepAt
+		watch       string // the merging device
+		kernelMerge time.Duration
+		hookErr     error
+	)
 	me, err := volume.New(volume.Options{LVM: lc, Transport: l.tr, Runner: l.runner, Locker: host.FileLocker{Root: l.root},
 		Root: l.root, Role: host.Role{Master: true}, Log: l.log, Version: "lab",
 		Fault: func(step string) {
+			steps = append(steps, stepAt{step, time.Now()})
 			if step != volume.StepMergeStart {
 				return
 			}
 			start := time.Now()
 			for time.Since(start) < 15*time.Minute {
-				line, err := l.dm.Status(ctx, kName)
+				line, err := l.dm.Status(ctx, watch)
 				if err != nil {
 					hookErr = err
 					return
@@ -141,20 +170,30 @@ func TestSnapshotBench(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	snap := func(key string) (string, time.Duration) {
+	// snap returns the call's time and each step's, from the previous
+	// step's end (the first from the call's start).
+	snap := func(key string) (string, time.Duration, map[string]time.Duration) {
 		t.Helper()
+		steps = nil
 		start := time.Now()
-		s, err := l.e.Snapshot(ctx, l.sr, key, "bench", "")
+		s, err := me.Snapshot(ctx, l.sr, key, "bench", "")
 		if err != nil {
 			t.Fatal(err)
 		}
-		return s.Key, time.Since(start)
+		d := time.Since(start)
+		per := map[string]time.Duration{}
+		prev := start
+		for _, st := range steps {
+			per[st.step] = st.at.Sub(prev)
+			prev = st.at
+		}
+		return s.Key, d, per
 	}
-	del := func(e *volume.Engine, s string) time.Duration {
+	del := func(key, s string) time.Duration {
 		t.Helper()
-		kernelMerge, hookErr = 0, nil
+		watch, kernelMerge, hookErr = volume.DevName(testSRUUID, key), 0, nil
 		start := time.Now()
-		if err := e.DeleteSnapshot(ctx, l.sr, s); err != nil {
+		if err := me.DeleteSnapshot(ctx, l.sr, s); err != nil {
 			t.Fatal(err)
 		}
 		if hookErr != nil {
@@ -181,21 +220,31 @@ func TestSnapshotBench(t *testing.T) {
 	// 1. The snapshot call, live, on each size, rotating which goes
 	// first; each snapshot deleted at once (nothing to merge).
 	calls := make([][]time.Duration, len(sizes))
+	stepTimes := make([]map[string][]time.Duration, len(sizes))
 	var emptyDel []time.Duration
 	for r := range reps {
 		for j := range sizes {
 			i := (j + r) % len(sizes)
-			s, d := snap(keys[i])
+			s, d, per := snap(keys[i])
 			calls[i] = append(calls[i], d)
-			emptyDel = append(emptyDel, del(l.e, s))
+			for step, sd := range per {
+				if stepTimes[i] == nil {
+					stepTimes[i] = map[string][]time.Duration{}
+				}
+				stepTimes[i][step] = append(stepTimes[i][step], sd)
+			}
+			emptyDel = append(emptyDel, del(keys[i], s))
 		}
 	}
-	var line []string
 	for i, size := range sizes {
-		line = append(line, fmt.Sprintf("%d MiB %s (%.2f)", size/mib, medianOf(calls[i]), ratio(medianOf(calls[i]), medianOf(calls[0]))))
+		var parts []string
+		for _, step := range []string{volume.StepSnapshotCOW, volume.StepSnapshotZero, volume.StepSnapshotIntent, volume.StepSnapshotSwitch, volume.StepSnapshotCommit} {
+			parts = append(parts, fmt.Sprintf("%s %s", step, medianOf(stepTimes[i][step]).Round(time.Millisecond)))
+		}
+		t.Logf("snapshot call, live, %d MiB: median %s (%.2f of the 64 MiB volume's), all %v; median per step: %s",
+			size/mib, medianOf(calls[i]).Round(time.Millisecond), ratio(medianOf(calls[i]), medianOf(calls[0])), roundAll(calls[i]), strings.Join(parts, ", "))
 	}
-	t.Logf("snapshot call, live, median of %d, against the 64 MiB volume: %s; delete with nothing to merge: median %s",
-		reps, strings.Join(line, ", "), medianOf(emptyDel))
+	t.Logf("delete with nothing to merge: median %s", medianOf(emptyDel).Round(time.Millisecond))
 	if r := ratio(medianOf(calls[len(sizes)-1]), medianOf(calls[0])); r > 2 {
 		t.Errorf("the snapshot call on a volume 64 times bigger took %.2f times as long: it grows with the size", r)
 	}
@@ -218,7 +267,7 @@ func TestSnapshotBench(t *testing.T) {
 	plainRand1 := writes4K(t, k, randOffs, 1)
 	copy1 := copyMBps()
 
-	s, _ := snap(kKey)
+	s, _, _ := snap(kKey)
 	slab0, mem0 := readExceptionSlab(t), meminfoKiB(t)
 	firstSeq := ddMBps(t, k, 0, int(seq/mib))
 	slab1, mem1 := readExceptionSlab(t), meminfoKiB(t)
@@ -239,7 +288,7 @@ func TestSnapshotBench(t *testing.T) {
 	}
 
 	// 4. The merge of all of K against dd copying as much.
-	tDel := del(me, s)
+	tDel := del(kKey, s)
 	seqMerge := kernelMerge
 	copy2 := copyMBps()
 	plainSeq2 := ddMBps(t, k, 0, int(seq/mib))
@@ -263,7 +312,7 @@ func TestSnapshotBench(t *testing.T) {
 	// two exceptions are consecutive (the kernel folds a run of chunks
 	// consecutive on both the origin and the COW into one entry), four
 	// writers at a time.
-	s, _ = snap(kKey)
+	s, _, _ = snap(kKey)
 	slab2, mem2 := readExceptionSlab(t), meminfoKiB(t)
 	var strided []int64
 	for off := int64(0); off < kSize; off += 2 * snapChunkBytes {
@@ -272,7 +321,7 @@ func TestSnapshotBench(t *testing.T) {
 	writes4K(t, k, strided, 4)
 	slab3, mem3 := readExceptionSlab(t), meminfoKiB(t)
 	scat := kStatus("scattered writes")
-	del(me, s)
+	del(kKey, s)
 	scatMerge := kernelMerge
 	slab4, mem4 := readExceptionSlab(t), meminfoKiB(t)
 	t.Logf("%d scattered changed chunks: COW %d/%d sectors, %d metadata; their merge %s (%.2f of the sequential merge's speed per chunk)",
@@ -297,11 +346,44 @@ func TestSnapshotBench(t *testing.T) {
 	if perScat > 1.5 {
 		t.Errorf("%.2f dm_exception objects per scattered changed chunk; the kernel keeps one", perScat)
 	}
+
+	// 6. The worst case per GiB of volume: every chunk of K changed,
+	// from the last to the first by one writer. Each new exception's COW
+	// chunk follows the previous one's while its origin chunk precedes
+	// it, so the kernel folds none (dm_insert_exception joins a chunk to
+	// a neighbour only when both numbers are consecutive).
+	s, _, _ = snap(kKey)
+	slab5, mem5 := readExceptionSlab(t), meminfoKiB(t)
+	var down []int64
+	for off := kSize - snapChunkBytes; off >= 0; off -= snapChunkBytes {
+		down = append(down, off)
+	}
+	writes4K(t, k, down, 1)
+	slab6, mem6 := readExceptionSlab(t), meminfoKiB(t)
+	all := kStatus("every chunk written backwards")
+	del(kKey, s)
+	downMerge := kernelMerge
+	slab7 := readExceptionSlab(t)
+	perDown := float64(slab6.objects-slab5.objects) / float64(len(down))
+	t.Logf("every chunk of K changed backwards (%d chunks): COW %d/%d sectors, %d metadata; dm_exception %+d objects (%.3f per chunk, %.0f KiB per GiB of volume), %+d after the merge; SUnreclaim %+d KiB (%.1f bytes per chunk); merge %s",
+		len(down), all.Allocated, all.Total, all.Metadata, slab6.objects-slab5.objects, perDown, perDown*chunksPerGiB*float64(slab5.size)/1024,
+		slab7.objects-slab6.objects, mem6["SUnreclaim"]-mem5["SUnreclaim"], float64(mem6["SUnreclaim"]-mem5["SUnreclaim"])*1024/float64(len(down)), downMerge)
+	if perDown > 1.5 {
+		t.Errorf("%.2f dm_exception objects per changed chunk; the kernel keeps one", perDown)
+	}
 }
 
 // snapChunkBytes is the overlays' exception chunk (blockdev.SnapChunk
 // sectors).
 const snapChunkBytes = blockdev.SnapChunk * 512
+
+func roundAll(d []time.Duration) []time.Duration {
+	out := make([]time.Duration, len(d))
+	for i, x := range d {
+		out[i] = x.Round(10 * time.Millisecond)
+	}
+	return out
+}
 
 func medianOf(d []time.Duration) time.Duration {
 	s := slices.Clone(d)
