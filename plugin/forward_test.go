@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"path"
+	"slices"
 	"strings"
 	"testing"
 
@@ -309,5 +310,22 @@ func TestForwardedErrorKind(t *testing.T) {
 	}
 	if d := ErrorDocument("Volume.set", e); d.Params[1] != "locked" {
 		t.Fatalf("document changed: %v", d)
+	}
+}
+
+func TestPendingMethodsOnlyWithTheLabsEnvironment(t *testing.T) {
+	clone := fwdDir + "Volume.clone"
+	if _, err := Resolve(clone); host.KindOf(err) != host.KindInvalid {
+		t.Fatalf("Volume.clone resolved without %s: %v", PendingEnv, err)
+	}
+	t.Setenv(PendingEnv, "1")
+	if tg, err := Resolve(clone); err != nil || tg.Method.Name != "Volume.clone" {
+		t.Fatalf("with %s=1: %+v %v", PendingEnv, tg, err)
+	}
+	if _, err := Resolve("/x/datapath/sanvol/Volume.clone"); err == nil {
+		t.Fatal("a datapath directory serves Volume.clone")
+	}
+	if dirs := PluginDirs(); slices.Contains(dirs["volume/"+VolumePrefix+TypeNVMeTCP], "Volume.clone") {
+		t.Fatal("the environment installs Volume.clone")
 	}
 }
