@@ -105,7 +105,7 @@ func (l *poolLab) resetOnBootScenario(srType string, cfg map[string]string) {
 	forwarded := l.forwardedOnA()
 	ps := l.create(srType, cfg)
 	b := ps.On(1)
-	for _, f := range []string{"VDI_CLONE", "VDI_RESET_ON_BOOT/2", "VDI_SNAPSHOT"} {
+	for _, f := range []string{"VDI_CLONE", "VDI_RESET_ON_BOOT", "VDI_SNAPSHOT"} {
 		if !xapisim.HasFeature(b.Features, f) {
 			t.Fatalf("the SR lacks %s: %v", f, b.Features)
 		}
