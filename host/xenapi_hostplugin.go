@@ -161,3 +161,44 @@ func (x *XenAPI) CallPlugin(ctx context.Context, hostUUID, name, fn string, args
 func slowClient(c *http.Client) *http.Client {
 	return &http.Client{Transport: c.Transport}
 }
+
+// PoolMaster returns the uuid of the pool's master as this host's xapi
+// knows it (XenAPI pool.get_all, pool.get_master): the host a member
+// forwards its metadata-writing calls to (plugin/forward.go). A member's
+// xapi answers from the master's database (its local socket forwards
+// the call to the master: ocaml/xapi/api_server.ml, callback1), so the
+// answer is the master xapi runs on now, which may already differ from
+// pool.conf during a designate_new_master.
+func (x *XenAPI) PoolMaster(ctx context.Context) (string, error) {
+	const op = "find the pool master"
+	s, err := x.Login(ctx)
+	if err != nil {
+		return "", NewError(KindUnreachable, op, "cannot log in to xapi", "check that xapi is running on this host", err)
+	}
+	defer s.Logout(ctx)
+	get := func(out any, method string, params ...any) error {
+		res, err := s.Call(ctx, method, params...)
+		if err != nil {
+			return NewError(KindUnreachable, op, "XenAPI "+method+" failed", "check that the pool master's xapi answers (xe host-list)", err)
+		}
+		if err := json.Unmarshal(res, out); err != nil {
+			return fmt.Errorf("%s: %s: unexpected answer: %w", op, method, err)
+		}
+		return nil
+	}
+	var pools []string
+	if err := get(&pools, "pool.get_all"); err != nil {
+		return "", err
+	}
+	if len(pools) != 1 {
+		return "", NewError(KindInternal, op, fmt.Sprintf("xapi lists %d pools", len(pools)), "", nil)
+	}
+	var ref, uuid string
+	if err := get(&ref, "pool.get_master", pools[0]); err != nil {
+		return "", err
+	}
+	if err := get(&uuid, "host.get_uuid", ref); err != nil {
+		return "", err
+	}
+	return uuid, nil
+}

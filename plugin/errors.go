@@ -28,6 +28,11 @@ func (e *ActivatedOnAnotherHost) Error() string {
 // ErrorDocument turns any error into the document xapi-storage-script
 // requires, with every mandatory key present.
 func ErrorDocument(method string, err error) schema.ErrorDoc {
+	// The master's document for a call this member forwarded: unchanged.
+	var fwd *ForwardedError
+	if errors.As(err, &fwd) {
+		return fwd.Doc
+	}
 	var other *ActivatedOnAnotherHost
 	if errors.As(err, &other) {
 		return schema.ErrorDoc{Code: ErrorCode, Params: []string{activatedElsewhere, other.HostUUID},

@@ -40,6 +40,12 @@ type Deps struct {
 	// SR.create refuses to share a target IQN with; nil checks only this
 	// host's sm reference files.
 	SMAPIv1 host.SMAPIv1SRs
+	// Pool is how a member forwards a call to the master (forward.go);
+	// nil uses the local xapi.
+	Pool PoolPlugins
+	// Forwarded is set for a call a member forwarded to this host's
+	// host plugin: it runs here or is refused, never forwarded again.
+	Forwarded bool
 }
 
 // Services is what the SR and Volume methods of one SR type are served by.
@@ -313,12 +319,18 @@ func volumeSnapshot(ctx context.Context, c *Call) (any, error) {
 // volumeClone is Volume.clone: of a snapshot, or of a volume (what the
 // daemon's reset-on-boot calls at VM start, main.ml vdi_epoch_begin_impl).
 func volumeClone(ctx context.Context, c *Call) (any, error) {
+	if ok, res, err := c.forwarded(ctx); ok {
+		return res, err
+	}
 	return withEngine(c, func(e *volume.Engine) (schema.Volume, error) {
 		return volumeResult(e.VolumeClone(ctx, c.Args.Str("sr"), c.Args.Str("key")))
 	})
 }
 
 func volumeDestroy(ctx context.Context, c *Call) (any, error) {
+	if ok, res, err := c.forwarded(ctx); ok {
+		return res, err
+	}
 	return withEngine(c, func(e *volume.Engine) (any, error) {
 		return unit(e.VolumeDestroy(ctx, c.Args.Str("sr"), c.Args.Str("key")))
 	})
@@ -331,12 +343,18 @@ func volumeResize(ctx context.Context, c *Call) (any, error) {
 }
 
 func volumeSet(ctx context.Context, c *Call) (any, error) {
+	if ok, res, err := c.forwarded(ctx); ok {
+		return res, err
+	}
 	return withEngine(c, func(e *volume.Engine) (any, error) {
 		return unit(e.VolumeSet(ctx, c.Args.Str("sr"), c.Args.Str("key"), c.Args.Str("k"), c.Args.Str("v")))
 	})
 }
 
 func volumeUnset(ctx context.Context, c *Call) (any, error) {
+	if ok, res, err := c.forwarded(ctx); ok {
+		return res, err
+	}
 	return withEngine(c, func(e *volume.Engine) (any, error) {
 		return unit(e.VolumeUnset(ctx, c.Args.Str("sr"), c.Args.Str("key"), c.Args.Str("k")))
 	})

@@ -23,10 +23,13 @@ import (
 // sanvol's XenAPI host plugin, /etc/xapi.d/plugins/sanvol: the master
 // calls it with host.call_plugin on the host where a volume is active,
 // to make the device steps of a snapshot or a merge there (volume/
-// remote.go, docs/design.md "The control channel"). Its functions touch
-// this host's device-mapper only, for the chain they are given; they
-// never read or write LVM metadata beyond activating the COW LVs that
-// chain maps, and repeating any of them is harmless.
+// remote.go, docs/design.md "The control channel"). Those functions
+// touch this host's device-mapper only, for the chain they are given;
+// they never read or write LVM metadata beyond activating the COW LVs
+// that chain maps, and repeating any of them is harmless. The other
+// direction is HostFnVolume (forward.go): a member calls the master's
+// plugin to run one of reset-on-boot's Volume methods there, which
+// writes metadata as the master's own method file would.
 //
 // The process contract is xen-api ocaml/xapi/xapi_plugins.ml
 // call_plugin: xapi forks the plugin with one argument, an XML-RPC
@@ -47,6 +50,8 @@ const (
 	HostFnConverge   = "converge"
 	HostFnWaitMerged = "wait_merged"
 	HostFnLive       = "live"
+	// HostFnVolume (forward.go) is the other direction: a member's
+	// reset-on-boot Volume call, run on the master.
 )
 
 // hostFnWait is how long one wait_merged call waits at most by default;
@@ -179,6 +184,8 @@ func ServeHostPlugin(ctx context.Context, argv []string, stdout io.Writer, deps 
 func runHostFn(ctx context.Context, deps *Deps, fn string, args map[string]string) (string, error) {
 	switch fn {
 	case HostFnConverge, HostFnWaitMerged, HostFnLive:
+	case HostFnVolume:
+		return runForwarded(ctx, deps, args)
 	default:
 		return "", host.NewError(host.KindUnimpl, "host plugin", fmt.Sprintf("no function %q", fn),
 			"the caller and this host run different sanvol versions; update them together", nil)

@@ -20,6 +20,7 @@ func NewDeps(version string, stderr io.Writer) *Deps {
 		Runner:  host.NewExecRunner(log),
 		XenAPI:  x,
 		SMAPIv1: x,
+		Pool:    x,
 	}
 	d.Services = func(srType string) (Services, error) { return newServices(d, srType) }
 	d.Datapath = func() (*datapath.Datapath, error) { return newDatapath(d) }

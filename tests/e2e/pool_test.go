@@ -249,8 +249,11 @@ func (l *poolLab) scenario(srType string, cfg map[string]string, checkA func()) 
 	}
 	seen := time.Since(start)
 
-	// B refuses every metadata-writing call, and writes nothing: the
-	// metadata area is byte-identical around its calls, reads included.
+	// B writes no metadata: it refuses every metadata-writing call but
+	// reset-on-boot's four, which it forwards to the master
+	// (plugin/forward.go); with the master's host plugin unreachable
+	// those fail, retryable, naming the master. The metadata area is
+	// byte-identical around all of them, reads included.
 	before := l.metadataArea(ps.Master().UUID)
 	b := ps.On(1)
 	for _, c := range []struct {
@@ -259,14 +262,48 @@ func (l *poolLab) scenario(srType string, cfg map[string]string, checkA func()) 
 	}{
 		{"Volume.create", schema.VolumeCreateArgs{Dbg: "pool", SR: b.Handle, Name: "from B", Size: 8 << 20}},
 		{"Volume.resize", schema.VolumeResizeArgs{Dbg: "pool", SR: b.Handle, Key: v.Key, NewSize: 96 << 20}},
-		{"Volume.set", schema.VolumeSetArgs{Dbg: "pool", SR: b.Handle, Key: v.Key, K: "from", V: "B"}},
-		{"Volume.destroy", schema.VolumeArgs{Dbg: "pool", SR: b.Handle, Key: v.Key}},
+		{"Volume.set_name", schema.VolumeSetNameArgs{Dbg: "pool", SR: b.Handle, Key: v.Key, NewName: "from B"}},
+		{"Volume.set_description", schema.VolumeSetDescriptionArgs{Dbg: "pool", SR: b.Handle, Key: v.Key, NewDescription: "from B"}},
 	} {
 		wantNotMaster(t, c.method, b.Call(ctx, c.method, c.args, nil), poolAddrA1)
 	}
+	forwarded := []struct {
+		method string
+		args   any
+	}{
+		{"Volume.set", schema.VolumeSetArgs{Dbg: "pool", SR: b.Handle, Key: v.Key, K: "from", V: "B"}},
+		{"Volume.unset", schema.VolumeUnsetArgs{Dbg: "pool", SR: b.Handle, Key: v.Key, K: "from"}},
+		{"Volume.destroy", schema.VolumeArgs{Dbg: "pool", SR: b.Handle, Key: v.Key}},
+	}
+	l.pool.Down(0, true)
+	for _, c := range forwarded {
+		err := b.Call(ctx, c.method, c.args, nil)
+		var ce *plugin.CallError
+		if !errors.As(err, &ce) || len(ce.Doc.Params) < 2 || ce.Doc.Params[0] != string(host.KindUnreachable) ||
+			!strings.Contains(ce.Doc.Params[1], poolAddrA1) || !strings.Contains(ce.Doc.Params[1], "retry") {
+			t.Fatalf("%s on B with the master unreachable: %v; want a retryable Unreachable naming %s", c.method, err, poolAddrA1)
+		}
+	}
+	l.pool.Down(0, false)
 	l.scanFor(ps, 1, v.Key)
 	if after := l.metadataArea(ps.Master().UUID); after != before {
 		t.Fatalf("the VG metadata area changed around B's calls: %s -> %s", before, after)
+	}
+	// Forwarded, the master writes them: A sees B's key come and go.
+	keyFrom := func() string {
+		var st schema.Volume
+		if err := ps.Master().Call(ctx, "Volume.stat", schema.VolumeArgs{Dbg: "pool", SR: ps.Master().Handle, Key: v.Key}, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Keys["from"]
+	}
+	for i, want := range []string{"B", ""} {
+		if err := b.Call(ctx, forwarded[i].method, forwarded[i].args, nil); err != nil {
+			t.Fatalf("%s forwarded from B: %v", forwarded[i].method, err)
+		}
+		if got := keyFrom(); got != want {
+			t.Fatalf("after B's %s A reads from=%q, want %q", forwarded[i].method, got, want)
+		}
 	}
 
 	// A resizes: B's next look has the new size, never the old one.

@@ -172,3 +172,49 @@ func TestActiveHostAndOfflineHosts(t *testing.T) {
 	pool.DeclareDead(1)
 	active("", "B declared dead")
 }
+
+// A member forwards reset-on-boot's Volume calls to the host
+// pool.get_master names (plugin/forward.go): the master's uuid, then,
+// after a designate_new_master, the new one's; host.call_plugin to it
+// runs the plugin there.
+func TestPoolMasterRoutesCallPlugin(t *testing.T) {
+	ctx := context.Background()
+	root := fakeRoot(t)
+	a, b := New(root, nil), New(root, nil)
+	pool := NewPoolSim(a, b)
+	sock := filepath.Join(t.TempDir(), "r")
+	stop, err := a.ServeXenAPI(filepath.Join(sock, host.XapiSocket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	x := host.NewXenAPI(host.NewRoot(sock))
+	ran := map[string]int{}
+	for name, s := range map[string]*Sim{"A": a, "B": b} {
+		s.HostPlugin = func(ctx context.Context, path, call string) (plugin.Outcome, error) {
+			ran[name]++
+			out := plugin.HostPluginSuccess(name)
+			return plugin.Outcome{Stdout: []byte(out)}, nil
+		}
+	}
+	for i, want := range []string{"A", "B"} {
+		pool.SetMaster(i)
+		m, err := x.PoolMaster(ctx)
+		if err != nil || m != pool.Hosts[i].HostUUID() {
+			t.Fatalf("master %s: pool.get_master named %q (%v)", want, m, err)
+		}
+		if out, err := x.CallPlugin(ctx, m, host.HostPluginName, plugin.HostFnVolume, nil); out != want || err != nil || ran[want] != 1 {
+			t.Fatalf("call_plugin on master %s: %q %v %v", want, out, err, ran)
+		}
+	}
+	// A host alone is its own master.
+	one, dir := New(fakeRoot(t), nil), t.TempDir()
+	stop1, err := one.ServeXenAPI(filepath.Join(dir, host.XapiSocket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop1()
+	if m, err := host.NewXenAPI(host.NewRoot(dir)).PoolMaster(ctx); m != one.HostUUID() || err != nil {
+		t.Fatalf("one host: master %q (%v), want %s", m, err, one.HostUUID())
+	}
+}

@@ -28,6 +28,10 @@ type xapiDB struct {
 	// down are the hosts xapi finds offline (PoolSim.Down).
 	sims map[string]*Sim
 	down map[string]bool
+	// master is the pool master's uuid, what pool.get_master names
+	// (PoolSim; SetMaster replays a designate_new_master); "" for a
+	// one-host pool, whose master is that host.
+	master string
 }
 
 type srRecord struct {
@@ -48,6 +52,7 @@ const (
 	hostRefPrefix = "OpaqueRef:host-"
 	srRefPrefix   = "OpaqueRef:sr-"
 	pbdRefPrefix  = "OpaqueRef:pbd-"
+	poolRef       = "OpaqueRef:pool"
 )
 
 // init makes the maps on first use; callers hold mu.
@@ -236,6 +241,18 @@ func (s *Sim) xenAPIRecords(method string, params []json.RawMessage) (result any
 		return nil, handleInvalid("PBD")
 	}
 	switch method {
+	case "pool.get_all":
+		return []string{poolRef}, nil, true
+	case "pool.get_master":
+		// The pool record's master field (xen-api ocaml/idl/datamodel_pool.ml);
+		// a member's xapi answers it from the master's database.
+		if str(1) != poolRef {
+			return nil, handleInvalid("pool"), true
+		}
+		if db.master == "" {
+			return hostRefPrefix + s.hostLocked(), nil, true
+		}
+		return hostRefPrefix + db.master, nil, true
 	case "host.get_by_uuid":
 		if !db.hosts[str(1)] {
 			return nil, uuidInvalid("host"), true

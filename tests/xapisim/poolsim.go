@@ -23,7 +23,11 @@ import (
 //     PBD.plug);
 //   - the VBD's datapath calls, and the Volume.stat the daemon makes
 //     before each, on the host running the VM (xenopsd on that host calls
-//     its own storage daemon: xenops_server_xen.ml, attach_and_activate).
+//     its own storage daemon: xenops_server_xen.ml, attach_and_activate);
+//   - host.call_plugin on the host it names, and pool.get_master names
+//     Hosts[0] (or the host SetMaster made master): a member's
+//     reset-on-boot Volume calls reach the master's host plugin that way
+//     (plugin/forward.go).
 //
 // A member's SR master check (its PBD.plug skips the master's second
 // SR.stat) follows Sim.Member, which NewPoolSim sets.
@@ -36,7 +40,9 @@ type PoolSim struct {
 // master's database (and so its XenAPI view) and are marked Member.
 func NewPoolSim(master *Sim, members ...*Sim) *PoolSim {
 	p := &PoolSim{Hosts: []*Sim{master}}
-	master.HostUUID()
+	master.xapi.mu.Lock()
+	master.xapi.master = master.hostLocked()
+	master.xapi.mu.Unlock()
 	for _, m := range members {
 		m.xapi = master.xapi
 		m.Member = true
@@ -48,6 +54,17 @@ func NewPoolSim(master *Sim, members ...*Sim) *PoolSim {
 
 // Master is the pool master's daemon.
 func (p *PoolSim) Master() *Sim { return p.Hosts[0] }
+
+// SetMaster makes host i the master XenAPI names (pool.get_master), as
+// `xe pool-designate-new-master` does once its xapi restarts
+// (xapi_pool.ml designate_new_master). The hosts' pool.conf, which
+// sanvol reads for its role, is the caller's to rewrite.
+func (p *PoolSim) SetMaster(i int) {
+	db := p.Master().xapi
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	db.master = p.Hosts[i].hostLocked()
+}
 
 // PoolSR is a shared SR as every host of the pool knows it: SRs[i] is
 // host i's view (its PBD and, while plugged, its SR.attach handle).
