@@ -26,6 +26,23 @@ func (s *fakeStack) AssembleLV(ctx context.Context, sc lvm.Scope, sr, vg, key st
 	return "/dev/mapper/sanvol-" + sr + "-" + key, nil
 }
 
+func (s *fakeStack) AttachLV(ctx context.Context, sc lvm.Scope, sr, vg, key string, base lvm.LV) (string, error) {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	if !s.f.active["v-"+key] {
+		return "", errors.New("attach over an inactive LV")
+	}
+	s.f.record(sc, "attach "+key)
+	return "/dev/mapper/sanvol-" + sr + "-" + key, nil
+}
+
+func (s *fakeStack) StopMerge(ctx context.Context, sc lvm.Scope, sr, vg, key string) error {
+	s.f.mu.Lock()
+	defer s.f.mu.Unlock()
+	s.f.record(sc, "stop merge "+key)
+	return nil
+}
+
 func (s *fakeStack) Disassemble(ctx context.Context, sc lvm.Scope, sr, vg, key string) error {
 	s.f.mu.Lock()
 	defer s.f.mu.Unlock()
@@ -63,7 +80,7 @@ func TestAttachHandsOutTheStackDevice(t *testing.T) {
 	if err := dp.Detach(ctx, uri, "5"); err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"activate v-k1", "assemble k1", "disassemble k1", "assemble k1", "disassemble k1", "deactivate v-k1"}
+	want := []string{"activate v-k1", "attach k1", "disassemble k1", "attach k1", "disassemble k1", "deactivate v-k1"}
 	var got []string
 	for _, c := range f.calls {
 		if c != "refresh v-k1" {
@@ -99,6 +116,16 @@ func (s *resolvingStack) AssembleLV(ctx context.Context, sc lvm.Scope, sr, vg, k
 	return s.fakeStack.AssembleLV(ctx, sc, sr, vg, key, base)
 }
 
+func (s *resolvingStack) AttachLV(ctx context.Context, sc lvm.Scope, sr, vg, key string, base lvm.LV) (string, error) {
+	if key == "s1" {
+		if base.Name != "v-k1" {
+			return "", errors.New("the snapshot's image must be built from its volume's LV, got " + base.Name)
+		}
+		key = "k1"
+	}
+	return s.fakeStack.AttachLV(ctx, sc, sr, vg, key, base)
+}
+
 // A snapshot's attach activates the LV the Stack names (its volume's
 // base), not a v-<snapshot> that does not exist; its detach leaves that
 // LV to the Stack's Disassemble.
@@ -117,7 +144,7 @@ func TestAttachOfASnapshotActivatesTheResolvedLV(t *testing.T) {
 	if err := dp.Detach(ctx, uri, "0"); err != nil {
 		t.Fatal(err)
 	}
-	if want := []string{"activate v-k1", "assemble k1", "disassemble s1"}; !slices.Equal(f.calls, want) {
+	if want := []string{"activate v-k1", "attach k1", "disassemble s1"}; !slices.Equal(f.calls, want) {
 		t.Fatalf("calls %v, want %v", f.calls, want)
 	}
 }
