@@ -209,12 +209,28 @@ func runHostFn(ctx context.Context, deps *Deps, fn string, args map[string]strin
 	st := &volume.Stack{DM: blockdev.NewDM(deps.Runner, 0), LVM: lc, Root: deps.Root, Log: deps.Log, Inactive: datapath.Inactive(deps.Root)}
 	// The datapath's lock on K: a table switch never races an attach or
 	// a detach on this host.
-	unlock, err := transport.Lock(ctx, host.FileLocker{Root: deps.Root}, time.Minute, "host plugin "+fn,
-		volume.DatapathLock(rc.SR, rc.Key), "a datapath call on this volume")
+	lock := func(ctx context.Context) (func(), error) {
+		return transport.Lock(ctx, host.FileLocker{Root: deps.Root}, time.Minute, "host plugin "+fn,
+			volume.DatapathLock(rc.SR, rc.Key), "a datapath call on this volume")
+	}
+	unlock, err := lock(ctx)
 	if err != nil {
 		return "", err
 	}
-	defer unlock()
+	defer func() { unlock() }()
+	// wait_merged's wait lets the lock go: a live migration's
+	// deactivate here (the VM suspended) must not wait for it.
+	st.Unlocked = func(ctx context.Context, f func(context.Context) error) error {
+		unlock()
+		unlock = func() {}
+		ferr := f(ctx)
+		u, err := lock(ctx)
+		if err != nil {
+			return errors.Join(ferr, err)
+		}
+		unlock = u
+		return ferr
+	}
 	live := func(ok bool) string {
 		if ok {
 			return "live"

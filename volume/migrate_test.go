@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sanvol/sanvol/blockdev"
 	"github.com/sanvol/sanvol/host"
@@ -321,4 +322,33 @@ func TestMasterLeavesItsParkedDeviceAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.wantStack(nil, "merged once the VM runs")
+}
+
+// wait_merged waits without the datapath lock (Stack.Unlocked), so a
+// live migration's deactivate here runs meanwhile: it stops the merge,
+// and wait_merged answers absent without switching anything.
+func TestWaitMergedLetsADeactivateIn(t *testing.T) {
+	ctx := context.Background()
+	s := newSnapEnv(t, true)
+	s1 := s.snapshot("s1")
+	inactive := false
+	s.stack.Inactive = func(sr, key string) (bool, error) { return inactive, nil }
+	rc := volume.RemoteChain{SR: srUUID, Key: s.key, Snaps: []string{s1}, Intent: "merge " + s1, Sectors: uint64(gib / 512)}
+	if live, err := s.stack.ConvergeHere(ctx, s.scope(), s.vg, rc); err != nil || !live {
+		t.Fatalf("converge: %t %v", live, err)
+	}
+	s.stack.Unlocked = func(ctx context.Context, f func(context.Context) error) error {
+		inactive = true // Datapath.deactivate, between two polls
+		if err := s.stack.StopMerge(ctx, s.scope(), srUUID, s.vg, s.key); err != nil {
+			return err
+		}
+		return f(ctx)
+	}
+	st, err := s.stack.MergeHere(ctx, s.scope(), s.vg, rc, time.Second)
+	if err != nil || st != volume.MergeAbsent {
+		t.Fatalf("wait_merged across a deactivate: %s %v", st, err)
+	}
+	if got := table(s.sim, volume.DevName(srUUID, s.key)); !strings.Contains(got, " snapshot ") {
+		t.Fatalf("K after the deactivate and wait_merged: %q", got)
+	}
 }

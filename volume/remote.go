@@ -209,8 +209,16 @@ func (st *Stack) MergeHere(ctx context.Context, s lvm.Scope, vg string, rc Remot
 	}
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	err = st.waitMerged(wctx, merging)
-	if err != nil && wctx.Err() != nil && ctx.Err() == nil && !errors.Is(err, host.ErrBusy) {
+	// The wait runs without this host's datapath lock (Unlocked): a
+	// live migration's deactivate here must not wait for it, since the
+	// VM is suspended meanwhile. K may be deactivated or detached here
+	// during the wait, so it is looked at again, under the lock, before
+	// the switch.
+	err = st.unlocked(ctx, func(context.Context) error { return st.waitMerged(wctx, merging) })
+	if in, ierr := st.inUse(ctx, rc.SR, rc.Key); ierr == nil && !in {
+		return MergeAbsent, nil
+	}
+	if err != nil && wctx.Err() != nil && ctx.Err() == nil {
 		// The wait's time is up: between two polls (Poll's
 		// TimeoutError) or during one, a `dmsetup status` cut short
 		// by the deadline (a loaded host, seen in the pool lab).

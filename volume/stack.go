@@ -58,6 +58,18 @@ type Stack struct {
 	// attach and its activate, or after a deactivate. nil: a device
 	// here always counts as in use here.
 	Inactive func(sr, key string) (bool, error)
+	// Unlocked runs f with this host's datapath lock on the volume let
+	// go and takes the lock again after: the host plugin holds it around
+	// a call, and MergeHere's wait does not need it. nil runs f as it
+	// is.
+	Unlocked func(ctx context.Context, f func(context.Context) error) error
+}
+
+func (st *Stack) unlocked(ctx context.Context, f func(context.Context) error) error {
+	if st.Unlocked == nil {
+		return f(ctx)
+	}
+	return st.Unlocked(ctx, f)
 }
 
 func (st *Stack) log() *zap.Logger {
