@@ -34,6 +34,16 @@ func TestPoolMigrateMergingNVMe(t *testing.T) {
 	l.migrateScenario(plugin.TypeNVMeTCP, l.nvmeTarget("poolmigm"), true)
 }
 
+func TestPoolMigrateOverlayISCSI(t *testing.T) {
+	l := newPoolLab(t)
+	l.migrateScenario(plugin.TypeISCSI, l.iscsiTarget("poolmig"), false)
+}
+
+func TestPoolMigrateMergingISCSI(t *testing.T) {
+	l := newPoolLab(t)
+	l.migrateScenario(plugin.TypeISCSI, l.iscsiTarget("poolmigm"), true)
+}
+
 // throttleB sets dm-snapshot's kcopyd throttle on B (the percentage of
 // time its copies may take, module parameter snapshot_copy_throttle of
 // dm-snap.c): a low one keeps B's merge running long enough to migrate
