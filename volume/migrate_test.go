@@ -352,3 +352,39 @@ func TestWaitMergedLetsADeactivateIn(t *testing.T) {
 		t.Fatalf("K after the deactivate and wait_merged: %q", got)
 	}
 }
+
+// An activate killed in the middle of replacing the placeholder (K
+// suspended, the stack's table loaded but not resumed) is finished by
+// the next activate; an attach killed after making the placeholder is
+// finished by the next attach, which leaves it as it is.
+func TestActivateKilledMidSwitchIsRepaired(t *testing.T) {
+	ctx := context.Background()
+	s := newSnapEnv(t, false)
+	s1 := s.snapshot("s1")
+	lc := lvm.New(s.sim, nil)
+	if err := lc.Activate(ctx, s.scope(), s.vg, volume.LVName(s.key)); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if _, err := s.stack.AttachLV(ctx, s.scope(), srUUID, s.vg, s.key, s.baseLV(s.key)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := lc.Activate(ctx, s.scope(), s.vg, "s-"+s1); err != nil {
+		t.Fatal(err)
+	}
+	dm := blockdev.NewDM(s.sim, 0)
+	k := volume.DevName(srUUID, s.key)
+	if err := dm.Suspend(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	real := blockdev.Snapshot(lvm.DevicePath(s.vg, volume.LVName(s.key)), lvm.DevicePath(s.vg, "s-"+s1), uint64(gib/512))
+	if err := dm.Load(ctx, k, real); err != nil {
+		t.Fatal(err)
+	}
+	s.dev, _ = s.sim.DevNum(volume.DevPath(srUUID, s.key))
+	if _, err := s.stack.AssembleLV(ctx, s.scope(), srUUID, s.vg, s.key, s.baseLV(s.key)); err != nil {
+		t.Fatal(err)
+	}
+	s.wantStack([]string{s1}, "activate after a killed one")
+}
