@@ -74,6 +74,15 @@ type Stack interface {
 	// AssembleLV builds the device from base, K's LV as ensureActive read
 	// it (its tags say the chain).
 	AssembleLV(ctx context.Context, s lvm.Scope, sr, vg, key string, base lvm.LV) (string, error)
+	// AttachLV is the device for an attach with no domain active here:
+	// as AssembleLV for a plain volume, and for one whose device maps a
+	// COW its final device with a placeholder table, built for real by
+	// the activate (docs/design.md "Live migration of a volume with an
+	// overlay").
+	AttachLV(ctx context.Context, s lvm.Scope, sr, vg, key string, base lvm.LV) (string, error)
+	// StopMerge turns a merging layer of the device back into a plain
+	// snapshot: the deactivate of the last active domain here.
+	StopMerge(ctx context.Context, s lvm.Scope, sr, vg, key string) error
 	Disassemble(ctx context.Context, s lvm.Scope, sr, vg, key string) error
 }
 
@@ -182,8 +191,11 @@ func (p *Datapath) scope(sr SR) lvm.Scope {
 
 // ensureActive activates the LV, or refreshes it when it is already
 // active, so that a resize done on the master since it was activated here
-// becomes visible at this host's next datapath call.
-func (p *Datapath) ensureActive(ctx context.Context, op string, sr SR, t Target) (string, error) {
+// becomes visible at this host's next datapath call. build says whether
+// the device is built for real (an activate, or an attach where a domain
+// has the volume active already) or as an attach's placeholder may be
+// (Stack.AttachLV).
+func (p *Datapath) ensureActive(ctx context.Context, op string, sr SR, t Target, build bool) (string, error) {
 	lv := p.d.LVName(t.Key)
 	s := p.scope(sr)
 	if r, ok := p.d.Stack.(LVResolver); ok {
@@ -225,6 +237,9 @@ func (p *Datapath) ensureActive(ctx context.Context, op string, sr SR, t Target)
 	// blkback gets a device-mapper device of sanvol's own, never the LV:
 	// a snapshot later switches that device's table while blkback holds
 	// it, and its major:minor stays.
+	if !build {
+		return p.d.Stack.AttachLV(ctx, s, sr.UUID, sr.VG, t.Key, info)
+	}
 	return p.d.Stack.AssembleLV(ctx, s, sr.UUID, sr.VG, t.Key, info)
 }
 
@@ -268,7 +283,15 @@ func (p *Datapath) Attach(ctx context.Context, uri, domain string) (Backend, err
 
 // Activate marks the volume in use by domain; idempotent. The LV is made
 // active again if it was deactivated under us (a manual lvchange, a crash
-// between attach and activate): that is cheap to ensure.
+// between attach and activate): that is cheap to ensure. The device's
+// stack is built now, from the tags as they are now: for a volume with an
+// overlay this replaces the attach's placeholder (one more table reload
+// at a VM start), and in a live migration it runs after the source's
+// deactivate (xen-api ocaml/xenopsd/lib/xenops_server.ml,
+// VM_receive_memory: VM_restore_devices after "Synchronisation point 3";
+// the source's ocaml/xenopsd/xc/xenops_server_xen.ml VM.save deactivates
+// before "Synchronisation point 2"), so no exception the source wrote is
+// missed.
 func (p *Datapath) Activate(ctx context.Context, uri, domain string) error {
 	_, err := p.use(ctx, "Datapath.activate", uri, domain, true)
 	return err
@@ -295,7 +318,7 @@ func (p *Datapath) use(ctx context.Context, op, uri, domain string, activate boo
 	if err != nil {
 		return "", err
 	}
-	dev, err := p.ensureActive(ctx, op, sr, t)
+	dev, err := p.ensureActive(ctx, op, sr, t, activate || anyActive(r))
 	if err != nil {
 		return "", err
 	}
@@ -310,6 +333,19 @@ func (p *Datapath) use(ctx context.Context, op, uri, domain string, activate boo
 // Deactivate marks the volume no longer in use by domain. It is called
 // twice by newer xapi; both succeed. The LV stays active until detach,
 // because attach (not activate) is what made the device exist.
+//
+// When no domain here has the volume active any more, a snapshot merge
+// running in its stack here is stopped (Stack.StopMerge): in a live
+// migration this is the source's deactivate (xen-api
+// ocaml/xenopsd/xc/xenops_server_xen.ml VM.save: Storage.deactivate once
+// the domain is suspended and its disks flushed), and the destination's
+// activate resumes the merge, so two kernels never merge one COW. The
+// source then gets deactivate and detach again while the destination is
+// active (xenops_server.ml VM_migrate: VM_shutdown of the temporary
+// source domain): they only touch this host's devices, and a merge
+// already stopped stays stopped. The reference is recorded inactive
+// first: from then on the master's steps treat the device here as
+// parked and leave it alone.
 func (p *Datapath) Deactivate(ctx context.Context, uri, domain string) error {
 	const op = "Datapath.deactivate"
 	t, err := ParseURI(op, uri)
@@ -328,7 +364,46 @@ func (p *Datapath) Deactivate(ctx context.Context, uri, domain string) error {
 	if d, ok := matchDomain(r, domain); ok {
 		r.Domains[d] = false
 	}
-	return p.save(t, r)
+	if err := p.save(t, r); err != nil {
+		return err
+	}
+	if anyActive(r) || p.d.Stack == nil {
+		return nil
+	}
+	sr, err := p.d.Lookup(t.SR)
+	if err != nil {
+		// Without the SR attached here there is no stack here either.
+		p.d.Log.Info("deactivate: SR not attached here; no device to quiesce", zap.String("uri", uri), zap.Error(err))
+		return nil
+	}
+	return p.d.Stack.StopMerge(ctx, p.scope(sr), sr.UUID, sr.VG, t.Key)
+}
+
+// anyActive reports whether a domain has the volume active.
+func anyActive(r refs) bool {
+	for _, a := range r.Domains {
+		if a {
+			return true
+		}
+	}
+	return false
+}
+
+// Inactive returns the check volume.Stack.Inactive wants, over this host's
+// reference counts under root: true when the datapath holds volume key
+// of SR sr attached for domains none of which has it active (after an
+// attach and before its activate, or after a deactivate). A volume the
+// datapath does not hold here is not inactive: a device of it here is
+// the engine's own.
+func Inactive(root host.Root) func(sr, key string) (bool, error) {
+	p := &Datapath{d: Deps{Root: root}}
+	return func(sr, key string) (bool, error) {
+		r, err := p.load(Target{SR: strings.ToLower(sr), Key: key})
+		if err != nil || len(r.Domains) == 0 {
+			return false, err
+		}
+		return !anyActive(r), nil
+	}
 }
 
 // Detach drops domain's reference and deactivates the LV when it was the

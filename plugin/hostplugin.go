@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sanvol/sanvol/blockdev"
+	"github.com/sanvol/sanvol/datapath"
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
 	"github.com/sanvol/sanvol/transport"
@@ -212,15 +213,31 @@ func runHostFn(ctx context.Context, deps *Deps, fn string, args map[string]strin
 	// The datapath's scope: activation only, and read-only on a member.
 	s := lvm.Scope{Devices: []string{a.Device}, ReadOnly: !role.Master}
 	lc := lvm.New(deps.Runner, deps.Log).WithVersionCache(deps.Root)
-	st := &volume.Stack{DM: blockdev.NewDM(deps.Runner, 0), LVM: lc, Root: deps.Root, Log: deps.Log}
+	st := &volume.Stack{DM: blockdev.NewDM(deps.Runner, 0), LVM: lc, Root: deps.Root, Log: deps.Log, Inactive: datapath.Inactive(deps.Root)}
 	// The datapath's lock on K: a table switch never races an attach or
 	// a detach on this host.
-	unlock, err := transport.Lock(ctx, host.FileLocker{Root: deps.Root}, time.Minute, "host plugin "+fn,
-		volume.DatapathLock(rc.SR, rc.Key), "a datapath call on this volume")
+	lock := func(ctx context.Context) (func(), error) {
+		return transport.Lock(ctx, host.FileLocker{Root: deps.Root}, time.Minute, "host plugin "+fn,
+			volume.DatapathLock(rc.SR, rc.Key), "a datapath call on this volume")
+	}
+	unlock, err := lock(ctx)
 	if err != nil {
 		return "", err
 	}
-	defer unlock()
+	defer func() { unlock() }()
+	// wait_merged's wait lets the lock go: a live migration's
+	// deactivate here (the VM suspended) must not wait for it.
+	st.Unlocked = func(ctx context.Context, f func(context.Context) error) error {
+		unlock()
+		unlock = func() {}
+		ferr := f(ctx)
+		u, err := lock(ctx)
+		if err != nil {
+			return errors.Join(ferr, err)
+		}
+		unlock = u
+		return ferr
+	}
 	live := func(ok bool) string {
 		if ok {
 			return "live"

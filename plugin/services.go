@@ -54,6 +54,7 @@ func (s *srServices) Engine() (*volume.Engine, error) {
 		Version:   s.deps.Version,
 		HostID:    host.ID(s.deps.Root),
 		Remote:    NewRemote(s.deps.Root),
+		Inactive:  datapath.Inactive(s.deps.Root),
 	})
 }
 

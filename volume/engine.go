@@ -107,6 +107,13 @@ type Options struct {
 	// Remote reaches the host where a volume is active when that is not
 	// this one (remote.go); nil treats such a volume as idle.
 	Remote Remote
+	// Inactive reports whether this host's datapath holds a volume
+	// attached for no active domain (Stack.Inactive); nil: never.
+	Inactive func(sr, key string) (bool, error)
+	// MoveWait bounds how long a merge waits for its volume to settle
+	// on a host after a live migration moved it (finishMerge); 0 means
+	// 3 minutes.
+	MoveWait time.Duration
 }
 
 // Engine implements SR.* and Volume.* for one SR type (one Transport).
@@ -122,6 +129,7 @@ type Engine struct {
 	fault    FaultHook
 	version  string
 	lockWait time.Duration
+	moveWait time.Duration
 	hostID   string
 	zeroer   Zeroer
 	stack    *Stack
@@ -149,7 +157,11 @@ func New(o Options) (*Engine, error) {
 	if dm == nil {
 		dm = blockdev.NewDM(o.Runner, 0)
 	}
-	e.stack = &Stack{DM: dm, LVM: o.LVM, DevNum: o.DevNum, Root: e.root, Log: e.log, MergePoll: o.MergePoll}
+	e.stack = &Stack{DM: dm, LVM: o.LVM, DevNum: o.DevNum, Root: e.root, Log: e.log, MergePoll: o.MergePoll, Inactive: o.Inactive}
+	e.moveWait = o.MoveWait
+	if e.moveWait == 0 {
+		e.moveWait = 3 * time.Minute
+	}
 	e.magic = o.SnapMagic
 	if e.magic == nil {
 		e.magic = func(_ context.Context, dev string) (bool, error) { return blockdev.HasSnapMagic(e.root, dev) }

@@ -85,7 +85,114 @@ func (e *Engine) DeleteSnapshot(ctx context.Context, sr, snap string) error {
 }
 
 // finishMerge runs a merge whose intent is committed to its end.
+//
+// K may move meanwhile: a live migration stops the merge on the source
+// at its Datapath.deactivate (Stack.StopMerge) and the destination's
+// activate resumes it from the tags. The steps then fail Busy: the
+// source answers that K left it, xapi says the VM is migrating
+// (ActiveHost), or K's device here is parked (activeAt). finishMerge
+// lets go of the SR lock and of this host's datapath lock on K (an
+// incoming migration's attach and activate here need it), waits, and
+// goes on where K is active then, from the tags, for up to moveWait;
+// after that the Busy error goes back to the caller, the intent stays,
+// and the next call on K finishes the merge. It never reports success
+// before the chain no longer holds the snapshot.
 func (e *Engine) finishMerge(ctx context.Context, op string, sc *snapCtx, c Chain) error {
+	snap := c.Intent.Snap
+	wctx, cancel := context.WithTimeout(ctx, e.moveWait)
+	defer cancel()
+	var last error
+	err := host.Poll(wctx, e.moveWait/60, func(context.Context) (bool, error) {
+		if sc.unlockDP == nil {
+			if err := e.relock(ctx, op, sc); err != nil {
+				return false, err
+			}
+			l, cc, err := e.stack.chainOf(ctx, sc.w, sc.key)
+			if err != nil {
+				return false, err
+			}
+			if cc.Holds(snap) && (cc.Intent == nil || *cc.Intent != (Intent{Op: IntentMerge, Snap: snap})) {
+				return false, host.NewError(host.KindInternal, op, fmt.Sprintf("the merge of snapshot %s of volume %s was replaced by step %v", snap, sc.key, cc.Intent),
+					fmt.Sprintf("inspect lvs -o+tags %s/%s", sc.w.vg, l.Name), nil)
+			}
+			c = cc
+		}
+		var err error
+		if c.Holds(snap) {
+			err = e.finishMergeOnce(ctx, op, sc, c)
+		} else {
+			// Committed; only the devices and the COW are left.
+			err = e.dropMerged(ctx, op, sc, c, snap)
+		}
+		if !errors.Is(err, host.ErrBusy) {
+			return true, err
+		}
+		last = err
+		e.log.Info("the volume moves while its snapshot merges; waiting for it to settle", zap.String("key", sc.key), zap.String("snapshot", snap), zap.Error(err))
+		e.unlockChain(sc)
+		return false, nil
+	})
+	var timeout *host.TimeoutError
+	if errors.As(err, &timeout) && last != nil {
+		return last
+	}
+	return err
+}
+
+// unlockChain lets go of the SR lock and this host's datapath lock on K.
+func (e *Engine) unlockChain(sc *snapCtx) {
+	if sc.unlockSR != nil {
+		sc.unlockSR()
+		sc.unlockSR = nil
+	}
+	if sc.unlockDP != nil {
+		sc.unlockDP()
+		sc.unlockDP = nil
+	}
+}
+
+// relock takes again the locks unlockChain let go, in holdChain's order.
+func (e *Engine) relock(ctx context.Context, op string, sc *snapCtx) error {
+	unlockDP, err := e.lock(ctx, op, DatapathLock(sc.a.UUID, sc.key))
+	if err != nil {
+		return err
+	}
+	sc.unlockDP = unlockDP
+	unlockSR, err := e.lock(ctx, op, srLock(sc.a.UUID))
+	if err != nil {
+		return err
+	}
+	sc.unlockSR = unlockSR
+	return nil
+}
+
+// dropMerged finishes a merge whose chain commit is made: K's stack
+// where it is active loses the merged layer, and the COW goes.
+func (e *Engine) dropMerged(ctx context.Context, op string, sc *snapCtx, c Chain, snap string) error {
+	at, err := e.activeAt(ctx, sc)
+	if err != nil {
+		return err
+	}
+	switch {
+	case at.local:
+		if _, _, err := e.stack.assemble(ctx, sc.w, sc.key); err != nil {
+			return err
+		}
+	case at.host != "":
+		l, err := e.lvm.LV(ctx, sc.w.scope, sc.w.vg, lvName(sc.key))
+		if err != nil {
+			return err
+		}
+		if err := e.convergeOn(ctx, op, sc, at.host, c, []string{snap}, uint64(l.Size/512)); err != nil {
+			return err
+		}
+	}
+	return e.removeMergedCOW(ctx, sc, snap, false)
+}
+
+// finishMergeOnce runs a merge whose intent is committed where K is
+// active now.
+func (e *Engine) finishMergeOnce(ctx context.Context, op string, sc *snapCtx, c Chain) error {
 	snap := c.Intent.Snap
 	at, err := e.activeAt(ctx, sc)
 	if err != nil {
@@ -114,8 +221,16 @@ func (e *Engine) finishMerge(ctx context.Context, op string, sc *snapCtx, c Chai
 	if len(c.Snaps) == 2 {
 		merging = DevName(sc.a.UUID, c.Snaps[1])
 	}
-	if err := e.waitMergedUnlocked(ctx, op, sc, merging); err != nil {
+	if err := e.waitMergedUnlocked(ctx, op, sc, merging, live); err != nil {
 		return err
+	}
+	if live {
+		// The datapath lock was let go: K may have been deactivated
+		// here meanwhile (a migration's source), and then its stack is
+		// no longer the master's to switch.
+		if in, err := e.stack.inUse(ctx, sc.a.UUID, sc.key); err != nil || !in {
+			return errors.Join(err, movedAway(op, sc.key))
+		}
 	}
 	base := lvm.DevicePath(sc.w.vg, lvName(sc.key))
 	if err := e.stack.DM.Switch(ctx, merging, blockdev.Linear(base, sectors)); err != nil {
@@ -144,17 +259,45 @@ func (e *Engine) finishMerge(ctx context.Context, op string, sc *snapCtx, c Chai
 // waitMergedUnlocked waits for the merge without the SR lock: the kernel
 // copies as much as K wrote while the snapshot lived, which may take
 // minutes, and only this volume's (datapath) lock is needed meanwhile;
-// other calls on the SR go on.
-func (e *Engine) waitMergedUnlocked(ctx context.Context, op string, sc *snapCtx, name string) error {
-	sc.unlockSR()
-	sc.unlockSR = nil
+// other calls on the SR go on. With inUse (K's VM runs here) the
+// datapath lock is let go too: a live migration of the VM away from this
+// host needs its deactivate here, which stops the merge (StopMerge) and
+// ends the wait with Busy. An idle volume's temporary stack keeps it: a
+// VM starting here must not find that stack, which goes after the merge.
+func (e *Engine) waitMergedUnlocked(ctx context.Context, op string, sc *snapCtx, name string, inUse bool) error {
+	if inUse {
+		e.unlockChain(sc)
+	} else {
+		sc.unlockSR()
+		sc.unlockSR = nil
+	}
 	werr := e.stack.waitMerged(ctx, name)
-	unlock, err := e.lock(ctx, op, srLock(sc.a.UUID))
+	if werr != nil && inUse {
+		if in, err := e.stack.inUse(ctx, sc.a.UUID, sc.key); err == nil && !in {
+			werr = errors.Join(werr, movedAway(op, sc.key))
+		}
+	}
+	var err error
+	if inUse {
+		err = e.relock(ctx, op, sc)
+	} else {
+		var unlock func()
+		if unlock, err = e.lock(ctx, op, srLock(sc.a.UUID)); err == nil {
+			sc.unlockSR = unlock
+		}
+	}
 	if err != nil {
 		return errors.Join(werr, err)
 	}
-	sc.unlockSR = unlock
 	return werr
+}
+
+// movedAway is the Busy error of a step that found K gone from, or
+// parked on, the host it was using: finishMerge waits and goes on where
+// K is active now.
+func movedAway(op, key string) error {
+	return host.NewError(host.KindBusy, op, fmt.Sprintf("volume %s left this host while its snapshot merged (a live migration)", key),
+		"retry: the merge goes on from the tags where the volume is active now", nil)
 }
 
 // removeMergedCOW removes a merged COW; deferred says the stack still maps

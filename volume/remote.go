@@ -128,8 +128,13 @@ func remoteChain(sr string, c Chain, drop []string, sectors uint64) RemoteChain 
 // live is false, and nothing is touched, when K's device is not here: a
 // host never builds a stack for a volume it does not run. The base LV is
 // active wherever K's device is (the datapath activated it).
+//
+// A device that is here but parked (Parked: attached and not activated
+// yet, or deactivated by a live migration's source) counts as absent:
+// the volume runs, or is about to run, on another host, whose activate
+// builds the stack from the tags.
 func (st *Stack) ConvergeHere(ctx context.Context, s lvm.Scope, vg string, rc RemoteChain) (live bool, err error) {
-	live, err = st.Live(ctx, rc.SR, rc.Key)
+	live, err = st.inUse(ctx, rc.SR, rc.Key)
 	if err != nil || !live {
 		return live, err
 	}
@@ -175,7 +180,9 @@ const (
 // to wait for the merge rc's intent names and, once the kernel reports
 // it done, switches the merging layer to linear(base). Repeated after
 // the switch, it reports done at once; on a stack that is not merging
-// yet (rebuilt since), it converges first.
+// yet (rebuilt since), it converges first. A parked device (ConvergeHere)
+// is absent: the source of a live migration stopped its merge at its
+// deactivate (StopMerge), and the destination merges.
 func (st *Stack) MergeHere(ctx context.Context, s lvm.Scope, vg string, rc RemoteChain, wait time.Duration) (MergeState, error) {
 	c, err := rc.chain()
 	if err != nil {
@@ -184,7 +191,7 @@ func (st *Stack) MergeHere(ctx context.Context, s lvm.Scope, vg string, rc Remot
 	if c.Intent == nil || c.Intent.Op != IntentMerge || len(c.Snaps) == 0 || c.Snaps[0] != c.Intent.Snap {
 		return "", host.NewError(host.KindInvalid, "wait for a merge", fmt.Sprintf("chain %v %q merges nothing sanvol can", rc.Snaps, rc.Intent), "", nil)
 	}
-	live, err := st.Live(ctx, rc.SR, rc.Key)
+	live, err := st.inUse(ctx, rc.SR, rc.Key)
 	if err != nil || !live {
 		return MergeAbsent, err
 	}
@@ -202,9 +209,19 @@ func (st *Stack) MergeHere(ctx context.Context, s lvm.Scope, vg string, rc Remot
 	}
 	wctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	err = st.waitMerged(wctx, merging)
-	var timeout *host.TimeoutError
-	if errors.As(err, &timeout) && ctx.Err() == nil {
+	// The wait runs without this host's datapath lock (Unlocked): a
+	// live migration's deactivate here must not wait for it, since the
+	// VM is suspended meanwhile. K may be deactivated or detached here
+	// during the wait, so it is looked at again, under the lock, before
+	// the switch.
+	err = st.unlocked(ctx, func(context.Context) error { return st.waitMerged(wctx, merging) })
+	if in, ierr := st.inUse(ctx, rc.SR, rc.Key); ierr == nil && !in {
+		return MergeAbsent, nil
+	}
+	if err != nil && wctx.Err() != nil && ctx.Err() == nil {
+		// The wait's time is up: between two polls (Poll's
+		// TimeoutError) or during one, a `dmsetup status` cut short
+		// by the deadline (a loaded host, seen in the pool lab).
 		return MergeRunning, nil
 	}
 	if err != nil {
@@ -233,14 +250,37 @@ type activeAt struct {
 
 // activeAt finds where K is active: here if its device is, else the
 // host XenAPI says runs a VM with K attached (Remote.ActiveHost).
+//
+// A device here that is parked (Stack.Parked: attached and not activated,
+// or deactivated) is not "here": the VM starts here, or migrates in or
+// out. Then the host xapi names is K's, if another; with none (or xapi
+// naming this host) the step is refused as Busy, since neither a stack
+// switched here (the VM is not running on it) nor an idle merge's stack
+// (it would take down the datapath's device) is right.
 func (e *Engine) activeAt(ctx context.Context, sc *snapCtx) (activeAt, error) {
 	live, err := e.stack.Live(ctx, sc.a.UUID, sc.key)
-	if err != nil || live || e.remote == nil {
-		return activeAt{local: live}, err
-	}
-	h, err := e.remote.ActiveHost(ctx, sc.a.UUID, sc.key)
 	if err != nil {
 		return activeAt{}, err
+	}
+	parked := false
+	if live {
+		if parked, err = e.stack.Parked(ctx, sc.a.UUID, sc.key); err != nil || !parked {
+			return activeAt{local: true}, err
+		}
+	}
+	if e.remote == nil && !parked {
+		return activeAt{}, nil
+	}
+	h := ""
+	if e.remote != nil {
+		if h, err = e.remote.ActiveHost(ctx, sc.a.UUID, sc.key); err != nil {
+			return activeAt{}, err
+		}
+	}
+	if h == "" && parked {
+		return activeAt{}, host.NewError(host.KindBusy, "find where volume "+sc.key+" is active",
+			fmt.Sprintf("volume %s is attached on this host but not activated: a VM is starting or migrating here, or has just left", sc.key),
+			"retry in a few seconds, once the VM runs", nil)
 	}
 	return activeAt{host: h}, nil
 }
@@ -278,14 +318,14 @@ func (e *Engine) finishMergeOn(ctx context.Context, op string, sc *snapCtx, h st
 		return err
 	}
 	e.step(StepMergeStart)
-	sc.unlockSR()
-	sc.unlockSR = nil
+	// Neither lock is needed while h merges; this host's datapath lock
+	// must be free for a migration of K to this host (its attach and
+	// activate here).
+	e.unlockChain(sc)
 	werr := e.remote.WaitMerged(ctx, h, remoteChain(sc.a.UUID, c, nil, sectors))
-	unlock, err := e.lock(ctx, op, srLock(sc.a.UUID))
-	if err != nil {
+	if err := e.relock(ctx, op, sc); err != nil {
 		return errors.Join(werr, err)
 	}
-	sc.unlockSR = unlock
 	if werr != nil {
 		return werr
 	}

@@ -2,7 +2,6 @@ package volume_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -33,6 +32,8 @@ type fakeRemote struct {
 	down   string // "converge#2": the second Converge call fails, and every call after
 	dead   bool
 	counts map[string]int
+	// hook runs at each call, before it reaches B (a migration under way).
+	hook func(fn string, n int)
 }
 
 var errHostDown = host.NewError(host.KindUnreachable, "XenAPI host.call_plugin", "HOST_OFFLINE", "", nil)
@@ -43,6 +44,9 @@ func (f *fakeRemote) reach(fn string, rc volume.RemoteChain) error {
 	}
 	f.counts[fn]++
 	f.calls = append(f.calls, fmt.Sprintf("%s %v %q drop %v", fn, short(rc.Snaps), rc.Intent, short(rc.Drop)))
+	if f.hook != nil {
+		f.hook(fn, f.counts[fn])
+	}
 	if f.down == fmt.Sprintf("%s#%d", fn, f.counts[fn]) {
 		f.dead = true
 	}
@@ -93,7 +97,8 @@ func (f *fakeRemote) WaitMerged(ctx context.Context, h string, rc volume.RemoteC
 			return false, err
 		}
 		if st == volume.MergeAbsent {
-			return false, errors.New("K left host B")
+			// plugin.Remote's answer.
+			return false, host.NewError(host.KindBusy, "merge on host B", "the volume left that host while it merged", "", nil)
 		}
 		if st == volume.MergeDone {
 			// Repeated after the switch: done at once, nothing touched.
@@ -130,7 +135,7 @@ func newRemoteEnv(t *testing.T) *remoteEnv {
 	e, err := volume.New(volume.Options{
 		LVM: lvm.New(s.sim, nil), Transport: s.tr, Runner: s.sim, Zeroer: s.sim, DM: blockdev.NewDM(simA, 0), DevNum: simA.DevNum,
 		SnapMagic: magic, MergePoll: time.Millisecond, Locker: host.FileLocker{Root: s.root}, Root: s.root,
-		Role: host.Role{Master: true}, Version: "test-1.0", HostID: testHost, Remote: r.remote,
+		Role: host.Role{Master: true}, Version: "test-1.0", HostID: testHost, Remote: r.remote, MoveWait: 2 * time.Second,
 		Fault: func(step string) {
 			s.mu.Lock()
 			c := s.crash

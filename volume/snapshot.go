@@ -55,6 +55,9 @@ type snapCtx struct {
 	unlock func()
 	// unlockSR releases the SR lock alone; nil while it is not held.
 	unlockSR func()
+	// unlockDP releases this host's datapath lock on K; nil while it is
+	// not held.
+	unlockDP func()
 	// after runs once an idle volume's stack is down (merge.go).
 	after []func(context.Context) error
 	// merged is the snapshot a repair in this call finished merging.
@@ -81,12 +84,14 @@ func (e *Engine) holdChain(ctx context.Context, op, sr, key string) (*snapCtx, e
 		unlockDP()
 		return nil, err
 	}
-	sc := &snapCtx{a: a, w: where{sr: a.UUID, vg: a.VG, scope: e.scope(a.Device)}, key: key, unlockSR: unlockSR}
+	sc := &snapCtx{a: a, w: where{sr: a.UUID, vg: a.VG, scope: e.scope(a.Device)}, key: key, unlockSR: unlockSR, unlockDP: unlockDP}
 	sc.unlock = func() {
 		if sc.unlockSR != nil {
 			sc.unlockSR()
 		}
-		unlockDP()
+		if sc.unlockDP != nil {
+			sc.unlockDP()
+		}
 	}
 	return sc, nil
 }

@@ -53,6 +53,23 @@ type Stack struct {
 	Log    *zap.Logger
 	// MergePoll is how often a merge's progress is read; 0 means 500 ms.
 	MergePoll time.Duration
+	// Inactive reports whether this host's datapath holds volume key
+	// attached for no active domain (datapath.Inactive): between an
+	// attach and its activate, or after a deactivate. nil: a device
+	// here always counts as in use here.
+	Inactive func(sr, key string) (bool, error)
+	// Unlocked runs f with this host's datapath lock on the volume let
+	// go and takes the lock again after: the host plugin holds it around
+	// a call, and MergeHere's wait does not need it. nil runs f as it
+	// is.
+	Unlocked func(ctx context.Context, f func(context.Context) error) error
+}
+
+func (st *Stack) unlocked(ctx context.Context, f func(context.Context) error) error {
+	if st.Unlocked == nil {
+		return f(ctx)
+	}
+	return st.Unlocked(ctx, f)
 }
 
 func (st *Stack) log() *zap.Logger {
@@ -519,6 +536,12 @@ func (st *Stack) waitMerged(ctx context.Context, name string) error {
 		s, err := blockdev.ParseSnapStatus(line)
 		if err != nil {
 			return false, err
+		}
+		if f := strings.Fields(line); f[2] != "snapshot-merge" {
+			// Datapath.deactivate here reloaded the layer as a plain
+			// snapshot (StopMerge): K's VM is migrating away.
+			return false, host.NewError(host.KindBusy, "snapshot merge", fmt.Sprintf("the merge on %s stopped: its volume was deactivated on this host", name),
+				"retry: the merge goes on where the volume is activated next", nil)
 		}
 		if s.State != "" {
 			return false, host.NewError(host.KindInternal, "snapshot merge", fmt.Sprintf("the merge on %s stopped: %s", name, s.State),

@@ -352,7 +352,9 @@ func (e *Engine) VolumeResize(ctx context.Context, sr, key string, newSize int64
 // and resume of the device, which keeps its major:minor. A volume with no
 // device here (attached elsewhere, or only activated) has nothing to grow.
 func (e *Engine) growStack(ctx context.Context, s lvm.Scope, a Attached, key string) error {
-	live, err := e.stack.Live(ctx, a.UUID, key)
+	// A parked device (attached, not activated) gets its size at its
+	// activate, which converges it.
+	live, err := e.stack.inUse(ctx, a.UUID, key)
 	if err != nil || !live {
 		return err
 	}
