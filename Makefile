@@ -64,7 +64,7 @@ conformance:
 # leaves a loaded machine room without changing an unloaded run's time.
 LAB_DOM0_TESTS = TestEngineLifecycle|TestEngineNonMaster|TestEngineCrashVolumeSteps|TestDatapathNVMe|TestISCSILifecycle|TestISCSIFailover|TestISCSIGrow|TestISCSISMNextDoor
 LAB_POOL_CORE = TestDemo|TestDemoPool|TestPoolNVMe|TestPoolMasterChange|TestPoolMemberReboot|TestPoolFloatingPortalDummyNVMe
-LAB_EXTRA_TESTS = TestDMSnapshotPrimitives|TestSnapshotXOBackup|TestCloneLive|TestCloneLiveISCSI
+LAB_EXTRA_TESTS = TestDMSnapshotPrimitives|TestSnapshotXOBackup|TestCloneLive|TestCloneLiveISCSI|TestSnapshotKillEveryStep
 lab:
 	tests/lab/run.sh test --shards 3 --timeout 1500 --skip '^($(LAB_EXTRA_TESTS)|TestDemo)$$' --also 'backports:^TestNVMeAuth' \
 		--with-pool '^($(LAB_POOL_CORE))$$'

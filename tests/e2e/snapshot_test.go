@@ -333,7 +333,7 @@ const snapHelperEnv = "SANVOL_E2E_SNAP_HELPER"
 
 type snapHelperArgs struct {
 	Dev   string // the SR's device
-	Op    string // "snapshot" or "delete"
+	Op    string // "snapshot", "delete", "destroy" (Volume.destroy) or "clone"
 	Key   string // the volume, or the snapshot to delete
 	Crash string // the step at which the helper kills itself
 }
@@ -357,8 +357,9 @@ func (l *snapLab) killAt(t *testing.T, a snapHelperArgs) {
 	t.Logf("%s killed at %s", a.Op, a.Crash)
 }
 
-// TestSnapshotHelperProcess is TestSnapshotLive's helper: it runs one
-// snapshot or delete and kills itself at the step it is told.
+// TestSnapshotHelperProcess is the helper of TestSnapshotLive and
+// TestSnapshotKillEveryStep: it runs one chain operation and kills itself
+// at the step it is told.
 func TestSnapshotHelperProcess(t *testing.T) {
 	raw := os.Getenv(snapHelperEnv)
 	if raw == "" {
@@ -373,6 +374,7 @@ func TestSnapshotHelperProcess(t *testing.T) {
 	root := host.NewRoot("/")
 	e, err := volume.New(volume.Options{LVM: lvm.New(runner, log), Transport: &labTransport{dev: a.Dev, health: transport.Health{Total: 1, Live: 1}},
 		Runner: runner, Locker: host.FileLocker{Root: root}, Root: root, Role: host.Role{Master: true}, Log: log, Version: "lab",
+		HostID: host.ID(root),
 		Fault: func(step string) {
 			if step == a.Crash {
 				_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
@@ -388,6 +390,10 @@ func TestSnapshotHelperProcess(t *testing.T) {
 		_, err = e.Snapshot(context.Background(), sr, a.Key, "killed", "")
 	case "delete":
 		err = e.DeleteSnapshot(context.Background(), sr, a.Key)
+	case "destroy":
+		err = e.VolumeDestroy(context.Background(), sr, a.Key)
+	case "clone":
+		_, err = e.VolumeClone(context.Background(), sr, a.Key)
 	}
 	t.Fatalf("%s finished without reaching %s: %v", a.Op, a.Crash, err)
 }

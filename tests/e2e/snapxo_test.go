@@ -39,8 +39,10 @@ type seqWriter struct {
 	f      *os.File
 	buf    []byte
 	chunks int
-	stop   atomic.Bool
-	done   chan struct{}
+	// from is the number of the writer's first write (startSeqWriterAt).
+	from int64
+	stop atomic.Bool
+	done chan struct{}
 	// started counts writes issued, completed the ones returned: at most
 	// one write is in flight.
 	started, completed atomic.Int64
@@ -52,8 +54,19 @@ type seqWriter struct {
 
 func startSeqWriter(t *testing.T, dev string, size int64) *seqWriter {
 	t.Helper()
+	return startSeqWriterAt(t, dev, size, 0)
+}
+
+// startSeqWriterAt starts a writer that goes on from write from, as if
+// the volume held a halted writer's content after from writes: a
+// scenario halts the writer to read the volume at a known point and
+// resumes it with one model.
+func startSeqWriterAt(t *testing.T, dev string, size, from int64) *seqWriter {
+	t.Helper()
 	f, buf := openDirect(t, dev)
-	w := &seqWriter{dev: dev, f: f, buf: buf, chunks: int(size / ioChunk), done: make(chan struct{})}
+	w := &seqWriter{dev: dev, f: f, buf: buf, chunks: int(size / ioChunk), done: make(chan struct{}), from: from}
+	w.started.Store(from)
+	w.completed.Store(from)
 	go w.run()
 	t.Cleanup(func() { w.halt() })
 	return w
@@ -61,7 +74,7 @@ func startSeqWriter(t *testing.T, dev string, size int64) *seqWriter {
 
 func (w *seqWriter) run() {
 	defer close(w.done)
-	for i := 0; !w.stop.Load(); i++ {
+	for i := int(w.from); !w.stop.Load(); i++ {
 		c := i % w.chunks
 		fillChunk(w.buf, uint32(i/w.chunks+1), c)
 		w.started.Store(int64(i + 1))
