@@ -488,6 +488,11 @@ func (st *Stack) Disassemble(ctx context.Context, s lvm.Scope, sr, vg, key strin
 	if _, parent, snapshot, err := st.source(ctx, w, key); err == nil && (snapshot || parent != "") {
 		return st.disassembleImage(ctx, w, key, parent, snapshot)
 	}
+	// The COWs K's live stack maps, read before it goes: the tags may
+	// have moved on since it was built (a merge another host finished
+	// after this host's VM migrated away), and their LVs must not stay
+	// active here.
+	live := st.liveCOWs(ctx, DevName(sr, key))
 	if err := st.removeExtras(ctx, []string{DevName(sr, key)}); err != nil {
 		return err
 	}
@@ -504,7 +509,9 @@ func (st *Stack) Disassemble(ctx context.Context, s lvm.Scope, sr, vg, key strin
 	if err := st.removeExtras(ctx, middle); err != nil {
 		return err
 	}
+	chained := map[string]bool{}
 	for _, snap := range append(append([]string{}, c.Snaps...), intentSnap(c)...) {
+		chained[dmName(vg, cowName(snap))] = true
 		l, err := st.LVM.LV(ctx, s, vg, cowName(snap))
 		if errors.Is(err, host.ErrNotFound) || (err == nil && l.Open()) {
 			continue
@@ -516,7 +523,88 @@ func (st *Stack) Disassemble(ctx context.Context, s lvm.Scope, sr, vg, key strin
 			errs = append(errs, err)
 		}
 	}
+	for _, name := range live {
+		if chained[name] {
+			continue
+		}
+		if err := st.releaseStaleCOW(ctx, s, vg, name); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// dmName is the device-mapper name LVM gives an LV: VG and LV joined by
+// one dash, every dash inside either doubled (lvm2 lib/misc/lvm-string.c,
+// dm_build_dm_name).
+func dmName(vg, lv string) string {
+	return strings.ReplaceAll(vg, "-", "--") + "-" + strings.ReplaceAll(lv, "-", "--")
+}
+
+// liveCOWs returns the device-mapper names of the COW devices that the
+// snapshot targets of dev and of the sanvol layers under it map, from
+// their live tables. A device that is not there maps nothing.
+func (st *Stack) liveCOWs(ctx context.Context, dev string) []string {
+	var out []string
+	for seen := 0; dev != "" && seen < MaxDepth+1; seen++ {
+		info, err := st.DM.Info(ctx, dev)
+		if err != nil || !info.Exists {
+			break
+		}
+		t, err := st.DM.Table(ctx, dev)
+		if err != nil || len(t) != 1 || (t[0].Type != "snapshot" && t[0].Type != "snapshot-merge") {
+			break
+		}
+		f := strings.Fields(t[0].Args)
+		if len(f) < 2 {
+			break
+		}
+		if cow, err := st.nameOf(f[1]); err == nil {
+			out = append(out, cow)
+		}
+		dev = ""
+		if origin, err := st.nameOf(f[0]); err == nil && strings.HasPrefix(origin, "sanvol-") {
+			dev = origin
+		}
+	}
+	return out
+}
+
+// nameOf is the device-mapper name of the device major:minor.
+func (st *Stack) nameOf(majMin string) (string, error) {
+	b, err := st.Root.ReadFile("/sys/dev/block/" + majMin + "/dm/name")
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// releaseStaleCOW takes down a COW device K's stack used here that its
+// chain no longer names: deactivated through LVM while its LV exists,
+// removed as a bare device once the master removed the LV (LVM no longer
+// knows it, so only device-mapper can). A device still open stays (its
+// removal fails) and is reported.
+func (st *Stack) releaseStaleCOW(ctx context.Context, s lvm.Scope, vg, name string) error {
+	prefix := dmName(vg, "s-")
+	if !strings.HasPrefix(name, prefix) {
+		return nil
+	}
+	lv := cowName(strings.ReplaceAll(strings.TrimPrefix(name, prefix), "--", "-"))
+	l, err := st.LVM.LV(ctx, s, vg, lv)
+	switch {
+	case err == nil && l.Open():
+		return nil
+	case err == nil:
+		return st.LVM.Deactivate(ctx, s, vg, lv)
+	case !errors.Is(err, host.ErrNotFound):
+		return err
+	}
+	info, err := st.DM.Info(ctx, name)
+	if err != nil || !info.Exists {
+		return err
+	}
+	st.log().Info("removing the device of a COW LV the master removed", zap.String("device", name))
+	return st.DM.Remove(ctx, name)
 }
 
 // waitMerged polls name's snapshot-merge target until every exception is

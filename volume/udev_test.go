@@ -4,16 +4,8 @@ import (
 	"os"
 	"path"
 	"regexp"
-	"strings"
 	"testing"
 )
-
-// dmName is the device-mapper name LVM gives an LV: VG and LV joined by
-// one dash, every dash inside either doubled (lvm2 lib/misc/lvm-string.c,
-// dm_build_dm_name).
-func dmName(vg, lv string) string {
-	return strings.ReplaceAll(vg, "-", "--") + "-" + strings.ReplaceAll(lv, "-", "--")
-}
 
 // The packaged udev rule that keeps blkid off the guests' LVs must match
 // the names this package gives its VGs, and no one else's.
