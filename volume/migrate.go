@@ -150,12 +150,13 @@ func (st *Stack) StopMerge(ctx context.Context, s lvm.Scope, sr, vg, key string)
 	if err != nil || !live {
 		return err
 	}
-	l, err := st.LVM.LV(ctx, s, vg, lvName(key))
+	// A snapshot's image (read-only, an export's) and a clone's device
+	// never merge.
+	l, parent, snapshot, err := st.source(ctx, w, key)
 	if err != nil {
 		return err
 	}
-	if _, _, isClone, _ := cloneOf(l.Tags); isClone {
-		// A clone's device never merges.
+	if snapshot || parent != "" {
 		return nil
 	}
 	c, err := chainFrom(w, key, l)

@@ -3,6 +3,7 @@ package volume_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -387,4 +388,26 @@ func TestActivateKilledMidSwitchIsRepaired(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.wantStack([]string{s1}, "activate after a killed one")
+}
+
+// An export's deactivate of a snapshot's image (the volume has no LV of
+// its own, only its COW) has nothing to stop and must not fail: the
+// pool lab's XO pattern exports the newest snapshot from the master.
+func TestStopMergeLeavesASnapshotImageAlone(t *testing.T) {
+	ctx := context.Background()
+	s := newSnapEnv(t, true)
+	s.snapshot("s1")
+	s2 := s.snapshot("s2")
+	if _, err := s.stack.Assemble(ctx, s.scope(), srUUID, s.vg, s2); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := s.sim.DM()
+	for range 2 {
+		if err := s.stack.StopMerge(ctx, s.scope(), srUUID, s.vg, s2); err != nil {
+			t.Fatalf("StopMerge of snapshot %s's image: %v", s2, err)
+		}
+	}
+	if after, _ := s.sim.DM(); !maps.Equal(before, after) {
+		t.Fatalf("tables changed:\n%v\n%v", before, after)
+	}
 }

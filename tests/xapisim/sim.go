@@ -151,13 +151,21 @@ func (o *op) say(format string, a ...any) {
 // call runs one method file and narrates its outcome.
 func (o *op) call(ctx context.Context, dir, method string, args, result any) error {
 	start := time.Now()
-	raw, err := o.s.invoke(ctx, dir, method, args)
+	raw, warn, err := o.s.invokeWarn(ctx, dir, method, args)
 	took := time.Since(start).Round(10 * time.Millisecond)
 	if err != nil {
 		o.say("    %-22s %7s  FAILED: %s", method, took, describeErr(err))
 		return fmt.Errorf("%s: %w", method, err)
 	}
 	o.say("    %-22s %7s  %s", method, took, summarize(method, raw))
+	// A call that succeeds may still have logged a problem (Datapath.detach
+	// never fails, spec §6.4, but says what it could not do): the
+	// plugin's stderr carries warnings and errors only.
+	for _, line := range strings.Split(strings.TrimSpace(warn), "\n") {
+		if line != "" {
+			o.say("      ! %s", line)
+		}
+	}
 	if result != nil {
 		if err := json.Unmarshal(raw, result); err != nil {
 			return fmt.Errorf("%s: result %s: %w", method, raw, err)
@@ -170,17 +178,23 @@ func (o *op) call(ctx context.Context, dir, method string, args, result any) err
 // and Script.path) and decodes its result as the daemon's typed client
 // does (checkResult): a result the daemon could not unmarshal fails here.
 func (s *Sim) invoke(ctx context.Context, dir, method string, args any) (json.RawMessage, error) {
+	raw, _, err := s.invokeWarn(ctx, dir, method, args)
+	return raw, err
+}
+
+// invokeWarn is invoke that also returns what the method wrote to stderr.
+func (s *Sim) invokeWarn(ctx context.Context, dir, method string, args any) (json.RawMessage, string, error) {
 	script, err := plugin.FindMethod(dir, method)
 	if err != nil {
 		code, why := "SCRIPT_MISSING", "Check whether the file exists and has correct permissions"
 		if strings.HasPrefix(err.Error(), "SCRIPT_NOT_EXECUTABLE") {
 			code, why = "SCRIPT_NOT_EXECUTABLE", err.Error()
 		}
-		return nil, &plugin.CallError{Script: filepath.Join(dir, method), Doc: schema.ErrorDoc{Code: code, Params: []string{filepath.Join(dir, method), why}}}
+		return nil, "", &plugin.CallError{Script: filepath.Join(dir, method), Doc: schema.ErrorDoc{Code: code, Params: []string{filepath.Join(dir, method), why}}}
 	}
 	stdin, err := json.Marshal(args)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if s.OldDaemon {
 		s.serial.Lock()
@@ -192,16 +206,16 @@ func (s *Sim) invoke(ctx context.Context, dir, method string, args any) (json.Ra
 	}
 	out, err := run(ctx, script, stdin)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	raw, err := plugin.Decode(out)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if err := checkResult(method, script, raw, s.OldDaemon); err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return raw, nil
+	return raw, string(out.Stderr), nil
 }
 
 // APIError is an error xapi itself raises (a XenAPI error code and its
