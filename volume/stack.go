@@ -513,7 +513,12 @@ func (st *Stack) Disassemble(ctx context.Context, s lvm.Scope, sr, vg, key strin
 	for _, snap := range append(append([]string{}, c.Snaps...), intentSnap(c)...) {
 		chained[dmName(vg, cowName(snap))] = true
 		l, err := st.LVM.LV(ctx, s, vg, cowName(snap))
-		if errors.Is(err, host.ErrNotFound) || (err == nil && l.Open()) {
+		if err == nil && l.Open() && !st.heldByDevice(ctx, vg, cowName(snap)) {
+			// Open, but by a process rather than a device (udev's
+			// probe after the removal above): it lets go in moments.
+			l, err = st.waitClosed(ctx, s, vg, cowName(snap))
+		}
+		if errors.Is(err, host.ErrNotFound) || (err == nil && l.Open() && st.heldByDevice(ctx, vg, cowName(snap))) {
 			continue
 		}
 		if err == nil {
@@ -539,6 +544,39 @@ func (st *Stack) Disassemble(ctx context.Context, s lvm.Scope, sr, vg, key strin
 // dm_build_dm_name).
 func dmName(vg, lv string) string {
 	return strings.ReplaceAll(vg, "-", "--") + "-" + strings.ReplaceAll(lv, "-", "--")
+}
+
+// heldByDevice reports whether a device-mapper device maps the LV (a
+// clone's middle layer keeps its COWs): true too when this cannot be told
+// (no device node of the LV under that name).
+func (st *Stack) heldByDevice(ctx context.Context, vg, lv string) bool {
+	info, err := st.DM.Info(ctx, dmName(vg, lv))
+	if err != nil || !info.Exists || info.Dev == "" {
+		return true
+	}
+	holders, err := st.Root.ReadDir("/sys/dev/block/" + info.Dev + "/holders")
+	return err != nil || len(holders) > 0
+}
+
+// openWait bounds how long a detach waits for a process to close a COW.
+const openWait = 10 * time.Second
+
+// waitClosed rereads the LV until nothing has it open, for openWait at
+// most; it returns the last read.
+func (st *Stack) waitClosed(ctx context.Context, s lvm.Scope, vg, lv string) (lvm.LV, error) {
+	ctx, cancel := context.WithTimeout(ctx, openWait)
+	defer cancel()
+	var l lvm.LV
+	err := host.Poll(ctx, 250*time.Millisecond, func(ctx context.Context) (bool, error) {
+		var err error
+		l, err = st.LVM.LV(ctx, s, vg, lv)
+		return err != nil || !l.Open(), err
+	})
+	if err != nil && ctx.Err() != nil && l.Name != "" {
+		st.log().Warn("a COW LV stays open on this host after its volume's device went; it stays active", zap.String("lv", lv))
+		return l, nil
+	}
+	return l, err
 }
 
 // liveCOWs returns the device-mapper names of the COW devices that the
