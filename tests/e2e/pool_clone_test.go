@@ -36,6 +36,11 @@ func TestPoolResetOnBootNVMe(t *testing.T) {
 	l.resetOnBootScenario(plugin.TypeNVMeTCP, l.nvmeTarget("poolclone"))
 }
 
+func TestPoolResetOnBootISCSI(t *testing.T) {
+	l := newPoolLab(t)
+	l.resetOnBootScenario(plugin.TypeISCSI, l.iscsiTarget("poolclone"))
+}
+
 // pendingMethodFiles makes Volume.clone and Volume.snapshot method files
 // of srType on A and B, before the SR is created so that xapi's features
 // (derived from the files at bind) include VDI_CLONE, VDI_SNAPSHOT and

@@ -24,12 +24,21 @@ import (
 )
 
 func TestPoolXOBackupNVMe(t *testing.T) {
-	const rounds = 10
 	l := newPoolLab(t)
-	ctx := l.ctx
-	ps := l.create(plugin.TypeNVMeTCP, l.nvmeTarget("poolxo"))
+	l.xoScenario(plugin.TypeNVMeTCP, l.nvmeTarget("poolxo"))
+}
+
+func TestPoolXOBackupISCSI(t *testing.T) {
+	l := newPoolLab(t)
+	l.xoScenario(plugin.TypeISCSI, l.iscsiTarget("poolxo"))
+}
+
+func (l *poolLab) xoScenario(srType string, cfg map[string]string) {
+	const rounds = 10
+	t, ctx := l.t, l.ctx
+	ps := l.create(srType, cfg)
 	sr := ps.Master().UUID
-	e := poolEngine(t, plugin.TypeNVMeTCP)
+	e := poolEngine(t, srType)
 	v, err := ps.Master().VDICreate(ctx, "pool xo", "", poolSnapSize, false)
 	if err != nil {
 		t.Fatal(err)
