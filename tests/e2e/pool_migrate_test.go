@@ -64,17 +64,8 @@ func (l *poolLab) throttleB(pct string) {
 // base.
 func (l *poolLab) migrateScenario(srType string, cfg map[string]string, merging bool) {
 	t, ctx := l.t, l.ctx
-	ps := l.create(srType, cfg)
+	ps, e, v, onB := l.diskOnB(srType, cfg, "pool migrate")
 	sr := ps.Master().UUID
-	e := poolEngine(t, srType)
-	v, err := ps.Master().VDICreate(ctx, "pool migrate", "", poolSnapSize, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	onB, err := ps.On(1).VMStart(ctx, v.Key, "5")
-	if err != nil {
-		t.Fatal(err)
-	}
 	k := onB.Device
 	kName := volume.DevName(sr, v.Key)
 	chunks := int(poolSnapSpan / ioChunk)

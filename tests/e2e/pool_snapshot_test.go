@@ -30,6 +30,7 @@ import (
 	"github.com/sanvol/sanvol/plugin"
 	"github.com/sanvol/sanvol/tests/xapisim"
 	"github.com/sanvol/sanvol/volume"
+	schema "github.com/sanvol/sanvol/xapi-storage-schema"
 )
 
 func TestPoolSnapshotNVMe(t *testing.T) {
@@ -206,17 +207,15 @@ func (l *poolLab) killB(ps *xapisim.PoolSR, srUUID, key string) {
 	ps.On(1).Handle = "" // its PBD went with it
 }
 
-// snapshotScenario: a VM on B under O_DIRECT writes. Round 1: the master
-// snapshots its disk (B switches), reads the snapshot's image on A, and
-// deletes the snapshot (B merges live). Round 2: B dies while it merges
-// (its plugin killed mid-call, its devices gone); the VM restarts on A,
-// where the merge resumes from the tags.
-func (l *poolLab) snapshotScenario(srType string, cfg map[string]string) {
+// diskOnB is how the snapshot scenarios start: an SR of srType plugged
+// on both hosts, the master's engine (as the plugin builds it), and a
+// 64 MiB volume named name running on B as domain 5.
+func (l *poolLab) diskOnB(srType string, cfg map[string]string, name string) (*xapisim.PoolSR, *volume.Engine, schema.Volume, *xapisim.Attachment) {
 	t, ctx := l.t, l.ctx
+	t.Helper()
 	ps := l.create(srType, cfg)
-	sr := ps.Master().UUID
 	e := poolEngine(t, srType)
-	v, err := ps.Master().VDICreate(ctx, "pool snap", "", poolSnapSize, false)
+	v, err := ps.Master().VDICreate(ctx, name, "", poolSnapSize, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,6 +223,18 @@ func (l *poolLab) snapshotScenario(srType string, cfg map[string]string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ps, e, v, onB
+}
+
+// snapshotScenario: a VM on B under O_DIRECT writes. Round 1: the master
+// snapshots its disk (B switches), reads the snapshot's image on A, and
+// deletes the snapshot (B merges live). Round 2: B dies while it merges
+// (its plugin killed mid-call, its devices gone); the VM restarts on A,
+// where the merge resumes from the tags.
+func (l *poolLab) snapshotScenario(srType string, cfg map[string]string) {
+	t, ctx := l.t, l.ctx
+	ps, e, v, onB := l.diskOnB(srType, cfg, "pool snap")
+	sr := ps.Master().UUID
 	k := onB.Device
 	if k != volume.DevPath(sr, v.Key) {
 		t.Fatalf("B attached %s, want sanvol's device", k)

@@ -36,17 +36,8 @@ func TestPoolXOBackupISCSI(t *testing.T) {
 func (l *poolLab) xoScenario(srType string, cfg map[string]string) {
 	const rounds = 10
 	t, ctx := l.t, l.ctx
-	ps := l.create(srType, cfg)
+	ps, e, v, onB := l.diskOnB(srType, cfg, "pool xo")
 	sr := ps.Master().UUID
-	e := poolEngine(t, srType)
-	v, err := ps.Master().VDICreate(ctx, "pool xo", "", poolSnapSize, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	onB, err := ps.On(1).VMStart(ctx, v.Key, "5")
-	if err != nil {
-		t.Fatal(err)
-	}
 	k := onB.Device
 	chunks := int(poolSnapSpan / ioChunk)
 	base := volume.LVName(v.Key)
