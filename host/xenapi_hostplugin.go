@@ -39,21 +39,11 @@ const hostPluginTimeout = 3 * time.Minute
 // sanvol cannot switch two stacks.
 func (x *XenAPI) ActiveHost(ctx context.Context, srUUID, key string) (string, error) {
 	op := "find the host where volume " + key + " is active"
-	s, err := x.Login(ctx)
+	get, logout, err := x.getter(ctx, op, KindInternal, "")
 	if err != nil {
-		return "", NewError(KindUnreachable, op, "cannot log in to xapi", "check that xapi is running on this host", err)
+		return "", err
 	}
-	defer s.Logout(ctx)
-	get := func(out any, method string, params ...any) error {
-		res, err := s.Call(ctx, method, params...)
-		if err != nil {
-			return NewError(KindInternal, op, "XenAPI "+method+" failed", "", err)
-		}
-		if err := json.Unmarshal(res, out); err != nil {
-			return fmt.Errorf("%s: %s: unexpected answer: %w", op, method, err)
-		}
-		return nil
-	}
+	defer logout()
 	var sr string
 	if err := get(&sr, "SR.get_by_uuid", srUUID); err != nil {
 		return "", err
@@ -171,21 +161,11 @@ func slowClient(c *http.Client) *http.Client {
 // pool.conf during a designate_new_master.
 func (x *XenAPI) PoolMaster(ctx context.Context) (string, error) {
 	const op = "find the pool master"
-	s, err := x.Login(ctx)
+	get, logout, err := x.getter(ctx, op, KindUnreachable, "check that the pool master's xapi answers (xe host-list)")
 	if err != nil {
-		return "", NewError(KindUnreachable, op, "cannot log in to xapi", "check that xapi is running on this host", err)
+		return "", err
 	}
-	defer s.Logout(ctx)
-	get := func(out any, method string, params ...any) error {
-		res, err := s.Call(ctx, method, params...)
-		if err != nil {
-			return NewError(KindUnreachable, op, "XenAPI "+method+" failed", "check that the pool master's xapi answers (xe host-list)", err)
-		}
-		if err := json.Unmarshal(res, out); err != nil {
-			return fmt.Errorf("%s: %s: unexpected answer: %w", op, method, err)
-		}
-		return nil
-	}
+	defer logout()
 	var pools []string
 	if err := get(&pools, "pool.get_all"); err != nil {
 		return "", err
@@ -201,4 +181,25 @@ func (x *XenAPI) PoolMaster(ctx context.Context) (string, error) {
 		return "", err
 	}
 	return uuid, nil
+}
+
+// getter logs in to xapi for op and returns a call that decodes a
+// method's result into out, and the logout. A call that fails is an
+// error of kind with fix; an answer that does not decode is plain.
+func (x *XenAPI) getter(ctx context.Context, op string, kind Kind, fix string) (func(out any, method string, params ...any) error, func(), error) {
+	s, err := x.Login(ctx)
+	if err != nil {
+		return nil, nil, NewError(KindUnreachable, op, "cannot log in to xapi", "check that xapi is running on this host", err)
+	}
+	get := func(out any, method string, params ...any) error {
+		res, err := s.Call(ctx, method, params...)
+		if err != nil {
+			return NewError(kind, op, "XenAPI "+method+" failed", fix, err)
+		}
+		if err := json.Unmarshal(res, out); err != nil {
+			return fmt.Errorf("%s: %s: unexpected answer: %w", op, method, err)
+		}
+		return nil
+	}
+	return get, func() { s.Logout(ctx) }, nil
 }
