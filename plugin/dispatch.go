@@ -5,10 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -118,9 +116,6 @@ func Resolve(argv0 string) (Target, error) {
 	default:
 		return t, host.NewError(host.KindInvalid, file, fmt.Sprintf("unknown plugin directory %q", dir),
 			"method files must live in volume/"+VolumePrefix+"<type>/ or datapath/"+DatapathScheme+"/ under /usr/libexec/xapi-storage-script; reinstall with `sanvol install`", nil)
-	}
-	if t.Kind == VolumePlugin && os.Getenv(PendingEnv) == "1" {
-		table = slices.Concat(table, pendingVolumeMethods)
 	}
 	for _, m := range table {
 		if strings.EqualFold(m.Name, file) {
@@ -249,27 +244,11 @@ var volumeMethods = []*Method{
 	{Name: "Volume.unset", Args: []argSpec{aDbg, aSR, aKey, {"k", tString}}, Run: volumeUnset},
 	{Name: "Volume.set_name", Args: []argSpec{aDbg, aSR, aKey, {"new_name", tString}}, Run: volumeSetName},
 	{Name: "Volume.set_description", Args: []argSpec{aDbg, aSR, aKey, {"new_description", tString}}, Run: volumeSetDescription},
-	// No Volume.snapshot or Volume.clone: the daemon derives VDI_SNAPSHOT,
-	// VDI_CLONE and VDI_RESET_ON_BOOT/2 from the mere presence of those
-	// files, whatever Plugin.Query says (xapi-storage-script main.ml,
-	// QueryImpl.query_impl), and xapi would then offer operations that
-	// fail. A method gets a file here only once it works.
-}
-
-// PendingEnv, set to 1 in a method file's environment, makes the
-// pending methods answer to method files made by hand: the pool lab's
-// reset-on-boot scenario (tests/e2e/pool_clone_test.go) runs xapi's VM
-// start path through a Volume.clone file that way, with nothing
-// installed or advertised. xapi-storage-script never sets it.
-const PendingEnv = "SANVOL_TEST_PENDING_METHODS"
-
-// pendingVolumeMethods work (the engine's Volume.snapshot and
-// Volume.clone, tested in volume/ and the lab) but get no method file
-// yet: issue 17 advertises VDI_SNAPSHOT, VDI_CLONE and with it
-// VDI_RESET_ON_BOOT/2 only once the pool lab passes (cross-host table
-// switches). Installing them is moving these two entries into
-// volumeMethods (and listing the features in Plugin.Query).
-var pendingVolumeMethods = []*Method{
+	// The daemon derives VDI_SNAPSHOT, VDI_CLONE and VDI_RESET_ON_BOOT/2
+	// from the mere presence of these two files, whatever Plugin.Query
+	// says (xapi-storage-script main.ml, QueryImpl.query_impl): they were
+	// installed once snapshots, clones and reset-on-boot passed on one
+	// host and on the pool lab (issue 17).
 	{Name: "Volume.snapshot", Args: []argSpec{aDbg, aSR, aKey}, Run: volumeSnapshot},
 	{Name: "Volume.clone", Args: []argSpec{aDbg, aSR, aKey}, Run: volumeClone},
 }

@@ -54,7 +54,7 @@ func TestResolve(t *testing.T) {
 }
 
 func TestEveryMethodHasADbgArgument(t *testing.T) {
-	for _, ms := range [][]*Method{volumeMethods, pendingVolumeMethods, datapathMethods} {
+	for _, ms := range [][]*Method{volumeMethods, datapathMethods} {
 		for _, m := range ms {
 			if len(m.Args) == 0 || m.Args[0] != aDbg {
 				t.Errorf("%s: first argument is not dbg", m.Name)

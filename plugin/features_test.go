@@ -1,8 +1,6 @@
 package plugin
 
 import (
-	"errors"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -43,10 +41,10 @@ func daemonFeatures(declared []string, files []string) []string {
 }
 
 // TestAdvertisedFeaturesAreTheWorkingOnes installs the tree and derives
-// what `xe sm-list params=features` would show: no snapshot, clone or
-// reset-on-boot (which fail), and VDI_ATTACH_OFFLINE, without which xapi
-// refuses the SR for the HA statefile (xha_statefile.ml,
-// check_sr_can_host_statefile).
+// what `xe sm-list params=features` would show: snapshot, clone and
+// reset-on-boot (issue 17), no SR_STATS (not built), and
+// VDI_ATTACH_OFFLINE, without which xapi refuses the SR for the HA
+// statefile (xha_statefile.ml, check_sr_can_host_statefile).
 func TestAdvertisedFeaturesAreTheWorkingOnes(t *testing.T) {
 	root := t.TempDir()
 	if _, err := Install(InstallOptions{Root: root, Binary: fakeBinary(t)}); err != nil {
@@ -68,12 +66,13 @@ func TestAdvertisedFeaturesAreTheWorkingOnes(t *testing.T) {
 			t.Fatal(err)
 		}
 		got := daemonFeatures(svc.Describe().Features, files)
-		for _, bad := range []string{"VDI_SNAPSHOT", "VDI_CLONE", "VDI_RESET_ON_BOOT/2", "SR_STATS"} {
+		for _, bad := range []string{"SR_STATS", "VDI_CONFIG_CBT", "VDI_MIRROR"} {
 			if slices.Contains(got, bad) {
 				t.Errorf("%s: xapi would offer %s, which sanvol does not do: %v", typ, bad, got)
 			}
 		}
-		for _, need := range []string{"VDI_ATTACH_OFFLINE", "VDI_CREATE", "VDI_DELETE", "VDI_RESIZE", "VDI_UPDATE", "SR_PROBE", "SR_UPDATE"} {
+		for _, need := range []string{"VDI_ATTACH_OFFLINE", "VDI_CREATE", "VDI_DELETE", "VDI_RESIZE", "VDI_UPDATE", "SR_PROBE", "SR_UPDATE",
+			"VDI_SNAPSHOT", "VDI_CLONE", "VDI_RESET_ON_BOOT/2"} {
 			if !slices.Contains(got, need) {
 				t.Errorf("%s: %s missing from %v", typ, need, got)
 			}
@@ -81,10 +80,10 @@ func TestAdvertisedFeaturesAreTheWorkingOnes(t *testing.T) {
 	}
 }
 
-// TestInstallRemovesStaleMethodFiles: an upgrade from a version that
-// shipped Volume.snapshot and Volume.clone (which only failed) leaves
-// neither behind, so the daemon stops deriving VDI_SNAPSHOT and VDI_CLONE.
-func TestInstallRemovesStaleMethodFiles(t *testing.T) {
+// TestInstallAddsSnapshotAndClone: an upgrade from a version without
+// Volume.snapshot and Volume.clone adds both files to every volume
+// plugin directory, which is what turns the features on in the daemon.
+func TestInstallAddsSnapshotAndClone(t *testing.T) {
 	root := t.TempDir()
 	bin := fakeBinary(t)
 	if _, err := Install(InstallOptions{Root: root, Binary: bin}); err != nil {
@@ -94,12 +93,8 @@ func TestInstallRemovesStaleMethodFiles(t *testing.T) {
 	for _, typ := range SRTypes() {
 		dir := filepath.Join(root, ScriptRoot, "volume", VolumePrefix+typ)
 		dirs = append(dirs, dir)
-		target, err := os.Readlink(filepath.Join(dir, "SR.stat"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, stale := range []string{"Volume.snapshot", "Volume.clone"} {
-			if err := os.Symlink(target, filepath.Join(dir, stale)); err != nil {
+		for _, m := range []string{"Volume.snapshot", "Volume.clone"} {
+			if err := os.Remove(filepath.Join(dir, m)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -112,27 +107,27 @@ func TestInstallRemovesStaleMethodFiles(t *testing.T) {
 		t.Errorf("upgrade changed %v, want the %d volume plugin directories", rep.Changed, len(SRTypes()))
 	}
 	for _, dir := range dirs {
-		for _, stale := range []string{"Volume.snapshot", "Volume.clone"} {
-			if _, err := os.Lstat(filepath.Join(dir, stale)); !errors.Is(err, fs.ErrNotExist) {
-				t.Errorf("%s/%s survived the upgrade: %v", dir, stale, err)
+		for _, m := range []string{"Volume.snapshot", "Volume.clone"} {
+			if _, err := os.Lstat(filepath.Join(dir, m)); err != nil {
+				t.Errorf("%s/%s missing after the upgrade: %v", dir, m, err)
 			}
 		}
 	}
 }
 
-// The pending methods are what turns snapshot, clone and reset-on-boot on:
-// with their files the daemon derives exactly those three features
-// (main.ml, QueryImpl.query_impl), and their arguments are the schema's
-// Volume.snapshot and Volume.clone requests.
-func TestPendingMethodsAreOneStepAway(t *testing.T) {
-	var names []string
-	for _, m := range pendingVolumeMethods {
-		names = append(names, m.Name)
-		if _, err := DecodeArgs(m.Name, []byte(`{"dbg":"d","sr":"sr","key":"k"}`), m.Args); err != nil {
-			t.Errorf("%s: %v", m.Name, err)
+// Volume.snapshot and Volume.clone are what turns snapshot, clone and
+// reset-on-boot on: with their files the daemon derives exactly those
+// three features (main.ml, QueryImpl.query_impl), and their arguments are
+// the schema's Volume.snapshot and Volume.clone requests.
+func TestSnapshotAndCloneFilesAddTheirFeatures(t *testing.T) {
+	names := []string{"Volume.snapshot", "Volume.clone"}
+	for _, name := range names {
+		i := slices.IndexFunc(volumeMethods, func(v *Method) bool { return v.Name == name })
+		if i < 0 {
+			t.Fatalf("%s is not installed", name)
 		}
-		if slices.ContainsFunc(volumeMethods, func(v *Method) bool { return v.Name == m.Name }) {
-			t.Errorf("%s is installed already", m.Name)
+		if _, err := DecodeArgs(name, []byte(`{"dbg":"d","sr":"sr","key":"k"}`), volumeMethods[i].Args); err != nil {
+			t.Errorf("%s: %v", name, err)
 		}
 	}
 	base := daemonFeatures(nil, []string{"SR.ls"})

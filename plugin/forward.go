@@ -160,15 +160,13 @@ func (a Args) encode(specs []argSpec) ([]byte, error) {
 	return json.Marshal(obj)
 }
 
-// forwardable is the method a member may forward, by name: from the
-// installed methods or, for Volume.clone, the pending ones (a member
-// without its method file never forwards it, and one with it needs the
-// master to serve it).
+// forwardable is the method a member may forward, by name, from the
+// installed methods.
 func forwardable(name string) *Method {
 	if !slices.Contains(forwardedMethods, name) {
 		return nil
 	}
-	for _, m := range slices.Concat(volumeMethods, pendingVolumeMethods) {
+	for _, m := range volumeMethods {
 		if m.Name == name {
 			return m
 		}

@@ -215,8 +215,7 @@ func TestForwardReturnsTheMastersDocumentUnchanged(t *testing.T) {
 }
 
 func TestForwardClone(t *testing.T) {
-	// Volume.clone has no method file yet (pendingVolumeMethods), but
-	// the master serves it forwarded, through its handler.
+	// The master serves a forwarded Volume.clone through its handler.
 	member, f := forwardPool(t)
 	m := forwardable("Volume.clone")
 	if m == nil {
@@ -313,19 +312,14 @@ func TestForwardedErrorKind(t *testing.T) {
 	}
 }
 
-func TestPendingMethodsOnlyWithTheLabsEnvironment(t *testing.T) {
-	clone := fwdDir + "Volume.clone"
-	if _, err := Resolve(clone); host.KindOf(err) != host.KindInvalid {
-		t.Fatalf("Volume.clone resolved without %s: %v", PendingEnv, err)
-	}
-	t.Setenv(PendingEnv, "1")
-	if tg, err := Resolve(clone); err != nil || tg.Method.Name != "Volume.clone" {
-		t.Fatalf("with %s=1: %+v %v", PendingEnv, tg, err)
+func TestCloneResolvesInVolumeDirsOnly(t *testing.T) {
+	if tg, err := Resolve(fwdDir + "Volume.clone"); err != nil || tg.Method.Name != "Volume.clone" {
+		t.Fatalf("Volume.clone: %+v %v", tg, err)
 	}
 	if _, err := Resolve("/x/datapath/sanvol/Volume.clone"); err == nil {
 		t.Fatal("a datapath directory serves Volume.clone")
 	}
-	if dirs := PluginDirs(); slices.Contains(dirs["volume/"+VolumePrefix+TypeNVMeTCP], "Volume.clone") {
-		t.Fatal("the environment installs Volume.clone")
+	if dirs := PluginDirs(); !slices.Contains(dirs["volume/"+VolumePrefix+TypeNVMeTCP], "Volume.clone") {
+		t.Fatal("Volume.clone is not installed")
 	}
 }

@@ -680,7 +680,7 @@ func TestRenameSR(t *testing.T) {
 }
 
 func TestFeaturesAndSteps(t *testing.T) {
-	want := []string{"SR_PROBE", "SR_UPDATE", "VDI_ATTACH_OFFLINE", "VDI_CREATE", "VDI_DESTROY", "VDI_RESIZE", "VDI_UPDATE"}
+	want := []string{"SR_PROBE", "SR_UPDATE", "VDI_ATTACH_OFFLINE", "VDI_CREATE", "VDI_DESTROY", "VDI_RESIZE", "VDI_UPDATE", "VDI_SNAPSHOT", "VDI_CLONE"}
 	if !slices.Equal(volume.Features(), want) {
 		t.Fatalf("features = %v", volume.Features())
 	}

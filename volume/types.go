@@ -66,14 +66,14 @@ type ProbeResult struct {
 
 // Features lists the Plugin.query features the engine implements for
 // real. VDI_DESTROY is the name to declare (the daemon renames it to
-// VDI_DELETE). Snapshots and clones are not implemented, so VDI_SNAPSHOT
-// and VDI_CLONE are absent (and so are their method files, from which the
-// daemon would derive them anyway); SR_STATS is avoided on purpose (it
+// VDI_DELETE). VDI_SNAPSHOT and VDI_CLONE match the Volume.snapshot and
+// Volume.clone method files, from which the daemon derives them (and
+// VDI_RESET_ON_BOOT/2) anyway; SR_STATS is avoided on purpose (it
 // would make xapi create an RRD VDI on the SR). VDI_ATTACH_OFFLINE is what
 // xapi requires of an SR before it puts the HA statefile and redo log on
 // it (xha_statefile.ml, check_sr_can_host_statefile): static-vdis then
 // attaches those volumes at boot, before xapi runs, through the
 // positional form of the method files, which sanvol serves.
 func Features() []string {
-	return []string{"SR_PROBE", "SR_UPDATE", "VDI_ATTACH_OFFLINE", "VDI_CREATE", "VDI_DESTROY", "VDI_RESIZE", "VDI_UPDATE"}
+	return []string{"SR_PROBE", "SR_UPDATE", "VDI_ATTACH_OFFLINE", "VDI_CREATE", "VDI_DESTROY", "VDI_RESIZE", "VDI_UPDATE", "VDI_SNAPSHOT", "VDI_CLONE"}
 }

@@ -16,8 +16,8 @@ import (
 // Issue 17's snapshots as xapi sees them, linked clones and reset-on-boot,
 // on one host against the real kernel: the engine runs in this process
 // and the volumes go through a datapath like the plugin's, as in
-// TestSnapshotLive (Volume.snapshot and Volume.clone have no method file
-// yet). The reset-on-boot steps are the daemon's (xapi-storage-script
+// TestSnapshotLive (the engine in process, so that each step can be
+// checked between calls). The reset-on-boot steps are the daemon's (xapi-storage-script
 // main.ml, vdi_epoch_begin_impl and vdi_epoch_end_impl).
 
 func TestCloneLive(t *testing.T) {

@@ -8,16 +8,12 @@ package e2e
 // epoch_end), whose Volume.clone, Volume.set, Volume.destroy and
 // Volume.unset B's plugin forwards to the master's host plugin
 // (plugin/forward.go): the master writes the metadata, B only runs the
-// VM's disk. Volume.clone and Volume.snapshot have no method files yet
-// (plugin.pendingVolumeMethods): the test makes them on both hosts, as
-// wrappers that set plugin.PendingEnv, so that xapi's own paths (the
-// simulator's VM start, vdi-snapshot, vdi-clone) run unchanged.
+// VM's disk. xapi's own paths run: the simulator's VM start, vdi-snapshot
+// and vdi-clone, through the installed method files.
 
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -32,41 +28,12 @@ import (
 
 func TestPoolResetOnBootNVMe(t *testing.T) {
 	l := newPoolLab(t)
-	l.pendingMethodFiles(plugin.TypeNVMeTCP)
 	l.resetOnBootScenario(plugin.TypeNVMeTCP, l.nvmeTarget("poolclone"))
 }
 
 func TestPoolResetOnBootISCSI(t *testing.T) {
 	l := newPoolLab(t)
 	l.resetOnBootScenario(plugin.TypeISCSI, l.iscsiTarget("poolclone"))
-}
-
-// pendingMethodFiles makes Volume.clone and Volume.snapshot method files
-// of srType on A and B, before the SR is created so that xapi's features
-// (derived from the files at bind) include VDI_CLONE, VDI_SNAPSHOT and
-// VDI_RESET_ON_BOOT/2. They go at the end: sanvol install would remove
-// them anyway (stale files).
-func (l *poolLab) pendingMethodFiles(srType string) {
-	t := l.t
-	dir := filepath.Join(plugin.ScriptRoot, "volume", plugin.VolumePrefix+srType)
-	body := []byte("#!/bin/bash\n# The pool lab's file for a pending method (plugin.PendingEnv).\nexport " +
-		plugin.PendingEnv + "=1\nexec -a \"$0\" " + plugin.BinaryPath + " \"$@\"\n")
-	for _, m := range []string{"Volume.clone", "Volume.snapshot"} {
-		p := filepath.Join(dir, m)
-		if err := os.WriteFile(p, body, 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := l.b.Write(p, body); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := l.b.Exec("chmod", "755", p); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			_ = os.Remove(p)
-			_, _ = l.b.Exec("rm", "-f", p)
-		})
-	}
 }
 
 // forwardedOnA records the volume methods members forward to A's host
