@@ -88,6 +88,8 @@ var requests = map[string]string{
 	"Volume.create":          `{"sharable":false,"size":10737418240,"description":"","name":"disk0","sr":"nvmetcp://6e0a7c7e-9e8f-4a61-9a37-1d4d3c0e9a01","dbg":"OpaqueRef:x"}`,
 	"Volume.destroy":         `{"key":"k","sr":"nvmetcp://6e0a7c7e-9e8f-4a61-9a37-1d4d3c0e9a01","dbg":"OpaqueRef:x"}`,
 	"Volume.resize":          `{"new_size":21474836480,"key":"k","sr":"nvmetcp://6e0a7c7e-9e8f-4a61-9a37-1d4d3c0e9a01","dbg":"OpaqueRef:x"}`,
+	"Volume.snapshot":        `{"key":"k","sr":"nvmetcp://6e0a7c7e-9e8f-4a61-9a37-1d4d3c0e9a01","dbg":"OpaqueRef:x"}`,
+	"Volume.clone":           `{"key":"k","sr":"nvmetcp://6e0a7c7e-9e8f-4a61-9a37-1d4d3c0e9a01","dbg":"OpaqueRef:x"}`,
 	"Volume.stat":            `{"key":"k","sr":"nvmetcp://6e0a7c7e-9e8f-4a61-9a37-1d4d3c0e9a01","dbg":"OpaqueRef:x"}`,
 	"Volume.set":             `{"v":"user","k":"vdi-type","key":"k","sr":"nvmetcp://6e0a7c7e-9e8f-4a61-9a37-1d4d3c0e9a01","dbg":"OpaqueRef:x"}`,
 	"Volume.unset":           `{"k":"vdi-type","key":"k","sr":"nvmetcp://6e0a7c7e-9e8f-4a61-9a37-1d4d3c0e9a01","dbg":"OpaqueRef:x"}`,
