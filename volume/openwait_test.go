@@ -22,6 +22,12 @@ func (infoRunner) Run(_ context.Context, c host.Cmd) (host.Result, error) {
 type openLV struct {
 	StackLVM
 	reads, openFor int
+	deactivated    []string
+}
+
+func (o *openLV) Deactivate(_ context.Context, _ lvm.Scope, _, lv string) error {
+	o.deactivated = append(o.deactivated, lv)
+	return nil
 }
 
 func (o *openLV) LV(context.Context, lvm.Scope, string, string) (lvm.LV, error) {
@@ -56,5 +62,25 @@ func TestWaitForAProcessNotForADevice(t *testing.T) {
 	}
 	if !st.heldByDevice(ctx, "VG", "s-x") {
 		t.Fatal("a holder, yet not held by a device")
+	}
+}
+
+// A COW that the chain no longer names (its merge finished on the host the
+// VM migrated to) is released like a chained one: udev's short open is
+// waited out, then the LV is deactivated, not left active (the pool lab's
+// TestPoolMigrateMergingISCSI saw one left behind).
+func TestStaleCOWWaitsForUdevThenDeactivates(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "sys/dev/block/253:7/holders"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	o := &openLV{openFor: 2}
+	st := &Stack{DM: blockdev.NewDM(infoRunner{}, 0), LVM: o, Root: host.NewRoot(dir)}
+	if err := st.releaseStaleCOW(ctx, lvm.Scope{}, "VG", dmName("VG", "s-x")); err != nil {
+		t.Fatal(err)
+	}
+	if len(o.deactivated) != 1 || o.deactivated[0] != "s-x" || o.reads != 3 {
+		t.Fatalf("deactivated %v after %d reads, want [s-x] after 3", o.deactivated, o.reads)
 	}
 }

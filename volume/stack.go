@@ -512,19 +512,7 @@ func (st *Stack) Disassemble(ctx context.Context, s lvm.Scope, sr, vg, key strin
 	chained := map[string]bool{}
 	for _, snap := range append(append([]string{}, c.Snaps...), intentSnap(c)...) {
 		chained[dmName(vg, cowName(snap))] = true
-		l, err := st.LVM.LV(ctx, s, vg, cowName(snap))
-		if err == nil && l.Open() && !st.heldByDevice(ctx, vg, cowName(snap)) {
-			// Open, but by a process rather than a device (udev's
-			// probe after the removal above): it lets go in moments.
-			l, err = st.waitClosed(ctx, s, vg, cowName(snap))
-		}
-		if errors.Is(err, host.ErrNotFound) || (err == nil && l.Open() && st.heldByDevice(ctx, vg, cowName(snap))) {
-			continue
-		}
-		if err == nil {
-			err = st.LVM.Deactivate(ctx, s, vg, cowName(snap))
-		}
-		if err != nil && !errors.Is(err, host.ErrNotFound) {
+		if err := st.releaseCOW(ctx, s, vg, cowName(snap)); err != nil && !errors.Is(err, host.ErrNotFound) {
 			errs = append(errs, err)
 		}
 	}
@@ -556,6 +544,22 @@ func (st *Stack) heldByDevice(ctx context.Context, vg, lv string) bool {
 	}
 	holders, err := st.Root.ReadDir("/sys/dev/block/" + info.Dev + "/holders")
 	return err != nil || len(holders) > 0
+}
+
+// releaseCOW deactivates a COW LV on this host unless a device still maps
+// it (a clone's middle layer keeps its COWs). A process holding it open
+// (udev's probe after the removal of the device above it) lets go in
+// moments and is waited for; one that does not is logged and the LV stays
+// active. A missing LV is host.ErrNotFound.
+func (st *Stack) releaseCOW(ctx context.Context, s lvm.Scope, vg, lv string) error {
+	l, err := st.LVM.LV(ctx, s, vg, lv)
+	if err == nil && l.Open() && !st.heldByDevice(ctx, vg, lv) {
+		l, err = st.waitClosed(ctx, s, vg, lv)
+	}
+	if err != nil || l.Open() || !l.Active() {
+		return err
+	}
+	return st.LVM.Deactivate(ctx, s, vg, lv)
 }
 
 // openWait bounds how long a detach waits for a process to close a COW.
@@ -628,13 +632,7 @@ func (st *Stack) releaseStaleCOW(ctx context.Context, s lvm.Scope, vg, name stri
 		return nil
 	}
 	lv := cowName(strings.ReplaceAll(strings.TrimPrefix(name, prefix), "--", "-"))
-	l, err := st.LVM.LV(ctx, s, vg, lv)
-	switch {
-	case err == nil && l.Open():
-		return nil
-	case err == nil:
-		return st.LVM.Deactivate(ctx, s, vg, lv)
-	case !errors.Is(err, host.ErrNotFound):
+	if err := st.releaseCOW(ctx, s, vg, lv); !errors.Is(err, host.ErrNotFound) {
 		return err
 	}
 	info, err := st.DM.Info(ctx, name)
