@@ -88,9 +88,12 @@ func (l *poolLab) stopLoad(dev, step string) {
 // 4 KiB block is one the writer wrote, blocks before the cut from pass p,
 // blocks from the cut on from pass p-1. The cut may fall inside a chunk:
 // a write in flight at the snapshot instant may reach the image in part
-// (the kernel can split one 1 MiB write into several bios, and a table
-// switch lands between two), as a power cut would leave it; a chunk torn
-// any other way fails with its blocks' passes. It returns the pass, the
+// (device-mapper maps a bio larger than a target's max_io_len, 8 KiB for
+// a snapshot target, one piece at a time and resubmits the remainder:
+// drivers/md/dm.c, dm_split_and_process_bio; a remainder resubmitted
+// after the switch's suspend goes to the new table), as a power cut
+// would leave it; a chunk torn any other way fails with its blocks'
+// passes. It returns the pass, the
 // chunk of the cut and the image's checksum, which must equal the
 // checksum of that content as computed from the pattern.
 func patternCut(t *testing.T, dev string, chunks int) (pass uint32, cut int, sum string) {
