@@ -151,7 +151,7 @@ func CheckOverlayMemory(op, key string, size, cow int64, m Meminfo) error {
 	return host.NewError(host.KindNoSpace, op,
 		fmt.Sprintf("not enough dom0 memory for the snapshot's overlay: volume %s is a VDI of %d MiB, whose overlay table can take up to %d MiB of dom0 RAM (4 MiB per GiB when every chunk is rewritten while the snapshot lives); dom0 has %d MiB available, of which sanvol leaves %d MiB to dom0 itself",
 			key, mibs(size), mibs(need), m.Available/mib, mibs(dom0Reserve(m.Total))),
-		fmt.Sprintf("give dom0 more memory (XCP-ng: /opt/xensource/libexec/xen-cmdline --set-xen dom0_mem=%dM,max:%dM, then reboot the host), or snapshot a smaller VDI, or delete snapshots of VDIs running on this host to free their tables",
+		fmt.Sprintf("give dom0 more memory (XCP-ng: /opt/xensource/libexec/xen-cmdline --set-xen dom0_mem=%dM,max:%dM, then reboot the host), or snapshot a smaller VDI, or delete snapshots of VDIs whose VMs run on the same host, to free their tables",
 			dom0Suggestion(need, m)/mib, dom0Suggestion(need, m)/mib), nil)
 }
 
