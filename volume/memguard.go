@@ -184,32 +184,32 @@ func (st *Stack) guardNewOverlay(ctx context.Context, w where, c Chain, sectors 
 }
 
 // warnOverlayMemory is Datapath.activate's look at dom0's memory before
-// it loads K's overlays on this host (there is no refusing then: the VM
-// is starting). Overlays already loaded here are in MemAvailable, so
+// it loads overlays of volume key on this host (there is no refusing
+// then: the VM is starting): n overlays of a VDI of size bytes over COWs
+// of cow bytes. Overlays already loaded here are in MemAvailable, so
 // only a device that is absent or a placeholder counts.
-func (st *Stack) warnOverlayMemory(ctx context.Context, w where, c Chain, size int64) {
-	snaps, _ := c.Live()
-	if len(snaps) == 0 {
+func (st *Stack) warnOverlayMemory(ctx context.Context, sr, key string, n int, size, cow int64) {
+	if n == 0 {
 		return
 	}
-	if info, err := st.DM.Info(ctx, DevName(w.sr, c.Key)); err != nil {
+	if info, err := st.DM.Info(ctx, DevName(sr, key)); err != nil {
 		return
 	} else if info.Exists {
-		t, err := st.DM.Table(ctx, DevName(w.sr, c.Key))
+		t, err := st.DM.Table(ctx, DevName(sr, key))
 		if err != nil || !isPlaceholder(t) {
 			return
 		}
 	}
 	m, err := ReadMeminfo(st.Root)
 	if err != nil {
-		st.log().Warn("cannot read dom0's memory to check the snapshot overlays about to load", zap.String("key", c.Key), zap.Error(err))
+		st.log().Warn("cannot read dom0's memory to check the snapshot overlays about to load", zap.String("key", key), zap.Error(err))
 		return
 	}
-	need := int64(len(snaps)) * OverlayTableBytes(size, cowBytes(size))
+	need := int64(n) * OverlayTableBytes(size, cow)
 	if overlayFits(need, m) {
 		return
 	}
 	st.log().Warn("dom0 may run out of memory for this volume's snapshot overlays: if it does, the kernel stops an overlay as Invalid and the VM's disk fails; give dom0 more memory or delete the volume's snapshots",
-		zap.String("key", c.Key), zap.Int64("vdi_mib", mibs(size)), zap.Int("overlays", len(snaps)),
+		zap.String("key", key), zap.Int64("vdi_mib", mibs(size)), zap.Int("overlays", n),
 		zap.Int64("worst_case_mib", mibs(need)), zap.Int64("available_mib", m.Available/mib), zap.Int64("reserve_mib", mibs(dom0Reserve(m.Total))))
 }

@@ -218,3 +218,22 @@ func TestRemoteSnapshotRefusedForDom0Memory(t *testing.T) {
 		"converge [] \"\" drop []",
 		fmt.Sprintf("converge [] \"snap %s\" drop []", s1))
 }
+
+// TestActivateOfACloneWarnsForDom0Memory: a fast clone of an idle volume
+// is not refused; the activate that loads the clone's overlay warns.
+func TestActivateOfACloneWarnsForDom0Memory(t *testing.T) {
+	ctx := context.Background()
+	s := newSnapEnv(t, false)
+	setMeminfo(t, s.root, 512, 130)
+	c, err := s.e.VolumeClone(ctx, s.sr, s.key)
+	if err != nil {
+		t.Fatalf("clone of an idle volume with little dom0 memory: %v", err)
+	}
+	core, logs := observer.New(zapcore.WarnLevel)
+	s.stack.Root, s.stack.Log = s.root, zap.New(core)
+	s.attachKey(c.Key)
+	w := logs.FilterMessageSnippet("dom0 may run out of memory").All()
+	if len(w) != 1 || w[0].ContextMap()["key"] != c.Key || w[0].ContextMap()["overlays"] != int64(1) || w[0].ContextMap()["worst_case_mib"] != int64(6) {
+		t.Fatalf("warnings %v", logs.All())
+	}
+}

@@ -475,7 +475,8 @@ func (st *Stack) AssembleLV(ctx context.Context, s lvm.Scope, sr, vg, key string
 	if err != nil {
 		return "", err
 	}
-	st.warnOverlayMemory(ctx, w, c, base.Size)
+	snaps, _ := c.Live()
+	st.warnOverlayMemory(ctx, sr, key, len(snaps), base.Size, cowBytes(base.Size))
 	if err := st.build(ctx, w, base, c); err != nil {
 		return "", err
 	}
