@@ -195,6 +195,14 @@ func TestRemote(t *testing.T) {
 	if _, err := r.Converge(ctx, "B", rc); host.KindOf(err) != host.KindBusy {
 		t.Fatalf("plugin error: %v", err)
 	}
+	// The host plugin's memory refusal comes back as NoSpace with its
+	// figures and fix: the master undoes the snapshot on that kind.
+	refusal := volume.CheckOverlayMemory("snapshot of volume "+hpKey, hpKey, 1<<40, 1<<40, volume.Meminfo{Total: 4 << 30, Available: 2 << 30})
+	doc := ErrorDocument("host plugin converge", refusal)
+	f.err = &host.XenAPIError{Code: doc.Code, Params: doc.Params}
+	if _, err := r.Converge(ctx, "B", rc); !errors.Is(err, host.ErrNoSpace) || !strings.Contains(err.Error(), "dom0 has 2048 MiB available") || !strings.Contains(err.Error(), "dom0_mem=") {
+		t.Fatalf("memory refusal: %v", err)
+	}
 	f.err = &host.XenAPIError{Code: "XENAPI_PLUGIN_FAILURE", Params: []string{"signal: SIGKILL", "", ""}}
 	if _, err := r.Converge(ctx, "B", rc); host.KindOf(err) != host.KindUnreachable {
 		t.Fatalf("plugin killed: %v", err)

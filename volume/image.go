@@ -219,6 +219,9 @@ func (st *Stack) assembleClone(ctx context.Context, w where, key string, l lvm.L
 	if err != nil {
 		return "", err
 	}
+	// The clone's own overlay (its LV is the COW) only: a snapshot
+	// image under it that maps a COW loads that table too, uncounted.
+	st.warnOverlayMemory(ctx, w.sr, key, 1, int64(img.sectors)*512, l.Size)
 	if err := st.buildImage(ctx, w, img); err != nil {
 		return "", err
 	}

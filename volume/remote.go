@@ -54,6 +54,11 @@ type RemoteChain struct {
 	// the COW LVs.
 	Drop    []string
 	Sectors uint64
+	// CheckMemory asks the host to refuse, before it touches anything,
+	// a switch to the new overlay of a "snap S" intent that its dom0
+	// cannot hold in the worst case (memguard.go). Only a new snapshot
+	// asks: a repair rolling a used COW forward must not be refused.
+	CheckMemory bool
 }
 
 // The host plugin's argument names (a XenAPI call_plugin args map).
@@ -64,19 +69,26 @@ const (
 	argIntent  = "intent"
 	argDrop    = "drop"
 	argSectors = "sectors"
+	// argCheckMemory is "1" when RemoteChain.CheckMemory is set; a host
+	// plugin of an older sanvol ignores it.
+	argCheckMemory = "check_memory"
 )
 
 // Args is rc as host plugin arguments.
 func (rc RemoteChain) Args() map[string]string {
-	return map[string]string{argSR: rc.SR, argKey: rc.Key, argSnaps: strings.Join(rc.Snaps, " "),
+	a := map[string]string{argSR: rc.SR, argKey: rc.Key, argSnaps: strings.Join(rc.Snaps, " "),
 		argIntent: rc.Intent, argDrop: strings.Join(rc.Drop, " "), argSectors: strconv.FormatUint(rc.Sectors, 10)}
+	if rc.CheckMemory {
+		a[argCheckMemory] = "1"
+	}
+	return a
 }
 
 // ParseRemoteChain reads a host plugin's arguments; it refuses anything
 // it could not build a stack from, rather than guess over a VM's data.
 func ParseRemoteChain(args map[string]string) (RemoteChain, error) {
 	rc := RemoteChain{SR: args[argSR], Key: args[argKey], Snaps: strings.Fields(args[argSnaps]),
-		Intent: args[argIntent], Drop: strings.Fields(args[argDrop])}
+		Intent: args[argIntent], Drop: strings.Fields(args[argDrop]), CheckMemory: args[argCheckMemory] == "1"}
 	bad := func(why string) (RemoteChain, error) {
 		return rc, host.NewError(host.KindInvalid, "host plugin arguments", why, "", nil)
 	}
@@ -133,6 +145,10 @@ func remoteChain(sr string, c Chain, drop []string, sectors uint64) RemoteChain 
 // yet, or deactivated by a live migration's source) counts as absent:
 // the volume runs, or is about to run, on another host, whose activate
 // builds the stack from the tags.
+//
+// With rc.CheckMemory, a switch to the new overlay of a "snap S" intent
+// is first checked against this host's dom0 memory (memguard.go) and
+// refused, as NoSpace, before anything here is touched.
 func (st *Stack) ConvergeHere(ctx context.Context, s lvm.Scope, vg string, rc RemoteChain) (live bool, err error) {
 	live, err = st.inUse(ctx, rc.SR, rc.Key)
 	if err != nil || !live {
@@ -143,6 +159,11 @@ func (st *Stack) ConvergeHere(ctx context.Context, s lvm.Scope, vg string, rc Re
 		return true, err
 	}
 	w := where{sr: rc.SR, vg: vg, scope: s}
+	if rc.CheckMemory {
+		if err := st.guardNewOverlay(ctx, w, c, rc.Sectors); err != nil {
+			return true, err
+		}
+	}
 	if err := st.activateChain(ctx, w, c); err != nil {
 		return true, err
 	}
@@ -290,7 +311,12 @@ func (e *Engine) activeAt(ctx context.Context, sc *snapCtx) (activeAt, error) {
 // lookup and the call): the intent stays, and the next call on K looks
 // again.
 func (e *Engine) convergeOn(ctx context.Context, op string, sc *snapCtx, h string, c Chain, drop []string, sectors uint64) error {
-	live, err := e.remote.Converge(ctx, h, remoteChain(sc.a.UUID, c, drop, sectors))
+	return e.convergeRC(ctx, op, sc, h, remoteChain(sc.a.UUID, c, drop, sectors))
+}
+
+// convergeRC is convergeOn with the chain as the host plugin gets it.
+func (e *Engine) convergeRC(ctx context.Context, op string, sc *snapCtx, h string, rc RemoteChain) error {
+	live, err := e.remote.Converge(ctx, h, rc)
 	if err != nil {
 		return err
 	}

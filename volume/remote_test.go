@@ -123,6 +123,9 @@ type remoteEnv struct {
 
 func newRemoteEnv(t *testing.T) *remoteEnv {
 	s := newSnapEnv(t, true) // attached on B
+	// B's dom0, which the host plugin's memory check reads: plenty.
+	s.stack.Root = host.NewRoot(t.TempDir())
+	setMeminfo(t, s.stack.Root, 8192, 4096)
 	simA := lvmtest.NewSim(testDev, 100*gib)
 	r := &remoteEnv{snapEnv: s, simA: simA,
 		stackA: &volume.Stack{DM: blockdev.NewDM(simA, 0), LVM: lvm.New(s.sim, nil), DevNum: simA.DevNum}}
@@ -325,9 +328,14 @@ func TestParseRemoteChain(t *testing.T) {
 	k, s := "0b2f6c1e-7d3a-4e55-9a0b-3c4d5e6f7a8c", "0b2f6c1e-7d3a-4e55-9a0b-3c4d5e6f7a8d"
 	rc := volume.RemoteChain{SR: srUUID, Key: k, Snaps: []string{s}, Intent: "merge " + s, Sectors: 2048}
 	got, err := volume.ParseRemoteChain(rc.Args())
-	if err != nil || got.Key != k || !slices.Equal(got.Snaps, rc.Snaps) || got.Intent != rc.Intent || got.Sectors != 2048 || len(got.Drop) != 0 {
+	if err != nil || got.Key != k || !slices.Equal(got.Snaps, rc.Snaps) || got.Intent != rc.Intent || got.Sectors != 2048 || len(got.Drop) != 0 || got.CheckMemory {
 		t.Fatalf("round trip: %+v %v", got, err)
 	}
+	rc.CheckMemory = true
+	if got, err := volume.ParseRemoteChain(rc.Args()); err != nil || !got.CheckMemory {
+		t.Fatalf("round trip with the memory check: %+v %v", got, err)
+	}
+	rc.CheckMemory = false
 	for name, mut := range map[string]func(map[string]string){
 		"bad key":     func(a map[string]string) { a["key"] = "../x" },
 		"bad snap":    func(a map[string]string) { a["snaps"] = "x" },

@@ -2,6 +2,7 @@ package volume
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"go.uber.org/zap"
@@ -164,7 +165,20 @@ func (e *Engine) snapshotLocked(ctx context.Context, op string, sc *snapCtx, l l
 		fields[volFieldHidden] = hiddenForClone
 	}
 	tags := lvm.EncodeFields(fields)
-	if err := e.lvm.LVCreate(ctx, sc.w.scope, sc.w.vg, cow, cowExtents(l.Size, sc.a.ExtentSize), tags); err != nil {
+	extents := cowExtents(l.Size, sc.a.ExtentSize)
+	// dom0 memory for the new overlay's table, before anything is made:
+	// here if K runs here (this host's datapath lock keeps it so); on
+	// the host where K runs, its host plugin checks at the switch below.
+	// An idle volume's overlay loads at its next activate, on a host not
+	// known yet: that activate warns (Stack.AssembleLV).
+	if here, err := e.stack.inUse(ctx, sc.a.UUID, key); err != nil {
+		return Volume{}, err
+	} else if here {
+		if err := e.stack.checkOverlayHere(op, key, l.Size, extents*sc.a.ExtentSize); err != nil {
+			return Volume{}, err
+		}
+	}
+	if err := e.lvm.LVCreate(ctx, sc.w.scope, sc.w.vg, cow, extents, tags); err != nil {
 		return Volume{}, err
 	}
 	e.step(StepSnapshotCOW)
@@ -193,9 +207,16 @@ func (e *Engine) snapshotLocked(ctx context.Context, op string, sc *snapCtx, l l
 	} else if err := e.lvm.Deactivate(ctx, sc.w.scope, sc.w.vg, cow); err != nil {
 		return Volume{}, err
 	} else if at.host != "" {
-		// K runs on another host: that host switches (remote.go). If
-		// it does not answer, the intent stays for repair.
-		if err := e.convergeOn(ctx, op, sc, at.host, c, nil, uint64(l.Size/512)); err != nil {
+		// K runs on another host: that host checks its dom0 memory and
+		// switches (remote.go). If it does not answer, the intent stays
+		// for repair; if it refuses, nothing was built on the COW, and
+		// the snapshot is undone here.
+		rc := remoteChain(sc.a.UUID, c, nil, uint64(l.Size/512))
+		rc.CheckMemory = true
+		if err := e.convergeRC(ctx, op, sc, at.host, rc); err != nil {
+			if errors.Is(err, host.ErrNoSpace) {
+				e.undoSnapshot(ctx, sc, c, snap)
+			}
 			return Volume{}, err
 		}
 	}
@@ -207,6 +228,27 @@ func (e *Engine) snapshotLocked(ctx context.Context, op string, sc *snapCtx, l l
 	e.log.Info("snapshot taken", zap.String("sr", sc.a.UUID), zap.String("key", key), zap.String("snapshot", snap), zap.Bool("live", live))
 	return Volume{Key: snap, UUID: snap, Name: name, Description: description, VirtualSize: l.Size, PhysicalUtilisation: l.Size,
 		URI: []string{volumeURI(sc.a.UUID, snap)}, Keys: map[string]string{}}, nil
+}
+
+// undoSnapshot takes back a snapshot whose intent is committed but
+// whose overlay the host where K runs refused to load: the intent goes,
+// then the COW, as repair's roll-back would, and only if the COW has no
+// exception store header (cowUsed), i.e. no snapshot target was ever
+// built on it. Otherwise, or if a step fails, the intent stays and the
+// next call on K repairs from the tags.
+func (e *Engine) undoSnapshot(ctx context.Context, sc *snapCtx, c Chain, snap string) {
+	rctx, cancel := host.RollbackContext(ctx, rollbackTimeout)
+	defer cancel()
+	used, err := e.cowUsed(rctx, sc, snap)
+	if err != nil || used {
+		e.log.Warn("a refused snapshot stays recorded; the next call on the volume finishes or undoes it", zap.String("key", sc.key), zap.String("snapshot", snap), zap.Bool("cow_used", used), zap.Error(err))
+		return
+	}
+	if _, err := e.commitChain(rctx, sc, c, c.Snaps, nil); err != nil {
+		e.log.Warn("could not remove the intent of a refused snapshot; the next call on the volume does", zap.String("key", sc.key), zap.String("snapshot", snap), zap.Error(err))
+		return
+	}
+	e.dropCOW(ctx, sc, snap)
 }
 
 // dropCOW removes the COW of a snapshot that failed before any device

@@ -455,7 +455,9 @@ func (st *Stack) Assemble(ctx context.Context, s lvm.Scope, sr, vg, key string) 
 // the size, so the call costs no second lvs.
 //
 // For a snapshot, base is its volume's LV (LVOf) and the snapshot's image
-// is built; for a clone, base is the clone's own LV.
+// is built; for a clone, base is the clone's own LV. Before it loads K's
+// overlays on this host it warns if dom0 could not hold their worst case
+// (warnOverlayMemory): Datapath.activate never fails on that.
 func (st *Stack) AssembleLV(ctx context.Context, s lvm.Scope, sr, vg, key string, base lvm.LV) (string, error) {
 	w := where{sr: sr, vg: vg, scope: s}
 	if base.Name != lvName(key) {
@@ -473,6 +475,8 @@ func (st *Stack) AssembleLV(ctx context.Context, s lvm.Scope, sr, vg, key string
 	if err != nil {
 		return "", err
 	}
+	snaps, _ := c.Live()
+	st.warnOverlayMemory(ctx, sr, key, len(snaps), base.Size, cowBytes(base.Size))
 	if err := st.build(ctx, w, base, c); err != nil {
 		return "", err
 	}
