@@ -20,37 +20,70 @@ const (
 	LogDebug = "debug"
 )
 
-// ReadLogLevel returns the level set in ConfigPath ("log-level=debug"),
-// info when the file or the key is missing or unreadable: a broken
+// readConfig returns ConfigPath's key=value settings (comments and blank
+// lines skipped); a missing or unreadable file is no settings: a broken
 // settings file must never stop a storage call.
-func ReadLogLevel(root host.Root) string {
+func readConfig(root host.Root) map[string]string {
+	out := map[string]string{}
 	b, err := root.ReadFile(ConfigPath)
 	if err != nil {
-		return LogInfo
+		return out
 	}
-	level := LogInfo
 	for _, line := range strings.Split(string(b), "\n") {
 		line = strings.TrimSpace(line)
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
-		k, v, ok := strings.Cut(line, "=")
-		if ok && strings.TrimSpace(k) == "log-level" && strings.TrimSpace(v) == LogDebug {
-			level = LogDebug
+		if k, v, ok := strings.Cut(line, "="); ok {
+			out[strings.TrimSpace(k)] = strings.TrimSpace(v)
 		}
 	}
-	return level
+	return out
+}
+
+// ReadLogLevel returns the level set in ConfigPath ("log-level=debug"),
+// info when the file or the key is missing or unreadable.
+func ReadLogLevel(root host.Root) string {
+	if readConfig(root)["log-level"] == LogDebug {
+		return LogDebug
+	}
+	return LogInfo
+}
+
+// SnapshotMemoryWarnOnly reports whether ConfigPath says
+// "snapshot-memory-check=warn": a snapshot whose overlay could outgrow
+// dom0's memory is then taken with a warning instead of refused
+// (docs/snapshots.md). Anything else keeps the refusal.
+func SnapshotMemoryWarnOnly(root host.Root) bool {
+	return readConfig(root)["snapshot-memory-check"] == "warn"
 }
 
 // WriteLogLevel records the level in ConfigPath, atomically so that a
-// call starting meanwhile reads the old or the new setting.
+// call starting meanwhile reads the old or the new setting. The file's
+// other lines stay as they are.
 func WriteLogLevel(root host.Root, level string) error {
 	if level != LogInfo && level != LogDebug {
 		return fmt.Errorf("log level %q: expected %s or %s", level, LogInfo, LogDebug)
 	}
+	var lines []string
+	if b, err := root.ReadFile(ConfigPath); err == nil {
+		for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
+			k, _, ok := strings.Cut(strings.TrimSpace(line), "=")
+			if ok && strings.TrimSpace(k) == "log-level" || strings.HasPrefix(line, "# Written by `sanvol log-level`") ||
+				strings.HasPrefix(line, "# debug sends every command line") {
+				continue
+			}
+			lines = append(lines, line)
+		}
+	}
 	content := "# Written by `sanvol log-level`; read by every sanvol process at start.\n" +
 		"# debug sends every command line (secrets redacted) and its outcome to syslog.\n" +
 		"log-level=" + level + "\n"
+	for _, l := range lines {
+		if strings.TrimSpace(l) != "" {
+			content += l + "\n"
+		}
+	}
 	if err := root.WriteFileAtomic(ConfigPath, []byte(content), 0o644); err != nil {
 		return fmt.Errorf("write %s: %w (run as root)", ConfigPath, err)
 	}

@@ -3,6 +3,7 @@ package plugin
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/sanvol/sanvol/host"
@@ -52,5 +53,36 @@ func TestWriteLogLevelRoundTrip(t *testing.T) {
 	}
 	if err := WriteLogLevel(root, "trace"); err == nil {
 		t.Error("WriteLogLevel accepted an unknown level")
+	}
+}
+
+// sanvol log-level rewrites its own line and keeps the admin's other
+// settings; snapshot-memory-check=warn is read, anything else is not.
+func TestConfigKeepsOtherSettings(t *testing.T) {
+	root := host.NewRoot(t.TempDir())
+	if SnapshotMemoryWarnOnly(root) {
+		t.Fatal("no file: warn only")
+	}
+	if err := root.WriteFileAtomic(ConfigPath, []byte("# mine\nsnapshot-memory-check = warn\nlog-level=info\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !SnapshotMemoryWarnOnly(root) {
+		t.Fatal("snapshot-memory-check=warn not read")
+	}
+	for _, level := range []string{LogDebug, LogInfo} {
+		if err := WriteLogLevel(root, level); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := root.ReadFile(ConfigPath)
+		if !SnapshotMemoryWarnOnly(root) || ReadLogLevel(root) != level || strings.Count(string(b), "log-level=") != 1 ||
+			strings.Count(string(b), "# Written by") != 1 || !strings.Contains(string(b), "# mine") {
+			t.Fatalf("after log-level %s:\n%s", level, b)
+		}
+	}
+	if err := root.WriteFileAtomic(ConfigPath, []byte("snapshot-memory-check=off\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if SnapshotMemoryWarnOnly(root) {
+		t.Fatal("only warn turns the refusal into a warning")
 	}
 }

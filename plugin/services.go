@@ -147,7 +147,7 @@ func newDatapath(d *Deps) (*datapath.Datapath, error) {
 	lc := lvm.New(d.Runner, d.Log).WithVersionCache(d.Root)
 	return datapath.New(datapath.Deps{
 		LVM:    lc,
-		Stack:  &volume.Stack{DM: blockdev.NewDM(d.Runner, 0), LVM: lc, Root: d.Root, Log: d.Log},
+		Stack:  &volume.Stack{DM: blockdev.NewDM(d.Runner, 0), LVM: lc, Root: d.Root, Log: d.Log, MemoryWarnOnly: SnapshotMemoryWarnOnly(d.Root)},
 		Root:   d.Root,
 		Locker: host.FileLocker{Root: d.Root},
 		Log:    d.Log,

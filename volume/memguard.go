@@ -165,7 +165,12 @@ func (st *Stack) checkOverlayHere(op, key string, size, cow int64) error {
 		st.log().Warn("cannot read dom0's memory; the snapshot goes on without the memory check", zap.String("key", key), zap.Error(err))
 		return nil
 	}
-	return CheckOverlayMemory(op, key, size, cow, m)
+	err = CheckOverlayMemory(op, key, size, cow, m)
+	if err != nil && st.MemoryWarnOnly {
+		st.log().Warn("the snapshot's overlay could outgrow dom0's memory; going on (snapshot-memory-check=warn)", zap.String("key", key), zap.Error(err))
+		return nil
+	}
+	return err
 }
 
 // guardNewOverlay is the host plugin's memory check before K's stack

@@ -63,6 +63,11 @@ type Stack struct {
 	// a call, and MergeHere's wait does not need it. nil runs f as it
 	// is.
 	Unlocked func(ctx context.Context, f func(context.Context) error) error
+	// MemoryWarnOnly turns the refusal of a snapshot whose overlay could
+	// outgrow dom0's memory into a warning (the host's sanvol.conf,
+	// snapshot-memory-check=warn): for an admin who knows the VDI
+	// changes little while its snapshot lives.
+	MemoryWarnOnly bool
 }
 
 func (st *Stack) unlocked(ctx context.Context, f func(context.Context) error) error {
