@@ -36,7 +36,7 @@ acct_summary() {
 			my $t = (comp($a[10]) + comp($a[11])) / 100;
 			$cpu{$a[18]} += $t; $n{$a[18]}++;
 			$comm{$a[6]} = $a[18];
-			push @lvm, [$a[7], $t] if $a[18] eq "lvm";
+			push @lvm, [$a[18], $a[7], $t] if $a[18] =~ /^(lvm|dmsetup|multipath|kpartx|blkid)$/;
 		}
 		for my $s (glob "/proc/[0-9]*/stat") {
 			open(my $g, "<", $s) or next; my $l = <$g>; close $g;
@@ -51,13 +51,13 @@ acct_summary() {
 			printf "%-28s %9.2f %7d %9.3f\n", $k, $cpu{$k}, $n{$k}, $cpu{$k} / $n{$k};
 		}
 		printf "%-28s %9.2f\n", "all processes", $tot;
-		# Who starts the lvm processes: the sanvol methods, udev (69-lvm.rules),
+		# Who starts the storage tools: the sanvol methods, udev (its rules),
 		# the scenarios themselves. A parent that ended before a reused pid
 		# may be misnamed; the split is an estimate.
 		my (%pc, %pn);
-		for (@lvm) { my $p = $comm{$_->[0]} // "?"; $pc{$p} += $_->[1]; $pn{$p}++ }
-		printf "\nlvm processes by parent:\n";
-		printf "  %-26s %9.2f %7d\n", $_, $pc{$_}, $pn{$_} for sort { $pc{$b} <=> $pc{$a} } keys %pc;
+		for (@lvm) { my $p = "$_->[0] from " . ($comm{$_->[1]} // "?"); $pc{$p} += $_->[2]; $pn{$p}++ }
+		printf "\nstorage tools by parent:\n";
+		printf "  %-40s %9.2f %7d\n", $_, $pc{$_}, $pn{$_} for sort { $pc{$b} <=> $pc{$a} } keys %pc;
 	'
 	awk '/^cpu /{printf "proc/stat: user %.0f s, system %.0f s, irq %.0f s, softirq %.0f s, idle %.0f s\n", $2/100, $4/100, $7/100, $8/100, $5/100}' /proc/stat
 	grep -H . /sys/devices/system/cpu/vulnerabilities/* | sed 's|.*/||'
