@@ -30,10 +30,12 @@ uninstall: build
 # a qemu guest).
 # The lab's images (cached under /var/cache/sanvol-lab) are built in the
 # background while lint and the host tests run: cold, they are minutes of
-# mostly download and dpkg (the dom0-tools image also compiles XCP-ng's
-# lvm2, multipath-tools and open-iscsi), which overlap the tests' CPU.
+# mostly download and dpkg (the dom0-tools image, derived from the
+# bookworm one beside the backports one, also compiles XCP-ng's lvm2,
+# multipath-tools and open-iscsi), which overlap the tests' CPU.
 test:
-	@(tests/lab/run.sh image && tests/lab/run.sh image --kernel backports && tests/lab/run.sh image --dom0 xcpng8) >lab-images.log 2>&1 & pid=$$!; \
+	@(tests/lab/run.sh image && { tests/lab/run.sh image --kernel backports & b=$$!; \
+		tests/lab/run.sh image --dom0 xcpng8; d=$$?; wait $$b && [ $$d = 0 ]; }) >lab-images.log 2>&1 & pid=$$!; \
 	$(MAKE) lint unit; rc=$$?; \
 	wait $$pid || { echo "lab images failed:"; tail -30 lab-images.log; exit 1; }; \
 	[ $$rc = 0 ] && $(MAKE) lab
