@@ -118,7 +118,7 @@ func (t *Transport) Prepare(ctx context.Context, cfg map[string]string) (map[str
 // its multipath map and its drop-in stanza, whatever their portals.
 func (t *Transport) DeviceID(cfg map[string]string) (string, error) {
 	w := normaliseWWID(strings.TrimSpace(cfg[KeySCSIid]))
-	if w == "" || !wwidRE.MatchString(w) {
+	if w == "" || !validWWID(w) {
 		return "", host.NewError(host.KindInvalid, "iscsi-ng", "device-config:SCSIid is missing or not a SCSI WWID",
 			"give the SCSIid of the LUN as xe sr-probe-ext lists it", nil)
 	}

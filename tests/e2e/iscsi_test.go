@@ -207,6 +207,11 @@ func TestISCSIAttachTwoPortals(t *testing.T) {
 		t.Logf("session %s %s recovery_tmo %s", s.sid, s.portal, s.recoveryTmo)
 		rec := mustRun(t, "iscsiadm", "-m", "node", "-T", tg.IQN, "-p", s.portal)
 		for _, want := range []string{"node.startup = manual", "node.session.timeo.replacement_timeout = 10", "node.session.initial_login_retry_max = 1", "node.session.scan = manual"} {
+			// open-iscsi 2.0.874 (XCP-ng 8.x dom0) has no node.session.scan
+			// at all; where the record has it, it must be manual.
+			if want == "node.session.scan = manual" && !strings.Contains(rec, "node.session.scan") {
+				continue
+			}
 			if !strings.Contains(rec, want) {
 				t.Errorf("node record of %s lacks %q", s.portal, want)
 			}

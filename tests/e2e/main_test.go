@@ -183,15 +183,18 @@ func dmesgSince(mark int) ([]string, int) {
 
 const ioChunk = 1 << 20
 
-// ioInterval paces IOLoad at 20 writes (20 MiB) a second. Unpaced, the
+// ioInterval paces IOLoad at 10 writes (10 MiB) a second. Unpaced, the
 // writer ran at about 100 MiB/s through initiator and target in the one
-// emulated guest and kept a host core busy by itself; 20 a second still
-// keeps a write in flight when a path goes, which is what the scenarios
-// need, and the latency of each write is measured all the same.
+// emulated guest and kept a host core busy by itself; at 20 a second the
+// writers and the kernel's I/O path for them (initiator, target, the
+// loopback network) still took about a sixth of a guest's CPU, which the
+// lab's wall time pays for on two cores. 10 a second still keeps a write
+// in flight when a path goes, which is what the scenarios need, and the
+// latency of each write is measured all the same.
 // ioErrorPause keeps a writer whose writes fail at once (path-loss-policy
 // fail) from spinning: it still sees every second's failures.
 const (
-	ioInterval   = 50 * time.Millisecond
+	ioInterval   = 100 * time.Millisecond
 	ioErrorPause = 100 * time.Millisecond
 )
 

@@ -395,6 +395,9 @@ run_jobs() {
 		say "[$name] $kernel kernel, run dir $rundir, -run '$regex'"
 		(
 			job_name=$name
+			# An --also job's REGEX names its scenarios; --skip is for the
+			# shards (it leaves out there what an --also guest runs).
+			case " ${also_jobs:-} " in *" $name "*) skip_re= ;; esac
 			run_guest "$kernel" "$rundir" "$limit" "$(test_cmd "$regex" "$limit")"
 			echo "$guest_rc" >"$rundir/job.rc"
 		) &
@@ -610,6 +613,7 @@ main() {
 			fi
 			for a in "${also[@]}"; do
 				jobs+=("${a%%:*} ${a%%:*} ${a#*:}")
+				also_jobs="${also_jobs:-} ${a%%:*}"
 			done
 			run_jobs "$rundir" "$limit" "${jobs[@]}"
 			if [ -n "$ppid" ]; then

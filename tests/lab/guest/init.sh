@@ -30,14 +30,17 @@ acct_summary() {
 		sub comp { my $c = shift; ($c & 0x1fff) << (3 * ($c >> 13)) }
 		open(my $f, "<", "/run/acct") or die;
 		binmode $f;
-		my (%cpu, %n);
+		my (%cpu, %n, %comm, @lvm);
 		while (read($f, my $r, 64) == 64) {
 			my @a = unpack("C C S L L L L L L f S S S S S S S S Z16", $r);
 			my $t = (comp($a[10]) + comp($a[11])) / 100;
 			$cpu{$a[18]} += $t; $n{$a[18]}++;
+			$comm{$a[6]} = $a[18];
+			push @lvm, [$a[18], $a[7], $t] if $a[18] =~ /^(lvm|dmsetup|multipath|kpartx|blkid)$/;
 		}
 		for my $s (glob "/proc/[0-9]*/stat") {
 			open(my $g, "<", $s) or next; my $l = <$g>; close $g;
+			$l =~ /^(\d+) \((.*)\) \S+ (.*)/ or next; $comm{$1} //= $2;
 			$l =~ /^\d+ \((.*)\) \S+ (.*)/ or next; my @x = split / /, $2;
 			next if $x[5] == 0 && $x[6] == 0 || $1 =~ /^(kworker|ksoftirq|rcu|migration|cpuhp|kthreadd)/;
 			$cpu{"$1 (running)"} += ($x[10] + $x[11]) / 100; $n{"$1 (running)"}++;
@@ -48,6 +51,13 @@ acct_summary() {
 			printf "%-28s %9.2f %7d %9.3f\n", $k, $cpu{$k}, $n{$k}, $cpu{$k} / $n{$k};
 		}
 		printf "%-28s %9.2f\n", "all processes", $tot;
+		# Who starts the storage tools: the sanvol methods, udev (its rules),
+		# the scenarios themselves. A parent that ended before a reused pid
+		# may be misnamed; the split is an estimate.
+		my (%pc, %pn);
+		for (@lvm) { my $p = "$_->[0] from " . ($comm{$_->[1]} // "?"); $pc{$p} += $_->[2]; $pn{$p}++ }
+		printf "\nstorage tools by parent:\n";
+		printf "  %-40s %9.2f %7d\n", $_, $pc{$_}, $pn{$_} for sort { $pc{$b} <=> $pc{$a} } keys %pc;
 	'
 	awk '/^cpu /{printf "proc/stat: user %.0f s, system %.0f s, irq %.0f s, softirq %.0f s, idle %.0f s\n", $2/100, $4/100, $7/100, $8/100, $5/100}' /proc/stat
 	grep -H . /sys/devices/system/cpu/vulnerabilities/* | sed 's|.*/||'
