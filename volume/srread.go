@@ -15,7 +15,8 @@ import (
 )
 
 // SRStat reports the SR's size, free space and health. It works on every
-// host: one LVM report, read-only off the master. The paths are looked at
+// host: one LVM report, read-only off the master, and none while the VG
+// metadata is unchanged (lvm.Client.VGs is answered from the report cache). The paths are looked at
 // first: when none serves I/O, LVM would wait on the queued I/O (for the
 // iscsi-ng path-loss-policy, or the NVMe ctrl-loss-tmo), so the answer is
 // Unreachable without sizes, which the caller fills from what it knew.
@@ -60,16 +61,17 @@ func (e *Engine) Paths(ctx context.Context, sr string) (transport.Health, error)
 	return e.t.Health(ctx, a.Configuration)
 }
 
-// SRLs lists every volume of the SR in one LVM report. It is a read path
-// and changes nothing: leftovers of dead creates are skipped, and removed
-// by the master's SR.attach (collect).
+// SRLs lists every volume of the SR in one LVM report (none while the VG
+// metadata is unchanged: the records are metadata only, lvm.Client.LVsMeta).
+// It is a read path and changes nothing: leftovers of dead creates are
+// skipped, and removed by the master's SR.attach (collect).
 func (e *Engine) SRLs(ctx context.Context, sr string) ([]Volume, error) {
 	a, err := e.attached(ctx, sr)
 	if err != nil {
 		return nil, err
 	}
 	s := e.scope(a.Device)
-	lvs, err := e.lvm.LVs(ctx, s, a.VG)
+	lvs, err := e.lvm.LVsMeta(ctx, s, a.VG)
 	if err != nil {
 		return nil, err
 	}

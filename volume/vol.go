@@ -60,17 +60,23 @@ func notFound(op string, a Attached, key string) error {
 		"rescan the SR (xe sr-scan) to refresh xapi's list of VDIs", nil)
 }
 
+// lvReader reads one LV: lvm.Client's LV (with this host's activation
+// state) or LVMeta (metadata only, from the report cache when the
+// metadata is unchanged).
+type lvReader func(ctx context.Context, s lvm.Scope, vg, lv string) (lvm.LV, error)
+
 // lookup reads one volume in one LVM report (a snapshot in two more: its
 // COW carries its metadata, K's base its size and state). A volume whose
 // create has not finished does not exist yet. The LV returned carries the
-// volume's metadata: a snapshot's is its COW.
-func (e *Engine) lookup(ctx context.Context, op string, a Attached, key string) (lvm.LV, Volume, volumeMeta, error) {
+// volume's metadata: a snapshot's is its COW. read is e.lvm.LV for
+// callers that look at the LV's activation state, e.lvm.LVMeta otherwise.
+func (e *Engine) lookup(ctx context.Context, op string, a Attached, key string, read lvReader) (lvm.LV, Volume, volumeMeta, error) {
 	if !IsUUID(key) {
 		return lvm.LV{}, Volume{}, volumeMeta{}, notFound(op, a, key)
 	}
-	l, err := e.lvm.LV(ctx, e.scope(a.Device), a.VG, lvName(key))
+	l, err := read(ctx, e.scope(a.Device), a.VG, lvName(key))
 	if errors.Is(err, host.ErrNotFound) {
-		return e.lookupSnapshot(ctx, op, a, key)
+		return e.lookupSnapshot(ctx, op, a, key, read)
 	}
 	if err != nil {
 		return lvm.LV{}, Volume{}, volumeMeta{}, err
@@ -84,13 +90,14 @@ func (e *Engine) lookup(ctx context.Context, op string, a Attached, key string) 
 
 // VolumeStat reads one volume. It is the hottest call (before every
 // datapath operation, on the host using the disk), so it is one LVM
-// report and works read-only on every host.
+// report, none while the VG metadata is unchanged (lvm.Client.LVMeta: a
+// volume's record is metadata only), and works read-only on every host.
 func (e *Engine) VolumeStat(ctx context.Context, sr, key string) (Volume, error) {
 	a, err := e.attached(ctx, sr)
 	if err != nil {
 		return Volume{}, err
 	}
-	_, v, _, err := e.lookup(ctx, "Volume.stat", a, key)
+	_, v, _, err := e.lookup(ctx, "Volume.stat", a, key, e.lvm.LVMeta)
 	return v, err
 }
 
@@ -371,7 +378,7 @@ func (e *Engine) growLocked(ctx context.Context, op string, a Attached, key stri
 		return g, l, false, false, err
 	}
 	defer unlock()
-	l, v, m, err := e.lookup(ctx, op, a, key)
+	l, v, m, err := e.lookup(ctx, op, a, key, e.lvm.LV)
 	if err != nil {
 		return g, l, false, false, err
 	}
@@ -498,7 +505,7 @@ func (e *Engine) setVolumeField(ctx context.Context, op, sr, key, field string, 
 		return err
 	}
 	defer unlock()
-	l, _, _, err := e.lookup(ctx, op, a, key)
+	l, _, _, err := e.lookup(ctx, op, a, key, e.lvm.LV)
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/tests/labtarget"
 )
 
@@ -162,6 +163,20 @@ func TestCaptureLVMErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustRun(t, "vgs", vg) // restored
+
+	// The PV's first 8 KiB (label sectors, metadata area header at 4 KiB)
+	// as lvm's report cache reads them (O_DIRECT), before and after one
+	// more metadata commit: the cache's stamp.
+	head := func(file, how string) {
+		b, err := host.DirectReader{Root: host.NewRoot("/")}.ReadAt(dev, 0, 8192)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.save("lvm", file, string(b), how)
+	}
+	head("pv-head-"+lv+".bin", "first 8 KiB of "+dev+" (O_DIRECT), the PV of the VG above")
+	w("vgchange", "--addtag", "head_probe", vg)
+	head("pv-head-after-commit-"+lv+".bin", "first 8 KiB of "+dev+" after vgchange --addtag head_probe "+vg)
 
 	if fileExists("/etc/sanvol-lab-dom0") {
 		for i := range c.index["lvm"] {

@@ -1,0 +1,88 @@
+package volume_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/lvm"
+	"github.com/sanvol/sanvol/lvm/lvmtest"
+)
+
+// TestReadsFromTheReportCache: Volume.stat, SR.stat and SR.ls spawn no
+// LVM process while the VG metadata is unchanged, on the master and on a
+// member, ask LVM for no activation state, and see every change the
+// master makes.
+func TestReadsFromTheReportCache(t *testing.T) {
+	v := newEnv(t, host.Role{Master: true})
+	v.reports = true
+	v.e = v.engine(host.Role{Master: true})
+	ctx := context.Background()
+	sr := v.createSR()
+	vol, err := v.e.VolumeCreate(ctx, sr, "n", "d", gib, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	member := v.engine(host.Role{MasterAddr: masterIP})
+	for _, c := range []struct {
+		name   string
+		master bool
+	}{{"master", true}, {"member", false}} {
+		e := v.e
+		if !c.master {
+			e = member
+		}
+		v.sim.Reset()
+		for i := 0; i < 3; i++ {
+			got, err := e.VolumeStat(ctx, sr, vol.Key)
+			if err != nil || got.VirtualSize != vol.VirtualSize {
+				t.Fatalf("%s: Volume.stat %d: %+v %v", c.name, i, got, err)
+			}
+			if _, err := e.SRStat(ctx, sr); err != nil {
+				t.Fatalf("%s: SR.stat: %v", c.name, err)
+			}
+			if vols, err := e.SRLs(ctx, sr); err != nil || len(vols) != 1 {
+				t.Fatalf("%s: SR.ls: %v %v", c.name, vols, err)
+			}
+		}
+		// One lvs of the volume, one of the VG, one vgs (the member's
+		// scope is read-only: other command lines than the master's).
+		reports := func(c host.Cmd) bool { return lvmtest.LVM("")(c) && c.Args[0] != "version" }
+		if n := v.sim.Count(reports); n != 3 {
+			t.Fatalf("%s: 3 rounds of Volume.stat, SR.stat and SR.ls ran %d lvm processes, want 3: %v", c.name, n, v.sim.Calls())
+		}
+		for _, cmd := range v.sim.Calls() {
+			if cmd.Name == "lvm" && cmd.Args[0] == "lvs" && strings.Contains(lvmtest.Values(cmd, "-o")[0], "lv_attr") {
+				t.Fatalf("%s: a read asked for this host's activation state: %v", c.name, cmd)
+			}
+		}
+	}
+	// The master resizes: the member sees the new size at once.
+	if err := v.e.VolumeResize(ctx, sr, vol.Key, 2*gib); err != nil {
+		t.Fatal(err)
+	}
+	got, err := member.VolumeStat(ctx, sr, vol.Key)
+	if err != nil || got.VirtualSize != 2*gib {
+		t.Fatalf("member's Volume.stat after a resize on the master: %+v %v", got, err)
+	}
+	st, err := member.SRStat(ctx, sr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vgs, err := lvm.New(v.sim, nil).VGs(ctx, lvm.Scope{Devices: []string{testDev}})
+	if err != nil || len(vgs) != 1 || st.FreeSpace != vgs[0].Free {
+		t.Fatalf("member's SR.stat free %d after a resize; the VG has %v %v", st.FreeSpace, vgs, err)
+	}
+	// The master destroys it: gone for the member too.
+	if err := v.e.VolumeDestroy(ctx, sr, vol.Key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := member.VolumeStat(ctx, sr, vol.Key); !errors.Is(err, host.ErrNotFound) {
+		t.Fatalf("member's Volume.stat of a destroyed volume: %v", err)
+	}
+	if vols, err := member.SRLs(ctx, sr); err != nil || len(vols) != 0 {
+		t.Fatalf("member's SR.ls after a destroy: %v %v", vols, err)
+	}
+}
