@@ -232,18 +232,30 @@ func (c *Client) metaReport(ctx context.Context, s Scope, sub string, args ...st
 	// The lvm2 release is part of the key: an upgrade may print reports
 	// differently.
 	key := cmd.version.String() + "\x00" + strings.Join(cmd.argv, "\x00")
-	if out, ok := c.reports.get(key, st); ok {
-		c.log.Debug("LVM report from the cache (metadata unchanged)", zap.String("cmd", cmd.op))
-		return out, nil
+	if e, ok := c.reports.get(key, st); ok {
+		c.log.Debug("LVM answer from the cache (metadata unchanged)", zap.String("cmd", cmd.op), zap.String("kind", e.kind))
+		switch e.kind {
+		case entryReport:
+			return e.data, nil
+		case entryMissingLV:
+			return nil, classify(cmd.op, &host.ExitError{Cmd: "lvm " + strings.Join(cmd.argv, " "), Code: 5, Stderr: string(e.data)})
+		}
 	}
 	out, err := c.run1(ctx, cmd)
+	e := entry{kind: entryReport, data: out}
 	if err != nil {
-		return nil, err
+		// A missing LV is an answer of the metadata too: Volume.stat of
+		// a snapshot asks for its key's LV first, which is not there.
+		var ee *host.ExitError
+		if MissingOf(err) != MissingLV || !errors.As(err, &ee) {
+			return nil, err
+		}
+		e = entry{kind: entryMissingLV, data: []byte(ee.Stderr)}
 	}
-	if perr := c.reports.put(key, st, out); perr != nil {
-		c.log.Debug("LVM report not cached", zap.String("cmd", cmd.op), zap.Error(perr))
+	if perr := c.reports.put(key, st, e); perr != nil {
+		c.log.Debug("LVM answer not cached", zap.String("cmd", cmd.op), zap.Error(perr))
 	}
-	return out, nil
+	return out, err
 }
 
 // run1 runs a prepared command. Repeatable commands are retried on

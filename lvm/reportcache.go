@@ -28,7 +28,21 @@ import (
 const ReportCacheDir = "/run/sanvol/lvm-report"
 
 // reportCacheMagic starts every entry file; a change of format changes it.
-const reportCacheMagic = "sanvol lvm report 1\n"
+const reportCacheMagic = "sanvol lvm report 2\n"
+
+// What an entry holds: a report's stdout, or the stderr of an `lvs` that
+// found the VG without the LV (MissingLV: an answer from the metadata,
+// as much as a report is).
+const (
+	entryReport    = "report"
+	entryMissingLV = "missing-lv"
+)
+
+// entry is a stored answer.
+type entry struct {
+	kind string
+	data []byte
+}
 
 type reportCache struct {
 	root host.Root
@@ -80,47 +94,49 @@ func (rc *reportCache) dir(st stamp) string {
 	return path.Join(ReportCacheDir, st.pvs, hashHex(string(st.bytes), 32))
 }
 
-// encode lays out an entry: the magic, then the key, the stamp and the
-// report, each preceded by its length.
-func encodeEntry(key string, st stamp, out []byte) []byte {
+// encodeEntry lays out an entry: the magic, then the key, the stamp, the
+// kind and the data, each preceded by its length.
+func encodeEntry(key string, st stamp, e entry) []byte {
 	b := []byte(reportCacheMagic)
-	for _, f := range [][]byte{[]byte(key), st.bytes, out} {
+	for _, f := range [][]byte{[]byte(key), st.bytes, []byte(e.kind), e.data} {
 		b = binary.AppendUvarint(b, uint64(len(f)))
 		b = append(b, f...)
 	}
 	return b
 }
 
-func decodeEntry(b []byte) (key, st, out []byte, err error) {
+// decodeEntry returns the fields encodeEntry wrote: key, stamp, kind,
+// data.
+func decodeEntry(b []byte) ([4][]byte, error) {
+	var fs [4][]byte
 	if !bytes.HasPrefix(b, []byte(reportCacheMagic)) {
-		return nil, nil, nil, errors.New("not a report cache entry")
+		return fs, errors.New("not a report cache entry")
 	}
 	b = b[len(reportCacheMagic):]
-	var fs [3][]byte
 	for i := range fs {
 		n, k := binary.Uvarint(b)
 		if k <= 0 || n > uint64(len(b)-k) {
-			return nil, nil, nil, errors.New("truncated report cache entry")
+			return fs, errors.New("truncated report cache entry")
 		}
 		fs[i], b = b[k:k+int(n)], b[k+int(n):]
 	}
 	if len(b) != 0 {
-		return nil, nil, nil, errors.New("trailing bytes in a report cache entry")
+		return fs, errors.New("trailing bytes in a report cache entry")
 	}
-	return fs[0], fs[1], fs[2], nil
+	return fs, nil
 }
 
-// get returns the report stored for key under exactly this stamp.
-func (rc *reportCache) get(key string, st stamp) ([]byte, bool) {
+// get returns the answer stored for key under exactly this stamp.
+func (rc *reportCache) get(key string, st stamp) (entry, bool) {
 	b, err := rc.root.ReadFile(path.Join(rc.dir(st), hashHex(key, 32)))
 	if err != nil {
-		return nil, false
+		return entry{}, false
 	}
-	k, s, out, err := decodeEntry(b)
-	if err != nil || string(k) != key || !bytes.Equal(s, st.bytes) {
-		return nil, false
+	fs, err := decodeEntry(b)
+	if err != nil || string(fs[0]) != key || !bytes.Equal(fs[1], st.bytes) {
+		return entry{}, false
 	}
-	return out, true
+	return entry{kind: string(fs[2]), data: fs[3]}, true
 }
 
 // put stores a report read under st, then removes the entries of older
@@ -128,9 +144,9 @@ func (rc *reportCache) get(key string, st stamp) ([]byte, bool) {
 // they can never be used again. Only directories last written before st
 // was read go: a newer stamp's, written by a call that read the headers
 // after st was read, stays. Failures only cost a later miss.
-func (rc *reportCache) put(key string, st stamp, out []byte) error {
+func (rc *reportCache) put(key string, st stamp, e entry) error {
 	dir := rc.dir(st)
-	if err := rc.root.WriteFileAtomic(path.Join(dir, hashHex(key, 32)), encodeEntry(key, st, out), 0o600); err != nil {
+	if err := rc.root.WriteFileAtomic(path.Join(dir, hashHex(key, 32)), encodeEntry(key, st, e), 0o600); err != nil {
 		return err
 	}
 	pvDir := path.Dir(dir)

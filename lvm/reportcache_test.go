@@ -64,6 +64,8 @@ type cacheEnv struct {
 	vgsFail *lvmtest.Reply
 	// lvsAll answers lvs with every LV field, asked or not.
 	lvsAll bool
+	// lvsFail, when set, is how every lvs fails.
+	lvsFail *lvmtest.Reply
 }
 
 func newCacheEnv(t *testing.T) *cacheEnv {
@@ -80,6 +82,9 @@ func newCacheEnv(t *testing.T) *cacheEnv {
 		return lvmtest.VGs(e.vg)
 	}, 0)
 	e.run.OnFunc(lvmtest.LVM("lvs"), func(c host.Cmd) lvmtest.Reply {
+		if e.lvsFail != nil {
+			return *e.lvsFail
+		}
 		if e.lvsAll {
 			return lvmtest.LVs(e.lv)
 		}
@@ -198,6 +203,38 @@ func TestReportCacheFailureNotCached(t *testing.T) {
 	e.vgs(cacheScope)
 	if n := e.reports("vgs"); n != 2 {
 		t.Fatalf("vgs ran %d times, want 2: a failure is not stored", n)
+	}
+}
+
+func TestReportCacheMissingLV(t *testing.T) {
+	e := newCacheEnv(t)
+	ctx := context.Background()
+	e.lvsFail = &lvmtest.Reply{Code: 5, Stderr: `  Failed to find logical volume "VG_sanvol-x/v-2"`}
+	for i := 0; i < 3; i++ {
+		_, err := e.client().LVMeta(ctx, cacheScope, e.lv.VG, "v-2")
+		if !errors.Is(err, host.ErrNotFound) || lvm.MissingOf(err) != lvm.MissingLV {
+			t.Fatalf("LVMeta of a missing LV, call %d: %v (%v)", i, err, lvm.MissingOf(err))
+		}
+	}
+	if n := e.reports("lvs"); n != 1 {
+		t.Fatalf("lvs ran %d times for a missing LV with the metadata unchanged, want 1", n)
+	}
+	// Created since: a commit, so a miss.
+	e.disk.set(cacheDev, lvmtest.NewPVHead("pvuuid", 2).Bytes())
+	e.lvsFail = nil
+	if _, err := e.client().LVMeta(ctx, cacheScope, e.lv.VG, e.lv.Name); err != nil {
+		t.Fatal(err)
+	}
+	// Any other failure (here a missing VG, which is also what LVM says
+	// of a device it cannot read) is not stored.
+	e.lvsFail = &lvmtest.Reply{Code: 5, Stderr: `  Volume group "VG_sanvol-y" not found`}
+	for i := 0; i < 2; i++ {
+		if _, err := e.client().LVMeta(ctx, cacheScope, "VG_sanvol-y", e.lv.Name); !errors.Is(err, host.ErrNotFound) {
+			t.Fatalf("LVMeta in a missing VG: %v", err)
+		}
+	}
+	if n := e.reports("lvs"); n != 4 {
+		t.Fatalf("lvs ran %d times, want 4", n)
 	}
 }
 

@@ -75,6 +75,27 @@ func TestReadsFromTheReportCache(t *testing.T) {
 	if err != nil || len(vgs) != 1 || st.FreeSpace != vgs[0].Free {
 		t.Fatalf("member's SR.stat free %d after a resize; the VG has %v %v", st.FreeSpace, vgs, err)
 	}
+	// A snapshot's Volume.stat reads its key's LV first, which is not
+	// there: that answer is cached too.
+	snap, err := v.e.Snapshot(ctx, sr, vol.Key, "s", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.sim.Reset()
+	for i := 0; i < 3; i++ {
+		if got, err := member.VolumeStat(ctx, sr, snap.Key); err != nil || got.VirtualSize != 2*gib || got.ReadWrite {
+			t.Fatalf("member's Volume.stat of a snapshot: %+v %v", got, err)
+		}
+	}
+	if n := v.sim.Count(lvmtest.LVM("lvs")); n != 3 {
+		t.Fatalf("3 Volume.stat of a snapshot ran lvs %d times, want 3 (the missing LV, the COW, the base, once)", n)
+	}
+	if err := v.e.DestroySnapshot(ctx, sr, snap.Key); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := member.VolumeStat(ctx, sr, snap.Key); !errors.Is(err, host.ErrNotFound) {
+		t.Fatalf("member's Volume.stat of a destroyed snapshot: %v", err)
+	}
 	// The master destroys it: gone for the member too.
 	if err := v.e.VolumeDestroy(ctx, sr, vol.Key); err != nil {
 		t.Fatal(err)
