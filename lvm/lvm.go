@@ -215,7 +215,10 @@ func (c *Client) exec(ctx context.Context, s Scope, m mode, sub string, args ...
 // stamp.go), so it can only be missed, never served. The other order
 // (report, then stamp) would store an old report under the new header:
 // a stale hit. A report never sees metadata older than the stamp: LVM
-// reads the device with O_DIRECT after the stamp was read the same way.
+// reads the device itself, with O_DIRECT (lvm2 lib/label/label.c,
+// _scan_dev_open), after the stamp was read the same way, and BuildConfig
+// turns off the host-wide caches that could answer instead (lvmetad in
+// 2.02, hints in 2.03).
 func (c *Client) metaReport(ctx context.Context, s Scope, sub string, args ...string) ([]byte, error) {
 	cmd, err := c.prepare(ctx, s, report, sub, args...)
 	if err != nil {
