@@ -31,6 +31,9 @@ type Client struct {
 	// checksum error, RetryDelay the pause before each repeat.
 	ReadRetries int
 	RetryDelay  time.Duration
+	// StampTimeout bounds the report cache's read of the metadata area
+	// headers; past it the report runs (WithReportCache).
+	StampTimeout time.Duration
 
 	guard func() error // WithWriteGuard
 
@@ -91,6 +94,7 @@ func New(run host.Runner, log *zap.Logger) *Client {
 		WriteTimeout: 120 * time.Second,
 		ReadRetries:  10,
 		RetryDelay:   200 * time.Millisecond,
+		StampTimeout: 5 * time.Second,
 	}
 }
 
@@ -224,10 +228,10 @@ func (c *Client) metaReport(ctx context.Context, s Scope, sub string, args ...st
 	if err != nil {
 		return nil, err
 	}
-	if c.reports == nil {
+	if c.reports == nil || s.Uncached {
 		return c.run1(ctx, cmd)
 	}
-	st, err := c.reports.read(s.Devices)
+	st, err := c.reports.read(ctx, s.Devices, c.StampTimeout)
 	if err != nil {
 		c.log.Debug("no LVM metadata stamp; running the report", zap.String("cmd", cmd.op), zap.Error(err))
 		return c.run1(ctx, cmd)

@@ -10,6 +10,7 @@ package lvm
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -66,10 +67,36 @@ type stamp struct {
 	at    time.Time
 }
 
-// read reads the stamp of every device of the scope. The devices are
-// usually one device under two names; each is read, so that the stamp
-// covers whatever LVM may scan.
-func (rc *reportCache) read(devs []string) (stamp, error) {
+// read reads the stamp of every device of the scope, giving up after
+// timeout (or when ctx ends). A device whose paths are all down may queue
+// I/O for as long as its transport's loss timeout, and a read(2) cannot
+// be interrupted: the read goes on in its goroutine, and the caller runs
+// lvm under its own deadline, as without the cache.
+func (rc *reportCache) read(ctx context.Context, devs []string, timeout time.Duration) (stamp, error) {
+	type result struct {
+		st  stamp
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		st, err := rc.readNow(devs)
+		done <- result{st, err}
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case r := <-done:
+		return r.st, r.err
+	case <-t.C:
+		return stamp{}, fmt.Errorf("reading the metadata area headers of %v took more than %s", devs, timeout)
+	case <-ctx.Done():
+		return stamp{}, ctx.Err()
+	}
+}
+
+// readNow reads the stamp. The devices are usually one device under two
+// names; each is read, so that the stamp covers whatever LVM may scan.
+func (rc *reportCache) readNow(devs []string) (stamp, error) {
 	st := stamp{at: rc.now()}
 	var ids []string
 	for _, d := range devs {

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
@@ -22,6 +23,9 @@ type disk struct {
 	heads map[string][]byte
 	err   error
 	reads int
+	// hang, when set, blocks every read until it is closed: a device
+	// whose paths are all down and whose I/O is queued.
+	hang chan struct{}
 }
 
 func (d *disk) set(dev string, b []byte) {
@@ -31,6 +35,12 @@ func (d *disk) set(dev string, b []byte) {
 }
 
 func (d *disk) ReadAt(path string, off int64, n int) ([]byte, error) {
+	d.mu.Lock()
+	hang := d.hang
+	d.mu.Unlock()
+	if hang != nil {
+		<-hang
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.reads++
@@ -190,6 +200,21 @@ func TestReportCacheNoStampRunsLVM(t *testing.T) {
 	}
 	if n := e.reports("vgs"); n != 2 {
 		t.Fatalf("vgs ran %d times with one device of the scope unreadable, want 2", n)
+	}
+}
+
+func TestReportCacheHungDeviceRunsLVM(t *testing.T) {
+	e := newCacheEnv(t)
+	e.disk.hang = make(chan struct{})
+	defer close(e.disk.hang)
+	c := e.client()
+	c.StampTimeout = 10 * time.Millisecond
+	start := time.Now()
+	if _, err := c.VGs(context.Background(), cacheScope, e.vg.Name); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.reports("vgs"); n != 1 || time.Since(start) > 5*time.Second {
+		t.Fatalf("vgs ran %d times after %s with the header read hung, want 1 at once", n, time.Since(start))
 	}
 }
 

@@ -9,22 +9,31 @@ import (
 	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/lvm"
 	"github.com/sanvol/sanvol/lvm/lvmtest"
+	"github.com/sanvol/sanvol/transport"
+	"github.com/sanvol/sanvol/volume"
 )
+
+// cachedEnv is a master with the report cache, an SR and a 1 GiB volume.
+func cachedEnv(t *testing.T) (*env, string, volume.Volume) {
+	t.Helper()
+	v := newEnv(t, host.Role{Master: true})
+	v.reports = true
+	v.e = v.engine(host.Role{Master: true})
+	sr := v.createSR()
+	vol, err := v.e.VolumeCreate(context.Background(), sr, "n", "d", gib, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v, sr, vol
+}
 
 // TestReadsFromTheReportCache: Volume.stat, SR.stat and SR.ls spawn no
 // LVM process while the VG metadata is unchanged, on the master and on a
 // member, ask LVM for no activation state, and see every change the
 // master makes.
 func TestReadsFromTheReportCache(t *testing.T) {
-	v := newEnv(t, host.Role{Master: true})
-	v.reports = true
-	v.e = v.engine(host.Role{Master: true})
+	v, sr, vol := cachedEnv(t)
 	ctx := context.Background()
-	sr := v.createSR()
-	vol, err := v.e.VolumeCreate(ctx, sr, "n", "d", gib, false)
-	if err != nil {
-		t.Fatal(err)
-	}
 	member := v.engine(host.Role{MasterAddr: masterIP})
 	for _, c := range []struct {
 		name   string
@@ -105,5 +114,36 @@ func TestReadsFromTheReportCache(t *testing.T) {
 	}
 	if vols, err := member.SRLs(ctx, sr); err != nil || len(vols) != 0 {
 		t.Fatalf("member's SR.ls after a destroy: %v %v", vols, err)
+	}
+}
+
+// TestReadsWithPathsDownRunLVM: with every path down (or their state
+// unknown), the reads leave the PV's headers alone (a read(2) of a
+// device that queues I/O cannot be interrupted) and run lvm as a child.
+func TestReadsWithPathsDownRunLVM(t *testing.T) {
+	v, sr, vol := cachedEnv(t)
+	ctx := context.Background()
+	v.tr.health = transport.Health{Total: 2, Live: 0}
+	v.sim.Reset()
+	for i := 0; i < 2; i++ {
+		if _, err := v.e.VolumeStat(ctx, sr, vol.Key); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := v.e.SRLs(ctx, sr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := v.sim.Count(lvmtest.LVM("lvs")); n != 4 {
+		t.Fatalf("2 Volume.stat and 2 SR.ls with every path down ran lvs %d times, want 4", n)
+	}
+	v.tr.health = transport.Health{Total: 2, Live: 1}
+	v.sim.Reset()
+	for i := 0; i < 2; i++ {
+		if _, err := v.e.VolumeStat(ctx, sr, vol.Key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := v.sim.Count(lvmtest.LVM("lvs")); n != 1 {
+		t.Fatalf("2 Volume.stat with a live path ran lvs %d times, want 1", n)
 	}
 }

@@ -29,9 +29,12 @@ func (e *Engine) SRStat(ctx context.Context, sr string) (SRStat, error) {
 	if herr == nil && h.Down() {
 		return SRStat{SR: a.Handle(), UUID: a.UUID, Health: Unreachable, HealthDetail: h.Detail, Paths: h}, nil
 	}
-	vgs, err := e.lvm.VGs(ctx, e.scope(a.Device), a.VG)
+	s := e.scope(a.Device)
+	// Paths of unknown state: no header read in this process (readScope).
+	s.Uncached = herr != nil
+	vgs, err := e.lvm.VGs(ctx, s, a.VG)
 	if err == nil && len(vgs) == 1 && e.followGrowth(ctx, a, vgs[0]) {
-		vgs, err = e.lvm.VGs(ctx, e.scope(a.Device), a.VG)
+		vgs, err = e.lvm.VGs(ctx, s, a.VG)
 	}
 	if err != nil {
 		return SRStat{}, err
@@ -70,8 +73,7 @@ func (e *Engine) SRLs(ctx context.Context, sr string) ([]Volume, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := e.scope(a.Device)
-	lvs, err := e.lvm.LVsMeta(ctx, s, a.VG)
+	lvs, err := e.lvm.LVsMeta(ctx, e.readScope(ctx, a), a.VG)
 	if err != nil {
 		return nil, err
 	}
