@@ -3,6 +3,7 @@ package lvm_test
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -298,5 +299,31 @@ func TestLVMetaHasNoActivationState(t *testing.T) {
 	}
 	if n := e.reports("lvs"); n != 6 {
 		t.Fatalf("lvs ran %d times, want 6: LV and LVs always run", n)
+	}
+}
+
+// TestReportCacheRealPVHead reads the stamp of a PV that lvm2 2.03.16
+// made in the lab (pvcreate, vgcreate, lvcreate; testdata/FIXTURES.txt)
+// and checks that the header after one more commit is another stamp.
+func TestReportCacheRealPVHead(t *testing.T) {
+	before, err := os.ReadFile("testdata/pv-head-2.03.16.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, err := os.ReadFile("testdata/pv-head-after-commit-2.03.16.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newCacheEnv(t)
+	e.disk.set(cacheDev, before)
+	e.vgs(cacheScope)
+	e.vgs(cacheScope)
+	if n := e.reports("vgs"); n != 1 {
+		t.Fatalf("vgs ran %d times on lvm2's own PV head, want 1 (the stamp must parse)", n)
+	}
+	e.disk.set(cacheDev, after)
+	e.vgs(cacheScope)
+	if n := e.reports("vgs"); n != 2 {
+		t.Fatalf("vgs ran %d times after lvm2 committed, want 2", n)
 	}
 }
