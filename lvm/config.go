@@ -64,6 +64,12 @@ type Scope struct {
 	// not show activation state (LV.Active is false), so callers that
 	// need it leave Unlocked off.
 	Unlocked bool
+	// Uncached keeps the report cache (Client.WithReportCache) out of
+	// the command: the caller cannot rule out that every path to the
+	// device is down, where the cache's read of the PV's headers could
+	// wait in the kernel for as long as the transport queues I/O, and
+	// keep the process from exiting; an lvm child is left behind instead.
+	Uncached bool
 }
 
 // filterRegex anchors a path and quotes every byte that LVM's regex

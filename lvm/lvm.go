@@ -31,6 +31,9 @@ type Client struct {
 	// checksum error, RetryDelay the pause before each repeat.
 	ReadRetries int
 	RetryDelay  time.Duration
+	// StampTimeout bounds the report cache's read of the metadata area
+	// headers; past it the report runs (WithReportCache).
+	StampTimeout time.Duration
 
 	guard func() error // WithWriteGuard
 
@@ -39,6 +42,8 @@ type Client struct {
 	// cache, when set, keeps the version in /run across plugin
 	// processes (see WithVersionCache).
 	cache *host.Root
+	// reports, when set, keeps metadata-only reports (WithReportCache).
+	reports *reportCache
 }
 
 // VersionCacheFile remembers the lvm2 version across plugin processes.
@@ -89,6 +94,7 @@ func New(run host.Runner, log *zap.Logger) *Client {
 		WriteTimeout: 120 * time.Second,
 		ReadRetries:  10,
 		RetryDelay:   200 * time.Millisecond,
+		StampTimeout: 5 * time.Second,
 	}
 }
 
@@ -144,27 +150,34 @@ const (
 	once
 )
 
-// exec runs `lvm <sub> -qq --config <cfg> <args...>`. Repeatable commands
-// are retried on metadata checksum errors, which a reader sees while the
-// master rewrites the metadata; metadata changes are never retried here,
-// because only the caller knows whether repeating one is safe.
-func (c *Client) exec(ctx context.Context, s Scope, m mode, sub string, args ...string) ([]byte, error) {
+// command is one prepared LVM command line.
+type command struct {
+	m       mode
+	op      string // "lvm <sub> <object>", for errors and logs
+	argv    []string
+	timeout time.Duration
+	version Version
+}
+
+// prepare builds `lvm <sub> -qq --config <cfg> <args...>` and refuses
+// metadata changes the scope or the write guard forbid.
+func (c *Client) prepare(ctx context.Context, s Scope, m mode, sub string, args ...string) (command, error) {
 	v, err := c.Version(ctx)
 	if err != nil {
-		return nil, err
+		return command{}, err
 	}
 	cfg, err := BuildConfig(v, s)
 	if err != nil {
-		return nil, host.NewError(host.KindInvalid, "lvm "+sub, "bad LVM scope", "", err)
+		return command{}, host.NewError(host.KindInvalid, "lvm "+sub, "bad LVM scope", "", err)
 	}
 	if m == once && s.ReadOnly {
 		// The last line of defence: lvm2 2.03 ignores metadata_read_only.
-		return nil, host.NewError(host.KindNotMaster, "lvm "+sub, "refusing an LVM metadata change on a host that is not the pool master",
+		return command{}, host.NewError(host.KindNotMaster, "lvm "+sub, "refusing an LVM metadata change on a host that is not the pool master",
 			"run the operation on the pool master", nil)
 	}
 	if m == once && c.guard != nil {
 		if err := c.guard(); err != nil {
-			return nil, err
+			return command{}, err
 		}
 	}
 	argv := []string{sub, "-qq", "--config", cfg}
@@ -182,28 +195,103 @@ func (c *Client) exec(ctx context.Context, s Scope, m mode, sub string, args ...
 	if len(args) > 0 && !strings.HasPrefix(args[len(args)-1], "-") {
 		op += " " + args[len(args)-1]
 	}
+	return command{m: m, op: op, argv: argv, timeout: timeout, version: v}, nil
+}
+
+// exec runs `lvm <sub> -qq --config <cfg> <args...>`.
+func (c *Client) exec(ctx context.Context, s Scope, m mode, sub string, args ...string) ([]byte, error) {
+	cmd, err := c.prepare(ctx, s, m, sub, args...)
+	if err != nil {
+		return nil, err
+	}
+	return c.run1(ctx, cmd)
+}
+
+// metaReport runs a report whose output depends on the VG metadata alone
+// (no device-mapper state, no device names), answering it from the report
+// cache when the metadata area headers are what they were when the
+// cached copy was read.
+//
+// The stamp is read BEFORE the report runs. A commit (from this host or
+// from the master, on a member) that lands between the stamp read and
+// LVM's own read makes the report newer than its stamp: it is stored
+// under a header state that is already gone and never comes back (see
+// stamp.go), so it can only be missed, never served. The other order
+// (report, then stamp) would store an old report under the new header:
+// a stale hit. A report never sees metadata older than the stamp: LVM
+// reads the device itself, with O_DIRECT (lvm2 lib/label/label.c,
+// _scan_dev_open), after the stamp was read the same way, and BuildConfig
+// turns off the host-wide caches that could answer instead (lvmetad in
+// 2.02, hints in 2.03).
+func (c *Client) metaReport(ctx context.Context, s Scope, sub string, args ...string) ([]byte, error) {
+	cmd, err := c.prepare(ctx, s, report, sub, args...)
+	if err != nil {
+		return nil, err
+	}
+	if c.reports == nil || s.Uncached {
+		return c.run1(ctx, cmd)
+	}
+	st, err := c.reports.read(ctx, s.Devices, c.StampTimeout)
+	if err != nil {
+		c.log.Debug("no LVM metadata stamp; running the report", zap.String("cmd", cmd.op), zap.Error(err))
+		return c.run1(ctx, cmd)
+	}
+	// The lvm2 release is part of the key: an upgrade may print reports
+	// differently.
+	key := cmd.version.String() + "\x00" + strings.Join(cmd.argv, "\x00")
+	if e, ok := c.reports.get(key, st); ok {
+		c.log.Debug("LVM answer from the cache (metadata unchanged)", zap.String("cmd", cmd.op), zap.String("kind", e.kind))
+		switch e.kind {
+		case entryReport:
+			return e.data, nil
+		case entryMissingLV:
+			return nil, classify(cmd.op, &host.ExitError{Cmd: "lvm " + strings.Join(cmd.argv, " "), Code: 5, Stderr: string(e.data)})
+		}
+	}
+	out, err := c.run1(ctx, cmd)
+	e := entry{kind: entryReport, data: out}
+	if err != nil {
+		// A missing LV is an answer of the metadata too: Volume.stat of
+		// a snapshot asks for its key's LV first, which is not there.
+		var ee *host.ExitError
+		if MissingOf(err) != MissingLV || !errors.As(err, &ee) {
+			return nil, err
+		}
+		e = entry{kind: entryMissingLV, data: []byte(ee.Stderr)}
+	}
+	if perr := c.reports.put(key, st, e); perr != nil {
+		c.log.Debug("LVM answer not cached", zap.String("cmd", cmd.op), zap.Error(perr))
+	}
+	return out, err
+}
+
+// run1 runs a prepared command. Repeatable commands are retried on
+// metadata checksum errors, which a reader sees while the master rewrites
+// the metadata; metadata changes are never retried here, because only the
+// caller knows whether repeating one is safe.
+func (c *Client) run1(ctx context.Context, cmd command) ([]byte, error) {
 	var out []byte
 	var last error // the run that failed, for when ctx ends between retries
 	attempt := 0
-	err = host.Poll(ctx, c.RetryDelay, func(ctx context.Context) (bool, error) {
-		res, err := c.run.Run(ctx, host.Cmd{Name: "lvm", Args: argv, Timeout: timeout})
+	err := host.Poll(ctx, c.RetryDelay, func(ctx context.Context) (bool, error) {
+		res, err := c.run.Run(ctx, host.Cmd{Name: "lvm", Args: cmd.argv, Timeout: cmd.timeout})
 		if err == nil {
-			if rerr := readOnlyRefusal(op, argv, res); rerr != nil {
+			if rerr := readOnlyRefusal(cmd.op, cmd.argv, res); rerr != nil {
 				return false, rerr
 			}
 			out = res.Stdout
 			return true, nil
 		}
-		if m != once && attempt < c.ReadRetries && isChecksumError(err) {
+		if cmd.m != once && attempt < c.ReadRetries && isChecksumError(err) {
 			attempt++
 			last = err
-			c.log.Info("LVM metadata changed under a reader; retrying", zap.String("cmd", op), zap.Int("attempt", attempt))
+			c.log.Info("LVM metadata changed under a reader; retrying", zap.String("cmd", cmd.op), zap.Int("attempt", attempt))
 			return false, nil
 		}
-		return false, classify(op, err)
+		return false, classify(cmd.op, err)
 	})
 	if te := (*host.TimeoutError)(nil); errors.As(err, &te) {
-		return nil, classify(op, last)
+		return nil, classify(cmd.op, last)
 	}
 	return out, err
 }

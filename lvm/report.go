@@ -61,8 +61,12 @@ type PV struct {
 // The report fields sanvol asks for. All exist in lvm2 2.02.180 and 2.03.
 const (
 	VGFields = "vg_name,vg_uuid,vg_size,vg_free,vg_extent_size,vg_tags,vg_mda_size,vg_mda_free,lv_count,pv_count"
-	LVFields = "lv_name,vg_name,lv_uuid,lv_size,lv_tags,lv_attr"
-	PVFields = "pv_name,vg_name,pv_uuid,pv_size,pv_mda_size,vg_tags"
+	LVFields = LVMetaFields + ",lv_attr"
+	// LVMetaFields are the LV fields read from the VG metadata alone:
+	// LVFields without lv_attr, whose activation state is this host's
+	// device-mapper's.
+	LVMetaFields = "lv_name,vg_name,lv_uuid,lv_size,lv_tags"
+	PVFields     = "pv_name,vg_name,pv_uuid,pv_size,pv_mda_size,vg_tags"
 )
 
 // reportArgs are common to every report: JSON with every value a string of
@@ -175,9 +179,10 @@ func badReport(op string, err error) error {
 }
 
 // VGs lists the VGs on the scope's devices (all of them if names is
-// empty), in one `vgs` process.
+// empty), in one `vgs` process, or none when the report cache holds it:
+// every VG field is read from the metadata.
 func (c *Client) VGs(ctx context.Context, s Scope, names ...string) ([]VG, error) {
-	out, err := c.exec(ctx, s, report, "vgs", append(reportArgs(VGFields), names...)...)
+	out, err := c.metaReport(ctx, s, "vgs", append(reportArgs(VGFields), names...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -201,12 +206,48 @@ func (c *Client) LVs(ctx context.Context, s Scope, vg string) ([]LV, error) {
 	return lvs, nil
 }
 
+// LVsMeta is LVs without activation state (Attr is empty: Active and Open
+// are false), for callers that need only what the metadata says: it is
+// answered from the report cache while the metadata is unchanged.
+func (c *Client) LVsMeta(ctx context.Context, s Scope, vg string) ([]LV, error) {
+	out, err := c.metaReport(ctx, s, "lvs", append(reportArgs(LVMetaFields), vg)...)
+	if err != nil {
+		return nil, err
+	}
+	lvs, err := ParseLVs(out)
+	if err != nil {
+		return nil, badReport("lvm lvs", err)
+	}
+	for i := range lvs {
+		lvs[i].Attr = ""
+	}
+	return lvs, nil
+}
+
 // LV reads one LV. A missing LV is a host.KindNotFound error.
 func (c *Client) LV(ctx context.Context, s Scope, vg, lv string) (LV, error) {
 	out, err := c.exec(ctx, s, report, "lvs", append(reportArgs(LVFields), vg+"/"+lv)...)
 	if err != nil {
 		return LV{}, err
 	}
+	return oneLV(out, vg, lv)
+}
+
+// LVMeta is LV without activation state (Attr is empty: Active and Open
+// are false), for callers that need only what the metadata says: it is
+// answered from the report cache while the metadata is unchanged.
+func (c *Client) LVMeta(ctx context.Context, s Scope, vg, lv string) (LV, error) {
+	out, err := c.metaReport(ctx, s, "lvs", append(reportArgs(LVMetaFields), vg+"/"+lv)...)
+	if err != nil {
+		return LV{}, err
+	}
+	l, err := oneLV(out, vg, lv)
+	l.Attr = ""
+	return l, err
+}
+
+// oneLV picks lv out of a report of vg/lv.
+func oneLV(out []byte, vg, lv string) (LV, error) {
 	lvs, err := ParseLVs(out)
 	if err != nil {
 		return LV{}, badReport("lvm lvs", err)

@@ -38,7 +38,10 @@ func (s *srServices) Engine() (*volume.Engine, error) {
 		return nil, host.NewError(host.KindInternal, "read pool role", err.Error(),
 			"check "+host.PoolConf+" (it should hold \"master\" or \"slave:<master address>\")", err)
 	}
-	lc := lvm.New(s.deps.Runner, s.deps.Log).WithVersionCache(s.deps.Root)
+	// The report cache reads the PV's label and metadata area headers
+	// with O_DIRECT: another host writes them.
+	lc := lvm.New(s.deps.Runner, s.deps.Log).WithVersionCache(s.deps.Root).
+		WithReportCache(s.deps.Root, host.DirectReader{Root: s.deps.Root})
 	if role.Master {
 		lc = lc.WithWriteGuard(func() error { return stillMaster(s.deps.Root) })
 	}

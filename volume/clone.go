@@ -124,10 +124,10 @@ func (e *Engine) snapshotVolume(a Attached, cow, base lvm.LV) (Volume, bool) {
 		URI: []string{volumeURI(a.UUID, cm.snap)}, Keys: m.Keys}, true
 }
 
-// lookupSnapshot reads snapshot key as a volume: its COW and K's base LV.
-func (e *Engine) lookupSnapshot(ctx context.Context, op string, a Attached, key string) (lvm.LV, Volume, volumeMeta, error) {
-	s := e.scope(a.Device)
-	cow, err := e.lvm.LV(ctx, s, a.VG, cowName(key))
+// lookupSnapshot reads snapshot key as a volume: its COW and K's base LV,
+// with read (see lookup).
+func (e *Engine) lookupSnapshot(ctx context.Context, op string, a Attached, key string, read lvReader) (lvm.LV, Volume, volumeMeta, error) {
+	cow, err := read(ctx, a.VG, cowName(key))
 	if errors.Is(err, host.ErrNotFound) {
 		return lvm.LV{}, Volume{}, volumeMeta{}, notFound(op, a, key)
 	}
@@ -138,7 +138,7 @@ func (e *Engine) lookupSnapshot(ctx context.Context, op string, a Attached, key 
 	if !ok {
 		return lvm.LV{}, Volume{}, volumeMeta{}, notFound(op, a, key)
 	}
-	base, err := e.lvm.LV(ctx, s, a.VG, lvName(cm.of))
+	base, err := read(ctx, a.VG, lvName(cm.of))
 	if errors.Is(err, host.ErrNotFound) {
 		return lvm.LV{}, Volume{}, volumeMeta{}, notFound(op, a, key)
 	}
@@ -230,7 +230,7 @@ func (e *Engine) VolumeClone(ctx context.Context, sr, key string) (Volume, error
 		}
 		return v, err
 	}
-	_, v, _, err := e.lookupSnapshot(ctx, op, a, snap)
+	_, v, _, err := e.lookupSnapshot(ctx, op, a, snap, e.liveLV(a))
 	if err != nil {
 		return Volume{}, err
 	}

@@ -89,7 +89,10 @@ type env struct {
 	root  host.Root
 	steps []string
 	crash string // step at which the fault hook "kills" the call
-	mu    sync.Mutex
+	// reports gives the engines built from now on the LVM report cache
+	// (the simulated device's metadata area header as the stamp).
+	reports bool
+	mu      sync.Mutex
 }
 
 type crashed struct{ step string }
@@ -112,8 +115,12 @@ func (v *env) engineWith(tr transport.Transport) *volume.Engine {
 }
 
 func (v *env) engineOf(role host.Role, tr transport.Transport) *volume.Engine {
+	lc := lvm.New(v.sim, nil)
+	if v.reports {
+		lc = lc.WithReportCache(v.root, v.sim)
+	}
 	e, err := volume.New(volume.Options{
-		LVM: lvm.New(v.sim, nil), Transport: tr, Runner: v.sim, Zeroer: v.sim, DevNum: v.sim.DevNum, SnapMagic: v.sim.SnapMagic, MergePoll: time.Millisecond, Locker: host.FileLocker{Root: v.root}, Root: v.root,
+		LVM: lc, Transport: tr, Runner: v.sim, Zeroer: v.sim, DevNum: v.sim.DevNum, SnapMagic: v.sim.SnapMagic, MergePoll: time.Millisecond, Locker: host.FileLocker{Root: v.root}, Root: v.root,
 		Role: role, Version: "test-1.0", HostID: testHost,
 		Fault: func(step string) {
 			v.mu.Lock()

@@ -15,7 +15,8 @@ import (
 )
 
 // SRStat reports the SR's size, free space and health. It works on every
-// host: one LVM report, read-only off the master. The paths are looked at
+// host: one LVM report, read-only off the master, and none while the VG
+// metadata is unchanged (lvm.Client.VGs is answered from the report cache). The paths are looked at
 // first: when none serves I/O, LVM would wait on the queued I/O (for the
 // iscsi-ng path-loss-policy, or the NVMe ctrl-loss-tmo), so the answer is
 // Unreachable without sizes, which the caller fills from what it knew.
@@ -28,9 +29,12 @@ func (e *Engine) SRStat(ctx context.Context, sr string) (SRStat, error) {
 	if herr == nil && h.Down() {
 		return SRStat{SR: a.Handle(), UUID: a.UUID, Health: Unreachable, HealthDetail: h.Detail, Paths: h}, nil
 	}
-	vgs, err := e.lvm.VGs(ctx, e.scope(a.Device), a.VG)
+	s := e.scope(a.Device)
+	// Paths of unknown state: no header read in this process (readScope).
+	s.Uncached = herr != nil
+	vgs, err := e.lvm.VGs(ctx, s, a.VG)
 	if err == nil && len(vgs) == 1 && e.followGrowth(ctx, a, vgs[0]) {
-		vgs, err = e.lvm.VGs(ctx, e.scope(a.Device), a.VG)
+		vgs, err = e.lvm.VGs(ctx, s, a.VG)
 	}
 	if err != nil {
 		return SRStat{}, err
@@ -60,16 +64,16 @@ func (e *Engine) Paths(ctx context.Context, sr string) (transport.Health, error)
 	return e.t.Health(ctx, a.Configuration)
 }
 
-// SRLs lists every volume of the SR in one LVM report. It is a read path
-// and changes nothing: leftovers of dead creates are skipped, and removed
-// by the master's SR.attach (collect).
+// SRLs lists every volume of the SR in one LVM report (none while the VG
+// metadata is unchanged: the records are metadata only, lvm.Client.LVsMeta).
+// It is a read path and changes nothing: leftovers of dead creates are
+// skipped, and removed by the master's SR.attach (collect).
 func (e *Engine) SRLs(ctx context.Context, sr string) ([]Volume, error) {
 	a, err := e.attached(ctx, sr)
 	if err != nil {
 		return nil, err
 	}
-	s := e.scope(a.Device)
-	lvs, err := e.lvm.LVs(ctx, s, a.VG)
+	lvs, err := e.lvm.LVsMeta(ctx, e.readScope(ctx, a), a.VG)
 	if err != nil {
 		return nil, err
 	}

@@ -60,17 +60,50 @@ func notFound(op string, a Attached, key string) error {
 		"rescan the SR (xe sr-scan) to refresh xapi's list of VDIs", nil)
 }
 
+// lvReader reads one LV of the attached SR: liveLV (with this host's
+// activation state) or metaLV (metadata only, from the report cache when
+// the metadata is unchanged).
+type lvReader func(ctx context.Context, vg, lv string) (lvm.LV, error)
+
+// liveLV reads LVs with their activation state on this host.
+func (e *Engine) liveLV(a Attached) lvReader {
+	s := e.scope(a.Device)
+	return func(ctx context.Context, vg, lv string) (lvm.LV, error) { return e.lvm.LV(ctx, s, vg, lv) }
+}
+
+// metaLV reads LVs without activation state, through the report cache.
+func (e *Engine) metaLV(ctx context.Context, a Attached) lvReader {
+	s := e.readScope(ctx, a)
+	return func(ctx context.Context, vg, lv string) (lvm.LV, error) { return e.lvm.LVMeta(ctx, s, vg, lv) }
+}
+
+// readScope is the scope of a metadata-only read. The report cache reads
+// the PV's headers in this process, which the kernel cannot interrupt:
+// with every path down, an NVMe namespace queues I/O until ctrl-loss-tmo
+// (30 minutes by default), and the process could not exit before. So the
+// cache is used only when the transport sees a live path (from sysfs, and
+// `dmsetup status` for iscsi-ng); otherwise lvm runs as a child, which the
+// plugin leaves behind at its deadline.
+func (e *Engine) readScope(ctx context.Context, a Attached) lvm.Scope {
+	s := e.scope(a.Device)
+	if h, err := e.t.Health(ctx, a.Configuration); err != nil || h.Down() {
+		s.Uncached = true
+	}
+	return s
+}
+
 // lookup reads one volume in one LVM report (a snapshot in two more: its
 // COW carries its metadata, K's base its size and state). A volume whose
 // create has not finished does not exist yet. The LV returned carries the
-// volume's metadata: a snapshot's is its COW.
-func (e *Engine) lookup(ctx context.Context, op string, a Attached, key string) (lvm.LV, Volume, volumeMeta, error) {
+// volume's metadata: a snapshot's is its COW. read is e.liveLV for
+// callers that look at the LV's activation state, e.metaLV otherwise.
+func (e *Engine) lookup(ctx context.Context, op string, a Attached, key string, read lvReader) (lvm.LV, Volume, volumeMeta, error) {
 	if !IsUUID(key) {
 		return lvm.LV{}, Volume{}, volumeMeta{}, notFound(op, a, key)
 	}
-	l, err := e.lvm.LV(ctx, e.scope(a.Device), a.VG, lvName(key))
+	l, err := read(ctx, a.VG, lvName(key))
 	if errors.Is(err, host.ErrNotFound) {
-		return e.lookupSnapshot(ctx, op, a, key)
+		return e.lookupSnapshot(ctx, op, a, key, read)
 	}
 	if err != nil {
 		return lvm.LV{}, Volume{}, volumeMeta{}, err
@@ -84,13 +117,14 @@ func (e *Engine) lookup(ctx context.Context, op string, a Attached, key string) 
 
 // VolumeStat reads one volume. It is the hottest call (before every
 // datapath operation, on the host using the disk), so it is one LVM
-// report and works read-only on every host.
+// report, none while the VG metadata is unchanged (lvm.Client.LVMeta: a
+// volume's record is metadata only), and works read-only on every host.
 func (e *Engine) VolumeStat(ctx context.Context, sr, key string) (Volume, error) {
 	a, err := e.attached(ctx, sr)
 	if err != nil {
 		return Volume{}, err
 	}
-	_, v, _, err := e.lookup(ctx, "Volume.stat", a, key)
+	_, v, _, err := e.lookup(ctx, "Volume.stat", a, key, e.metaLV(ctx, a))
 	return v, err
 }
 
@@ -371,7 +405,7 @@ func (e *Engine) growLocked(ctx context.Context, op string, a Attached, key stri
 		return g, l, false, false, err
 	}
 	defer unlock()
-	l, v, m, err := e.lookup(ctx, op, a, key)
+	l, v, m, err := e.lookup(ctx, op, a, key, e.liveLV(a))
 	if err != nil {
 		return g, l, false, false, err
 	}
@@ -498,7 +532,7 @@ func (e *Engine) setVolumeField(ctx context.Context, op, sr, key, field string, 
 		return err
 	}
 	defer unlock()
-	l, _, _, err := e.lookup(ctx, op, a, key)
+	l, _, _, err := e.lookup(ctx, op, a, key, e.liveLV(a))
 	if err != nil {
 		return err
 	}

@@ -212,13 +212,17 @@ func VGs(vgs ...lvm.VG) Reply {
 }
 
 // LVs renders an `lvs` report of sanvol's LV fields.
-func LVs(lvs ...lvm.LV) Reply {
+func LVs(lvs ...lvm.LV) Reply { return LVsOf(lvm.LVFields, lvs...) }
+
+// LVsOf renders an `lvs` report of the given fields (a subset of
+// lvm.LVFields), as `lvs -o fields` prints it.
+func LVsOf(fields string, lvs ...lvm.LV) Reply {
 	var rows []map[string]string
 	for _, l := range lvs {
 		rows = append(rows, map[string]string{"lv_name": l.Name, "vg_name": l.VG, "lv_uuid": l.UUID, "lv_size": itoa(l.Size),
 			"lv_tags": strings.Join(l.Tags, ","), "lv_attr": l.Attr})
 	}
-	return Reply{Stdout: report("lv", strings.Split(lvm.LVFields, ","), rows)}
+	return Reply{Stdout: report("lv", strings.Split(fields, ","), rows)}
 }
 
 // PVs renders a `pvs` report of sanvol's PV fields.

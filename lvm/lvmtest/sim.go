@@ -37,6 +37,9 @@ type Sim struct {
 	Ops map[string]int
 	// offline: every path to the device is down, as SetOffline says.
 	offline bool
+	// commits counts metadata changes: the state of the PV's metadata
+	// area header that ReadAt shows.
+	commits int
 
 	// device-mapper (dm.go)
 	dm           map[string]*simDM
@@ -186,12 +189,42 @@ func (s *Sim) Run(ctx context.Context, c host.Cmd) (host.Result, error) {
 	s.Runner.mu.Unlock()
 	s.mu.Lock()
 	rep := s.do(c)
+	if c.Name == "lvm" && rep.Code == 0 && isWrite(c) {
+		s.commits++
+	}
 	s.mu.Unlock()
 	res := host.Result{Stdout: []byte(rep.Stdout), Stderr: []byte(rep.Stderr), ExitCode: rep.Code}
 	if rep.Code != 0 {
 		return res, &host.ExitError{Cmd: c.String(), Code: rep.Code, Stderr: strings.TrimSpace(rep.Stderr)}
 	}
 	return res, nil
+}
+
+// isWrite reports whether an LVM command changes metadata.
+func isWrite(c host.Cmd) bool {
+	switch c.Args[0] {
+	case "pvcreate", "vgcreate", "vgchange", "vgremove", "pvremove", "lvcreate", "lvextend", "lvremove", "pvresize":
+		return true
+	case "lvchange":
+		return len(Values(c, "--addtag")) > 0 || len(Values(c, "--deltag")) > 0
+	}
+	return false
+}
+
+// ReadAt implements host.BlockReader for the simulated device: its PV
+// label and metadata area header (lvmtest.PVHead), whose committed text
+// moves with every metadata change, as lvm2's does.
+func (s *Sim) ReadAt(path string, off int64, n int) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.offline || path != s.Device {
+		return nil, fmt.Errorf("read %s: no such device or address", path)
+	}
+	b := make([]byte, n)
+	if s.pv != nil && off < pvHeadSize {
+		copy(b, NewPVHead(s.pv.uuid, s.commits).Bytes()[off:])
+	}
+	return b, nil
 }
 
 func fail(format string, a ...any) Reply {
@@ -251,12 +284,7 @@ func (s *Sim) do(c host.Cmd) Reply {
 	if len(args) > 0 {
 		last = args[len(args)-1]
 	}
-	writes := map[string]bool{"pvcreate": true, "vgcreate": true, "vgchange": true, "vgremove": true, "pvremove": true,
-		"lvcreate": true, "lvextend": true, "lvremove": true}
-	if sub == "lvchange" && (len(Values(c, "--addtag")) > 0 || len(Values(c, "--deltag")) > 0) {
-		writes["lvchange"] = true
-	}
-	if writes[sub] && readOnly {
+	if isWrite(c) && readOnly {
 		return fail("Operation prohibited while global/metadata_read_only is set.")
 	}
 	vg := s.vg
@@ -299,7 +327,7 @@ func (s *Sim) do(c host.Cmd) Reply {
 		if lvn != "" && len(rows) == 0 {
 			return fail("Failed to find logical volume %q", last)
 		}
-		return LVs(rows...)
+		return LVsOf(Values(c, "-o")[0], rows...)
 	case "pvcreate":
 		if !visible || last != s.Device {
 			return fail("Cannot use %s: device not found", last)

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sanvol/sanvol/host"
 	"github.com/sanvol/sanvol/tests/labtarget"
 )
 
@@ -81,11 +82,29 @@ func TestCaptureLVMErrors(t *testing.T) {
 	w("lvcreate", "-y", "-W", "y", "-n", "vol-a", "-L", "32m", "--addtag", "uuid=0b6f3d2a-2222-4e0f-8a11-7c9d5e3f1a2b", "--addtag", "name=disk+0", vg)
 	w("lvcreate", "-y", "-W", "y", "-n", "vol-b", "-L", "16m", "--addtag", "uuid=9a8b7c6d-3333-4f1e-9d2c-1b0a9f8e7d6c", vg)
 	w("lvchange", "-an", vg+"/vol-b")
+
 	t.Cleanup(func() {
 		_, _ = run("lvm", "vgchange", "--config", rw, "-an", vg)
 		_, _ = run("lvm", "vgremove", "--config", rw, "-ff", "-y", vg)
 		_, _ = run("lvm", "pvremove", "--config", rw, "-ff", "-y", dev)
 	})
+
+	// The PV's first 8 KiB (label sectors, metadata area header at 4 KiB)
+	// as lvm's report cache reads them (O_DIRECT), before and after one
+	// more metadata commit (undone after): the cache's stamp. Early in
+	// the test, which lvm2 2.03 fails further down (it ignores
+	// metadata_read_only).
+	head := func(file, how string) {
+		b, err := host.DirectReader{Root: host.NewRoot("/")}.ReadAt(dev, 0, 8192)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.save("lvm", file, string(b), how)
+	}
+	head("pv-head-"+lv+".bin", "first 8 KiB of "+dev+" (O_DIRECT), the PV of the VG above")
+	w("vgchange", "--addtag", "head_probe", vg)
+	head("pv-head-after-commit-"+lv+".bin", "first 8 KiB of "+dev+" after vgchange --addtag head_probe "+vg)
+	w("vgchange", "--deltag", "head_probe", vg)
 
 	c.cmd("lvm", "lvm-version-"+lv+".txt", "lvm", "version")
 	// Reports as the master runs them: dom0's lvm.conf says
