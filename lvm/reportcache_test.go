@@ -302,28 +302,34 @@ func TestLVMetaHasNoActivationState(t *testing.T) {
 	}
 }
 
-// TestReportCacheRealPVHead reads the stamp of a PV that lvm2 2.03.16
-// made in the lab (pvcreate, vgcreate, lvcreate; testdata/FIXTURES.txt)
-// and checks that the header after one more commit is another stamp.
+// TestReportCacheRealPVHead reads the stamp of PVs that lvm2 made in the
+// lab (pvcreate, vgcreate, lvcreate; testdata/FIXTURES.txt): Debian 12's
+// 2.03.16 and XCP-ng 8.x dom0's 2.02.180 build, whose on-disk format the
+// cache must read alike, and checks that the header after one more
+// commit is another stamp.
 func TestReportCacheRealPVHead(t *testing.T) {
-	before, err := os.ReadFile("testdata/pv-head-2.03.16.bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	after, err := os.ReadFile("testdata/pv-head-after-commit-2.03.16.bin")
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := newCacheEnv(t)
-	e.disk.set(cacheDev, before)
-	e.vgs(cacheScope)
-	e.vgs(cacheScope)
-	if n := e.reports("vgs"); n != 1 {
-		t.Fatalf("vgs ran %d times on lvm2's own PV head, want 1 (the stamp must parse)", n)
-	}
-	e.disk.set(cacheDev, after)
-	e.vgs(cacheScope)
-	if n := e.reports("vgs"); n != 2 {
-		t.Fatalf("vgs ran %d times after lvm2 committed, want 2", n)
+	for _, v := range []string{"2.03.16", "2.02.180"} {
+		t.Run(v, func(t *testing.T) {
+			before, err := os.ReadFile("testdata/pv-head-" + v + ".bin")
+			if err != nil {
+				t.Fatal(err)
+			}
+			after, err := os.ReadFile("testdata/pv-head-after-commit-" + v + ".bin")
+			if err != nil {
+				t.Fatal(err)
+			}
+			e := newCacheEnv(t)
+			e.disk.set(cacheDev, before)
+			e.vgs(cacheScope)
+			e.vgs(cacheScope)
+			if n := e.reports("vgs"); n != 1 {
+				t.Fatalf("vgs ran %d times on lvm2's own PV head, want 1 (the stamp must parse)", n)
+			}
+			e.disk.set(cacheDev, after)
+			e.vgs(cacheScope)
+			if n := e.reports("vgs"); n != 2 {
+				t.Fatalf("vgs ran %d times after lvm2 committed, want 2", n)
+			}
+		})
 	}
 }
