@@ -1,8 +1,10 @@
 package host
 
 import (
+	"context"
 	"fmt"
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -46,4 +48,38 @@ func (d DirectReader) ReadAt(path string, off int64, n int) ([]byte, error) {
 		return nil, fmt.Errorf("read %d bytes at %d of %s: %w", n, off, path, err)
 	}
 	return append([]byte(nil), buf...), nil
+}
+
+// ExecBlockReader is the BlockReader the plugin uses: each read is a `dd
+// iflag=direct` child through the exec choke point, under Timeout. A read
+// of a device whose paths are all down can sleep uninterruptibly for as
+// long as the transport queues I/O (an NVMe ctrl-loss-tmo, a multipath
+// no_path_retry); in a child it is left behind at the deadline, as a stuck
+// lvm is, while in the plugin's own process it kept the process, and the
+// xapi call waiting for it, from ending (the pool lab's
+// TestPoolMemberPathLoss: a member's SR.stat never returned).
+type ExecBlockReader struct {
+	Run     Runner
+	Timeout time.Duration
+}
+
+// ReadAt implements BlockReader.
+func (e ExecBlockReader) ReadAt(path string, off int64, n int) ([]byte, error) {
+	if off < 0 || n <= 0 || off%BlockAlign != 0 || n%BlockAlign != 0 {
+		return nil, fmt.Errorf("read %s: %d bytes at %d are not %d-byte aligned", path, n, off, BlockAlign)
+	}
+	timeout := e.Timeout
+	if timeout == 0 {
+		timeout = 5 * time.Second
+	}
+	res, err := e.Run.Run(context.Background(), Cmd{Name: "dd", Timeout: timeout, Args: []string{
+		"if=" + path, "iflag=direct", fmt.Sprintf("bs=%d", BlockAlign),
+		fmt.Sprintf("skip=%d", off/BlockAlign), fmt.Sprintf("count=%d", n/BlockAlign), "status=none"}})
+	if err != nil {
+		return nil, fmt.Errorf("read %d bytes at %d of %s: %w", n, off, path, err)
+	}
+	if len(res.Stdout) != n {
+		return nil, fmt.Errorf("read %d bytes at %d of %s: got %d", n, off, path, len(res.Stdout))
+	}
+	return res.Stdout, nil
 }

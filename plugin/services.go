@@ -41,7 +41,7 @@ func (s *srServices) Engine() (*volume.Engine, error) {
 	// The report cache reads the PV's label and metadata area headers
 	// with O_DIRECT: another host writes them.
 	lc := lvm.New(s.deps.Runner, s.deps.Log).WithVersionCache(s.deps.Root).
-		WithReportCache(s.deps.Root, host.DirectReader{Root: s.deps.Root})
+		WithReportCache(s.deps.Root, host.ExecBlockReader{Run: s.deps.Runner})
 	if role.Master {
 		lc = lc.WithWriteGuard(func() error { return stillMaster(s.deps.Root) })
 	}
