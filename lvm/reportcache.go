@@ -95,11 +95,22 @@ func (rc *reportCache) read(ctx context.Context, devs []string, timeout time.Dur
 }
 
 // readNow reads the stamp. The devices are usually one device under two
-// names; each is read, so that the stamp covers whatever LVM may scan.
+// names (the stable path and the kernel name it resolves to): each device
+// is read once, so that the stamp covers whatever LVM may scan at the
+// cost of one read (a dd child) per device, not per name.
 func (rc *reportCache) readNow(devs []string) (stamp, error) {
 	st := stamp{at: rc.now()}
 	var ids []string
+	seen := map[string]bool{}
 	for _, d := range devs {
+		node, err := rc.root.EvalSymlinks(d)
+		if err != nil {
+			node = d
+		}
+		if seen[node] {
+			continue
+		}
+		seen[node] = true
 		id, b, err := deviceStamp(rc.dev, d)
 		if err != nil {
 			return stamp{}, err

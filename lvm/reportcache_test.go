@@ -333,3 +333,36 @@ func TestReportCacheRealPVHead(t *testing.T) {
 		})
 	}
 }
+
+// A scope names the SR's device twice, by its stable path and by the
+// kernel name it resolves to: the stamp reads the device once (each read
+// is a dd child on a host), and still reads two devices that differ.
+func TestReportCacheReadsEachDeviceOnce(t *testing.T) {
+	e := newCacheEnv(t)
+	if err := e.root.MkdirAll("/dev/disk/by-id", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.root.WriteFile("/dev/nvme0n1", nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("../../nvme0n1", e.root.Path(cacheDev)); err != nil {
+		t.Fatal(err)
+	}
+	e.disk.set("/dev/nvme0n1", e.disk.heads[cacheDev])
+	two := lvm.Scope{Devices: []string{cacheDev, "/dev/nvme0n1"}, ReadOnly: true, Unlocked: true}
+	e.vgs(two)
+	e.vgs(two)
+	if e.disk.reads != 2 || e.reports("vgs") != 1 {
+		t.Fatalf("two calls over one device under two names: %d reads, %d vgs; want 2 and 1", e.disk.reads, e.reports("vgs"))
+	}
+	if err := os.Remove(e.root.Path(cacheDev)); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.root.WriteFile(cacheDev, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.vgs(two)
+	if e.disk.reads != 4 {
+		t.Fatalf("two devices: %d reads in all, want 4", e.disk.reads)
+	}
+}
