@@ -24,13 +24,21 @@ type BlockReader interface {
 	ReadAt(path string, off int64, n int) ([]byte, error)
 }
 
+// checkAligned refuses a read O_DIRECT would refuse.
+func checkAligned(path string, off int64, n int) error {
+	if off < 0 || n <= 0 || off%BlockAlign != 0 || n%BlockAlign != 0 {
+		return fmt.Errorf("read %s: %d bytes at %d are not %d-byte aligned", path, n, off, BlockAlign)
+	}
+	return nil
+}
+
 // DirectReader is the host's BlockReader: O_DIRECT reads through Root.
 type DirectReader struct{ Root Root }
 
 // ReadAt implements BlockReader.
 func (d DirectReader) ReadAt(path string, off int64, n int) ([]byte, error) {
-	if off < 0 || n <= 0 || off%BlockAlign != 0 || n%BlockAlign != 0 {
-		return nil, fmt.Errorf("read %s: %d bytes at %d are not %d-byte aligned", path, n, off, BlockAlign)
+	if err := checkAligned(path, off, n); err != nil {
+		return nil, err
 	}
 	f, err := os.OpenFile(d.Root.Path(path), os.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -65,8 +73,8 @@ type ExecBlockReader struct {
 
 // ReadAt implements BlockReader.
 func (e ExecBlockReader) ReadAt(path string, off int64, n int) ([]byte, error) {
-	if off < 0 || n <= 0 || off%BlockAlign != 0 || n%BlockAlign != 0 {
-		return nil, fmt.Errorf("read %s: %d bytes at %d are not %d-byte aligned", path, n, off, BlockAlign)
+	if err := checkAligned(path, off, n); err != nil {
+		return nil, err
 	}
 	timeout := e.Timeout
 	if timeout == 0 {
