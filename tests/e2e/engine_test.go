@@ -153,8 +153,10 @@ func mustList(t *testing.T, root host.Root) []volume.Attached {
 	return all
 }
 
+// engine is the plugin's engine: LV and LVs read the activation state
+// from the kernel's device-mapper, as plugin.newLVM's client does.
 func (l *engineLab) engine(role host.Role) *volume.Engine {
-	return l.engineWith(role, lvm.New(l.runner, l.log))
+	return l.engineWith(role, lvm.New(l.runner, l.log).WithDMStatus(host.DMControl{Root: l.root}))
 }
 
 func (l *engineLab) engineWith(role host.Role, c *lvm.Client) *volume.Engine {
