@@ -134,7 +134,7 @@ func cloneLive(t *testing.T, l *snapLab) {
 	}
 	writePattern(t, cdev, mib/2, 3)
 	checkPattern(t, cdev, mib/2, 3)
-	io := StartIO(t, cdev, 16<<20)
+	io := StartPatternIO(t, cdev, 16<<20)
 	io.waitWrites(t, 8, time.Minute)
 	sdev := l.use(t, s.Key, "0") // the export's read-only attach
 	if digest(t, sdev, size) != atS {

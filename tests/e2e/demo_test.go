@@ -97,7 +97,7 @@ func TestDemo(t *testing.T) {
 	d.chapter("Cut one path while the VM writes")
 	load := StartIO(t, a.Device, 64<<20)
 	load.waitWrites(t, 8, time.Minute)
-	d.say("# the VM writes 1 MiB O_DIRECT chunks to %s; the array drops portal %s", a.Device, labtarget.Addr2)
+	d.say("# the VM writes %d KiB O_DIRECT chunks to %s; the array drops portal %s", flowChunk>>10, a.Device, labtarget.Addr2)
 	if err := tgt.UnlinkPort(labtarget.Addr2); err != nil {
 		t.Fatal(err)
 	}

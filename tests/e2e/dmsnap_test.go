@@ -105,7 +105,7 @@ func TestDMSnapshotPrimitives(t *testing.T) {
 	}
 
 	// 1. Snapshot a live volume: base freezes, K writes into cow1.
-	io1 := StartIO(t, k, span)
+	io1 := StartPatternIO(t, k, span)
 	io1.waitWrites(t, 8, time.Minute)
 	start := time.Now()
 	if err := dm.Switch(ctx, "dmsnap-k", blockdev.Snapshot(base, cow1, sectors)); err != nil {
@@ -147,7 +147,7 @@ func TestDMSnapshotPrimitives(t *testing.T) {
 
 	// 3. Delete the older snapshot under the newer, live: M merges cow1
 	// into the base while K keeps writing into cow2.
-	io2 := StartIO(t, k, span)
+	io2 := StartPatternIO(t, k, span)
 	io2.waitWrites(t, 8, time.Minute)
 	err = dm.Suspended(ctx, []string{"dmsnap-k", "dmsnap-m"}, func(ctx context.Context) error {
 		return dm.Load(ctx, "dmsnap-m", blockdev.SnapshotMerge(base, cow1, sectors))
@@ -180,7 +180,7 @@ func TestDMSnapshotPrimitives(t *testing.T) {
 
 	// 5. Delete the only snapshot, live: merge cow2 into the base, then K
 	// is linear over the base again.
-	io3 := StartIO(t, k, span)
+	io3 := StartPatternIO(t, k, span)
 	io3.waitWrites(t, 8, time.Minute)
 	if err := dm.Switch(ctx, "dmsnap-k", blockdev.SnapshotMerge(base, cow2, sectors)); err != nil {
 		t.Fatal(err)

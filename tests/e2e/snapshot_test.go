@@ -203,7 +203,7 @@ func snapshotLive(t *testing.T, l *snapLab) {
 	}
 
 	// 1. Snapshot under writes: 0 errors, the base (S1's image) frozen.
-	io1 := StartIO(t, k, span)
+	io1 := StartPatternIO(t, k, span)
 	io1.waitWrites(t, 8, time.Minute)
 	start := time.Now()
 	s1, err := l.e.Snapshot(ctx, l.sr, v.Key, "s1", "")
@@ -239,7 +239,7 @@ func snapshotLive(t *testing.T, l *snapLab) {
 
 	// 3. Delete the older snapshot under writes: S1's COW merges into the
 	// base under S2's view; the stack collapses.
-	io2 := StartIO(t, k, span)
+	io2 := StartPatternIO(t, k, span)
 	io2.waitWrites(t, 8, time.Minute)
 	start = time.Now()
 	if err := l.e.DeleteSnapshot(ctx, l.sr, s1.Key); err != nil {
@@ -260,7 +260,7 @@ func snapshotLive(t *testing.T, l *snapLab) {
 
 	// 4. SIGKILL after the switch of a third snapshot, before its commit,
 	// with writes running; repair from the tags rolls it forward.
-	io3 := StartIO(t, k, span)
+	io3 := StartPatternIO(t, k, span)
 	io3.waitWrites(t, 8, time.Minute)
 	l.killAt(t, snapHelperArgs{Op: "snapshot", Key: v.Key, Crash: volume.StepSnapshotSwitch})
 	io3.waitWrites(t, 8, time.Minute)
@@ -294,7 +294,7 @@ func snapshotLive(t *testing.T, l *snapLab) {
 	stopIO(t, io3, "killed snapshot and merge, repaired")
 
 	// 6. Delete the last snapshot under writes: K is linear again.
-	io4 := StartIO(t, k, span)
+	io4 := StartPatternIO(t, k, span)
 	io4.waitWrites(t, 8, time.Minute)
 	if err := l.e.DeleteSnapshot(ctx, l.sr, s3); err != nil {
 		t.Fatal(err)
