@@ -212,25 +212,25 @@ func snapshotLive(t *testing.T, l *snapLab) {
 	}
 	t.Logf("snapshot call on a live 64 MiB volume: %s", time.Since(start))
 	io1.waitWrites(t, 8, time.Minute)
-	frozen := digest(t, base, size)
+	frozen := imageSum(t, base, size)
 	io1.waitWrites(t, 8, time.Minute)
-	if digest(t, base, size) != frozen {
+	if imageSum(t, base, size) != frozen {
 		t.Fatal("S1's image changed after the snapshot")
 	}
 	stopIO(t, io1, "live snapshot")
-	if digest(t, k, size) == frozen {
+	if imageSum(t, k, size) == frozen {
 		t.Fatal("K reads S1's image: the writes after the snapshot are missing")
 	}
 
 	// 2. A second snapshot, quiet so the content at snapshot time is
 	// known: S2's image (the read-only middle device) equals it.
-	atS2 := digest(t, k, size)
+	atS2 := imageSum(t, k, size)
 	s2, err := l.e.Snapshot(ctx, l.sr, v.Key, "s2", "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	image2 := volume.DevPath(testSRUUID, s2.Key)
-	if got := digest(t, image2, size); got != atS2 {
+	if got := imageSum(t, image2, size); got != atS2 {
 		t.Fatal("S2's image is not K's content at snapshot time")
 	}
 	if got := devNumber(t, k); got != rdev {
@@ -250,7 +250,7 @@ func snapshotLive(t *testing.T, l *snapLab) {
 	if fileExists(image2) {
 		t.Fatal("the middle device is still there after the collapse")
 	}
-	if got := digest(t, base, size); got != atS2 {
+	if got := imageSum(t, base, size); got != atS2 {
 		t.Fatal("after the merge the base is not S2's image")
 	}
 	stopIO(t, io2, "merge of the older snapshot")
@@ -304,7 +304,7 @@ func snapshotLive(t *testing.T, l *snapLab) {
 	if tab := l.kTable(t, v.Key); tab[0].Type != "linear" {
 		t.Fatalf("K after the last merge: %v", tab)
 	}
-	if digest(t, k, size) != digest(t, base, size) {
+	if imageSum(t, k, size) != imageSum(t, base, size) {
 		t.Fatal("K is linear over the base but reads differently")
 	}
 	if got := l.cows(t); len(got) != 0 {
