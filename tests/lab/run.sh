@@ -22,7 +22,8 @@
 # joined by a private qemu socket link, a pool master that also serves the
 # targets and a member driven through its agent, and runs the TestPool
 # scenarios on the master (tests/lab/README.md, "The pool lab"). demo
-# runs on that pool: TestDemo on the master, then the two-host TestDemoPool. --with-pool REGEX
+# runs on that pool TestPoolNVMe and TestPoolISCSI, which narrate the pool's
+# story on each SR type as chapters. --with-pool REGEX
 # boots that pool pair beside the other guests of a test run and runs the
 # pool scenarios matching REGEX on it (make lab).
 set -euo pipefail
@@ -565,12 +566,12 @@ main() {
 		say "image: $dir ($(tr '\n' ' ' <"$dir/versions.txt"))"
 		;;
 	test | demo)
-		# The demo is the pool lab's: one host's SR lifecycle with path cuts
-		# on both SR types (TestDemo, on the master), then the two-host
-		# pool, a VM started on the member and migrated to the master
-		# (TestDemoPool).
+		# The demo is the pool lab's core story on each SR type, told in
+		# chapters: a shared SR on both hosts, metadata from the master
+		# only, a portal cut under a VM writing on the member, a VM moved
+		# and live-migrated to the master (TestPoolNVMe, TestPoolISCSI).
 		if [ "$sub" = demo ]; then
-			pool=1 run='^(TestDemo|TestDemoPool)$'
+			pool=1 run='^(TestPoolNVMe|TestPoolISCSI)$'
 		fi
 		if [ -n "$pool" ]; then
 			[ "$shards" = 1 ] && [ ${#also[@]} = 0 ] && [ -z "$dom0" ] ||
