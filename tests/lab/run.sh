@@ -450,7 +450,9 @@ pool_run() {
 	say "[pool-a] master and targets, run dir $a, -run '$regex'"
 	say "[pool-b] member (agent), run dir $b, link on 127.0.0.1:$port"
 	(
+		# The demo's narration is A's console: show all of it (progress).
 		job_name=pool-a
+		[ "$sub" != demo ] || job_name=
 		# The pool's REGEX names its scenarios; --skip is for the shards.
 		skip_re=
 		pool_net="-netdev socket,id=pool,listen=127.0.0.1:$port -device virtio-net-pci,netdev=pool,mac=52:54:00:99:00:01"
