@@ -351,9 +351,9 @@ func (l *poolLab) scenario(srType string, cfg map[string]string, arr poolArray, 
 	// those fail, retryable, naming the master. The metadata area is
 	// byte-identical around all of them, reads included.
 	d.chapter("Only the master writes the SR's LVM metadata")
-	d.say("# B refuses create, resize and renames (NotPoolMaster, naming the master); the three calls a")
-	d.say("# VM's reset-on-boot disk makes it forwards to the master, and fails them, retryable, while")
-	d.say("# the master is unreachable")
+	d.say("# B refuses vdi-create, vdi-resize and renames with NotPoolMaster, naming the master;")
+	d.say("# the calls of a disk with on-boot=reset (Volume.set, unset, destroy) it forwards to the")
+	d.say("# master, and while the master is unreachable they fail, retryable")
 	before := l.metadataArea(ps.Master().UUID)
 	b := ps.On(1)
 	for _, c := range []struct {
@@ -431,7 +431,7 @@ func (l *poolLab) scenario(srType string, cfg map[string]string, arr poolArray, 
 		t.Fatal(err)
 	}
 	l.waitLoad(onB.Device, 8)
-	d.say("# [B] the VM writes 1 MiB O_DIRECT chunks to %s; now the array drops %s", onB.Device, poolAddrA2)
+	d.say("# [B] the VM writes its disk without pause (1 MiB O_DIRECT chunks); now the array drops %s", poolAddrA2)
 	if err := arr.drop(); err != nil {
 		t.Fatal(err)
 	}
@@ -441,7 +441,7 @@ func (l *poolLab) scenario(srType string, cfg map[string]string, arr poolArray, 
 	d.shell(t, "B", l.b, arr.paths...)
 	d.say("# B's SR stays Healthy, so xapi's scans go on, and its PBD tells XO and xe the path count")
 	scanKeepsPassing(t, ctx, b, id, "[1, 2]")
-	d.say("# the array brings %s back", poolAddrA2)
+	d.say("# the array brings %s back; B's SR.stat (xe sr-update) until its PBD counts both paths", poolAddrA2)
 	if err := arr.restore(); err != nil {
 		t.Fatal(err)
 	}
