@@ -127,17 +127,27 @@ clean:
 	rm -rf bin
 
 # make rpm: bin/sanvol-<version>-<release>.x86_64.rpm for XCP-ng dom0, from
-# the static binary, with nfpm run as a tool from the Go module proxy (no
-# rpmbuild, no library dependency). packaging/nfpm.yaml says what goes in.
-NFPM        := github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.0
+# the static binary, with rpmbuild (Debian 12: apt-get install rpm; no root,
+# no network) and packaging/sanvol.spec, which says what goes in and why.
+# Nothing is compiled for packaging. rpmbuild works in a throwaway _topdir
+# under bin/; RPM_OUT is where the package goes.
 RPM_RELEASE ?= 1
+RPM_OUT     ?= bin
 
 rpm: build
-	SANVOL_VERSION=$(VERSION) SANVOL_RELEASE=$(RPM_RELEASE) \
-		$(GO) run $(NFPM) pkg --packager rpm --config packaging/nfpm.yaml --target bin/
+	@mkdir -p $(RPM_OUT) && top=$$(mktemp -d $(CURDIR)/bin/rpmbuild.XXXXXX) && \
+	rpmbuild -bb --quiet \
+		--define "_topdir $$top" --define "_tmppath $$top/tmp" \
+		--define "_rpmdir $(abspath $(RPM_OUT))" \
+		--define "_rpmfilename %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm" \
+		--define "sanvol_version $(VERSION)" --define "sanvol_release $(RPM_RELEASE)" \
+		--define "sanvol_src $(CURDIR)" \
+		packaging/sanvol.spec; rc=$$?; rm -rf "$$top"; exit $$rc
+	@echo $(abspath $(RPM_OUT))/sanvol-$(VERSION)-$(RPM_RELEASE).x86_64.rpm
 
 # The package's contents, static binary and scriptlets (install, refused
 # removal while an SR is plugged, upgrade, erase) in a throwaway rpm root.
-# Needs rpm, rpm2cpio and cpio (apt-get install rpm rpm2cpio cpio) and root.
+# Needs rpm (rpmbuild), rpm2cpio and cpio (apt-get install rpm rpm2cpio cpio)
+# and root.
 rpm-test:
 	$(GO) test -count=1 ./tests/packaging/
