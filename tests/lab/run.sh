@@ -456,6 +456,11 @@ pool_run() {
 	(
 		# The demo's narration is A's console: show all of it (progress).
 		job_name=pool$pair-a
+		# Two pairs beside four other guests: eight guests of 3 GiB each
+		# would want more than the 24 GiB machine has once their page
+		# caches fill (a guest's RAM, once touched, stays with qemu);
+		# the master's targets hold a few hundred MiB in tmpfs.
+		[ -z "$pair" ] || pool_mem=2048
 		[ "$sub" != demo ] || job_name=
 		# The pool's REGEX names its scenarios; --skip is for the shards.
 		skip_re=
