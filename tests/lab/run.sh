@@ -5,7 +5,7 @@
 #   run.sh image   [--kernel bookworm|backports]
 #   run.sh test    [--kernel K] [--dom0 xcpng8] [-run REGEX] [--skip REGEX] [--timeout S]
 #                  [--keep] [--shards N] [--also KERNEL[+xcpng8]:REGEX]...
-#                  [--with-pool REGEX]
+#                  [--with-pool REGEX]...
 #   run.sh test    --pool [--kernel K] [-run REGEX] [--timeout S] [--keep]
 #   run.sh demo    [--kernel K]
 #   run.sh capture [--kernel K] [--dom0 xcpng8] [--force]
@@ -22,9 +22,11 @@
 # joined by a private qemu socket link, a pool master that also serves the
 # targets and a member driven through its agent, and runs the TestPool
 # scenarios on the master (tests/lab/README.md, "The pool lab"). demo
-# runs on that pool: TestDemo on the master, then the two-host TestDemoPool. --with-pool REGEX
+# runs on that pool TestPoolNVMe and TestPoolISCSI, which narrate the pool's
+# story on each SR type as chapters. --with-pool REGEX
 # boots that pool pair beside the other guests of a test run and runs the
-# pool scenarios matching REGEX on it (make lab).
+# pool scenarios matching REGEX on it (make lab); given more than once, it
+# boots one pair per REGEX, each on its own link.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -430,18 +432,21 @@ run_jobs() {
 	echo "lab: ${#dirs[@]} guests: $pass passed, $fail failed, $skip skipped"
 }
 
-# pool_run BUILT LIMIT REGEX: the pool lab (issue 15). Guest A is the pool
+# pool_run BUILT LIMIT REGEX [PAIR]: the pool lab (issue 15). Guest A is the pool
 # master and serves the NVMe/TCP and iSCSI targets on 10.99.0.1 and
 # 10.99.0.2; guest B is a member on 10.99.0.20 that runs only the agent the
 # scenarios on A drive it through. The guests share a qemu socket netdev
 # (A listens on a loopback port, B connects): no host networking. Each
 # guest's share/pool-role tells its init which one it is. When A is done,
 # share/stop tells B's agent to end (A's scenarios also end it). Sets
-# jobs_rc to A's result, or B's if only B failed.
+# jobs_rc to A's result, or B's if only B failed. PAIR (1, 2, ...) names a
+# pair among several booted at once (pool1-a, pool1-b, ...) and keeps their
+# links on different ports: subshells forked from one shell draw the same
+# $RANDOM.
 pool_run() {
-	local built=$1 limit=$2 regex=$3 port d a b pa pb i rc
+	local built=$1 limit=$2 regex=$3 pair=${4:-} port d a b pa pb i rc
 	image_dir "$kernel" >/dev/null
-	port=$((20000 + RANDOM % 20000))
+	port=$((20000 + (RANDOM % 2000) * 10 + ${pair:-0}))
 	a=$(new_rundir) b=$(new_rundir)
 	for d in "$a" "$b"; do
 		cp "$built/share/e2e.test" "$d/share/"
@@ -449,10 +454,17 @@ pool_run() {
 	done
 	echo master >"$a/share/pool-role"
 	echo member >"$b/share/pool-role"
-	say "[pool-a] master and targets, run dir $a, -run '$regex'"
-	say "[pool-b] member (agent), run dir $b, link on 127.0.0.1:$port"
+	say "[pool$pair-a] master and targets, run dir $a, -run '$regex'"
+	say "[pool$pair-b] member (agent), run dir $b, link on 127.0.0.1:$port"
 	(
-		job_name=pool-a
+		# The demo's narration is A's console: show all of it (progress).
+		job_name=pool$pair-a
+		# Two pairs beside four other guests: eight guests of 3 GiB each
+		# would want more than the 24 GiB machine has once their page
+		# caches fill (a guest's RAM, once touched, stays with qemu);
+		# the master's targets hold a few hundred MiB in tmpfs.
+		[ -z "$pair" ] || pool_mem=2048
+		[ "$sub" != demo ] || job_name=
 		# The pool's REGEX names its scenarios; --skip is for the shards.
 		skip_re=
 		pool_net="-netdev socket,id=pool,listen=127.0.0.1:$port -device virtio-net-pci,netdev=pool,mac=52:54:00:99:00:01"
@@ -467,7 +479,7 @@ pool_run() {
 		sleep 0.2
 	done
 	(
-		job_name=pool-b
+		job_name=pool$pair-b
 		pool_mem=1536
 		pool_net="-netdev socket,id=pool,connect=127.0.0.1:$port -device virtio-net-pci,netdev=pool,mac=52:54:00:99:00:20"
 		run_guest "$kernel" "$b" "$limit" "SANVOL_LAB_POOL_AGENT=1 /lab/e2e.test"
@@ -480,7 +492,7 @@ pool_run() {
 	for d in "$b" "$a"; do
 		rc=$(cat "$d/job.rc" 2>/dev/null || echo 125)
 		echo
-		echo "################ [$( [ "$d" = "$a" ] && echo pool-a || echo pool-b)] ################"
+		echo "################ [pool$pair-$( [ "$d" = "$a" ] && echo a || echo b)] ################"
 		summary "$d" "$rc"
 		[ "$rc" = 0 ] || jobs_rc=$rc
 	done
@@ -527,7 +539,7 @@ copy_fixtures() {
 # checkouts share it) cannot change what the run does next.
 main() {
 	local kernel=bookworm run=. limit=1200 keep= force= sub rundir rc t0 dir pkg
-	local shards=1 also=() jobs=() line k dom0= a pool= with_pool= ppid prc
+	local shards=1 also=() jobs=() line k dom0= a pool= with_pool=() ppids=() prc i
 	skip_re= # read by test_cmd and shard_tests
 	sub=${1:-}; [ -n "$sub" ] || usage; shift
 	while [ $# -gt 0 ]; do
@@ -541,7 +553,7 @@ main() {
 		--also) also+=("$2"); shift 2 ;;
 		--dom0) dom0=$2; shift 2 ;;
 		--pool) pool=1; shift ;;
-		--with-pool) with_pool=$2; shift 2 ;;
+		--with-pool) with_pool+=("$2"); shift 2 ;;
 		--skip) skip_re=$2; shift 2 ;;
 		*) [ "$sub" = durations ] && break; usage ;;
 		esac
@@ -568,12 +580,12 @@ main() {
 		say "image: $dir ($(tr '\n' ' ' <"$dir/versions.txt"))"
 		;;
 	test | demo)
-		# The demo is the pool lab's: one host's SR lifecycle with path cuts
-		# on both SR types (TestDemo, on the master), then the two-host
-		# pool, a VM started on the member and migrated to the master
-		# (TestDemoPool).
+		# The demo is the pool lab's core story on each SR type, told in
+		# chapters: a shared SR on both hosts, metadata from the master
+		# only, a portal cut under a VM writing on the member, a VM moved
+		# and live-migrated to the master (TestPoolNVMe, TestPoolISCSI).
 		if [ "$sub" = demo ]; then
-			pool=1 run='^(TestDemo|TestDemoPool)$'
+			pool=1 run='^(TestPoolNVMe|TestPoolISCSI)$'
 		fi
 		if [ -n "$pool" ]; then
 			[ "$shards" = 1 ] && [ ${#also[@]} = 0 ] && [ -z "$dom0" ] ||
@@ -588,19 +600,22 @@ main() {
 		fi
 		# Several guests side by side: shards of one kernel's scenarios (a
 		# -run naming subtests is not split) and the --also job.
-		[ -z "$with_pool" ] || [ "$sub" = test ] || die "--with-pool is for test"
-		if [ "$sub" = test ] && { [ "$shards" -gt 1 ] || [ ${#also[@]} -gt 0 ] || [ -n "$with_pool" ]; }; then
+		[ ${#with_pool[@]} = 0 ] || [ "$sub" = test ] || die "--with-pool is for test"
+		if [ "$sub" = test ] && { [ "$shards" -gt 1 ] || [ ${#also[@]} -gt 0 ] || [ ${#with_pool[@]} -gt 0 ]; }; then
 			rundir=$(new_rundir)
 			build "$rundir"
-			ppid=
-			if [ -n "$with_pool" ]; then
+			if [ ${#with_pool[@]} -gt 0 ]; then
 				# The image before the guests: run_jobs may build others meanwhile.
 				image_dir "$kernel" >/dev/null
-				(
-					pool_run "$rundir" "$limit" "$with_pool"
-					echo "$jobs_rc" >"$rundir/pool.rc"
-				) &
-				ppid=$!
+				for i in "${!with_pool[@]}"; do
+					(
+						pair=
+						[ ${#with_pool[@]} = 1 ] || pair=$((i + 1))
+						pool_run "$rundir" "$limit" "${with_pool[$i]}" $pair
+						echo "$jobs_rc" >"$rundir/pool$i.rc"
+					) &
+					ppids+=($!)
+				done
 			fi
 			if [ "$shards" -gt 1 ] && [[ $run != */* ]]; then
 				local split
@@ -619,12 +634,12 @@ main() {
 				also_jobs="${also_jobs:-} ${a%%:*}"
 			done
 			run_jobs "$rundir" "$limit" "${jobs[@]}"
-			if [ -n "$ppid" ]; then
-				wait "$ppid" || true
-				prc=$(cat "$rundir/pool.rc" 2>/dev/null || echo 125)
-				say "the pool pair: $([ "$prc" = 0 ] && echo passed || echo "failed ($prc)")"
+			for i in "${!ppids[@]}"; do
+				wait "${ppids[$i]}" || true
+				prc=$(cat "$rundir/pool$i.rc" 2>/dev/null || echo 125)
+				say "the pool pair$([ ${#ppids[@]} = 1 ] || echo " $((i + 1))"): $([ "$prc" = 0 ] && echo passed || echo "failed ($prc)")"
 				[ "$prc" = 0 ] || jobs_rc=$prc
-			fi
+			done
 			rm -rf "$rundir"
 			say "$sub finished in $((SECONDS - t0)) s with exit $jobs_rc"
 			exit "$jobs_rc"

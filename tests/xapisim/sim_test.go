@@ -33,8 +33,11 @@ import (
 //   - nonpersistent declares NONPERSISTENT on the datapath;
 //   - clone-on-boot puts that key in every volume;
 //   - barrier makes Volume.create wait (up to the number of tenths of a
-//     second it holds) for a second Volume.create to run at the same
-//     time, logging "start" and "end" in barrier.log.
+//     second it holds) for a second Volume.create to have started,
+//     logging "start" and "end" in barrier.log. A call counts once it has
+//     started, not while it lives: the second call may see the first and
+//     end before the first looks again, which left the first waiting out
+//     the whole barrier (a minute of the host tests' time).
 //
 // Volume.set and Volume.unset of clone-on-boot on k1 are remembered, and
 // Volume.stat answers for the key it is asked about.
@@ -79,11 +82,10 @@ SR.ls) echo '[]' ;;
 SR.probe) if [ -f "$root/bad-probe" ]; then echo '[{"configuration":{"sr_uuid":"u"},"complete":false,"extra_info":{}}]'; else echo '[{"configuration":{"target":"x","sr_uuid":"u"},"complete":true,"extra_info":{"size":"1"}}]'; fi ;;
 Volume.create)
 	if [ -f "$root/barrier" ]; then
-		touch "$root/in-$$"; echo start >>"$root/barrier.log"; i=0
+		echo start >>"$root/barrier.log"; touch "$root/in-$$"; i=0
 		while [ $i -lt "$(cat "$root/barrier")" ]; do
-			live=0
-			for f in "$root"/in-*; do kill -0 "${f##*/in-}" 2>/dev/null && live=$((live + 1)); done
-			if [ $live -ge 2 ]; then break; fi
+			set -- "$root"/in-*
+			if [ $# -ge 2 ]; then break; fi
 			sleep 0.1; i=$((i + 1))
 		done
 		echo end >>"$root/barrier.log"
