@@ -212,7 +212,7 @@ func (a *agent) load(r loadReq) loadResp {
 	l := a.loads[r.Dev]
 	switch {
 	case r.Op == "start" && l == nil:
-		l, err := startIO(r.Dev, r.Span)
+		l, err := startIO(r.Dev, r.Span, ioChunk)
 		if err != nil {
 			return loadResp{Err: err.Error()}
 		}

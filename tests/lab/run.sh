@@ -335,11 +335,14 @@ run_guest() {
 
 # test_cmd REGEX LIMIT: the guest's command for the scenarios matching
 # REGEX. SANVOL_LAB_BENCH=1 on the host reaches the guest: it lets the
-# benchmarks (TestSRScaleBench) run.
+# benchmarks (TestSRScaleBench) run. SANVOL_LAB_PROF=1 profiles the test
+# binary's CPU into share/out/cpu.prof of each guest's run dir
+# (tests/lab/README.md, "Where the CPU goes").
 test_cmd() {
-	local bench=
+	local bench= prof=
 	[ "${SANVOL_LAB_BENCH:-}" = 1 ] && bench="SANVOL_LAB_BENCH=1 "
-	echo "$bench/lab/e2e.test -test.v -test.count=1 -test.timeout $(($2 - 30))s -test.run '$1'${skip_re:+ -test.skip '$skip_re'}"
+	[ "${SANVOL_LAB_PROF:-}" = 1 ] && prof=" -test.cpuprofile /lab/out/cpu.prof"
+	echo "$bench/lab/e2e.test -test.v -test.count=1 -test.timeout $(($2 - 30))s$prof -test.run '$1'${skip_re:+ -test.skip '$skip_re'}"
 }
 
 # shard_tests BINARY REGEX N: prints N lines, the -test.run regexes of N
