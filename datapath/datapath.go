@@ -244,12 +244,14 @@ func (p *Datapath) ensureActive(ctx context.Context, op string, sr SR, t Target,
 }
 
 // current reports whether active LV l's device is the one its metadata
-// describes: lvs says so (state 'a'; lvm2 2.03 prints 'X' for a table
-// older than the metadata) and the kernel's size is the LV's (what a
-// resize on the master changes, and the only table change sanvol makes;
-// the size check does not depend on how an lvm version reports state).
+// describes: it runs its live table (lvs state 'a', or the kernel's
+// state: lvm.LV.Live) and the kernel's size is the LV's (what a resize
+// on the master changes, and the only table change sanvol makes). lvm2
+// 2.03 prints state 'X' for a table older than the metadata; the kernel's
+// state has no such flag, and the size check covers it: it does not
+// depend on how an lvm version, or the kernel, reports state.
 func (p *Datapath) current(vg string, l lvm.LV) bool {
-	if len(l.Attr) < 5 || l.Attr[4] != 'a' {
+	if !l.Live() {
 		return false
 	}
 	dev, err := p.d.Root.EvalSymlinks(lvm.DevicePath(vg, l.Name))

@@ -27,6 +27,10 @@ type fakeLVM struct {
 	// stale LVs are active with a table older than the metadata.
 	stale map[string]bool
 	size  int64 // of every LV
+	// dm: LV answers with the kernel's state (lvm.Client.WithDMStatus)
+	// instead of lv_attr; suspended LVs are active and suspended.
+	dm        bool
+	suspended map[string]bool
 }
 
 func newFakeLVM(lvs ...string) *fakeLVM {
@@ -48,8 +52,15 @@ func (f *fakeLVM) LV(ctx context.Context, s lvm.Scope, vg, lv string) (lvm.LV, e
 	if !f.exists[lv] {
 		return lvm.LV{}, host.NewError(host.KindNotFound, "lvs", "no "+lv, "", nil)
 	}
+	if f.dm {
+		// The kernel knows no 'X': a stale LV is a live table.
+		info := host.DMInfo{Exists: f.active[lv], LiveTable: f.active[lv], Suspended: f.suspended[lv]}
+		return lvm.LV{Name: lv, Size: f.size, DM: &info}, nil
+	}
 	attr := "-wi-------"
-	if f.active[lv] {
+	if f.suspended[lv] {
+		attr = "-wi-s-----"
+	} else if f.active[lv] {
 		attr = "-wi-a-----"
 	}
 	if f.stale[lv] {
@@ -221,41 +232,47 @@ func TestStaleActiveLVIsRefreshed(t *testing.T) {
 // start). A device of another size (grown on the master) is refreshed.
 func TestCurrentActiveLVIsNotRefreshed(t *testing.T) {
 	for _, tc := range []struct {
-		name    string
-		sectors string
-		want    []string
+		name      string
+		sectors   string
+		suspended bool
+		want      []string
 	}{
-		{"same size", "16384", nil},
-		{"grown on the master", "8192", []string{"refresh v-k"}},
+		{"same size", "16384", false, nil},
+		{"grown on the master", "8192", false, []string{"refresh v-k"}},
+		{"suspended", "16384", true, []string{"refresh v-k"}},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			f := newFakeLVM("v-k")
-			f.active["v-k"] = true
-			f.size = 8 << 20
-			p := newDP(t, f, true, false)
-			root := p.d.Root
-			vg := "VG_sanvol-" + srUUID
-			for _, d := range []string{"/dev/" + vg, "/sys/block/dm-3"} {
-				if err := root.MkdirAll(d, 0o755); err != nil {
+		for _, dm := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s dm=%v", tc.name, dm), func(t *testing.T) {
+				f := newFakeLVM("v-k")
+				f.active["v-k"] = true
+				f.suspended = map[string]bool{"v-k": tc.suspended}
+				f.size = 8 << 20
+				f.dm = dm
+				p := newDP(t, f, true, false)
+				root := p.d.Root
+				vg := "VG_sanvol-" + srUUID
+				for _, d := range []string{"/dev/" + vg, "/sys/block/dm-3"} {
+					if err := root.MkdirAll(d, 0o755); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := root.Symlink("../dm-3", "/dev/"+vg+"/v-k"); err != nil {
 					t.Fatal(err)
 				}
-			}
-			if err := root.Symlink("../dm-3", "/dev/"+vg+"/v-k"); err != nil {
-				t.Fatal(err)
-			}
-			if err := root.WriteFile("/dev/dm-3", nil, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			if err := root.WriteFile("/sys/block/dm-3/size", []byte(tc.sectors+"\n"), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			if err := p.Activate(ctx, URI(srUUID, "k"), "3"); err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(tc.want, f.calls); diff != "" {
-				t.Fatal(diff)
-			}
-		})
+				if err := root.WriteFile("/dev/dm-3", nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if err := root.WriteFile("/sys/block/dm-3/size", []byte(tc.sectors+"\n"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if err := p.Activate(ctx, URI(srUUID, "k"), "3"); err != nil {
+					t.Fatal(err)
+				}
+				if diff := cmp.Diff(tc.want, f.calls); diff != "" {
+					t.Fatal(diff)
+				}
+			})
+		}
 	}
 }
 

@@ -44,6 +44,9 @@ type Client struct {
 	cache *host.Root
 	// reports, when set, keeps metadata-only reports (WithReportCache).
 	reports *reportCache
+	// dm, when set, gives LV and LVs their activation state
+	// (WithDMStatus).
+	dm host.DMStatusReader
 }
 
 // VersionCacheFile remembers the lvm2 version across plugin processes.

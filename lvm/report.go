@@ -34,19 +34,50 @@ type LV struct {
 	// Attr is lv_attr, e.g. "-wi-a-----": the fifth character is 'a'
 	// when the LV is active on this host, the sixth 'o' when it is open.
 	Attr string
+	// DM, when set, is the LV's device-mapper device on this host as
+	// the kernel reports it (Client.WithDMStatus); Attr is then empty
+	// and Active, Open and Live read this instead.
+	DM *host.DMInfo
 }
 
 // Active reports whether the LV has a device-mapper device on this host.
 // lv_attr's state is 'a' only when the kernel's table matches the
 // metadata; an LV resized on another host shows 'X' (lvm2 2.03.16, seen in
 // the lab), a suspended one 's', and so on: all of them are active, and
-// only '-' (and 'h', a removed LV's history) mean no device.
+// only '-' (and 'h', a removed LV's history) mean no device. lvm2 prints
+// '-' exactly when the kernel has no device for the LV (lvm2
+// lib/metadata/lv.c, lv_attr_dup_with_info_and_seg_status: every other
+// state is under info.exists), which is what DM says.
 func (l LV) Active() bool {
+	if l.DM != nil {
+		return l.DM.Exists
+	}
 	return len(l.Attr) > 4 && l.Attr[4] != '-' && l.Attr[4] != 'h'
 }
 
-// Open reports whether something holds the LV's device open on this host.
-func (l LV) Open() bool { return len(l.Attr) > 5 && l.Attr[5] == 'o' }
+// Open reports whether something holds the LV's device open on this host:
+// lv_attr's 'o' is the kernel's open count above zero (the same lvm2
+// function). lvm2 2.03 prints 'X' there too when it cannot match the
+// table to the metadata (an LV resized on another host): that LV reads
+// as not open from lv_attr, and as what the kernel says from DM.
+func (l LV) Open() bool {
+	if l.DM != nil {
+		return l.DM.Exists && l.DM.OpenCount > 0
+	}
+	return len(l.Attr) > 5 && l.Attr[5] == 'o'
+}
+
+// Live reports whether the LV's device runs a live table and is not
+// suspended: lv_attr state 'a' (lvm2's info.live_table, not
+// info.suspended). lvm2 2.03's 'X' for a table that differs from the
+// metadata has no counterpart in DM: a caller that cares whether the
+// device is the metadata's compares its size (datapath.current).
+func (l LV) Live() bool {
+	if l.DM != nil {
+		return l.DM.Exists && l.DM.LiveTable && !l.DM.Suspended
+	}
+	return len(l.Attr) > 4 && l.Attr[4] == 'a'
+}
 
 // PV is one row of `pvs`, with the tags of its VG (empty for an orphan).
 type PV struct {
@@ -193,8 +224,19 @@ func (c *Client) VGs(ctx context.Context, s Scope, names ...string) ([]VG, error
 	return vgs, nil
 }
 
-// LVs lists every LV of a VG in one `lvs` process, whatever their number.
+// LVs lists every LV of a VG in one `lvs` process, whatever their number;
+// with WithDMStatus, LVsMeta (no process while the metadata is unchanged)
+// and the kernel's state of each LV.
 func (c *Client) LVs(ctx context.Context, s Scope, vg string) ([]LV, error) {
+	if c.dm != nil {
+		lvs, err := c.LVsMeta(ctx, s, vg)
+		if err != nil {
+			return nil, err
+		}
+		if c.withDM(lvs) {
+			return lvs, nil
+		}
+	}
 	out, err := c.exec(ctx, s, report, "lvs", append(reportArgs(LVFields), vg)...)
 	if err != nil {
 		return nil, err
@@ -224,8 +266,19 @@ func (c *Client) LVsMeta(ctx context.Context, s Scope, vg string) ([]LV, error) 
 	return lvs, nil
 }
 
-// LV reads one LV. A missing LV is a host.KindNotFound error.
+// LV reads one LV. A missing LV is a host.KindNotFound error. With
+// WithDMStatus it is LVMeta (no process while the metadata is unchanged)
+// and the kernel's state of the LV.
 func (c *Client) LV(ctx context.Context, s Scope, vg, lv string) (LV, error) {
+	if c.dm != nil {
+		l, err := c.LVMeta(ctx, s, vg, lv)
+		if err != nil {
+			return LV{}, err
+		}
+		if ls := []LV{l}; c.withDM(ls) {
+			return ls[0], nil
+		}
+	}
 	out, err := c.exec(ctx, s, report, "lvs", append(reportArgs(LVFields), vg+"/"+lv)...)
 	if err != nil {
 		return LV{}, err

@@ -212,7 +212,7 @@ func runHostFn(ctx context.Context, deps *Deps, fn string, args map[string]strin
 	}
 	// The datapath's scope: activation only, and read-only on a member.
 	s := lvm.Scope{Devices: []string{a.Device}, ReadOnly: !role.Master}
-	lc := lvm.New(deps.Runner, deps.Log).WithVersionCache(deps.Root)
+	lc := newLVM(deps)
 	st := &volume.Stack{DM: blockdev.NewDM(deps.Runner, 0), LVM: lc, Root: deps.Root, Log: deps.Log, Inactive: datapath.Inactive(deps.Root), MemoryWarnOnly: SnapshotMemoryWarnOnly(deps.Root)}
 	// The datapath's lock on K: a table switch never races an attach or
 	// a detach on this host.

@@ -38,10 +38,7 @@ func (s *srServices) Engine() (*volume.Engine, error) {
 		return nil, host.NewError(host.KindInternal, "read pool role", err.Error(),
 			"check "+host.PoolConf+" (it should hold \"master\" or \"slave:<master address>\")", err)
 	}
-	// The report cache reads the PV's label and metadata area headers
-	// with O_DIRECT: another host writes them.
-	lc := lvm.New(s.deps.Runner, s.deps.Log).WithVersionCache(s.deps.Root).
-		WithReportCache(s.deps.Root, host.ExecBlockReader{Run: s.deps.Runner})
+	lc := newLVM(s.deps)
 	if role.Master {
 		lc = lc.WithWriteGuard(func() error { return stillMaster(s.deps.Root) })
 	}
@@ -92,6 +89,18 @@ func crashHook() volume.FaultHook {
 			select {} // SIGKILL is not instantaneous; never run past the step
 		}
 	}
+}
+
+// newLVM is the LVM client of the calls that read volumes: the report
+// cache reads the PV's label and metadata area headers with O_DIRECT
+// (another host writes them), and LV/LVs take this host's activation
+// state from the kernel's device-mapper (/dev/mapper/control; `lvs` where
+// there is none), so that a call whose VG metadata is unchanged starts no
+// lvm process to read an LV.
+func newLVM(d *Deps) *lvm.Client {
+	return lvm.New(d.Runner, d.Log).WithVersionCache(d.Root).
+		WithReportCache(d.Root, host.ExecBlockReader{Run: d.Runner}).
+		WithDMStatus(host.DMControl{Root: d.Root})
 }
 
 func newServices(d *Deps, srType string) (*srServices, error) {
@@ -147,7 +156,7 @@ func newDatapath(d *Deps) (*datapath.Datapath, error) {
 	if err != nil {
 		return nil, err
 	}
-	lc := lvm.New(d.Runner, d.Log).WithVersionCache(d.Root)
+	lc := newLVM(d)
 	return datapath.New(datapath.Deps{
 		LVM:    lc,
 		Stack:  &volume.Stack{DM: blockdev.NewDM(d.Runner, 0), LVM: lc, Root: d.Root, Log: d.Log, MemoryWarnOnly: SnapshotMemoryWarnOnly(d.Root)},

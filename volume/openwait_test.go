@@ -77,7 +77,7 @@ func TestStaleCOWWaitsForUdevThenDeactivates(t *testing.T) {
 	}
 	o := &openLV{openFor: 2}
 	st := &Stack{DM: blockdev.NewDM(infoRunner{}, 0), LVM: o, Root: host.NewRoot(dir)}
-	if err := st.releaseStaleCOW(ctx, lvm.Scope{}, "VG", dmName("VG", "s-x")); err != nil {
+	if err := st.releaseStaleCOW(ctx, lvm.Scope{}, "VG", lvm.DMName("VG", "s-x")); err != nil {
 		t.Fatal(err)
 	}
 	if len(o.deactivated) != 1 || o.deactivated[0] != "s-x" || o.reads != 3 {

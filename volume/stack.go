@@ -520,7 +520,7 @@ func (st *Stack) Disassemble(ctx context.Context, s lvm.Scope, sr, vg, key strin
 	}
 	chained := map[string]bool{}
 	for _, snap := range append(append([]string{}, c.Snaps...), intentSnap(c)...) {
-		chained[dmName(vg, cowName(snap))] = true
+		chained[lvm.DMName(vg, cowName(snap))] = true
 		if err := st.releaseCOW(ctx, s, vg, cowName(snap)); err != nil && !errors.Is(err, host.ErrNotFound) {
 			errs = append(errs, err)
 		}
@@ -536,18 +536,11 @@ func (st *Stack) Disassemble(ctx context.Context, s lvm.Scope, sr, vg, key strin
 	return errors.Join(errs...)
 }
 
-// dmName is the device-mapper name LVM gives an LV: VG and LV joined by
-// one dash, every dash inside either doubled (lvm2 lib/misc/lvm-string.c,
-// dm_build_dm_name).
-func dmName(vg, lv string) string {
-	return strings.ReplaceAll(vg, "-", "--") + "-" + strings.ReplaceAll(lv, "-", "--")
-}
-
 // heldByDevice reports whether a device-mapper device maps the LV (a
 // clone's middle layer keeps its COWs): true too when this cannot be told
 // (no device node of the LV under that name).
 func (st *Stack) heldByDevice(ctx context.Context, vg, lv string) bool {
-	info, err := st.DM.Info(ctx, dmName(vg, lv))
+	info, err := st.DM.Info(ctx, lvm.DMName(vg, lv))
 	if err != nil || !info.Exists || info.Dev == "" {
 		return true
 	}
@@ -636,7 +629,7 @@ func (st *Stack) nameOf(majMin string) (string, error) {
 // knows it, so only device-mapper can). A device still open stays (its
 // removal fails) and is reported.
 func (st *Stack) releaseStaleCOW(ctx context.Context, s lvm.Scope, vg, name string) error {
-	prefix := dmName(vg, "s-")
+	prefix := lvm.DMName(vg, "s-")
 	if !strings.HasPrefix(name, prefix) {
 		return nil
 	}

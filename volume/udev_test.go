@@ -5,6 +5,8 @@ import (
 	"path"
 	"regexp"
 	"testing"
+
+	"github.com/sanvol/sanvol/lvm"
 )
 
 // The packaged udev rule that keeps blkid off the guests' LVs must match
@@ -30,7 +32,7 @@ func TestUdevRuleMatchesSanvolLVs(t *testing.T) {
 		{"VolGroup00", "LogVol00", false},
 	} {
 		t.Run(tc.vg+" "+tc.lv, func(t *testing.T) {
-			name := dmName(tc.vg, tc.lv)
+			name := lvm.DMName(tc.vg, tc.lv)
 			got, err := path.Match(glob, name)
 			if err != nil {
 				t.Fatalf("pattern %q: %v", glob, err)

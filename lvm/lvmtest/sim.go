@@ -503,16 +503,7 @@ func (s *Sim) vgRow() lvm.VG {
 
 func (s *Sim) lvRow(name string) lvm.LV {
 	l := s.vg.lvs[name]
-	attr := []byte("-wi-------")
-	if l.Active {
-		attr[4] = 'a'
-	}
-	// A device-mapper table over the LV holds it open, as the kernel's
-	// open count (lv_attr's 'o') says.
-	if l.Open || s.mapped(lvm.DevicePath(s.vg.name, name)) {
-		attr[5] = 'o'
-	}
-	return lvm.LV{Name: name, VG: s.vg.name, UUID: l.UUID, Size: l.Extents * s.vg.extent, Tags: slices.Clone(l.Tags), Attr: string(attr)}
+	return lvm.LV{Name: name, VG: s.vg.name, UUID: l.UUID, Size: l.Extents * s.vg.extent, Tags: slices.Clone(l.Tags), Attr: Attr(s.lvDM(name))}
 }
 
 func sortedKeys[V any](m map[string]V) []string {

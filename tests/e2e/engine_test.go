@@ -153,8 +153,10 @@ func mustList(t *testing.T, root host.Root) []volume.Attached {
 	return all
 }
 
+// engine is the plugin's engine: LV and LVs read the activation state
+// from the kernel's device-mapper, as plugin.newLVM's client does.
 func (l *engineLab) engine(role host.Role) *volume.Engine {
-	return l.engineWith(role, lvm.New(l.runner, l.log))
+	return l.engineWith(role, lvm.New(l.runner, l.log).WithDMStatus(host.DMControl{Root: l.root}))
 }
 
 func (l *engineLab) engineWith(role host.Role, c *lvm.Client) *volume.Engine {
@@ -373,6 +375,7 @@ func TestEngineLifecycle(t *testing.T) {
 	if err := c.Activate(ctx, l.scope(), a.VG, volume.LVName(vol3.Key)); err != nil {
 		t.Fatal(err)
 	}
+	l.checkDMState(c, a.VG, volume.LVName(vol3.Key))
 	if err := e.SRDetach(ctx, sr); !errors.Is(err, host.ErrBusy) {
 		t.Fatalf("detach with an active volume: %v", err)
 	}
@@ -393,6 +396,56 @@ func TestEngineLifecycle(t *testing.T) {
 	}
 	if err := e.SRDetach(ctx, sr); err != nil {
 		t.Fatalf("detach after destroy: %v", err)
+	}
+}
+
+// checkDMState reads the state of an active, unopened LV from lv_attr
+// and from the kernel's device-mapper (lvm.Client.WithDMStatus) while it
+// is active, open, suspended and open, open, and inactive: both agree at
+// each step, and the kernel's read is used (no fallback to lvs). The LV
+// is active again at the end.
+func (l *engineLab) checkDMState(c *lvm.Client, vg, lv string) {
+	t, ctx := l.t, context.Background()
+	t.Helper()
+	dmc := lvm.New(l.runner, l.log).WithDMStatus(host.DMControl{Root: l.root})
+	check := func(step string, active, open, live bool) {
+		t.Helper()
+		a, err := c.LV(ctx, l.scope(), vg, lv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := dmc.LV(ctx, l.scope(), vg, lv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := [3]bool{active, open, live}
+		if got := [3]bool{a.Active(), a.Open(), a.Live()}; got != want {
+			t.Fatalf("%s: lv_attr %q gives active, open, live %v, want %v", step, a.Attr, got, want)
+		}
+		if got := [3]bool{b.Active(), b.Open(), b.Live()}; got != want || b.DM == nil {
+			t.Fatalf("%s: the kernel's state %+v gives active, open, live %v, want %v", step, b.DM, got, want)
+		}
+		t.Logf("%s: lv_attr %s, device-mapper %+v", step, a.Attr, *b.DM)
+	}
+	check("active", true, false, true)
+	f, err := os.Open(lvm.DevicePath(vg, lv))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	check("open", true, true, true)
+	name := lvm.DMName(vg, lv)
+	mustRun(t, "dmsetup", "suspend", name)
+	check("suspended", true, true, false)
+	mustRun(t, "dmsetup", "resume", name)
+	check("resumed", true, true, true)
+	f.Close()
+	if err := c.Deactivate(ctx, l.scope(), vg, lv); err != nil {
+		t.Fatal(err)
+	}
+	check("inactive", false, false, false)
+	if err := c.Activate(ctx, l.scope(), vg, lv); err != nil {
+		t.Fatal(err)
 	}
 }
 
