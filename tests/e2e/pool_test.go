@@ -427,11 +427,11 @@ func (l *poolLab) scenario(srType string, cfg map[string]string, arr poolArray, 
 		t.Fatal(err)
 	}
 	startB := time.Since(t0)
-	if _, err := l.b.Load("start", onB.Device, 32<<20); err != nil {
+	if err := l.b.FlowLoad(onB.Device, 32<<20); err != nil {
 		t.Fatal(err)
 	}
 	l.waitLoad(onB.Device, 8)
-	d.say("# [B] the VM writes its disk without pause (1 MiB O_DIRECT chunks); now the array drops %s", poolAddrA2)
+	d.say("# [B] the VM writes its disk without pause (O_DIRECT, 10 writes a second); now the array drops %s", poolAddrA2)
 	if err := arr.drop(); err != nil {
 		t.Fatal(err)
 	}
