@@ -97,7 +97,7 @@ func cloneLive(t *testing.T, l *snapLab) {
 	// it (main.ml, vdi_snapshot_impl): SR.ls lists it read-only, K's
 	// size, with the keys xapi set.
 	writePattern(t, k, mib, 1)
-	atS := digest(t, k, size)
+	atS := imageSum(t, k, size)
 	s, err := l.e.Snapshot(ctx, l.sr, v.Key, "k", "")
 	if err != nil {
 		t.Fatal(err)
@@ -117,7 +117,7 @@ func cloneLive(t *testing.T, l *snapLab) {
 	t.Logf("SR.ls: S %+v", vols[s.Key])
 	// K runs on: a quarter rewritten.
 	writePattern(t, k, mib/4, 2)
-	atK := digest(t, k, size)
+	atK := imageSum(t, k, size)
 
 	// 2. A clone of S, attached and written (pattern, then O_DIRECT
 	// writes under way while S is read): neither S nor K changes.
@@ -129,23 +129,23 @@ func cloneLive(t *testing.T, l *snapLab) {
 	if cdev != volume.DevPath(testSRUUID, c.Key) || blockSize(t, cdev) != size {
 		t.Fatalf("clone device %s of %d bytes", cdev, blockSize(t, cdev))
 	}
-	if digest(t, cdev, size) != atS {
+	if imageSum(t, cdev, size) != atS {
 		t.Fatal("the clone does not start as the snapshot's content")
 	}
 	writePattern(t, cdev, mib/2, 3)
 	checkPattern(t, cdev, mib/2, 3)
-	io := StartIO(t, cdev, 16<<20)
+	io := StartPatternIO(t, cdev, 16<<20)
 	io.waitWrites(t, 8, time.Minute)
 	sdev := l.use(t, s.Key, "0") // the export's read-only attach
-	if digest(t, sdev, size) != atS {
+	if imageSum(t, sdev, size) != atS {
 		t.Fatal("the snapshot changed under its clone's writes")
 	}
-	if digest(t, k, size) != atK {
+	if imageSum(t, k, size) != atK {
 		t.Fatal("K changed under its snapshot's clone's writes")
 	}
 	l.release(t, s.Key, "0")
 	stopIO(t, io, "writes to the clone")
-	atC := digest(t, cdev, size)
+	atC := imageSum(t, cdev, size)
 
 	// 3. Destroying S under its clone hides it; the clone reads on.
 	for range 2 {
@@ -156,7 +156,7 @@ func cloneLive(t *testing.T, l *snapLab) {
 	if _, ok := l.listed(t)[s.Key]; ok {
 		t.Fatal("a destroyed snapshot is still listed")
 	}
-	if digest(t, cdev, size) != atC || digest(t, k, size) != atK {
+	if imageSum(t, cdev, size) != atC || imageSum(t, k, size) != atK {
 		t.Fatal("hiding the snapshot changed the clone or K")
 	}
 
@@ -168,7 +168,7 @@ func cloneLive(t *testing.T, l *snapLab) {
 	if got, want := l.lvNames(t), []string{volume.LVName(v.Key)}; !slices.Equal(got, want) {
 		t.Fatalf("LVs after the clone's destroy: %v, want %v", got, want)
 	}
-	if tab := l.kTable(t, v.Key); tab[0].Type != "linear" || digest(t, k, size) != atK {
+	if tab := l.kTable(t, v.Key); tab[0].Type != "linear" || imageSum(t, k, size) != atK {
 		t.Fatalf("K after its hidden snapshot merged: %v", tab)
 	}
 	l.noneSuspended(t, "after the merge")
@@ -209,7 +209,7 @@ func cloneLive(t *testing.T, l *snapLab) {
 		start := time.Now()
 		tmp, dev := boot("9")
 		t.Logf("reset-on-boot start %d: clone of an idle 64 MiB volume in %s", round+1, time.Since(start))
-		if digest(t, dev, size) != atK {
+		if imageSum(t, dev, size) != atK {
 			t.Fatalf("start %d: the VM does not see K's content", round+1)
 		}
 		if vols := l.listed(t); len(vols) != 2 || !strings.Contains(vols[v.Key].Keys[cob], tmp) {
@@ -225,7 +225,7 @@ func cloneLive(t *testing.T, l *snapLab) {
 		}
 	}
 	k = l.use(t, v.Key, "7")
-	if digest(t, k, size) != atK {
+	if imageSum(t, k, size) != atK {
 		t.Fatal("the writes of a reset-on-boot VM reached K")
 	}
 	l.release(t, v.Key, "7")

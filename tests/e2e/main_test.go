@@ -181,9 +181,24 @@ func dmesgSince(mark int) ([]string, int) {
 	return lines[mark:], len(lines)
 }
 
+// ioChunk is the slot of the span each IOLoad write owns: write c goes
+// to offset c*ioChunk. A pattern writer fills its slot; see flowChunk.
 const ioChunk = 1 << 20
 
-// ioInterval paces IOLoad at 10 writes (10 MiB) a second. Unpaced, the
+// flowChunk is how much of its slot a flow writer (StartIO) writes: the
+// writers whose point is that I/O keeps flowing and nothing is lost
+// across a path cut, failover or portal move. 64 KiB keeps what those
+// checks see: the same offsets, writes a second, passes and rewrite
+// period as whole 1 MiB chunks (so a stale write replayed after a
+// failover still lands on data written later, and Verify sees it), every
+// 512-byte sector's words unique to (pass, chunk, offset), and the writes
+// issued after a cut still meet the dead path until the host fails it.
+// It drops 15/16 of the bytes: filling, copying through initiator,
+// loopback TCP and target, reading back and comparing them, which under
+// TCG was most of what a writer cost the guest.
+const flowChunk = 64 << 10
+
+// ioInterval paces IOLoad at 10 writes a second. Unpaced, the
 // writer ran at about 100 MiB/s through initiator and target in the one
 // emulated guest and kept a host core busy by itself; at 20 a second the
 // writers and the kernel's I/O path for them (initiator, target, the
@@ -198,13 +213,16 @@ const (
 	ioErrorPause = 100 * time.Millisecond
 )
 
-// IOLoad writes 1 MiB O_DIRECT chunks round and round a region of a block
+// IOLoad writes O_DIRECT chunks round and round a region of a block
 // device until stopped, recording errors and the worst chunk latency, so a
 // scenario can cut a path underneath it and then prove nothing was lost.
+// Chunk c is the first size bytes of the span's MiB c, holding fillChunk's
+// pattern of the pass that wrote it.
 type IOLoad struct {
 	dev     string
 	f       *os.File
-	buf     []byte
+	buf     []byte // size bytes
+	size    int    // bytes a write puts at the start of its ioChunk slot
 	chunks  int
 	written []uint32 // pass that last wrote each chunk, 0 = never
 	stop    atomic.Bool
@@ -226,20 +244,20 @@ type IOStats struct {
 // openDirect opens dev for O_DIRECT writes with a buffer of one ioChunk.
 func openDirect(t testing.TB, dev string) (*os.File, []byte) {
 	t.Helper()
-	f, buf, err := openDirectErr(dev)
+	f, buf, err := openDirectErr(dev, ioChunk)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return f, buf
 }
 
-func openDirectErr(dev string) (*os.File, []byte, error) {
+func openDirectErr(dev string, size int) (*os.File, []byte, error) {
 	f, err := os.OpenFile(dev, os.O_RDWR|syscall.O_DIRECT, 0)
 	if err != nil {
 		return nil, nil, fmt.Errorf("open %s O_DIRECT: %w", dev, err)
 	}
 	// O_DIRECT needs an aligned buffer; an anonymous mapping is page aligned.
-	buf, err := syscall.Mmap(-1, 0, ioChunk, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
+	buf, err := syscall.Mmap(-1, 0, size, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_ANON|syscall.MAP_PRIVATE)
 	if err != nil {
 		f.Close()
 		return nil, nil, fmt.Errorf("mmap I/O buffer: %w", err)
@@ -247,10 +265,25 @@ func openDirectErr(dev string) (*os.File, []byte, error) {
 	return f, buf, nil
 }
 
-// StartIO begins writing to the first span bytes of dev.
+// StartIO begins a flow writer on the first span bytes of dev: flowChunk
+// bytes at the start of each MiB.
 func StartIO(t testing.TB, dev string, span int64) *IOLoad {
 	t.Helper()
-	l, err := startIO(dev, span)
+	return startIOTest(t, dev, span, flowChunk)
+}
+
+// StartPatternIO begins a pattern writer on the first span bytes of dev:
+// whole 1 MiB chunks, for the scenarios that read the span back block by
+// block against fillChunk (snapshot images, merges, clones, migrations)
+// and want every snapshot or merge to carry a full COW of changes.
+func StartPatternIO(t testing.TB, dev string, span int64) *IOLoad {
+	t.Helper()
+	return startIOTest(t, dev, span, ioChunk)
+}
+
+func startIOTest(t testing.TB, dev string, span int64, size int) *IOLoad {
+	t.Helper()
+	l, err := startIO(dev, span, size)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -302,13 +335,14 @@ func (l *IOLoad) loop() {
 	}
 }
 
-// startIO is StartIO without a test: the pool agent's (pool_agent_test.go).
-func startIO(dev string, span int64) (*IOLoad, error) {
-	f, buf, err := openDirectErr(dev)
+// startIO is StartIO without a test, writing size bytes a chunk: the pool
+// agent's (pool_agent_test.go).
+func startIO(dev string, span int64, size int) (*IOLoad, error) {
+	f, buf, err := openDirectErr(dev, size)
 	if err != nil {
 		return nil, err
 	}
-	l := &IOLoad{dev: dev, f: f, buf: buf, chunks: int(span / ioChunk), done: make(chan struct{})}
+	l := &IOLoad{dev: dev, f: f, buf: buf, size: size, chunks: int(span / ioChunk), done: make(chan struct{})}
 	l.written = make([]uint32, l.chunks)
 	go l.loop()
 	return l, nil
@@ -337,7 +371,7 @@ func (l *IOLoad) Verify() error {
 		_ = syscall.Munmap(l.buf)
 		l.f.Close()
 	}()
-	want := make([]byte, ioChunk)
+	want := make([]byte, l.size)
 	var bad []string
 	for c, pass := range l.written {
 		if pass == 0 {

@@ -263,7 +263,7 @@ func TestNVMePortCutDuringWrites(t *testing.T) {
 	if len(st.Errors) > 0 {
 		t.Fatalf("%d write errors, first: %v", len(st.Errors), st.Errors[0])
 	}
-	t.Logf("METRIC nvme_longest_write_stall_path_cut=%s over %d MiB written", st.MaxLatency.Round(time.Millisecond), st.Writes)
+	t.Logf("METRIC nvme_longest_write_stall_path_cut=%s over %d writes", st.MaxLatency.Round(time.Millisecond), st.Writes)
 	if err := load.Verify(); err != nil {
 		t.Fatal(err)
 	}

@@ -86,12 +86,14 @@ type pluginReq struct {
 	KillAfterMs int    `json:"kill_after_ms"`
 }
 
-// loadReq drives an IOLoad on B's Dev: Op "start" (Span bytes),
+// loadReq drives an IOLoad on B's Dev: Op "start" (Span bytes; Size
+// bytes of each MiB slot, 0 for the whole MiB of a pattern writer),
 // "writes", "stop" (and verify).
 type loadReq struct {
 	Op   string `json:"op"`
 	Dev  string `json:"dev"`
 	Span int64  `json:"span"`
+	Size int    `json:"size,omitempty"`
 }
 
 type loadResp struct {
@@ -212,7 +214,11 @@ func (a *agent) load(r loadReq) loadResp {
 	l := a.loads[r.Dev]
 	switch {
 	case r.Op == "start" && l == nil:
-		l, err := startIO(r.Dev, r.Span)
+		size := r.Size
+		if size == 0 {
+			size = ioChunk
+		}
+		l, err := startIO(r.Dev, r.Span, size)
 		if err != nil {
 			return loadResp{Err: err.Error()}
 		}
@@ -380,8 +386,19 @@ func (m *member) plugin(r pluginReq) (plugin.Outcome, error) {
 
 // Load drives a writer on B (agent.load).
 func (m *member) Load(op, dev string, span int64) (loadResp, error) {
+	return m.load(loadReq{Op: op, Dev: dev, Span: span})
+}
+
+// FlowLoad starts a flow writer on B (StartIO's: flowChunk bytes of each
+// MiB), for a VM that must keep writing across a path cut.
+func (m *member) FlowLoad(dev string, span int64) error {
+	_, err := m.load(loadReq{Op: "start", Dev: dev, Span: span, Size: flowChunk})
+	return err
+}
+
+func (m *member) load(r loadReq) (loadResp, error) {
 	var resp loadResp
-	if err := m.post("/load", loadReq{Op: op, Dev: dev, Span: span}, &resp); err != nil {
+	if err := m.post("/load", r, &resp); err != nil {
 		return resp, err
 	}
 	if resp.Err != "" {

@@ -166,7 +166,7 @@ func (l *poolLab) migrateScenario(srType string, cfg map[string]string, merging 
 	}
 
 	// The VM writes on A, over the whole span.
-	load := StartIO(t, onA.Device, poolSnapSpan)
+	load := StartPatternIO(t, onA.Device, poolSnapSpan)
 	load.waitWrites(t, chunks+4, 3*time.Minute)
 	if !merging {
 		if got := digest(t, lvm.DevicePath("VG_sanvol-"+sr, base), poolSnapSpan); got != sSum {

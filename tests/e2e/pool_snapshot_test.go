@@ -66,8 +66,8 @@ func (l *poolLab) waitLoad(dev string, n int) {
 }
 
 // stopLoad stops B's writer: 0 write errors, and every chunk reads back
-// on B as last written.
-func (l *poolLab) stopLoad(dev, step string) {
+// on B as last written. It returns the writer's numbers.
+func (l *poolLab) stopLoad(dev, step string) loadResp {
 	t := l.t
 	t.Helper()
 	st, err := l.b.Load("stop", dev, 0)
@@ -81,6 +81,7 @@ func (l *poolLab) stopLoad(dev, step string) {
 		t.Fatalf("%s: %s", step, st.Verify)
 	}
 	t.Logf("%s: %d writes on B, 0 errors, longest write %s, data verified", step, st.Writes, st.MaxLatency)
+	return st
 }
 
 // patternCut reads the first chunks MiB of dev on A and checks they are

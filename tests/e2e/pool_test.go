@@ -106,6 +106,12 @@ func (l *poolLab) nvmeTarget(name string) map[string]string {
 
 // nvmeTargetAt serves an NVMe/TCP subsystem on addrs, addresses of A's.
 func (l *poolLab) nvmeTargetAt(name string, addrs ...string) map[string]string {
+	tgt := l.nvmeArray(name, addrs...)
+	return map[string]string{"target": strings.Join(addrs, ","), "nqn": tgt.NQN}
+}
+
+// nvmeArray makes nvmeTargetAt's subsystem and returns it.
+func (l *poolLab) nvmeArray(name string, addrs ...string) *labtarget.NVMeTarget {
 	t := l.t
 	tgt, err := labtarget.NewNVMe(l.ctx, labtarget.NVMeOptions{Name: name, Addrs: addrs, Size: 512 << 20})
 	if err != nil {
@@ -118,17 +124,22 @@ func (l *poolLab) nvmeTargetAt(name string, addrs ...string) map[string]string {
 		}
 	})
 	l.memberCleanup()
-	return map[string]string{"target": strings.Join(addrs, ","), "nqn": tgt.NQN}
+	return tgt
 }
 
 // iscsiTarget serves an iSCSI LUN on A's two addresses.
 func (l *poolLab) iscsiTarget(name string) map[string]string {
+	return iscsiConfig(l.iscsiArray(name), poolAddrA1, poolAddrA2)
+}
+
+// iscsiArray makes iscsiTarget's LUN and returns it.
+func (l *poolLab) iscsiArray(name string) *labtarget.ISCSITarget {
 	tg := newISCSILUN(l.t, name, poolAddrA1, poolAddrA2)
 	if err := tg.Grow(srLUNSize); err != nil {
 		l.t.Fatal(err)
 	}
 	l.memberCleanup()
-	return iscsiConfig(tg, poolAddrA1, poolAddrA2)
+	return tg
 }
 
 // create makes the shared SR from A and plugs it on both hosts.
@@ -198,10 +209,21 @@ func wantNotMaster(t *testing.T, what string, err error, addr string) {
 	}
 }
 
+// TestPoolNVMe and TestPoolISCSI are issue 15's pool story on each SR
+// type, and together the demo (tests/lab/run.sh demo, make demo), told in
+// chapters an XCP-ng admin can follow (poolLab.scenario).
 func TestPoolNVMe(t *testing.T) {
 	l := newPoolLab(t)
-	cfg := l.nvmeTarget("pool")
-	l.scenario("nvmetcp", cfg, func() {
+	tgt := l.nvmeArray("pool", poolAddrA1, poolAddrA2)
+	ns, _ := tgt.Namespace(1)
+	cfg := map[string]string{"target": poolAddrA1 + "," + poolAddrA2, "nqn": tgt.NQN}
+	l.scenario("nvmetcp", cfg, poolArray{
+		about: fmt.Sprintf("NVMe/TCP subsystem %s, namespace 1 (NGUID %s), on portals %s:%s and %s:%s",
+			tgt.NQN, ns.NGUID, poolAddrA1, tgt.Svc, poolAddrA2, tgt.Svc),
+		drop:    func() error { return tgt.UnlinkPort(poolAddrA2) },
+		restore: func() error { return tgt.LinkPort(poolAddrA2) },
+		paths:   []string{"nvme", "list-subsys"},
+	}, func() {
 		// The array inside the pool: A's paths are to its own addresses.
 		// They are not bound to an interface (bound to lo the connect
 		// timed out; bound to the holder a floating address could not
@@ -221,13 +243,80 @@ func TestPoolNVMe(t *testing.T) {
 
 func TestPoolISCSI(t *testing.T) {
 	l := newPoolLab(t)
-	l.scenario("iscsi-ng", l.iscsiTarget("pool"), nil)
+	tg := l.iscsiArray("pool")
+	l.scenario("iscsi-ng", iscsiConfig(tg, poolAddrA1, poolAddrA2), poolArray{
+		about: fmt.Sprintf("iSCSI target %s, LUN 0 (%d MiB, WWID %s), on portals %s:3260 and %s:3260 (two portal groups)",
+			tg.IQN, srLUNSize>>20, tg.WWID(), poolAddrA1, poolAddrA2),
+		drop:    func() error { return tg.DisablePortal(poolAddrA2) },
+		restore: func() error { return tg.EnablePortal(poolAddrA2) },
+		paths:   []string{"multipath", "-ll", tg.WWID()},
+	}, nil)
 }
 
-// scenario is TestPoolNVMe's and TestPoolISCSI's story; checkA runs after
-// the SR is plugged on both hosts.
-func (l *poolLab) scenario(srType string, cfg map[string]string, checkA func()) {
+// demo narrates a scenario in chapters: the simulator prints each xe
+// command and the storage calls it made, marked with the host ([A] or
+// [B]); the chapters and the "#" lines say what to look at.
+type demo struct{ start time.Time }
+
+func (d *demo) chapter(title string) {
+	fmt.Printf("\n== %s  (t+%s)\n", title, time.Since(d.start).Round(time.Second))
+}
+
+func (d *demo) say(format string, a ...any) { fmt.Printf(format+"\n", a...) }
+
+// shell shows a command run on host name (h) and its output, as on that
+// host's terminal.
+func (d *demo) shell(t *testing.T, name string, h shellHost, argv ...string) {
+	t.Helper()
+	out, err := h.Exec(argv...)
+	d.say("[%s] $ %s", name, strings.Join(argv, " "))
+	for _, line := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+		d.say("[%s]   %s", name, line)
+	}
+	if err != nil {
+		t.Fatalf("%s on %s: %v", strings.Join(argv, " "), name, err)
+	}
+}
+
+// poolArray is a scenario's storage array, served by A: what the demo
+// calls it, how it drops its second portal (poolAddrA2) and brings it
+// back, and the command that shows a host's paths to it.
+type poolArray struct {
+	about         string
+	drop, restore func() error
+	paths         []string
+}
+
+// waitPaths waits until host i's SR.stat has published want ("[1, 2]")
+// as its PBD's path count; every SR.stat on the way must say Healthy,
+// since one live path still serves the SR's I/O.
+func (l *poolLab) waitPaths(ps *xapisim.PoolSR, i int, id, want string) time.Duration {
+	t := l.t
+	t.Helper()
+	return waitFor(t, fmt.Sprintf("host %d's PBD to count paths %s", i, want), 3*time.Minute, func() (bool, string) {
+		st, err := ps.On(i).Stat(l.ctx)
+		if err != nil {
+			t.Fatalf("SR.stat on host %d: %v", i, err)
+		}
+		if st.Health.State != schema.Healthy {
+			t.Fatalf("host %d's SR.stat with a path cut: %s (%s), want Healthy", i, st.Health.State, st.Health.Message)
+		}
+		got := ps.On(i).PBDOtherConfig()["mpath-"+id]
+		return got == want, fmt.Sprintf("mpath-%s = %q (%s)", id, got, st.Health.Message)
+	})
+}
+
+// scenario is TestPoolNVMe's and TestPoolISCSI's story, narrated; checkA
+// runs after the SR is plugged on both hosts.
+func (l *poolLab) scenario(srType string, cfg map[string]string, arr poolArray, checkA func()) {
 	t, ctx := l.t, l.ctx
+	d := &demo{start: time.Now()}
+	d.chapter("A pool of two hosts: A (the pool master, " + poolAddrA1 + ") is also the array; B (a member, " + poolAddrB + ")")
+	d.say("# the array: %s", arr.about)
+	d.shell(t, "A", localHost{}, "cat", "/etc/xensource/pool.conf")
+	d.shell(t, "B", l.b, "cat", "/etc/xensource/pool.conf")
+
+	d.chapter("xe sr-create shared=true on A: xapi plugs the SR's PBD on each host")
 	ps := l.create(srType, cfg)
 	if checkA != nil {
 		checkA()
@@ -237,8 +326,15 @@ func (l *poolLab) scenario(srType string, cfg map[string]string, checkA func()) 
 			t.Fatalf("sr-scan on host %d: %v", i, err)
 		}
 	}
+	// The path count's key in each PBD's other-config: mpath-<SCSIid>,
+	// as XO reads it, or for nvmetcp mpath-<namespace> (plugin/paths.go).
+	id := ps.Master().Config["SCSIid"]
+	if srType == "nvmetcp" {
+		id = ps.Master().Config["namespace"]
+	}
 
 	// A creates; B sees the VDI at its next call, with the right size.
+	d.chapter("xe vdi-create on A (the master); B sees the new VDI at its next scan")
 	start := time.Now()
 	v, err := ps.Master().VDICreate(ctx, "pool disk", "", 64<<20, false)
 	if err != nil {
@@ -254,6 +350,10 @@ func (l *poolLab) scenario(srType string, cfg map[string]string, checkA func()) 
 	// (plugin/forward.go); with the master's host plugin unreachable
 	// those fail, retryable, naming the master. The metadata area is
 	// byte-identical around all of them, reads included.
+	d.chapter("Only the master writes the SR's LVM metadata")
+	d.say("# B refuses vdi-create, vdi-resize and renames with NotPoolMaster, naming the master;")
+	d.say("# the calls of a disk with on-boot=reset (Volume.set, unset, destroy) it forwards to the")
+	d.say("# master, and while the master is unreachable they fail, retryable")
 	before := l.metadataArea(ps.Master().UUID)
 	b := ps.On(1)
 	for _, c := range []struct {
@@ -289,6 +389,7 @@ func (l *poolLab) scenario(srType string, cfg map[string]string, checkA func()) 
 	if after := l.metadataArea(ps.Master().UUID); after != before {
 		t.Fatalf("the VG metadata area changed around B's calls: %s -> %s", before, after)
 	}
+	d.say("# the VG's metadata area on disk is byte-identical before and after all of B's calls")
 	// Forwarded, the master writes them: A sees B's key come and go.
 	keyFrom := func() string {
 		var st schema.Volume
@@ -297,6 +398,7 @@ func (l *poolLab) scenario(srType string, cfg map[string]string, checkA func()) 
 		}
 		return st.Keys["from"]
 	}
+	d.say("# with the master back, B's forwarded Volume.set and Volume.unset land: A reads the key come and go")
 	for i, want := range []string{"B", ""} {
 		if err := b.Call(ctx, forwarded[i].method, forwarded[i].args, nil); err != nil {
 			t.Fatalf("%s forwarded from B: %v", forwarded[i].method, err)
@@ -307,6 +409,7 @@ func (l *poolLab) scenario(srType string, cfg map[string]string, checkA func()) 
 	}
 
 	// A resizes: B's next look has the new size, never the old one.
+	d.chapter("xe vdi-resize on A; B's next scan has the new size")
 	if _, err := ps.Master().VDIResize(ctx, v.Key, 96<<20); err != nil {
 		t.Fatal(err)
 	}
@@ -314,17 +417,50 @@ func (l *poolLab) scenario(srType string, cfg map[string]string, checkA func()) 
 		t.Fatalf("after A's resize B sees %d bytes, want %d", got.VirtualSize, 96<<20)
 	}
 
-	// A VM on B writes; it stops, starts on A, and A reads it back.
+	// A VM on B writes without pause while the array drops a portal: its
+	// writes go on over the other path, B's SR stays Healthy (xapi scans
+	// only Healthy SRs) and its PBD counts 1 of 2 paths, then 2 of 2.
+	d.chapter("A VM on B writes without pause; the array loses its portal " + poolAddrA2 + ", then gets it back")
 	t0 := time.Now()
-	onB, err := ps.On(1).VMStart(ctx, v.Key, "5")
+	onB, err := b.VMStart(ctx, v.Key, "5")
 	if err != nil {
 		t.Fatal(err)
 	}
 	startB := time.Since(t0)
+	if err := l.b.FlowLoad(onB.Device, 32<<20); err != nil {
+		t.Fatal(err)
+	}
+	l.waitLoad(onB.Device, 8)
+	d.say("# [B] the VM writes its disk without pause (O_DIRECT, 10 writes a second); now the array drops %s", poolAddrA2)
+	if err := arr.drop(); err != nil {
+		t.Fatal(err)
+	}
+	lost := l.waitPaths(ps, 1, id, "[1, 2]")
+	l.waitLoad(onB.Device, 16)
+	d.say("# B is down to one path and its VM's writes go on:")
+	d.shell(t, "B", l.b, arr.paths...)
+	d.say("# B's SR stays Healthy, so xapi's scans go on, and its PBD tells XO and xe the path count")
+	scanKeepsPassing(t, ctx, b, id, "[1, 2]")
+	d.say("# the array brings %s back; B's SR.stat (xe sr-update) until its PBD counts both paths", poolAddrA2)
+	if err := arr.restore(); err != nil {
+		t.Fatal(err)
+	}
+	back := l.waitPaths(ps, 1, id, "[2, 2]")
+	l.waitPaths(ps, 0, id, "[2, 2]") // A lost it too; it starts the next VM
+	l.waitLoad(onB.Device, 8)
+	st := l.stopLoad(onB.Device, "portal cut under B's writer")
+	scanKeepsPassing(t, ctx, b, id, "[2, 2]")
+	d.say("# B counted 1 of 2 paths %s after the cut and 2 of 2 %s after the portal returned;",
+		lost.Round(100*time.Millisecond), back.Round(100*time.Millisecond))
+	d.say("# the VM made %d writes, none failed, the longest took %s; every chunk reads back as written",
+		st.Writes, st.MaxLatency.Round(time.Millisecond))
+
+	// The VM stops on B and starts on A, which reads what it wrote.
+	d.chapter("The VM writes a pattern on B, shuts down, and starts on A: A reads what B wrote")
 	if err := l.b.Pattern(onB.Device, 1, 16, false); err != nil {
 		t.Fatal(err)
 	}
-	if err := ps.On(1).VMShutdown(ctx, onB); err != nil {
+	if err := b.VMShutdown(ctx, onB); err != nil {
 		t.Fatal(err)
 	}
 	t0 = time.Now()
@@ -336,12 +472,14 @@ func (l *poolLab) scenario(srType string, cfg map[string]string, checkA func()) 
 	if err := directIO(onA.Device, 16, 1, true); err != nil {
 		t.Fatalf("A reads what the VM wrote on B: %v", err)
 	}
+	d.say("# [A] read back 16 MiB from %s: the pattern written on B, intact", onA.Device)
 	if err := ps.Master().VMShutdown(ctx, onA); err != nil {
 		t.Fatal(err)
 	}
 
 	// Live migration B → A in xenopsd's order (xapisim.PoolSR.Migrate).
-	onB, err = ps.On(1).VMStart(ctx, v.Key, "7")
+	d.chapter("xe vm-migrate live=true from B to A, in xenopsd's order")
+	onB, err = b.VMStart(ctx, v.Key, "7")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -355,14 +493,19 @@ func (l *poolLab) scenario(srType string, cfg map[string]string, checkA func()) 
 	if err := directIO(onA.Device, 16, 2, true); err != nil {
 		t.Fatalf("after the migration A reads what the VM wrote on B: %v", err)
 	}
+	d.say("# [A] read back 16 MiB from %s: what the VM wrote on B before the migration, intact", onA.Device)
+	d.say("# the datapath's share of the downtime: %s (deactivate on B, then activate on A)",
+		tm.Activated.Sub(tm.Suspended).Round(time.Millisecond))
 	if err := ps.Master().VMShutdown(ctx, onA); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("pool-numbers %s: create on A to seen on B %s; attach+activate on B %s, on A %s (B/A %.2f); migration downtime from the datapath %s (deactivate on B %s, activate on A %s)",
+	t.Logf("pool-numbers %s: create on A to seen on B %s; attach+activate on B %s, on A %s (B/A %.2f); migration downtime from the datapath %s (deactivate on B %s, activate on A %s); portal cut: B at 1 of 2 paths after %s, 2 of 2 %s after its return, %d writes, longest %s",
 		srType, seen.Round(time.Millisecond), startB.Round(time.Millisecond), startA.Round(time.Millisecond),
 		startB.Seconds()/startA.Seconds(), tm.Activated.Sub(tm.Suspended).Round(time.Millisecond),
-		tm.Deactivated.Sub(tm.Suspended).Round(time.Millisecond), tm.Activated.Sub(tm.Deactivated).Round(time.Millisecond))
+		tm.Deactivated.Sub(tm.Suspended).Round(time.Millisecond), tm.Activated.Sub(tm.Deactivated).Round(time.Millisecond),
+		lost.Round(100*time.Millisecond), back.Round(100*time.Millisecond), st.Writes, st.MaxLatency.Round(time.Millisecond))
 
+	d.chapter("xe vdi-destroy on A: B's next look fails and its scan no longer lists the VDI")
 	if err := ps.Master().VDIDestroy(ctx, v.Key); err != nil {
 		t.Fatal(err)
 	}
@@ -381,7 +524,18 @@ func (l *poolLab) scenario(srType string, cfg map[string]string, checkA func()) 
 			t.Fatalf("B's scan still lists %s, which A destroyed", v.Key)
 		}
 	}
-	l.destroy(ps)
+
+	d.chapter("xe pbd-unplug on B, then on A (each PBD's path keys go with it); xe sr-destroy on A")
+	for i := len(ps.SRs) - 1; i >= 0; i-- {
+		if err := ps.On(i).Unplug(ctx); err != nil {
+			t.Fatalf("pbd-unplug on host %d: %v", i, err)
+		}
+		wantNoPathKeys(t, ps.On(i), id)
+	}
+	if err := ps.Master().Destroy(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d.chapter("Done")
 }
 
 // TestPoolMemberReboot: B loses its kernel state and /run, as a reboot

@@ -46,7 +46,7 @@ type killLab struct {
 	rdev    string // K's device number: blkback holds it
 	w       *seqWriter
 	n       int64             // writes done when w was last halted
-	sums    map[string]string // sha256 of each snapshot's image when taken
+	sums    map[string]string // imageSum of each snapshot's image when taken
 	helpers int
 	// top is the scenario's own test: the writer outlives each step's
 	// subtest (a subtest's cleanup would halt it).
@@ -252,7 +252,7 @@ func (kl *killLab) unchanged(t *testing.T, snaps []string, what string) {
 		if !ok {
 			t.Fatalf("%s: snapshot %s was never checked", what, s)
 		}
-		if got := digest(t, kl.image(t, snaps, s), kl.size); got != want {
+		if got := imageSum(t, kl.image(t, snaps, s), kl.size); got != want {
 			t.Fatalf("%s: the image of snapshot %s changed", what, s)
 		}
 	}
@@ -471,7 +471,7 @@ func (kl *killLab) killHide(t *testing.T, step string) {
 	}
 	kl.unchanged(t, snaps, "hidden")
 	dev := kl.use(t, c.Key, "8")
-	if digest(t, dev, kl.size) != kl.sums[s] {
+	if imageSum(t, dev, kl.size) != kl.sums[s] {
 		t.Fatal("the clone does not read its hidden parent's image")
 	}
 	kl.release(t, c.Key, "8")

@@ -203,7 +203,7 @@ func snapshotLive(t *testing.T, l *snapLab) {
 	}
 
 	// 1. Snapshot under writes: 0 errors, the base (S1's image) frozen.
-	io1 := StartIO(t, k, span)
+	io1 := StartPatternIO(t, k, span)
 	io1.waitWrites(t, 8, time.Minute)
 	start := time.Now()
 	s1, err := l.e.Snapshot(ctx, l.sr, v.Key, "s1", "")
@@ -212,25 +212,25 @@ func snapshotLive(t *testing.T, l *snapLab) {
 	}
 	t.Logf("snapshot call on a live 64 MiB volume: %s", time.Since(start))
 	io1.waitWrites(t, 8, time.Minute)
-	frozen := digest(t, base, size)
+	frozen := imageSum(t, base, size)
 	io1.waitWrites(t, 8, time.Minute)
-	if digest(t, base, size) != frozen {
+	if imageSum(t, base, size) != frozen {
 		t.Fatal("S1's image changed after the snapshot")
 	}
 	stopIO(t, io1, "live snapshot")
-	if digest(t, k, size) == frozen {
+	if imageSum(t, k, size) == frozen {
 		t.Fatal("K reads S1's image: the writes after the snapshot are missing")
 	}
 
 	// 2. A second snapshot, quiet so the content at snapshot time is
 	// known: S2's image (the read-only middle device) equals it.
-	atS2 := digest(t, k, size)
+	atS2 := imageSum(t, k, size)
 	s2, err := l.e.Snapshot(ctx, l.sr, v.Key, "s2", "")
 	if err != nil {
 		t.Fatal(err)
 	}
 	image2 := volume.DevPath(testSRUUID, s2.Key)
-	if got := digest(t, image2, size); got != atS2 {
+	if got := imageSum(t, image2, size); got != atS2 {
 		t.Fatal("S2's image is not K's content at snapshot time")
 	}
 	if got := devNumber(t, k); got != rdev {
@@ -239,7 +239,7 @@ func snapshotLive(t *testing.T, l *snapLab) {
 
 	// 3. Delete the older snapshot under writes: S1's COW merges into the
 	// base under S2's view; the stack collapses.
-	io2 := StartIO(t, k, span)
+	io2 := StartPatternIO(t, k, span)
 	io2.waitWrites(t, 8, time.Minute)
 	start = time.Now()
 	if err := l.e.DeleteSnapshot(ctx, l.sr, s1.Key); err != nil {
@@ -250,7 +250,7 @@ func snapshotLive(t *testing.T, l *snapLab) {
 	if fileExists(image2) {
 		t.Fatal("the middle device is still there after the collapse")
 	}
-	if got := digest(t, base, size); got != atS2 {
+	if got := imageSum(t, base, size); got != atS2 {
 		t.Fatal("after the merge the base is not S2's image")
 	}
 	stopIO(t, io2, "merge of the older snapshot")
@@ -260,7 +260,7 @@ func snapshotLive(t *testing.T, l *snapLab) {
 
 	// 4. SIGKILL after the switch of a third snapshot, before its commit,
 	// with writes running; repair from the tags rolls it forward.
-	io3 := StartIO(t, k, span)
+	io3 := StartPatternIO(t, k, span)
 	io3.waitWrites(t, 8, time.Minute)
 	l.killAt(t, snapHelperArgs{Op: "snapshot", Key: v.Key, Crash: volume.StepSnapshotSwitch})
 	io3.waitWrites(t, 8, time.Minute)
@@ -294,7 +294,7 @@ func snapshotLive(t *testing.T, l *snapLab) {
 	stopIO(t, io3, "killed snapshot and merge, repaired")
 
 	// 6. Delete the last snapshot under writes: K is linear again.
-	io4 := StartIO(t, k, span)
+	io4 := StartPatternIO(t, k, span)
 	io4.waitWrites(t, 8, time.Minute)
 	if err := l.e.DeleteSnapshot(ctx, l.sr, s3); err != nil {
 		t.Fatal(err)
@@ -304,7 +304,7 @@ func snapshotLive(t *testing.T, l *snapLab) {
 	if tab := l.kTable(t, v.Key); tab[0].Type != "linear" {
 		t.Fatalf("K after the last merge: %v", tab)
 	}
-	if digest(t, k, size) != digest(t, base, size) {
+	if imageSum(t, k, size) != imageSum(t, base, size) {
 		t.Fatal("K is linear over the base but reads differently")
 	}
 	if got := l.cows(t); len(got) != 0 {

@@ -22,7 +22,8 @@
 # joined by a private qemu socket link, a pool master that also serves the
 # targets and a member driven through its agent, and runs the TestPool
 # scenarios on the master (tests/lab/README.md, "The pool lab"). demo
-# runs on that pool: TestDemo on the master, then the two-host TestDemoPool. --with-pool REGEX
+# runs on that pool TestPoolNVMe and TestPoolISCSI, which narrate the pool's
+# story on each SR type as chapters. --with-pool REGEX
 # boots that pool pair beside the other guests of a test run and runs the
 # pool scenarios matching REGEX on it (make lab); given more than once, it
 # boots one pair per REGEX, each on its own link.
@@ -334,11 +335,14 @@ run_guest() {
 
 # test_cmd REGEX LIMIT: the guest's command for the scenarios matching
 # REGEX. SANVOL_LAB_BENCH=1 on the host reaches the guest: it lets the
-# benchmarks (TestSRScaleBench) run.
+# benchmarks (TestSRScaleBench) run. SANVOL_LAB_PROF=1 profiles the test
+# binary's CPU into share/out/cpu.prof of each guest's run dir
+# (tests/lab/README.md, "Where the CPU goes").
 test_cmd() {
-	local bench=
+	local bench= prof=
 	[ "${SANVOL_LAB_BENCH:-}" = 1 ] && bench="SANVOL_LAB_BENCH=1 "
-	echo "$bench/lab/e2e.test -test.v -test.count=1 -test.timeout $(($2 - 30))s -test.run '$1'${skip_re:+ -test.skip '$skip_re'}"
+	[ "${SANVOL_LAB_PROF:-}" = 1 ] && prof=" -test.cpuprofile /lab/out/cpu.prof"
+	echo "$bench/lab/e2e.test -test.v -test.count=1 -test.timeout $(($2 - 30))s$prof -test.run '$1'${skip_re:+ -test.skip '$skip_re'}"
 }
 
 # shard_tests BINARY REGEX N: prints N lines, the -test.run regexes of N
@@ -453,7 +457,14 @@ pool_run() {
 	say "[pool$pair-a] master and targets, run dir $a, -run '$regex'"
 	say "[pool$pair-b] member (agent), run dir $b, link on 127.0.0.1:$port"
 	(
+		# The demo's narration is A's console: show all of it (progress).
 		job_name=pool$pair-a
+		# Two pairs beside four other guests: eight guests of 3 GiB each
+		# would want more than the 24 GiB machine has once their page
+		# caches fill (a guest's RAM, once touched, stays with qemu);
+		# the master's targets hold a few hundred MiB in tmpfs.
+		[ -z "$pair" ] || pool_mem=2048
+		[ "$sub" != demo ] || job_name=
 		# The pool's REGEX names its scenarios; --skip is for the shards.
 		skip_re=
 		pool_net="-netdev socket,id=pool,listen=127.0.0.1:$port -device virtio-net-pci,netdev=pool,mac=52:54:00:99:00:01"
@@ -569,12 +580,12 @@ main() {
 		say "image: $dir ($(tr '\n' ' ' <"$dir/versions.txt"))"
 		;;
 	test | demo)
-		# The demo is the pool lab's: one host's SR lifecycle with path cuts
-		# on both SR types (TestDemo, on the master), then the two-host
-		# pool, a VM started on the member and migrated to the master
-		# (TestDemoPool).
+		# The demo is the pool lab's core story on each SR type, told in
+		# chapters: a shared SR on both hosts, metadata from the master
+		# only, a portal cut under a VM writing on the member, a VM moved
+		# and live-migrated to the master (TestPoolNVMe, TestPoolISCSI).
 		if [ "$sub" = demo ]; then
-			pool=1 run='^(TestDemo|TestDemoPool)$'
+			pool=1 run='^(TestPoolNVMe|TestPoolISCSI)$'
 		fi
 		if [ -n "$pool" ]; then
 			[ "$shards" = 1 ] && [ ${#also[@]} = 0 ] && [ -z "$dom0" ] ||
