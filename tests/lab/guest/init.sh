@@ -63,7 +63,7 @@ acct_summary() {
 	grep -H . /sys/devices/system/cpu/vulnerabilities/* | sed 's|.*/||'
 	# Block uevents by action and device, busiest first.
 	printf '\nblock uevents by action and device:\n'
-	awk '$1 ~ /^KERNEL/ { n = split($3, p, "/"); c[$2 " " p[n]]++; t[$2]++ }
+	awk '$1 ~ /^KERNEL\[/ { n = split($3, p, "/"); c[$2 " " p[n]]++; t[$2]++ }
 		END { for (k in t) printf "  %-30s %6d\n", k " (all)", t[k]; for (k in c) printf "  %-30s %6d\n", k, c[k] }' \
 		/run/uevents.txt 2>/dev/null | sort -k3,3nr
 }
