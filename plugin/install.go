@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/volume"
 )
 
 // Install paths, relative to the install root.
@@ -199,6 +200,15 @@ func Uninstall(root string) ([]string, error) {
 		}
 		removed = append(removed, host.BootSecretDir)
 		_ = os.Remove(filepath.Dir(secrets))
+	}
+	// The names of attached SRs' devices for the package's udev rule
+	// (volume.NoWatchDir) mean nothing once the rule is gone.
+	nowatch := filepath.Join(root, volume.NoWatchDir)
+	if _, err := os.Lstat(nowatch); err == nil {
+		if err := os.RemoveAll(nowatch); err != nil {
+			return removed, err
+		}
+		removed = append(removed, volume.NoWatchDir)
 	}
 	bin := filepath.Join(root, BinaryPath)
 	if err := os.Remove(bin); err == nil {

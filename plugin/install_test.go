@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/sanvol/sanvol/host"
+	"github.com/sanvol/sanvol/volume"
 )
 
 // snapshot records everything an install could change, including inode
@@ -180,8 +181,19 @@ func TestUninstall(t *testing.T) {
 	if err := os.WriteFile(kept, []byte("s3cret"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if removed, err = Uninstall(root); err != nil || len(removed) != 6 {
-		t.Fatalf("uninstall with boot secrets: %v %v", removed, err)
+	// And the names of attached SRs' devices for the udev rule.
+	marker := filepath.Join(root, volume.NoWatchDir, "uuid.0b6e1a3c-1111-4222-8333-944445555666")
+	if err := os.MkdirAll(filepath.Dir(marker), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(marker, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if removed, err = Uninstall(root); err != nil || len(removed) != 7 || !slices.Contains(removed, volume.NoWatchDir) {
+		t.Fatalf("uninstall with boot secrets and udev names: %v %v", removed, err)
+	}
+	if _, err := os.Lstat(filepath.Join(root, volume.NoWatchDir)); !os.IsNotExist(err) {
+		t.Fatalf("%s left: %v", volume.NoWatchDir, err)
 	}
 	if _, err := os.Lstat(filepath.Dir(filepath.Join(root, host.BootSecretDir))); !os.IsNotExist(err) {
 		t.Fatalf("%s left: %v", filepath.Dir(host.BootSecretDir), err)

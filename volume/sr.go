@@ -230,7 +230,8 @@ func (e *Engine) SRAttach(ctx context.Context, cfg map[string]string) (string, e
 		return "", err
 	}
 	a := Attached{Type: e.t.Type(), UUID: uuid, Configuration: cfg, Device: dev.Path,
-		VG: info.vg.Name, VGUUID: info.vg.UUID, ExtentSize: info.vg.ExtentSize}
+		VG: info.vg.Name, VGUUID: info.vg.UUID, ExtentSize: info.vg.ExtentSize,
+		NoWatch: e.stopWatch(uuid, dev.Path)}
 	if err := saveAttached(e.root, a); err != nil {
 		return "", host.NewError(host.KindInternal, op, "cannot write the attach record", "check that /run is writable", err)
 	}
@@ -283,6 +284,8 @@ func (e *Engine) detach(ctx context.Context, op string, a Attached, step string)
 		e.log.Warn("the device is also named by another attached SR; leaving it connected", zap.String("sr", a.UUID), zap.String("holder", holder))
 	} else if err := e.t.Detach(ctx, a.Configuration, others); err != nil {
 		return err
+	} else {
+		e.resumeWatch(a)
 	}
 	e.step(step)
 	if err := removeAttached(e.root, a.UUID); err != nil {

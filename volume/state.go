@@ -34,6 +34,9 @@ type Attached struct {
 	VGUUID string `json:"vg_uuid"`
 	// ExtentSize in bytes: sizes are rounded up to it.
 	ExtentSize int64 `json:"extent_size"`
+	// NoWatch is the device's name in NoWatchDir, which SR.detach
+	// removes ("" when the device has none, or the record predates it).
+	NoWatch string `json:"udev_nowatch,omitempty"`
 }
 
 // Handle is the SR handle SR.attach returns: "<type>://<sr-uuid>".

@@ -187,6 +187,9 @@ new_rundir() {
 	d=$(mktemp -d /var/tmp/sanvol-lab-run.XXXXXX)
 	mkdir -p "$d/share/out"
 	install -m 0644 "$here/guest/init.sh" "$d/share/init.sh"
+	# sanvol's udev rules: the guest installs them as the RPM does.
+	mkdir -p "$d/share/udev"
+	install -m 0644 "$repo"/packaging/udev/*.rules "$d/share/udev/"
 	echo "$d"
 }
 

@@ -126,7 +126,7 @@ func TestRPMFiles(t *testing.T) {
 	list := strings.Fields(must(t, "", nil, "rpm", "-qp", "--list", pkg))
 	docs, _ := filepath.Glob(filepath.Join(repoRoot(t), "docs", "*.md"))
 	want := []string{"/usr/libexec/sanvol", "/usr/libexec/sanvol/sanvol", "/usr/share/doc/sanvol", "/usr/share/doc/sanvol/README.md",
-		"/usr/lib/udev/rules.d/12-sanvol-dm-disk.rules", hostPlugin}
+		"/usr/lib/udev/rules.d/12-sanvol-dm-disk.rules", "/usr/lib/udev/rules.d/90-sanvol-nowatch.rules", hostPlugin}
 	want = append(want, pluginDirs...)
 	for _, d := range docs {
 		want = append(want, "/usr/share/doc/sanvol/"+filepath.Base(d))

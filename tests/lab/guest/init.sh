@@ -61,6 +61,11 @@ acct_summary() {
 	'
 	awk '/^cpu /{printf "proc/stat: user %.0f s, system %.0f s, irq %.0f s, softirq %.0f s, idle %.0f s\n", $2/100, $4/100, $7/100, $8/100, $5/100}' /proc/stat
 	grep -H . /sys/devices/system/cpu/vulnerabilities/* | sed 's|.*/||'
+	# Block uevents by action and device, busiest first.
+	printf '\nblock uevents by action and device:\n'
+	awk '$1 ~ /^KERNEL\[/ { n = split($3, p, "/"); c[$2 " " p[n]]++; t[$2]++ }
+		END { for (k in t) printf "  %-30s %6d\n", k " (all)", t[k]; for (k in c) printf "  %-30s %6d\n", k, c[k] }' \
+		/run/uevents.txt 2>/dev/null | sort -k3,3nr
 }
 
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
@@ -207,6 +212,13 @@ sed -i \
 	-e 's/^node\.conn\[0\]\.timeo\.noop_out_timeout = .*/node.conn[0].timeo.noop_out_timeout = 2/' \
 	/etc/iscsi/iscsid.conf
 
+# sanvol's udev rules, where its RPM puts them (packaging/sanvol.spec);
+# run.sh copies them from packaging/udev.
+if [ -d "$L/udev" ]; then
+	mkdir -p /usr/lib/udev/rules.d
+	cp "$L"/udev/*.rules /usr/lib/udev/rules.d/
+fi
+
 # udev: only block devices are replayed; a full coldplug costs ~8 s under
 # TCG (pitfall 11). Without /run/systemd/system, 69-lvm.rules activates VGs
 # itself as soon as their PV appears: scenarios must expect that.
@@ -237,6 +249,11 @@ cut -d' ' -f1 /proc/uptime >"$OUT/cmd-start-uptime"
 if [ -f "$L/acct" ]; then
 	: >/run/acct
 	perl -e 'my $p = "/run/acct"; syscall(163, $p) == 0 or die "acct: $!\n"' || rm -f /run/acct
+	# The block devices' uevents as the kernel sent them (udevd's own
+	# "change" for a watched device it saw closed after a write comes
+	# through the kernel too), for the summary's count by device.
+	stdbuf -oL udevadm monitor --kernel --subsystem-match=block >/run/uevents.txt 2>/dev/null &
+	umon=$!
 fi
 {
 	timeout -k 15 "$limit" sh "$L/cmd"
@@ -248,6 +265,7 @@ say "command exited $rc after $(cut -d' ' -f1 /proc/uptime) s of uptime"
 # What the guest asked of the host's cores: under TCG an idle vCPU halts,
 # so busy time is the scenario's CPU demand, the figure that decides how
 # many guests the host's cores carry side by side (docs/benchmarks.md).
+[ -z "${umon:-}" ] || kill "$umon"
 [ ! -f /run/acct ] || acct_summary >"$OUT/acct.txt" 2>&1
 say "cpu: $(awk '/^cpu /{b=$2+$3+$4+$7+$8; printf "%.0f s busy, %.0f s idle (all vCPUs)", b/100, ($5+$6)/100}' /proc/stat)"
 finish "$rc"
