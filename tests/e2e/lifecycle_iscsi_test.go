@@ -160,8 +160,12 @@ func TestISCSILifecycle(t *testing.T) {
 
 	a := l.vmStart(t, disk, "3")
 	l.wantAttachShape(t, a)
+	// 8 MiB a dd: 64 MiB through the LIO loopback in all (it was 256
+	// MiB, about 5 s of the dom0-tools guest's CPU; docs/benchmarks.md,
+	// "The heaviest single-host scenarios"). The check is a factor of
+	// two, far above what 8 MiB more or less of noise moves.
 	t.Run("ThroughputLVvsMap", func(t *testing.T) {
-		l.throughputLVvsMap(t, disk.Key, a.Device, mapDev, 32)
+		l.throughputLVvsMap(t, disk.Key, a.Device, mapDev, 8)
 	})
 
 	t.Run("PortalDownDuringWrites", func(t *testing.T) {
