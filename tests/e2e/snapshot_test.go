@@ -204,7 +204,7 @@ func TestSnapshotLiveISCSI(t *testing.T) {
 // The volume is 32 MiB and the writers cover its first half: every step
 // still runs under writes and every merge copies a COW full of them, but
 // what the lab's CPU pays for scales with these sizes: the volume's
-// zeroing, each image sum (a whole-volume read through the stack, nine
+// zeroing, each image sum (a whole-volume read through the stack, eight
 // of them), and the merges, whose length the paced writers fill
 // (docs/benchmarks.md, "The heaviest single-host scenarios").
 func snapshotLive(t *testing.T, l *snapLab) {
