@@ -102,7 +102,8 @@ type Options struct {
 	// SnapMagic reports whether a COW carries an exception store header;
 	// nil reads it (blockdev.HasSnapMagic).
 	SnapMagic func(ctx context.Context, dev string) (bool, error)
-	// MergePoll is how often a merge's progress is read; 0 means 500 ms.
+	// MergePoll is how often a merge's progress is read; 0 means from
+	// 250 ms, doubling up to 2 s (Stack.MergePoll).
 	MergePoll time.Duration
 	// Remote reaches the host where a volume is active when that is not
 	// this one (remote.go); nil treats such a volume as idle.

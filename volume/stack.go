@@ -51,7 +51,8 @@ type Stack struct {
 	DevNum func(path string) (string, error)
 	Root   host.Root
 	Log    *zap.Logger
-	// MergePoll is how often a merge's progress is read; 0 means 500 ms.
+	// MergePoll is how often a merge's progress is read; 0 means from
+	// 250 ms, doubling up to 2 s (mergePollFirst, mergePollMost).
 	MergePoll time.Duration
 	// Inactive reports whether this host's datapath holds volume key
 	// attached for no active domain (datapath.Inactive): between an
@@ -645,16 +646,27 @@ func (st *Stack) releaseStaleCOW(ctx context.Context, s lvm.Scope, vg, name stri
 	return st.DM.Remove(ctx, name)
 }
 
+// A merge's progress is read with a `dmsetup status` each time: a process
+// that costs a few milliseconds on a host and about 0.1 s of CPU in the
+// emulated lab guests, where a 500 ms poll took a tenth of a CPU for as
+// long as a merge ran. A small COW merges within the first polls; a big
+// one takes minutes, for which a reading every 2 s is as good: the merge
+// runs with the SR lock released, and nothing waits on its last second.
+const (
+	mergePollFirst = 250 * time.Millisecond
+	mergePollMost  = 2 * time.Second
+)
+
 // waitMerged polls name's snapshot-merge target until every exception is
 // back in its origin. A target that stops (Merge failed, Invalid) is an
 // error: the intent stays for the next call to look at.
 func (st *Stack) waitMerged(ctx context.Context, name string) error {
-	every := st.MergePoll
-	if every == 0 {
-		every = 500 * time.Millisecond
+	first, most := st.MergePoll, st.MergePoll
+	if first == 0 {
+		first, most = mergePollFirst, mergePollMost
 	}
 	start := time.Now()
-	err := host.Poll(ctx, every, func(ctx context.Context) (bool, error) {
+	err := host.PollBackoff(ctx, first, most, func(ctx context.Context) (bool, error) {
 		line, err := st.DM.Status(ctx, name)
 		if err != nil {
 			return false, err

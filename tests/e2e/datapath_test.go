@@ -302,9 +302,19 @@ func blockSize(t *testing.T, dev string) int64 {
 const patternMiB = 8
 
 // datapathScenarios runs issue 7's scenarios on a volume of a plugged
-// SR; each leaves the volume inactive, as a stopped VM does. The last one
-// unplugs the SR and plugs it again.
-func (l *dpLab) datapathScenarios(t *testing.T, v schema.Volume) {
+// SR; each leaves the volume inactive, as a stopped VM does. With replug
+// the last one (NotPlugged) unplugs the SR and plugs it again.
+//
+// TestISCSILifecycle runs them without replug: what NotPlugged checks is
+// the datapath's refusal before any device is touched (the same code
+// for every SR type) and LVM's activation skip flag after a plug, and
+// TestDatapathNVMe checks both in the Debian guests, the only ones whose
+// udev auto-activates VGs (the dom0-tools guest, where the lifecycle
+// runs, masks those rules as dom0 does). An iSCSI SR's detach and attach
+// again, the costly part there (logout, login on both portals, the SCSI
+// disks' and the map's udev events), are the lifecycle's own last steps
+// (pbd-unplug, then sr-destroy's SR.attach).
+func (l *dpLab) datapathScenarios(t *testing.T, v schema.Volume, replug bool) {
 	uri := v.URI[0]
 	l.wantActive(t, v.Key, false, "before the first VM start")
 
@@ -441,6 +451,9 @@ func (l *dpLab) datapathScenarios(t *testing.T, v schema.Volume) {
 		l.wantActive(t, v.Key, false, "after VM stop")
 	})
 
+	if !replug {
+		return
+	}
 	t.Run("NotPlugged", func(t *testing.T) {
 		if err := l.sr.Unplug(context.Background()); err != nil {
 			t.Fatal(err)
@@ -511,7 +524,7 @@ func TestDatapathNVMe(t *testing.T) {
 		"nqn":    tg.NQN,
 	})
 	v := l.vdiCreate(t, "datapath disk", 32<<20)
-	l.datapathScenarios(t, v)
+	l.datapathScenarios(t, v, true)
 	if err := l.sr.VDIDestroy(context.Background(), v.Key); err != nil {
 		t.Fatal(err)
 	}

@@ -160,8 +160,12 @@ func TestISCSILifecycle(t *testing.T) {
 
 	a := l.vmStart(t, disk, "3")
 	l.wantAttachShape(t, a)
+	// 8 MiB a dd: 64 MiB through the initiator, the loopback network and
+	// LIO in all, not 256 (docs/benchmarks.md, "The heaviest single-host
+	// scenarios"). The check is a factor of two, far beyond what the
+	// shorter rounds add to TCG's noise.
 	t.Run("ThroughputLVvsMap", func(t *testing.T) {
-		l.throughputLVvsMap(t, disk.Key, a.Device, mapDev, 32)
+		l.throughputLVvsMap(t, disk.Key, a.Device, mapDev, 8)
 	})
 
 	t.Run("PortalDownDuringWrites", func(t *testing.T) {
@@ -244,8 +248,9 @@ func TestISCSILifecycle(t *testing.T) {
 	l.vmStop(t, a)
 	l.wantActive(t, disk.Key, false, "after VM stop")
 
-	// Issue 7's datapath scenarios on this SR type, on another volume.
-	t.Run("Datapath", func(t *testing.T) { l.datapathScenarios(t, vols[1]) })
+	// Issue 7's datapath scenarios on this SR type, on another volume; the
+	// unplugged case is TestDatapathNVMe's (datapathScenarios says why).
+	t.Run("Datapath", func(t *testing.T) { l.datapathScenarios(t, vols[1], false) })
 
 	// The LUN grows on the array: the next SR.stat (xe sr-update, or a
 	// scan) rescans the paths, the master grows the PV, and the SR's size
