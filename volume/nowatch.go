@@ -1,6 +1,8 @@
 package volume
 
 import (
+	"errors"
+	"io/fs"
 	"path"
 	"strings"
 
@@ -88,7 +90,8 @@ func (e *Engine) resumeWatch(a Attached) {
 	if !validNoWatchKey(a.NoWatch) {
 		return
 	}
-	if err := e.root.Remove(path.Join(NoWatchDir, a.NoWatch)); err != nil {
+	// Gone already (a reboot emptied /run): nothing to undo.
+	if err := e.root.Remove(path.Join(NoWatchDir, a.NoWatch)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		e.log.Warn("cannot remove the SR's device name for udev", zap.String("sr", a.UUID), zap.Error(err))
 	}
 }
