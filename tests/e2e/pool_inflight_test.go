@@ -254,16 +254,22 @@ func running(pid int) bool {
 // neither host's scan lists it, and B's SR.attach leaves it alone (another
 // host's create, inside its lease). When A is the master again, its
 // SR.attach removes it (its own create, whose lock died with it).
+//
+// It first counts the lvm processes of each call (countLVMProcesses) on
+// the same SR: the count needs the wrapper this scenario holds its
+// lvcreate with, and a pool SR of its own (created and plugged on both
+// hosts, then destroyed) costs the pool lab about as much as the count.
 func TestPoolMasterChangeInFlight(t *testing.T) {
 	l := newPoolLab(t)
 	ctx := l.ctx
 	ps := l.create("nvmetcp", l.nvmeTarget("inflight"))
+	w, wb := installLVMWrapper(t, localHost{}), installLVMWrapper(t, l.b)
+	countLVMProcesses(t, l, ps, w, wb)
 	vg := "VG_sanvol-" + ps.Master().UUID
 	old, err := ps.Master().VDICreate(ctx, "made before", "", 16<<20, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := installLVMWrapper(t, localHost{})
 	w.hold()
 	done := make(chan error, 1)
 	go func() {
@@ -344,15 +350,15 @@ func TestPoolMasterChangeInFlight(t *testing.T) {
 	fmt.Println("pool master change in flight: A killed mid-lvcreate, B wrote as master, VG consistent from both hosts")
 }
 
-// TestPoolLVMCount counts the lvm processes each call starts, on the
-// master and on the member (docs/benchmarks.md). A read repeated while the
-// VG metadata is unchanged starts none (lvm's report cache), and neither
-// does reading an LV's activation state (the kernel's device-mapper).
-func TestPoolLVMCount(t *testing.T) {
-	l := newPoolLab(t)
+// countLVMProcesses counts the lvm processes each call starts, on the
+// master (wa) and on the member (wb), on a freshly plugged SR with no
+// volume (docs/benchmarks.md, "LVM processes per call"). A read repeated
+// while the VG metadata is unchanged starts none (lvm's report cache),
+// and neither does reading an LV's activation state (the kernel's
+// device-mapper). It leaves the SR as it found it.
+func countLVMProcesses(t *testing.T, l *poolLab, ps *xapisim.PoolSR, wa, wb *lvmWrapper) {
+	t.Helper()
 	ctx := l.ctx
-	ps := l.create("nvmetcp", l.nvmeTarget("count"))
-	wa, wb := installLVMWrapper(t, localHost{}), installLVMWrapper(t, l.b)
 	// want < 0: at least one (the wrapper works), else exactly want.
 	countWant := func(what string, w *lvmWrapper, want int, f func() error) {
 		t.Helper()
@@ -396,5 +402,4 @@ func TestPoolLVMCount(t *testing.T) {
 		countWant(name+": vm-shutdown (deactivate, detach)", w, 1, func() error { return ps.On(i).VMShutdown(ctx, a) })
 	}
 	count("A: vdi-destroy (Volume.destroy)", wa, func() error { return ps.Master().VDIDestroy(ctx, v.Key) })
-	l.destroy(ps)
 }

@@ -217,8 +217,14 @@ boot() {
 	# A pool guest's link to the other guest (pool_run); else no network.
 	local net=(-nic none)
 	[ -z "${pool_net:-}" ] || read -ra net <<<"$pool_net"
+	# vCPUs: 2 for a guest alone on the machine (it can use both cores)
+	# and for a pool master (targets, test and plugin: the pair's critical
+	# path); 1 for each guest of a side-by-side run (guest_smp), where
+	# every core is taken anyway: measured under TCG, the same scenarios
+	# took the same wall time on one vCPU for 0.81 of the host CPU
+	# (docs/benchmarks.md, "One vCPU per guest beside others").
 	local args=(
-		-machine pc -accel "$accel" -cpu "$cpu" -smp "${SANVOL_LAB_SMP:-2}" -m "${pool_mem:-3072}"
+		-machine pc -accel "$accel" -cpu "$cpu" -smp "${SANVOL_LAB_SMP:-${guest_smp:-2}}" -m "${pool_mem:-3072}"
 		-no-reboot "${net[@]}"
 		-kernel "$img/vmlinuz" -initrd "$img/initrd.img"
 		-append "console=ttyS0 root=/dev/vda rw rootfstype=ext4 init=/sbin/lab-init $cmdline"
@@ -438,6 +444,7 @@ run_jobs() {
 			# it is off by default (docs/benchmarks.md, "The whole pool
 			# set on one pair").
 			[ -z "${pool_beside:-}" ] || guest_nice=${SANVOL_LAB_NICE:-0}
+			guest_smp=1
 			# An --also job's REGEX names its scenarios; --skip is for the
 			# shards (it leaves out there what an --also guest runs).
 			case " ${also_jobs:-} " in *" $name "*) skip_re= ;; esac
@@ -519,6 +526,8 @@ pool_run() {
 	(
 		job_name=pool$pair-b
 		pool_mem=1536
+		# The member mostly waits for the master's calls.
+		guest_smp=1
 		pool_net="-netdev socket,id=pool,connect=127.0.0.1:$port -device virtio-net-pci,netdev=pool,mac=52:54:00:99:00:20"
 		run_guest "$kernel" "$b" "$limit" "SANVOL_LAB_POOL_AGENT=1 /lab/e2e.test"
 		echo "$guest_rc" >"$b/job.rc"
