@@ -218,10 +218,10 @@ boot() {
 	local net=(-nic none)
 	[ -z "${pool_net:-}" ] || read -ra net <<<"$pool_net"
 	# vCPUs: 2 for a guest alone on the machine (it can use both cores)
-	# and for a pool master (targets, test and plugin: the pair's critical
-	# path); 1 for each guest of a side-by-side run (guest_smp), where
-	# every core is taken anyway: measured under TCG, the same scenarios
-	# took the same wall time on one vCPU for 0.81 of the host CPU
+	# and for the pool master of a pair alone; 1 for each guest of a
+	# side-by-side run and for a pool member (guest_smp), where every
+	# core is taken anyway: measured under TCG, the same scenarios took
+	# the same wall time on one vCPU for 0.81 of the host CPU
 	# (docs/benchmarks.md, "One vCPU per guest beside others").
 	local args=(
 		-machine pc -accel "$accel" -cpu "$cpu" -smp "${SANVOL_LAB_SMP:-${guest_smp:-2}}" -m "${pool_mem:-3072}"
@@ -509,6 +509,7 @@ pool_run() {
 		# caches fill (a guest's RAM, once touched, stays with qemu);
 		# the master's targets hold a few hundred MiB in tmpfs.
 		[ -z "$pair" ] || pool_mem=2048
+		[ -z "${pool_beside:-}" ] || guest_smp=1
 		[ "$sub" != demo ] || job_name=
 		# The pool's REGEX names its scenarios; --skip is for the shards.
 		skip_re=
