@@ -69,9 +69,10 @@ conformance:
 # - beside them the NVMe DH-HMAC-CHAP scenarios on bookworm-backports'
 #   6.12 kernel (the XCP-ng 9 stand-in).
 # On two cores the sum of the guests' CPU, not the number of guests, sets
-# the wall time (docs/benchmarks.md, "The lab's time"): every guest has
-# one vCPU there, which does the same work for about 0.8 of the host CPU
-# ("One vCPU per guest beside others"). Issue 17's pool
+# the wall time (docs/benchmarks.md, "The lab's time"): every guest but
+# the pool masters and the 6.12 auth guest has one vCPU there, which does
+# the same work for about 0.8 of the host CPU ("One vCPU per guest beside
+# others"). Issue 17's pool
 # scenarios and the extra ones run in make lab-pool and make lab-extra.
 # TestDMSnapshotPrimitives drives the kernel steps that TestSnapshotLive
 # and TestSnapshotLiveISCSI drive through the engine.
