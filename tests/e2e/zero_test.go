@@ -111,9 +111,9 @@ func readDirect(t *testing.T, dev string, n int64, chunk func(off int64, buf []b
 }
 
 func TestBlockdevZeroOut(t *testing.T) {
-	// Two of blockdev's 128 MiB BLKZEROOUT calls, the second partial
+	// Two of blockdev's BLKZEROOUT calls, the second partial
 	// (docs/benchmarks.md's table was measured on 256 MiB).
-	const size = 136 << 20
+	const size = blockdev.DefaultChunk + 8<<20
 	nt, err := labtarget.NewNVMe(t.Context(), labtarget.NVMeOptions{Name: "zero", Size: size})
 	if err != nil {
 		t.Fatal(err)

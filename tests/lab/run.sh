@@ -219,8 +219,8 @@ boot() {
 	[ -z "${pool_net:-}" ] || read -ra net <<<"$pool_net"
 	# vCPUs: 2 for a guest alone on the machine (it can use both cores)
 	# and for a pool master (targets, test and plugin: the pair's
-	# critical path; on one vCPU beside the others the masters used as
-	# much host CPU in all and their scenarios took longer); 1 for the
+	# critical path; on one vCPU beside the others the masters saved no
+	# host CPU in all: the other guests spent what they saved); 1 for the
 	# other guests of a side-by-side run and for a pool member
 	# (guest_smp), where every core is taken anyway: measured under TCG,
 	# the same scenarios took the same wall time on one vCPU for 0.81 of
