@@ -8,6 +8,12 @@ BIN         := bin/sanvol
 DESTDIR     ?= /
 
 export CGO_ENABLED := 0
+# Every go command builds with -trimpath, as make build (the RPM's binary)
+# must: vet, staticcheck, the host tests, the RPM tests' make build and the
+# lab's binaries then share one compile of the standard library and the
+# modules. Mixed, a cold test command compiled everything twice (about 80 s
+# of a core; docs/benchmarks.md, "The part before the lab").
+export GOFLAGS := $(strip $(GOFLAGS) -trimpath)
 export PATH := $(PATH):/usr/local/go/bin
 
 .PHONY: all build install uninstall test unit conformance lab lab-extra lab-dom0 lab-pool lint demo bench fuzz lab-image clean rpm rpm-test
@@ -34,11 +40,15 @@ uninstall: build
 # derived from the bookworm one; the latter also compiles XCP-ng's lvm2,
 # multipath-tools and open-iscsi), which overlap the tests' CPU. The lab
 # waits for them: guests booted beside the dom0 tools' compile starved it
-# (docs/benchmarks.md, "The whole pool set on one pair").
+# (docs/benchmarks.md, "The whole pool set on one pair"). Lint and the host
+# tests run at nice 10, so the images, the lab's critical path, take the
+# cores first and the Go side the rest: cold, the dom0-tools image ended
+# about 100 s after the Go side with one core idle (docs/benchmarks.md,
+# "The part before the lab").
 test:
 	@(tests/lab/run.sh image && { tests/lab/run.sh image --kernel backports & b=$$!; \
 		tests/lab/run.sh image --dom0 xcpng8; d=$$?; wait $$b && [ $$d = 0 ]; }) >lab-images.log 2>&1 & pid=$$!; \
-	$(MAKE) lint unit; rc=$$?; \
+	nice -n 10 $(MAKE) lint unit; rc=$$?; \
 	wait $$pid || { echo "lab images failed:"; tail -30 lab-images.log; exit 1; }; \
 	[ $$rc = 0 ] && $(MAKE) lab
 
