@@ -97,7 +97,7 @@ LAB_EXTRA_TESTS = TestDMSnapshotPrimitives|TestSnapshotXOBackup|TestCloneLive|Te
 lab:
 	tests/lab/run.sh test --shards 2 --timeout 1500 --skip '^($(LAB_EXTRA_TESTS)|$(LAB_DOM0_TESTS))$$' \
 		--also 'bookworm+xcpng8:^($(LAB_DOM0_TESTS))$$' --also 'backports:^TestNVMeAuth' \
-		--with-pool '^($(LAB_POOL_1))$$'
+		--with-pool '^($(LAB_POOL_1))$$' --with-pool '^($(LAB_POOL_2))$$'
 
 # What make lab leaves out, for a machine with more cores or more time: the
 # dom0-tools guest's whole set, the pool lab and the extra scenarios, one
