@@ -63,29 +63,30 @@ unit:
 conformance:
 	$(GO) test -count=1 ./tests/conformance/
 
-# Every scenario on Debian 12's 6.1 kernel, in six guests side by side:
+# Every scenario on Debian 12's 6.1 kernel, in eight guests side by side:
 # - two guests with Debian's tools share most scenarios;
 # - the dom0-tools guest (XCP-ng 8.x dom0's lvm2 2.02.180, multipath-tools
 #   and open-iscsi built from ../shared/dom0-tools, issue 16) runs the
 #   scenarios most sensitive to LVM and the iSCSI ones an 8.x host can
 #   run (it has no NVMe/TCP), instead of a Debian guest running them;
-# - the pool pair (two guests, issue 15) runs the demo's two pool
-#   scenarios (TestPoolNVMe, TestPoolISCSI), the master change, the
-#   member's reboot and the floating portal on a dummy interface
-#   (LAB_POOL_1);
+# - two pool pairs (two guests each, issue 15) run issue 15's pool list:
+#   the first the demo's two pool scenarios (TestPoolNVMe, TestPoolISCSI),
+#   the master change, the member's reboot and the floating portal on a
+#   dummy interface (LAB_POOL_1); the second the 100 interleaved
+#   operations, the member's path loss, the master change with a write in
+#   flight (which counts the LVM processes per call first) and the iSCSI
+#   floating portal (LAB_POOL_2);
 # - beside them the NVMe DH-HMAC-CHAP scenarios on bookworm-backports'
 #   6.12 kernel (the XCP-ng 9 stand-in).
 # On two cores the sum of the guests' CPU, not the number of guests, sets
 # the wall time (docs/benchmarks.md, "The lab's time"): every guest but
-# the pool master and the 6.12 auth guest has one vCPU there, which does
+# the pool masters and the 6.12 auth guest has one vCPU there, which does
 # the same work for about 0.8 of the host CPU ("One vCPU per guest beside
-# others"). The rest of issue 15's pool list (LAB_POOL_2: the 100
-# interleaved operations, the member's path loss, the master change with
-# a write in flight, which counts the LVM processes per call first, and
-# the iSCSI floating portal) on a second pair took the cold test command
-# to 1774-1841 s, at or over its 30 minutes (docs/benchmarks.md, "The
-# test command cold with both pool pairs"): those, issue 17's pool
-# scenarios and the extra ones run in make lab-pool and make lab-extra.
+# others"). Cold, the test command took 1604 s with both pairs once the
+# part before the lab had stopped compiling everything twice and idling
+# a core (docs/benchmarks.md, "Both pool pairs in make lab"). Issue 17's
+# pool scenarios and the extra ones run in make lab-pool and make
+# lab-extra.
 # TestDMSnapshotPrimitives drives the kernel steps that TestSnapshotLive
 # and TestSnapshotLiveISCSI drive through the engine.
 # --timeout 1500 leaves a loaded machine room without changing an
