@@ -299,7 +299,7 @@ func (kernelBusy) Error() string { return "the connect was still in the kernel a
 // a connect stuck in the kernel.
 type notTried struct{ busy bool }
 
-func (notTried) Error() string { return "not tried" }
+func (notTried) Error() string { return "another portal's outcome decided the attach before this one" }
 
 // heldKernel reports whether err is a connect stuck in the kernel, or a
 // portal not tried because of one.
