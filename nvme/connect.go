@@ -160,7 +160,7 @@ func (t *Transport) connectAll(ctx context.Context, c Config, op string) (*sessi
 		todo = append(todo, p)
 	}
 
-	for p, err := range t.connectPortals(ctx, op, c, id, todo) {
+	for p, err := range t.connectPortals(op, c, id, todo) {
 		s.failures[p] = err
 	}
 
@@ -196,62 +196,116 @@ func (t *Transport) connectAll(ctx context.Context, c Config, op string) (*sessi
 	return s, nil
 }
 
-// connectPortals writes one connect per portal in parallel and
-// returns the failures by portal. It waits at most the connect timeout
-// (plus a grace for the runner to reap): a process stuck in the kernel's
-// write to /dev/nvme-fabrics cannot be killed until the kernel gives up
-// (60 s for a target that stops answering mid-authentication), and xapi
-// must not wait for that. Such a straggler is reported as a timeout; if it
-// succeeds later, the next attach adopts its path and detach removes it.
-func (t *Transport) connectPortals(ctx context.Context, op string, c Config, id Identity, todo []Portal) map[string]error {
-	type result struct {
-		portal string
-		err    error
-	}
-	timeout := t.connectTimeout(c)
-	results := make(chan result, len(todo))
-	for _, p := range todo {
-		go func(p Portal) {
-			err := t.fabricsConnect(p, connectOptions(c, p, id))
-			switch {
-			case err == nil:
-				t.log.Info("connected", zapStr("portal", p.String()), zapStr("nqn", c.NQN), zapStr("iface", p.Iface))
-			case isAlreadyConnected(err):
-				t.log.Info("path already connected (nvme-cli)", zapStr("portal", p.String()))
-				err = nil
-			default:
-				err = classifyConnect(op+": connect "+p.String(), p, c, err)
-			}
-			results <- result{p.String(), err}
-		}(p)
-	}
+// connectPortals connects the portals one after another within one
+// deadline for them all (each connect gets what is left of it) and
+// returns the failures by portal.
+//
+// One at a time, because the kernel takes one at a time anyway:
+// nvmf_dev_write (drivers/nvme/host/fabrics.c) holds the global
+// nvmf_dev_mutex across nvmf_create_ctrl, which for TCP opens the admin
+// queue and runs its Connect and any DH-HMAC-CHAP exchange
+// (nvmf_connect_admin_queue, nvme_auth_wait). Writes made in parallel
+// waited in the kernel behind each other while each was timed on its
+// own, so a second portal could time out without ever being tried
+// (behind a first whose wrong key the kernel took its 60 s admin
+// timeout to refuse).
+//
+// A write stuck in the kernel cannot be interrupted (a target that stops
+// answering mid-connect holds it until that admin timeout), so each
+// connect runs in a goroutine and attach answers at the deadline
+// regardless. The portals after a connect still stuck then are reported
+// as not tried: the kernel would only have queued them behind it. If the
+// straggler succeeds later, the next attach adopts its path and detach
+// removes it.
+//
+// A portal that refuses authentication ends the loop: the target holds
+// the host's keys for the subsystem, not for one port, so the others
+// would refuse the same keys after the same wait.
+func (t *Transport) connectPortals(op string, c Config, id Identity, todo []Portal) map[string]error {
 	failures := map[string]error{}
-	pending := map[string]Portal{}
-	for _, p := range todo {
-		pending[p.String()] = p
-	}
-	wall := time.NewTimer(timeout + min(3*time.Second, timeout))
+	timeout := t.connectTimeout(c)
+	start := time.Now()
+	// The grace lets a connect the kernel answers right at the deadline
+	// still count.
+	budget := timeout + min(3*time.Second, timeout)
+	wall := time.NewTimer(budget)
 	defer wall.Stop()
-	for len(pending) > 0 {
+	for i, p := range todo {
+		left := max(0, budget-time.Since(start))
+		done := make(chan error, 1)
+		go func() { done <- t.connectPortal(op, c, id, p) }()
 		select {
-		case r := <-results:
-			delete(pending, r.portal)
-			if r.err != nil {
-				failures[r.portal] = r.err
+		case err := <-done:
+			if err == nil {
+				continue
+			}
+			failures[p.String()] = err
+			if host.KindOf(err) == host.KindAuth && i+1 < len(todo) {
+				for _, q := range todo[i+1:] {
+					failures[q.String()] = host.NewError(host.KindAuth, op+": connect "+q.String(),
+						"not tried: portal "+p.String()+" refused the DH-HMAC-CHAP keys, which the target holds for the whole subsystem", "",
+						notTried{})
+				}
+				t.log.Warn("authentication refused; not trying the other portals with the same keys", zapStr("portal", p.String()), zap.Error(err))
+				return failures
 			}
 		case <-wall.C:
-			for name, p := range pending {
-				fix := "check that the target answers on " + name + " (dmesg | grep nvme shows what the kernel is waiting for)"
-				if c.DHCHAPCtrl != "" {
-					fix = "a dhchap-ctrl-password the target does not hold makes the kernel wait for the target until its 60 s admin timeout (dmesg: \"controller authentication failed\"); check the controller key"
-				}
-				failures[name] = host.NewError(host.KindUnreachable, op+": connect "+name,
-					fmt.Sprintf("no answer from portal %s within %s", p, timeout), fix, nil)
+			fix := "check that the target answers on " + p.String() + " (dmesg | grep nvme shows what the kernel is waiting for)"
+			if c.DHCHAPCtrl != "" {
+				fix = "a dhchap-ctrl-password the target does not hold makes the kernel wait for the target until its 60 s admin timeout (dmesg: \"controller authentication failed\"); check the controller key"
+			}
+			msg := fmt.Sprintf("no answer from portal %s within %s", p, timeout)
+			if i > 0 {
+				msg = fmt.Sprintf("no answer from portal %s in the last %s of the attach's connect deadline (%s, shared by its portals one after another)",
+					p, left.Round(time.Millisecond), timeout)
+			}
+			failures[p.String()] = host.NewError(host.KindUnreachable, op+": connect "+p.String(), msg, fix, kernelBusy{})
+			for _, q := range todo[i+1:] {
+				failures[q.String()] = host.NewError(host.KindUnreachable, op+": connect "+q.String(),
+					"not tried: the connect to portal "+p.String()+" still held the kernel's connect lock (/dev/nvme-fabrics takes one connect at a time) at the deadline",
+					"find why portal "+p.String()+" does not answer first (dmesg | grep nvme)", notTried{busy: true})
 			}
 			return failures
 		}
 	}
 	return failures
+}
+
+// connectPortal writes the connect of one portal; a path the kernel or
+// nvme-cli says exists is success.
+func (t *Transport) connectPortal(op string, c Config, id Identity, p Portal) error {
+	err := t.fabricsConnect(p, connectOptions(c, p, id))
+	switch {
+	case err == nil:
+		t.log.Info("connected", zapStr("portal", p.String()), zapStr("nqn", c.NQN), zapStr("iface", p.Iface))
+		return nil
+	case isAlreadyConnected(err):
+		t.log.Info("path already connected (nvme-cli)", zapStr("portal", p.String()))
+		return nil
+	}
+	return classifyConnect(op+": connect "+p.String(), p, c, err)
+}
+
+// kernelBusy marks a connect still in the kernel at the attach's
+// deadline: while it holds /dev/nvme-fabrics, a discovery (a write there
+// too) would only queue behind it, so allFailed asks no portal for its
+// discovery log.
+type kernelBusy struct{}
+
+func (kernelBusy) Error() string { return "the connect was still in the kernel at the deadline" }
+
+// notTried marks a portal that was not connected because another
+// portal's outcome decided the attach first; busy says that outcome was
+// a connect stuck in the kernel.
+type notTried struct{ busy bool }
+
+func (notTried) Error() string { return "another portal's outcome decided the attach before this one" }
+
+// heldKernel reports whether err is a connect stuck in the kernel, or a
+// portal not tried because of one.
+func heldKernel(err error) bool {
+	var nt notTried
+	return errors.As(err, new(kernelBusy)) || (errors.As(err, &nt) && nt.busy)
 }
 
 // fabricsConnect writes one connect to /dev/nvme-fabrics (see
@@ -319,35 +373,49 @@ func (t *Transport) verifyAuth(op string, s *session, ctrls []Controller) error 
 // but refuse the connect, the discovery log tells whether the NQN is
 // wrong, which nvme-cli's errno text never says.
 func (t *Transport) allFailed(ctx context.Context, op string, s *session) error {
-	var parts []string
+	var parts, skipped []string
 	kinds := map[host.Kind]int{}
-	var first error
+	var first, refused error
+	busy := false
 	for _, p := range s.cfg.Portals {
 		err, ok := s.failures[p.String()]
 		if !ok {
 			err = fmt.Errorf("%s: the connect succeeded but no usable controller appeared in %s", p, sysClassNVMe)
 		}
-		if first == nil {
-			first = err
+		busy = busy || heldKernel(err)
+		if errors.As(err, new(notTried)) {
+			skipped = append(skipped, p.String())
+		} else {
+			if first == nil {
+				first = err
+			}
+			if refused == nil && host.KindOf(err) == host.KindAuth {
+				refused = err
+			}
 		}
 		kinds[host.KindOf(err)]++
 		parts = append(parts, p.String()+": "+shortReason(err))
 	}
-	if kinds[host.KindAuth] > 0 {
-		fix := ""
-		for _, err := range s.failures {
-			var he *host.Error
-			if errors.As(err, &he) && he.Kind == host.KindAuth {
-				fix = he.Fix
-				break
-			}
+	if refused != nil {
+		var he *host.Error
+		errors.As(refused, &he)
+		msg := "the portals refused DH-HMAC-CHAP authentication for subsystem " + s.cfg.NQN + " (hostnqn " + s.id.HostNQN + ")"
+		if len(skipped) > 0 {
+			// classifyConnect's words name the portal that refused.
+			msg = he.Msg + " for subsystem " + s.cfg.NQN + " (hostnqn " + s.id.HostNQN + "); " + strings.Join(skipped, ", ") +
+				" not tried, as the target holds the keys for the whole subsystem and would refuse them there too"
 		}
-		return host.NewError(host.KindAuth, op, "the portals refused DH-HMAC-CHAP authentication for subsystem "+s.cfg.NQN+" (hostnqn "+s.id.HostNQN+")", fix, errors.New(strings.Join(parts, "; ")))
+		return host.NewError(host.KindAuth, op, msg, he.Fix, errors.New(strings.Join(parts, "; ")))
 	}
 	if kinds[host.KindUnsupported] > 0 || kinds[host.KindInvalid] > 0 {
 		return first
 	}
+	// A connect still stuck in the kernel holds /dev/nvme-fabrics, and a
+	// discovery is a write there too: it would only wait behind it.
 	for _, p := range s.cfg.Portals {
+		if busy {
+			break
+		}
 		if errors.As(s.failures[p.String()], new(portalDown)) {
 			continue
 		}
@@ -372,9 +440,19 @@ func (t *Transport) allFailed(ctx context.Context, op string, s *session) error 
 		}
 		break
 	}
+	tried := fmt.Sprintf("%d portals tried within %s", len(s.cfg.Portals)-len(skipped), t.connectTimeout(s.cfg))
+	if len(skipped) > 0 {
+		tried = fmt.Sprintf("%d of %d portals tried within %s", len(s.cfg.Portals)-len(skipped), len(s.cfg.Portals), t.connectTimeout(s.cfg))
+	}
+	fix := "check the portals, the NQN, and that the target allows this host's NQN " + s.id.HostNQN
+	for _, p := range s.cfg.Portals {
+		var he *host.Error
+		if err := s.failures[p.String()]; errors.As(err, new(kernelBusy)) && errors.As(err, &he) {
+			fix = he.Fix // the stuck portal's, which the others waited for
+		}
+	}
 	return host.NewError(host.KindUnreachable, op,
-		fmt.Sprintf("no path to subsystem %s could be connected (%d portals tried within %s)", s.cfg.NQN, len(s.cfg.Portals), t.connectTimeout(s.cfg)),
-		"check the portals, the NQN, and that the target allows this host's NQN "+s.id.HostNQN, errors.New(strings.Join(parts, "; ")))
+		fmt.Sprintf("no path to subsystem %s could be connected (%s)", s.cfg.NQN, tried), fix, errors.New(strings.Join(parts, "; ")))
 }
 
 // rollback disconnects the controllers this session made and releases

@@ -43,6 +43,12 @@ type fakeKernel struct {
 	discovery string
 	// connectDelay slows each connect, to widen races.
 	connectDelay time.Duration
+	// portalDelay slows the connects to one portal ("addr:port") more,
+	// like a target that makes the kernel wait (its 60 s admin timeout
+	// for a refused controller key).
+	portalDelay map[string]time.Duration
+	// active counts the connects inside WriteRead; maxActive is its peak.
+	active, maxActive int
 }
 
 type fakeNS struct {
@@ -68,8 +74,9 @@ func newFakeKernel(t *testing.T) *fakeKernel {
 		targets: map[string][]fakeNS{
 			testNQN: {{nsid: 1, wwid: "uuid." + testUUID, size: 2097152}},
 		},
-		down:       map[string]bool{},
-		targetKeys: map[string]string{},
+		down:        map[string]bool{},
+		targetKeys:  map[string]string{},
+		portalDelay: map[string]time.Duration{},
 	}
 	k.root = host.Root{Dir: dir, Devices: k}
 	k.write("/sys/module/nvme_tcp/parameters/so_priority", "0")
@@ -271,12 +278,6 @@ func (k *fakeKernel) WriteRead(p string, data []byte) ([]byte, error) {
 	fail := func(errno syscall.Errno) ([]byte, error) {
 		return nil, &os.PathError{Op: "write", Path: p, Err: errno}
 	}
-	k.mu.Lock()
-	k.fabrics = append(k.fabrics, string(data))
-	k.mu.Unlock()
-	time.Sleep(k.connectDelay)
-	k.mu.Lock()
-	defer k.mu.Unlock()
 	o := map[string]string{}
 	for _, f := range strings.Split(string(data), ",") {
 		key, v, ok := strings.Cut(f, "=")
@@ -290,6 +291,16 @@ func (k *fakeKernel) WriteRead(p string, data []byte) ([]byte, error) {
 	if a, err := netip.ParseAddr(o["traddr"]); err == nil && a.Is6() {
 		portal = "[" + o["traddr"] + "]:" + o["trsvcid"]
 	}
+	k.mu.Lock()
+	k.fabrics = append(k.fabrics, string(data))
+	k.active++
+	k.maxActive = max(k.maxActive, k.active)
+	delay := k.connectDelay + k.portalDelay[portal]
+	k.mu.Unlock()
+	time.Sleep(delay)
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.active--
 	if k.down[portal] {
 		return fail(syscall.ECONNREFUSED)
 	}
@@ -310,6 +321,20 @@ func (k *fakeKernel) WriteRead(p string, data []byte) ([]byte, error) {
 	}
 	name := k.addController(o["nqn"], o["traddr"], o["trsvcid"], o["host_iface"], o["hostnqn"], "live", o["dhchap_secret"])
 	return []byte("instance=" + strings.TrimPrefix(name, "nvme") + ",cntlid=1\n"), nil
+}
+
+// waitIdle waits until no connect is left in WriteRead: one that
+// attach gave up on must not touch the test's directory after it ends.
+func (k *fakeKernel) waitIdle() {
+	for {
+		k.mu.Lock()
+		n := k.active
+		k.mu.Unlock()
+		if n == 0 {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // listSubsys prints the sysfs state the way nvme-cli 2.x does.

@@ -4,7 +4,7 @@ import "time"
 
 // Timeouts bound every step; xapi has none of its own.
 type Timeouts struct {
-	Connect    time.Duration // one `nvme connect`
+	Connect    time.Duration // the connects of one attach, made one after another
 	Disconnect time.Duration // one `nvme disconnect`
 	Discover   time.Duration // one `nvme discover`
 	Modprobe   time.Duration
@@ -15,8 +15,9 @@ type Timeouts struct {
 }
 
 // DefaultTimeouts make a failed attach end within 30 s when every portal is
-// unreachable: connects run in parallel, each bounded by Connect, and the
-// wrong-NQN hint adds one Discover at most.
+// unreachable: the connects share one Connect deadline (the kernel runs
+// them one at a time; connectPortals), and the wrong-NQN hint adds one
+// Discover at most.
 func DefaultTimeouts() Timeouts {
 	return Timeouts{
 		Connect:    20 * time.Second,
