@@ -452,7 +452,9 @@ run_jobs() {
 			# with the wrong key ran one after the other in the kernel,
 			# about 60 s each until the kernel gave up, and the second
 			# outlasted sanvol's 90 s); it passed on one vCPU in another
-			# run, and always on two.
+			# run, and always on two. sanvol now connects one portal at a
+			# time and stops at the first refusal, but the guest is
+			# small and keeps its two vCPUs.
 			case $kernel in backports*) ;; *) guest_smp=1 ;; esac
 			# An --also job's REGEX names its scenarios; --skip is for the
 			# shards (it leaves out there what an --also guest runs).
