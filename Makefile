@@ -82,7 +82,7 @@ conformance:
 # the wall time (docs/benchmarks.md, "The lab's time"): every guest but
 # the pool masters and the 6.12 auth guest has one vCPU there, which does
 # the same work for about 0.8 of the host CPU ("One vCPU per guest beside
-# others"). Cold, the test command took 1604 s with both pairs once the
+# others"). Cold, the test command took 1553-1604 s with both pairs once the
 # part before the lab had stopped compiling everything twice and idling
 # a core (docs/benchmarks.md, "Both pool pairs in make lab"). Issue 17's
 # pool scenarios and the extra ones run in make lab-pool and make
