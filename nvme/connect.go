@@ -241,11 +241,8 @@ func (t *Transport) connectPortals(op string, c Config, id Identity, todo []Port
 			}
 			failures[p.String()] = err
 			if host.KindOf(err) == host.KindAuth && i+1 < len(todo) {
-				for _, q := range todo[i+1:] {
-					failures[q.String()] = host.NewError(host.KindAuth, op+": connect "+q.String(),
-						"not tried: portal "+p.String()+" refused the DH-HMAC-CHAP keys, which the target holds for the whole subsystem", "",
-						notTried{})
-				}
+				markNotTried(failures, op, todo[i+1:], host.KindAuth,
+					"not tried: portal "+p.String()+" refused the DH-HMAC-CHAP keys, which the target holds for the whole subsystem", "", false)
 				t.log.Warn("authentication refused; not trying the other portals with the same keys", zapStr("portal", p.String()), zap.Error(err))
 				return failures
 			}
@@ -260,15 +257,21 @@ func (t *Transport) connectPortals(op string, c Config, id Identity, todo []Port
 					p, left.Round(time.Millisecond), timeout)
 			}
 			failures[p.String()] = host.NewError(host.KindUnreachable, op+": connect "+p.String(), msg, fix, kernelBusy{})
-			for _, q := range todo[i+1:] {
-				failures[q.String()] = host.NewError(host.KindUnreachable, op+": connect "+q.String(),
-					"not tried: the connect to portal "+p.String()+" still held the kernel's connect lock (/dev/nvme-fabrics takes one connect at a time) at the deadline",
-					"find why portal "+p.String()+" does not answer first (dmesg | grep nvme)", notTried{busy: true})
-			}
+			markNotTried(failures, op, todo[i+1:], host.KindUnreachable,
+				"not tried: the connect to portal "+p.String()+" still held the kernel's connect lock (/dev/nvme-fabrics takes one connect at a time) at the deadline",
+				"find why portal "+p.String()+" does not answer first (dmesg | grep nvme)", true)
 			return failures
 		}
 	}
 	return failures
+}
+
+// markNotTried records the portals left out after another portal's
+// outcome decided the attach.
+func markNotTried(failures map[string]error, op string, rest []Portal, kind host.Kind, msg, fix string, busy bool) {
+	for _, q := range rest {
+		failures[q.String()] = host.NewError(kind, op+": connect "+q.String(), msg, fix, notTried{busy: busy})
+	}
 }
 
 // connectPortal writes the connect of one portal; a path the kernel or
@@ -440,10 +443,11 @@ func (t *Transport) allFailed(ctx context.Context, op string, s *session) error 
 		}
 		break
 	}
-	tried := fmt.Sprintf("%d portals tried within %s", len(s.cfg.Portals)-len(skipped), t.connectTimeout(s.cfg))
+	tried := fmt.Sprint(len(s.cfg.Portals) - len(skipped))
 	if len(skipped) > 0 {
-		tried = fmt.Sprintf("%d of %d portals tried within %s", len(s.cfg.Portals)-len(skipped), len(s.cfg.Portals), t.connectTimeout(s.cfg))
+		tried += fmt.Sprintf(" of %d", len(s.cfg.Portals))
 	}
+	tried += fmt.Sprintf(" portals tried within %s", t.connectTimeout(s.cfg))
 	fix := "check the portals, the NQN, and that the target allows this host's NQN " + s.id.HostNQN
 	for _, p := range s.cfg.Portals {
 		var he *host.Error
